@@ -1,0 +1,166 @@
+"""Quantizers: LSQ (learned step size) and the baselines AlignQ compares against, in one registry.
+
+Every quantizer maps a float tensor to `(q - z) * s` with q an integer code in [qmin, qmax], so an
+exporter can read `integer_codes()`, `scale()` and `zero_point()` and write QuantizeLinear /
+DequantizeLinear that reproduce the forward exactly. Division (x / s) and round-half-to-even are used
+on purpose: that is what ONNX QuantizeLinear computes, so ties land on the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import QdgError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A declarative description of one quantizer (weights or activations)."""
+
+    bits: int = 8
+    signed: bool = True
+    narrow: bool = False  # signed narrow range drops the most negative code: [-(2^(b-1)-1), 2^(b-1)-1]
+    per_channel: bool = False  # one step per output channel (axis 0); per-tensor otherwise
+    zero_point: str = "none"  # "none" (0), "learned" (LSQ+-style learned offset), "relu" (0 after ReLU else learned)
+    quantizer: str = "lsq"
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise QdgError(f"quantization bits must be 2..8, got {self.bits}")
+        if self.zero_point not in ("none", "learned", "relu"):
+            raise QdgError(f"zero_point must be none, learned or relu, got {self.zero_point!r}")
+
+    @property
+    def qmin(self) -> int:
+        if not self.signed:
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.narrow else 0)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1 - (1 if self.narrow else 0)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even forward, identity backward (straight-through estimator)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Same value as x; the gradient reaching x is multiplied by `factor`."""
+    return (x - x * factor).detach() + x * factor
+
+
+class Quantizer(nn.Module):
+    """Base: holds the spec and the (possibly learned) step and zero point.
+
+    `step` has shape [C, 1, ...] for per-channel weights and [] for per-tensor. Steps are initialized
+    from the first tensor seen (`initialized` buffer), so activation ranges come from data at the moment
+    quantization starts, as the issue asks.
+    """
+
+    learn_step = True
+
+    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
+                 after_relu: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.is_weight = is_weight
+        shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
+        self.step = nn.Parameter(torch.ones(shape), requires_grad=self.learn_step)
+        self.learned_zp = spec.zero_point == "learned" or (spec.zero_point == "relu" and not after_relu)
+        # Stored as a float Parameter so LSQ+ can learn it; the forward rounds it (STE), so the value the
+        # network computes with is always an integer and exports as an ONNX zero point exactly.
+        self.zero_point = nn.Parameter(torch.zeros(()), requires_grad=self.learned_zp)
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def qmin(self) -> int:
+        return self.spec.qmin
+
+    @property
+    def qmax(self) -> int:
+        return self.spec.qmax
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        zp = "learned zp" if self.learned_zp else "zp 0"
+        return (f"{s.quantizer} {s.bits}-bit [{self.qmin}, {self.qmax}], "
+                f"{'per-channel' if s.per_channel else 'per-tensor'}, {zp}")
+
+    def _reduce_dims(self, x: torch.Tensor):
+        return tuple(range(1, x.dim())) if self.spec.per_channel else tuple(range(x.dim()))
+
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor) -> None:
+        """LSQ init: s = 2 mean|x| / sqrt(Qp); with a learned zero point, fit [min, max] instead."""
+        x = x.detach().float()
+        dims = self._reduce_dims(x)
+        if self.learned_zp:
+            lo = x.amin(dim=dims).clamp(max=0) if dims else x.clamp(max=0)
+            hi = x.amax(dim=dims).clamp(min=0) if dims else x.clamp(min=0)
+            step = (hi - lo).clamp(min=1e-8) / (self.qmax - self.qmin)
+            zp = torch.round(self.qmin - lo / step).clamp(self.qmin, self.qmax)
+            self.zero_point.copy_(zp.mean())
+        else:
+            step = 2 * x.abs().mean(dim=dims) / math.sqrt(max(self.qmax, 1))
+        self.step.copy_(step.clamp(min=1e-8).reshape(self.step.shape))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialized:
+            self.init_from(x)
+        return self.fake_quant(x)
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # Exporter-facing views: exact integer codes, positive scales, integer zero points.
+    def scale(self) -> torch.Tensor:
+        return self.step.detach().abs().clamp(min=1e-8)
+
+    def zero_point_int(self) -> int:
+        return int(torch.round(self.zero_point.detach()).clamp(self.qmin, self.qmax).item())
+
+    @torch.no_grad()
+    def integer_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer codes q with fake_quant(x) == (q - zero_point) * scale, as int32."""
+        s = self.scale()
+        return torch.clamp(torch.round(x / s) + self.zero_point_int(), self.qmin, self.qmax).to(torch.int32)
+
+
+class LsqQuantizer(Quantizer):
+    """LSQ (Esser et al. 2020), with an optional LSQ+-style learned integer zero point.
+
+    Step gradient scaled by 1/sqrt(N * Qp), N the tensor's element count (as the LSQ paper and the
+    QT-DoG code do, with N the whole tensor even for per-channel steps).
+    """
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        g = 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
+        s = scale_grad(self.step.abs().clamp(min=1e-8), g)
+        z = round_ste(scale_grad(self.zero_point, g)) if self.learned_zp else 0.0
+        q = torch.clamp(round_ste(x / s) + z, self.qmin, self.qmax)
+        return (q - z) * s
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {"lsq": LsqQuantizer}
+
+
+def register_quantizer(name: str):
+    def deco(cls):
+        QUANTIZERS[name] = cls
+        return cls
+    return deco
+
+
+def build_quantizer(spec: QuantSpec, **kwargs) -> Quantizer:
+    try:
+        cls = QUANTIZERS[spec.quantizer]
+    except KeyError:
+        raise QdgError(f"unknown quantizer {spec.quantizer!r}; available: {', '.join(sorted(QUANTIZERS))}") from None
+    return cls(spec, **kwargs)

@@ -1,0 +1,66 @@
+"""Named quantization schemes: small declarative records that `--bits` / `--act-bits` override."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import QdgError
+from .quantizers import QuantSpec
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    layers: tuple[str, ...]  # which layer types are quantized: "conv", "linear"
+    weight: QuantSpec
+    act: QuantSpec | None  # None: activations stay float
+    quantize_first: bool = True
+    quantize_last: bool = True
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scheme":
+        d = dict(d)
+        d["layers"] = tuple(d["layers"])
+        d["weight"] = QuantSpec(**d["weight"])
+        d["act"] = QuantSpec(**d["act"]) if d.get("act") else None
+        return cls(**d)
+
+
+_W8_NARROW = QuantSpec(bits=8, signed=True, narrow=True, per_channel=True)
+
+SCHEMES: dict[str, Scheme] = {
+    # QT-DoG as its public code runs it: LSQ on every Conv2d's weights, 7-bit full signed range
+    # [-64, 63], one step per output channel, no zero point; activations and the classifier float.
+    "paper": Scheme("paper", ("conv",), QuantSpec(bits=7, signed=True, narrow=False, per_channel=True), None,
+                    note="weight-only: buys size, not speed"),
+    # TensorRT explicit quantization: symmetric narrow-range per-channel weights, int8 zp-0 activations.
+    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True)),
+    # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
+    "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu")),
+}
+
+
+def get_scheme(name: str, bits: int | None = None, act_bits: int | None = None,
+               quantizer: str | None = None) -> Scheme:
+    """A named scheme with optional overrides; act_bits=0 means float activations."""
+    try:
+        scheme = SCHEMES[name]
+    except KeyError:
+        raise QdgError(f"unknown scheme {name!r}; available: {', '.join(SCHEMES)}") from None
+    if bits is not None:
+        scheme = replace(scheme, weight=replace(scheme.weight, bits=bits))
+    if act_bits is not None:
+        if act_bits == 0:
+            scheme = replace(scheme, act=None)
+        else:
+            base = scheme.act or QuantSpec(bits=8, signed=True)
+            scheme = replace(scheme, act=replace(base, bits=act_bits))
+    if quantizer is not None:
+        scheme = replace(scheme, weight=replace(scheme.weight, quantizer=quantizer),
+                         act=replace(scheme.act, quantizer=quantizer) if scheme.act else None)
+    return scheme

@@ -1,0 +1,6 @@
+from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register
+from .hparams import default_hparams
+from .loop import resolve_hparams, train, train_one
+
+__all__ = ["ALGORITHMS", "Algorithm", "default_hparams", "get_algorithm", "register", "resolve_hparams", "train",
+           "train_one"]

@@ -1,0 +1,136 @@
+"""The training loop: leave-one-domain-out, training-domain validation, one run directory per test env."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from .. import __version__
+from ..data import get_dataset, split_domains
+from ..errors import QdgError
+from ..quant import model_size
+from ..runs import METRICS, WEIGHTS, model_record, save_run
+from .algorithms import get_algorithm, scheme_from_hparams
+from .evaluate import accuracy, domain_metrics
+from .hparams import default_hparams
+
+
+def resolve_hparams(dataset: str, **overrides) -> dict:
+    """Defaults for the data set, overridden by every value that is not None."""
+    hp = default_hparams(dataset)
+    hp.update({k: v for k, v in overrides.items() if v is not None})
+    hp["dataset"] = dataset
+    return hp
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0):
+    """Endless random minibatches (with replacement across batches, like DomainBed's InfiniteDataLoader)."""
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[:2]
+        while True:
+            idx = torch.randint(len(x), (batch_size,), generator=g)
+            yield x[idx], y[idx]
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=g)
+    yield from DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
+
+
+def make_progress(console: Console | None = None, transient: bool = False) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                    transient=transient)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    if (out / WEIGHTS).exists() or (out / METRICS).exists():
+        if not overwrite:
+            raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
+
+
+def train_one(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False,
+              progress: Progress | None = None) -> dict:
+    """Train one leave-one-domain-out run into `out`; returns its metrics."""
+    out = Path(out)
+    prepare_out(out, overwrite)
+    seed_everything(hp["seed"])
+    if hp.get("threads"):
+        torch.set_num_threads(hp["threads"])
+    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
+    test_env = ds.domain_index(hp["test_env"])
+    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    train_splits = [s for i, s in enumerate(splits) if i != test_env]
+    algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(train_splits), hp)
+    workers = 0 if isinstance(train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
+    streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
+               for i, s in enumerate(train_splits)]
+
+    best = (-1.0, None, None)  # (val_acc, step, state)
+    history = []
+    own_progress = progress is None
+    progress = progress or make_progress(console)
+    label = f"{hp['method']} · test env {ds.domains[test_env]}"
+    start = time.perf_counter()
+    with progress if own_progress else nullcontext():
+        task = progress.add_task(label, total=hp["steps"], info="")
+        for step in range(hp["steps"]):
+            algo.train()
+            losses = algo.update([next(s) for s in streams], step)
+            last = step + 1 == hp["steps"]
+            if (step + 1) % hp["checkpoint_freq"] == 0 or last:
+                algo.eval()
+                val = float(np.mean([accuracy(algo.predict, s.out_eval) for s in train_splits]))
+                history.append({"step": step + 1, "val_acc": val, **losses})
+                if algo.is_selectable(step) and val > best[0]:
+                    best = (val, step + 1, copy.deepcopy(algo.network.state_dict()))
+            progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {best[0]:.3f}")
+        if not own_progress:
+            progress.remove_task(task)
+    if best[2] is None:
+        raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
+    algo.network.load_state_dict(best[2])
+    algo.eval()
+
+    scored = domain_metrics(algo.predict, splits, test_env)
+    quantized = algo.quantizes
+    scheme = scheme_from_hparams(hp) if quantized else None
+    metrics = {"per_domain": scored["per_domain"], "test_env": scored["test_env"], "test_acc": scored["test_acc"],
+               "val_acc": best[0], "selected_step": best[1],
+               "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
+               "method": hp["method"]}
+    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
+              "test_env_index": test_env, "classes": ds.classes,
+              "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
+              "size": model_size(algo.network), "history": history,
+              "train_seconds": round(time.perf_counter() - start, 1)}
+    save_run(out, config, algo.network.state_dict(), metrics)
+    return metrics
+
+
+def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False) -> dict:
+    """`--test-env all` trains every held-out domain into out/<domain>; otherwise one run into out."""
+    out = Path(out)
+    if str(hp["test_env"]) != "all":
+        return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
+    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size")).domains
+    runs = {}
+    with make_progress(console) as progress:
+        for d in domains:
+            runs[d] = train_one({**hp, "test_env": d}, out / d, console=console, overwrite=overwrite,
+                                progress=progress)
+    return {"runs": runs}
