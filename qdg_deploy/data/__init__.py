@@ -1,0 +1,49 @@
+"""One registry of domain-generalization data sets.
+
+    ds = get_dataset("rotated-mnist")            # embedded, no download
+    ds = get_dataset("PACS", "/data/domainbed")  # reads /data/domainbed/PACS/<domain>/<class>/<img>
+    splits = split_domains(ds)                   # per domain: train / in_eval / out_eval
+
+Every item is (x: FloatTensor[C, H, W], y: int).
+"""
+
+from __future__ import annotations
+
+from qdg_deploy.data.base import DGDataset, DomainSplit, split_domains
+from qdg_deploy.data.folders import (DOMAINBED_FOLDERS, build_digits, build_domainbed, build_folder,
+                                     build_office31)
+from qdg_deploy.data.rotated_mnist import build_rotated_mnist
+from qdg_deploy.errors import DataError
+
+__all__ = ["DGDataset", "DomainSplit", "available_datasets", "get_dataset", "split_domains"]
+
+FOLDER_PREFIX = "folder:"
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by get_dataset (for --help); 'folder:PATH' stands for any folder tree."""
+    return ["rotated-mnist", *DOMAINBED_FOLDERS, "office31", "digits", FOLDER_PREFIX + "PATH"]
+
+
+def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | None = None) -> DGDataset:
+    """Build a data set by name (case-insensitive).
+
+    rotated-mnist ignores data_dir; image_size, when given and not 28, resizes its
+    digits. Folder data sets default to 224 x 224 (digits: 32 x 32).
+    """
+    if name.startswith(FOLDER_PREFIX):
+        path = name[len(FOLDER_PREFIX):]
+        if not path:
+            raise DataError("folder: needs a path, e.g. folder:/data/my_dataset")
+        return build_folder(path, image_size)
+    key = name.lower()
+    if key == "rotated-mnist":
+        return build_rotated_mnist(image_size)
+    if key == "office31":
+        return build_office31(data_dir, image_size)
+    if key == "digits":
+        return build_digits(data_dir, image_size)
+    for canonical in DOMAINBED_FOLDERS:
+        if key == canonical.lower():
+            return build_domainbed(canonical, data_dir, image_size)
+    raise DataError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")

@@ -1,0 +1,196 @@
+"""Image-folder data sets laid out as ROOT/<domain>/<class>/<image> (DomainBed's layout).
+
+The file list is built and validated once, up front, so that a bad tree fails
+with one clear DataError before training starts; images are opened lazily.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from qdg_deploy.data.base import DGDataset
+from qdg_deploy.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# Registry name -> folder name DomainBed's download script creates.
+DOMAINBED_FOLDERS = {
+    "PACS": "PACS",
+    "VLCS": "VLCS",
+    "OfficeHome": "office_home",
+    "TerraIncognita": "terra_incognita",
+    "DomainNet": "domain_net",
+}
+OFFICE31_DOMAINS = ("amazon", "dslr", "webcam")
+DIGITS_DOMAINS = ("mnist", "mnistm", "svhn", "syn")
+
+
+def _visible_dirs(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_class(path: str) -> list[str]:
+    """All image files under one class folder (recursively), sorted; hidden entries skipped."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                continue
+            full = os.path.join(dirpath, fname)
+            if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                raise DataError(f"{full} is not an image (expected one of {' '.join(IMAGE_EXTENSIONS)})")
+            files.append(full)
+    if not files:
+        raise DataError(f"class folder {path} is empty (no images)")
+    return files
+
+
+def _scan_domains(root: str, domain_dirs: dict[str, str]):
+    """Return (classes, {domain: [(path, label), ...]}) for domain name -> class-root path."""
+    if len(domain_dirs) < 2:
+        found = ", ".join(domain_dirs) or "none"
+        raise DataError(f"{root}: found {len(domain_dirs)} domain folder(s) ({found}); need at least 2")
+    classes, first = None, None
+    samples = {}
+    for domain, path in domain_dirs.items():
+        names = _visible_dirs(path)
+        if not names:
+            raise DataError(f"domain folder {path} has no class folders")
+        if classes is None:
+            classes, first = names, domain
+        elif names != classes:
+            missing = sorted(set(classes) - set(names))
+            extra = sorted(set(names) - set(classes))
+            raise DataError(f"classes differ between domains in {root}: {domain!r} vs {first!r}: "
+                            f"missing {missing}, extra {extra}")
+        samples[domain] = [(f, label) for label, c in enumerate(names)
+                           for f in _scan_class(os.path.join(path, c))]
+    return classes, samples
+
+
+class ImageList(Dataset):
+    """(path, label) pairs; each item is (transform(RGB image), label)."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.targets = [y for _, y in samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+        return self.transform(img), label
+
+
+class FolderDGDataset(DGDataset):
+    def __init__(self, name: str, root: str, domain_dirs: dict[str, str], size: int,
+                 train_tf, eval_tf, augments: bool = True):
+        classes, samples = _scan_domains(root, domain_dirs)
+        super().__init__(name, list(samples), classes, (3, size, size))
+        self.root = root
+        self.samples = [samples[d] for d in self.domains]
+        self.train_tf, self.eval_tf, self.augments = train_tf, eval_tf, augments
+
+    def _domain_dataset(self, i: int, train: bool) -> Dataset:
+        return ImageList(self.samples[i], self.train_tf if train else self.eval_tf)
+
+
+def domainbed_transforms(size: int):
+    """DomainBed's ImageNet-style augmentation (train) and plain resize (eval)."""
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = T.Compose([
+        T.RandomResizedCrop(size, scale=(0.7, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.RandomGrayscale(),
+        T.ToTensor(),
+        normalize,
+    ])
+    return train, T.Compose([T.Resize((size, size)), T.ToTensor(), normalize])
+
+
+def _check_size(image_size: int | None, default: int) -> int:
+    size = default if image_size is None else image_size
+    if not isinstance(size, int) or size < 1:
+        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+    return size
+
+
+def _require_dir(path: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise DataError(f"{path} not found ({what})")
+    return path
+
+
+def _need_data_dir(name: str, data_dir: str | None, folder: str) -> str:
+    if not data_dir:
+        raise DataError(f"{name} needs a data directory: the folder that holds {folder}/")
+    return _require_dir(os.path.abspath(os.path.expanduser(data_dir)), "data directory")
+
+
+def build_folder(path: str, image_size: int | None = None, name: str | None = None) -> FolderDGDataset:
+    """Any PATH/<domain>/<class>/<image> tree; every visible sub-folder is a domain."""
+    root = _require_dir(os.path.abspath(os.path.expanduser(path)), "data set folder")
+    size = _check_size(image_size, 224)
+    dirs = {d: os.path.join(root, d) for d in _visible_dirs(root)}
+    return FolderDGDataset(name or f"folder:{path}", root, dirs, size, *domainbed_transforms(size))
+
+
+def build_domainbed(name: str, data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+    folder = DOMAINBED_FOLDERS[name]
+    base = _need_data_dir(name, data_dir, folder)
+    root = os.path.join(base, folder)
+    _require_dir(root, f"expected the {name} folder {folder!r} inside {base}")
+    return build_folder(root, image_size, name=name)
+
+
+def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tuple[str, ...]) -> str:
+    """ROOT/<folder> if present; ROOT itself if it already holds some known domains."""
+    base = _need_data_dir(name, data_dir, folder)
+    root = os.path.join(base, folder)
+    if os.path.isdir(root):
+        return root
+    if any(os.path.isdir(os.path.join(base, d)) for d in known):
+        return base
+    raise DataError(f"{root} not found (expected the {name} folder with domains "
+                    f"{', '.join(known)} inside {base})")
+
+
+def build_office31(data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+    root = _known_domains_root("office31", data_dir, "office31", OFFICE31_DOMAINS)
+    size = _check_size(image_size, 224)
+    dirs = {}
+    for d in OFFICE31_DOMAINS:
+        path = os.path.join(root, d)
+        if not os.path.isdir(path):
+            continue
+        # The original archive nests classes one level deeper: <domain>/images/<class>.
+        if _visible_dirs(path) == ["images"]:
+            path = os.path.join(path, "images")
+        dirs[d] = path
+    return FolderDGDataset("office31", root, dirs, size, *domainbed_transforms(size))
+
+
+def build_digits(data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+    root = _known_domains_root("digits", data_dir, "digits", DIGITS_DOMAINS)
+    size = _check_size(image_size, 32)
+    dirs = {d: os.path.join(root, d) for d in DIGITS_DOMAINS if os.path.isdir(os.path.join(root, d))}
+    # Small digit images: no augmentation, so train and eval share one transform.
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    ds = FolderDGDataset("digits", root, dirs, size, tf, tf, augments=False)
+    if ds.classes != [str(c) for c in range(10)]:
+        raise DataError(f"digits classes in {root} must be the folders 0-9, found {ds.classes}")
+    return ds
