@@ -29,8 +29,10 @@ class QuantSpec:
     quantizer: str = "lsq"
 
     def __post_init__(self):
-        if not 2 <= self.bits <= 8:
-            raise QdgError(f"quantization bits must be 2..8, got {self.bits}")
+        # 1 bit is binary (sign) quantization: only the "bwn" quantizer is defined there.
+        low = 1 if self.quantizer == "bwn" else 2
+        if not low <= self.bits <= 8:
+            raise QdgError(f"quantization bits must be {low}..8 for quantizer {self.quantizer!r}, got {self.bits}")
         if self.zero_point not in ("none", "learned", "relu"):
             raise QdgError(f"zero_point must be none, learned or relu, got {self.zero_point!r}")
 
@@ -51,8 +53,13 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Same value as x; the gradient reaching x is multiplied by `factor`."""
-    return (x - x * factor).detach() + x * factor
+    """Same value as x, bit for bit; the gradient reaching x is multiplied by `factor`.
+
+    Written as x + (t - t) with t = x * factor: (x - t) + t can differ from x in its last bit, which
+    would make the forward use a step one ulp off the exported scale and move ties.
+    """
+    t = x * factor
+    return x.detach() + (t - t.detach())
 
 
 class Quantizer(nn.Module):
@@ -133,6 +140,60 @@ class Quantizer(nn.Module):
         return torch.clamp(torch.round(x / s) + self.zero_point_int(), self.qmin, self.qmax).to(torch.int32)
 
 
+class _LsqFakeQuant(torch.autograd.Function):
+    """LSQ fake-quant with its gradients written out, so autograd keeps one node instead of a chain of
+    elementwise ops (the training-step overhead target is ≤ 1.3× float).
+
+    forward:  q = clamp(round(x / s) + z, qmin, qmax);  out = (q - z) * s
+    backward: LSQ's regions are on the unrounded v = x/s + z, with c = clamp(v, qmin, qmax):
+              x: straight-through where v == c (inside), 0 outside;
+              s: round(v) - v inside, c - z outside = round(c) - z - (c - z)·inside, times g;
+              z: -s outside, 0 inside, times g.
+    `z` is None when the zero point is fixed at 0, which skips its arithmetic on the hot path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, z, qmin, qmax, g):
+        q = torch.round(x / s)
+        if z is not None:
+            q.add_(z).clamp_(qmin, qmax).sub_(z)
+        else:
+            q.clamp_(qmin, qmax)
+        ctx.save_for_backward(x, s, z)
+        ctx.consts = (qmin, qmax, g)
+        return q.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, s, z = ctx.saved_tensors
+        qmin, qmax, g = ctx.consts
+        v = x / s
+        if z is not None:
+            v.add_(z)
+        c = v.clamp(qmin, qmax)
+        outside = c.ne(v)  # a bool mask: masked_fill avoids promoting it to float
+        del v
+        grad_x = grad.masked_fill(outside, 0) if ctx.needs_input_grad[0] else None
+        grad_s = grad_z = None
+        if ctx.needs_input_grad[1]:
+            ds = torch.round(c)
+            if z is not None:
+                ds.sub_(z).sub_(c.sub_(z).masked_fill_(outside, 0))
+            else:
+                ds.sub_(c.masked_fill_(outside, 0))
+            grad_s = _reduce_to(ds.mul_(grad), s.shape) * g
+        if z is not None and ctx.needs_input_grad[2]:
+            grad_z = _reduce_to(grad.masked_fill(~outside, 0) * s, z.shape) * -g
+        return grad_x, grad_s, grad_z, None, None, None
+
+
+def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sum `t` down to a broadcastable parameter shape ([] or [C, 1, ...])."""
+    if len(shape) == 0:
+        return t.sum()
+    return t.sum(dim=tuple(d for d in range(t.dim()) if shape[d] == 1), keepdim=True)
+
+
 class LsqQuantizer(Quantizer):
     """LSQ (Esser et al. 2020), with an optional LSQ+-style learned integer zero point.
 
@@ -142,10 +203,9 @@ class LsqQuantizer(Quantizer):
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         g = 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
-        s = scale_grad(self.step.abs().clamp(min=1e-8), g)
-        z = round_ste(scale_grad(self.zero_point, g)) if self.learned_zp else 0.0
-        q = torch.clamp(round_ste(x / s) + z, self.qmin, self.qmax)
-        return (q - z) * s
+        s = self.step.abs().clamp(min=1e-8)
+        z = round_ste(self.zero_point) if self.learned_zp else None
+        return _LsqFakeQuant.apply(x, s, z, self.qmin, self.qmax, g)
 
 
 QUANTIZERS: dict[str, type[Quantizer]] = {"lsq": LsqQuantizer}
