@@ -1,0 +1,146 @@
+"""What `qdg-deploy bench` measures: a run directory, an `.onnx` file or a TensorRT `.engine` file.
+
+The data set of an `.onnx` / `.engine` comes from the run directory around it: its parent directory when
+that holds a `config.json` written by `qdg-deploy train` (where `qdg-deploy export` writes
+`RUN_DIR/model.onnx`). A bare file with no run directory is still timed and sized; its accuracy is
+skipped with that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ..errors import QdgError
+from ..io import read_json
+from ..runs import CONFIG, METRICS, WEIGHTS
+
+ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME = "model.onnx", "model.fp32.onnx", "model.engine"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str                       # "run" | "onnx" | "engine"
+    run_dir: Path | None = None     # the run directory (the artifact itself, or the one around a file)
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def config(self) -> dict | None:
+        return read_json(self.run_dir / CONFIG) if self.run_dir else None
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The .onnx itself; for a run directory its model.onnx (the QDQ export), else model.fp32.onnx."""
+        if self.kind == "onnx":
+            return self.path
+        if self.kind == "run":
+            for name in (ONNX_NAME, FP32_ONNX_NAME):
+                if (self.path / name).is_file():
+                    return self.path / name
+        return None
+
+    @property
+    def engine_path(self) -> Path | None:
+        if self.kind == "engine":
+            return self.path
+        if self.kind == "run" and (self.path / ENGINE_NAME).is_file():
+            return self.path / ENGINE_NAME
+        return None
+
+    @property
+    def quantized(self) -> bool | None:
+        """Whether the run's network is quantized (None without a run directory)."""
+        return bool(self.config["model"].get("scheme")) if self.config else None
+
+    @property
+    def input_shape(self) -> list[int] | None:
+        """[C, H, W] from the run directory, else from the ONNX graph input; None if unknown."""
+        if self.config:
+            return list(self.config["model"]["input_shape"])
+        if self.kind == "onnx":
+            dims = onnx_input_dims(self.path)[1:]
+            if all(isinstance(d, int) and d > 0 for d in dims):
+                return dims
+        return None
+
+    def export_report(self, file: Path | None = None) -> dict | None:
+        """The exporter's report for `file` (default: the artifact's own file): X.onnx → X.export.json."""
+        file = file or (self.path if self.kind != "run" else self.onnx_path)
+        if file is None:
+            return None
+        p = file.with_name(file.stem + ".export.json")
+        if p.is_file():
+            try:
+                return read_json(p)
+            except ValueError:
+                return None
+        return None
+
+
+def resolve_artifact(path: str | Path) -> Artifact:
+    p = Path(path)
+    if p.is_dir():
+        missing = [n for n in (CONFIG, WEIGHTS, METRICS) if not (p / n).is_file()]
+        if missing:
+            raise QdgError(f"{p} is neither a run directory ({', '.join(missing)} missing) nor an .onnx/.engine file")
+        return Artifact(p, "run", p, label=str(path))
+    if not p.is_file():
+        raise QdgError(f"artifact not found: {p}")
+    suffix = p.suffix.lower()
+    kind = {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}.get(suffix)
+    if kind is None:
+        raise QdgError(f"{p}: unknown artifact type {suffix or '(no suffix)'}; give a run directory, an .onnx or an .engine")
+    run_dir = p.parent if (p.parent / CONFIG).is_file() and (p.parent / WEIGHTS).is_file() else None
+    return Artifact(p, kind, run_dir, label=str(path))
+
+
+def onnx_input_dims(path: Path) -> list:
+    """The dims of the ONNX model's single input: ints, or the symbolic name / None where dynamic."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise QdgError(f"cannot read ONNX {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise QdgError(f"{path}: expected one input tensor, found {len(inputs)}")
+    dims = []
+    for d in inputs[0].type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    if len(dims) != 4:
+        raise QdgError(f"{path}: expected an NCHW input, found {len(dims)} dimensions")
+    return dims
+
+
+def onnx_size(path: Path) -> dict:
+    """Parameter count and stored weight bytes of an ONNX file (initializers, at their stored type).
+
+    Quantization scales and zero points (inputs 1 and 2 of Quantize/DequantizeLinear) count in the
+    bytes but not in the parameter count.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    qparams = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qparams.update(node.input[1:])
+    params = stored = 0
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        except Exception:
+            itemsize = 4
+        bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(init.data_type, itemsize * 8)
+        stored += n * bits / 8
+        if init.name not in qparams and init.data_type != onnx.TensorProto.INT64:  # int64: shapes, axes
+            params += n
+    return {"params": int(params), "packed_bytes": int(round(stored))}

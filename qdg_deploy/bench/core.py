@@ -1,0 +1,224 @@
+"""`bench`: every artifact on every runtime that can run it, at every batch size; one record each."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import QdgError
+from .artifacts import Artifact, resolve_artifact
+from .env import environment
+from .harness import measure
+from .runtimes import RUNTIMES, Session, get_runtime
+
+SCHEMA = "qdg-deploy-bench/1"
+ACCURACY_BATCH = 256
+
+
+# ---------------------------------------------------------------- accuracy
+
+_SPLITS: dict[tuple, list] = {}
+
+
+def _splits(config: dict):
+    from ..data import get_dataset, split_domains
+
+    hp = config["hparams"]
+    key = (hp["dataset"], hp.get("data_dir"), hp.get("image_size"), hp["holdout_fraction"], hp["seed"])
+    if key not in _SPLITS:
+        ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
+        _SPLITS[key] = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    return _SPLITS[key]
+
+
+def _count_correct(session: Session, dataset, batch: int) -> tuple[int, int]:
+    from ..train.evaluate import iter_batches
+
+    correct = total = 0
+    fixed = session.fixed_batch
+    for x, y in iter_batches(dataset, fixed or batch):
+        x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        n = len(x)
+        if fixed and n < fixed:  # a fixed-batch artifact: pad the last chunk, score the real rows only
+            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), np.float32)])
+        logits = np.asarray(session.predict(x))[:n]
+        correct += int((logits.argmax(1) == np.asarray(y)).sum())
+        total += n
+    return correct, total
+
+
+def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH) -> dict:
+    """Accuracy on every domain of the artifact's data set (its run's split): a training domain on its
+    held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`."""
+    cfg = artifact.config
+    splits = _splits(cfg)
+    test = cfg["test_env_index"]
+    per_domain = {}
+    for i, s in enumerate(splits):
+        held = i == test
+        parts = [s.in_eval, s.out_eval] if held else [s.out_eval]
+        c = t = 0
+        for part in parts:
+            ci, ti = _count_correct(session, part, batch)
+            c, t = c + ci, t + ti
+        per_domain[s.name] = {"acc": c / t if t else float("nan"), "n": t, "split": "all" if held else "out",
+                              "held_out": held}
+    train = [d for d, r in per_domain.items() if not r["held_out"]]
+    return {"dataset": cfg["hparams"]["dataset"], "test_env": splits[test].name, "per_domain": per_domain,
+            "test_acc": per_domain[splits[test].name]["acc"],
+            "val_acc": float(np.mean([per_domain[d]["acc"] for d in train])) if train else float("nan")}
+
+
+# ---------------------------------------------------------------- the driver
+
+def select_runtimes(names: list[str] | None) -> tuple[list, list[dict]]:
+    """(runtimes to use, skipped entries for the unavailable ones). Without names: every registered one."""
+    chosen = [get_runtime(n) for n in names] if names else list(RUNTIMES.values())
+    use, skipped = [], []
+    for rt in chosen:
+        ok, why = rt.available()
+        if ok:
+            use.append(rt)
+        else:
+            skipped.append({"artifact": None, "runtime": rt.name, "batch": None, "reason": f"unavailable: {why}"})
+    return use, skipped
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console or Console(stderr=True),
+                    transient=True)
+
+
+def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
+          warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10, threads: int | None = None,
+          accuracy: bool = True, copies: bool = True, console: Console | None = None,
+          progress: Progress | None = None, seed: int = 0) -> dict:
+    """Time, size and score each artifact on each runtime; returns the JSON-ready result.
+
+    Records: one per (artifact, runtime, batch). `skipped`: every pair / batch not measured, with why.
+    """
+    import torch
+
+    if not artifacts:
+        raise QdgError("give at least one artifact: a run directory, an .onnx or an .engine file")
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise QdgError(f"batch sizes must be positive integers, got {batches}")
+    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
+        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
+    arts = [resolve_artifact(a) for a in artifacts]
+    use, skipped = select_runtimes(runtimes)
+    explicit = bool(runtimes)
+    pairs = []
+    for art in arts:
+        for rt in use:
+            ok, why = rt.applies(art)
+            if ok:
+                pairs.append((art, rt))
+            elif explicit or not why.startswith(f"{rt.name} takes"):
+                # Unasked-for runtimes that simply take another artifact kind are not worth a line each.
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None, "reason": why})
+    if not pairs:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "no runtime selected"
+        raise QdgError(f"nothing to measure ({reasons})")
+
+    env = environment(threads)
+    torch_threads = torch.get_num_threads()
+    rng = np.random.default_rng(seed)
+    records = []
+    total = len(pairs) * (len(batches) + int(accuracy))
+    own = progress is None
+    progress = progress or _progress(console)
+    try:
+        with progress if own else nullcontext():
+            task = progress.add_task("bench", total=total, info="")
+            for art, rt in pairs:
+                name = f"{Path(art.label).name} · {rt.name}"
+                progress.update(task, description=name, info="loading")
+                try:
+                    session = rt.load(art, threads=threads, copies=copies)
+                except Exception as e:  # one artifact that cannot load must not end the whole bench
+                    why = str(e) if isinstance(e, QdgError) else f"load failed: {type(e).__name__}: {e}"
+                    skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
+                                    "reason": why.splitlines()[0] if why else type(e).__name__})
+                    progress.advance(task, len(batches) + int(accuracy))
+                    continue
+                try:
+                    records.extend(_bench_pair(art, rt, session, batches, rng, skipped, progress, task,
+                                               warmup_ms=warmup_ms, duration_s=duration_s, min_iters=min_iters,
+                                               accuracy=accuracy, threads=threads))
+                finally:
+                    session.close()
+    finally:
+        torch.set_num_threads(torch_threads)
+    return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "environment": env,
+            "settings": {"batches": batches, "warmup_ms": warmup_ms, "duration_s": duration_s,
+                         "min_iters": min_iters, "threads": threads, "accuracy": accuracy,
+                         "copies": "included" if copies else "excluded", "input": "uniform [0, 1) float32, NCHW",
+                         "latency": "per iteration, between consecutive perf_counter_ns readings (trtexec-style "
+                                    "warm-up then timed duration)"},
+            "records": records, "skipped": skipped}
+
+
+def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warmup_ms, duration_s, min_iters,
+                accuracy, threads) -> list[dict]:
+    import torch
+
+    shape = art.input_shape or getattr(session, "input_shape", None)
+    size = session.size()
+    acc, acc_reason = None, None
+    recs = []
+    with torch.inference_mode():
+        for b in batches:
+            progress.update(task, info=f"batch {b}")
+            if shape is None:
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
+                                "reason": "input shape unknown (no run directory and a dynamic ONNX input)"})
+            elif session.fixed_batch and b != session.fixed_batch:
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
+                                "reason": f"the artifact has a fixed batch of {session.fixed_batch}"})
+            else:
+                x = rng.random((b, *shape), dtype=np.float32)
+                stats = measure(session.run, x, b, warmup_ms=warmup_ms, duration_s=duration_s,
+                                min_iters=min_iters)
+                d = stats.to_dict()
+                recs.append({
+                    "artifact": art.label, "artifact_path": str(art.path), "artifact_kind": art.kind,
+                    "run_dir": str(art.run_dir) if art.run_dir else None, "runtime": rt.name, "batch": b,
+                    "input_shape": [b, *shape], "copies": session.copies, "threads": threads,
+                    "runtime_info": session.info, "versions": rt.versions(),
+                    "latency_ms": {k[:-3]: d[k] for k in ("mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
+                                                          "min_ms", "max_ms", "std_ms")},
+                    "iterations": d["iterations"], "warmup_iterations": d["warmup_iterations"],
+                    "wall_s": d["wall_s"], "throughput_ips": d["throughput_ips"],
+                    "throughput_wall_ips": d["throughput_wall_ips"], "size": size})
+            progress.advance(task)
+        if accuracy:
+            progress.update(task, info="accuracy")
+            if art.run_dir is None:
+                acc_reason = "no run directory around the artifact (parent with config.json): data set unknown"
+            else:
+                start = time.perf_counter()
+                try:
+                    acc = domain_accuracy(session, art)
+                    acc["seconds"] = round(time.perf_counter() - start, 2)
+                except QdgError as e:  # e.g. the data set is not on this machine
+                    acc_reason = f"accuracy skipped: {e}"
+            progress.advance(task)
+        else:
+            acc_reason = "--no-accuracy"
+    for r in recs:
+        r["accuracy"] = acc
+        r["accuracy_skipped"] = acc_reason
+    if not recs and acc is not None:  # no batch timed (fixed batch elsewhere): keep the accuracy anyway
+        skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
+                        "reason": "no batch size could be timed", "accuracy": acc})
+    return recs

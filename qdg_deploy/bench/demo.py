@@ -1,0 +1,99 @@
+"""The demo's last step: bench each model's deployment artifact and print one final table.
+
+    result = bench_demo({"ERM": "runs/demo/erm", "QT-DoG (W7)": "runs/demo/qt-dog", ...}, out_dir)
+
+Each model is benched as it would ship: its exported ONNX (model.onnx, else model.fp32.onnx, else
+model.engine) on every available ONNX/TensorRT runtime. A float run with no export is first exported with
+`--format onnx-fp32` (export_float=True); otherwise a run with no export falls back to its PyTorch network. Writes OUT/bench.json and OUT/bench-latency.png, OUT/bench-accuracy.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..io import write_json
+from ..report import human_bytes, pct
+from .artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
+from .core import bench
+from .report import write_plots
+
+
+def deployment_artifact(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    for name in (ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return run_dir
+
+
+def _export_float_if_missing(run_dir: Path) -> None:
+    """A float run with no export gets model.fp32.onnx (the exporter's onnx-fp32), so that every model of
+    the demo is compared on the same runtimes."""
+    from ..runs import load_run
+
+    if deployment_artifact(run_dir) != run_dir or load_run(run_dir).scheme is not None:
+        return
+    from ..export import export_run
+    export_run(run_dir, fmt="onnx-fp32", verify=False)
+
+
+def bench_demo(runs: dict[str, str | Path], out_dir: str | Path, *, batches=(1, 32), duration_s: float = 1.0,
+               warmup_ms: float = 200, threads: int | None = None, export_float: bool = True,
+               console: Console | None = None, out: Console | None = None) -> dict:
+    out = out or Console()
+    out_dir = Path(out_dir)
+    if export_float:
+        for d in runs.values():
+            _export_float_if_missing(Path(d))
+    arts = {label: deployment_artifact(d) for label, d in runs.items()}
+    result = bench(list(arts.values()), None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
+                   min_iters=10, threads=threads, accuracy=True, console=console)
+    write_json(out_dir / "bench.json", result)
+    plots = write_plots(result, out_dir / "bench.png")
+    out.print(final_table(result, arts))
+    out.print(f"bench: {out_dir / 'bench.json'}, " + ", ".join(str(p) for p in plots))
+    return result
+
+
+def final_table(result: dict, arts: dict[str, Path]) -> Table:
+    """Rows: per-domain accuracy of the deployed artifact (held-out marked), latency, throughput, size;
+    one column per (model, runtime)."""
+    cols = []
+    for label, path in arts.items():
+        recs = [r for r in result["records"] if r["artifact_path"] == str(path)]
+        for rt in dict.fromkeys(r["runtime"] for r in recs):
+            by_batch = {r["batch"]: r for r in recs if r["runtime"] == rt}
+            cols.append((f"{label}\n{Path(path).name} · {rt}", by_batch))
+    env = result["environment"]
+    threads = result["settings"]["threads"] or env["torch_threads"]
+    t = Table(title=f"Deployed models — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
+              + f", {threads} threads")
+    t.add_column("")
+    for name, _ in cols:
+        t.add_column(name, justify="right")
+    if not cols:
+        return t
+    first = next(iter(cols[0][1].values()))
+    acc0 = first.get("accuracy")
+    if acc0:
+        for d, info in acc0["per_domain"].items():
+            label = f"[bold]{d} (held-out) %[/]" if info["held_out"] else f"{d} (val) %"
+            cells = []
+            for _, by_batch in cols:
+                a = next(iter(by_batch.values())).get("accuracy")
+                cells.append(pct(a["per_domain"][d]["acc"]) if a else "—")
+            t.add_row(label, *cells, end_section=info["held_out"])
+    batches = result["settings"]["batches"]
+    for b in batches:
+        t.add_row(f"latency b{b} mean / p99 ms",
+                  *[f"{r['latency_ms']['mean']:.2f} / {r['latency_ms']['p99']:.2f}" if (r := bb.get(b)) else "—"
+                    for _, bb in cols])
+    b = batches[-1]
+    t.add_row(f"throughput b{b} img/s", *[f"{r['throughput_ips']:.0f}" if (r := bb.get(b)) else "—" for _, bb in cols])
+    sizes = [next(iter(bb.values()))["size"] for _, bb in cols]
+    t.add_row("file", *[human_bytes(s["file_bytes"]) for s in sizes])
+    t.add_row("packed", *[human_bytes(s["packed_bytes"]) if s.get("packed_bytes") else "—" for s in sizes])
+    return t
