@@ -19,7 +19,8 @@ out = Console()
 
 @app.command()
 def train(
-    method: str = typer.Option("erm", help="Algorithm: erm, qtdog (QT-DoG: LSQ quantization after --q-steps)."),
+    method: str = typer.Option("erm", help="Algorithm: erm, qtdog (QT-DoG: LSQ quantization after --q-steps); "
+                               "domain adaptation (with --source/--target): dann, dsan (float, or --quant), alignq."),
     dataset: str = typer.Option("rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, "
                                 "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
     data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders (PACS/, office_home/, ...)."),
@@ -28,10 +29,27 @@ def train(
     weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default by data set)."),
     q_steps: Optional[int] = typer.Option(None, help="QT-DoG: float steps before the network is quantized."),
-    scheme: str = typer.Option("paper", help="Quantization scheme: paper (W7 weight-only), trt (W8A8 int8), ort (W8A8 uint8 act)."),
+    scheme: Optional[str] = typer.Option(None, help="Quantization scheme: paper (W7 weight-only, default), trt (W8A8 int8), "
+                                         "ort (W8A8 uint8 act), alignq (W4A4 convs, image and classifier float; "
+                                         "default for dann/dsan/alignq)."),
     bits: Optional[int] = typer.Option(None, help="Weight bits 2..8 (overrides the scheme)."),
     act_bits: Optional[int] = typer.Option(None, help="Activation bits 2..8; 0 keeps activations float."),
-    quantizer: Optional[str] = typer.Option(None, help="Quantizer: lsq (default)."),
+    quantizer: Optional[str] = typer.Option(None, help="Quantizer: lsq (default), dorefa, uniform, apot, bwn (1 bit), "
+                                            "daq (AlignQ's default)."),
+    source: Optional[str] = typer.Option(None, help="Domain adaptation: labelled source domain (with --target)."),
+    target: Optional[str] = typer.Option(None, help="Domain adaptation: unlabelled target domain, reported as the "
+                                         "test domain."),
+    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="dann/dsan: quantize (--scheme, --bits, "
+                                         "--quantizer) after --q-steps, or from the start with --init."),
+    init: Optional[str] = typer.Option(None, help="Start from this run directory's weights (progressive 8→4→3→2 bits); "
+                                       "quantizes from the first step."),
+    crp: Optional[bool] = typer.Option(None, "--crp/--no-crp", help="AlignQ: contrastive relation preservation (ADMM)."),
+    grad_approx: Optional[bool] = typer.Option(None, "--grad-approx/--no-grad-approx",
+                                               help="AlignQ: reshape DAQ weight gradients (on by default)."),
+    act_range: Optional[float] = typer.Option(None, help="AlignQ: DAQ activation range (default 2)."),
+    lam: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda (default 1)."),
+    lam2: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda2 (default 4)."),
+    da: Optional[str] = typer.Option(None, help="AlignQ's network: dann (default) or dsan."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per training domain."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     weight_decay: Optional[float] = typer.Option(None),
@@ -52,7 +70,8 @@ def train(
                          steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
                          quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
-                         threads=threads, seed=seed)
+                         threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
+                         grad_approx=grad_approx, act_range=act_range, lam=lam, lam2=lam2, da=da)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
     if len(runs) == 1:
@@ -76,6 +95,115 @@ def eval_cmd(
     result = evaluate_run(run_dir, json_path)
     out.print(per_domain_table({result["method"]: result}))
     out.print(f"written {json_path or run_dir / 'eval.json'}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (QDQ, exact), onnx-fp32 (float network, BN folded), "
+                            "tensorrt (engine; needs TensorRT)."),
+    target: str = typer.Option("ort", help="tensorrt (int8, zero point 0) or ort (uint8, ONNX Runtime's U8S8 kernels)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Output file (default RUN_DIR/model.onnx)."),
+    opset: int = typer.Option(17, help="ONNX opset (13 or newer)."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch dimension symbolic or 1."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with the torch model."),
+    residual_qdq: Optional[bool] = typer.Option(None, "--residual-qdq/--no-residual-qdq", help="Q/DQ on residual "
+                                                "Adds' identity inputs (TensorRT's placement advice; not exact: the "
+                                                "trained model adds the float tensor). Default off."),
+    int_bias: bool = typer.Option(True, "--int-bias/--float-bias", help="--target ort: keep biases where ORT "
+                                  "runs QLinearConv (fast; ORT rounds them to int32) or make every bias a float Add "
+                                  "(exact; those convs then run in float)."),
+    max_samples: Optional[int] = typer.Option(None, help="Verify at most N samples per split (default: all)."),
+):
+    """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch."""
+    from .export import export_run, report_name
+
+    r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
+                   verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
+                   console=console)
+    out.print(f"written {r.get('engine', r['path'])} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
+              f"packed {r['packed_ratio']:.3f}×)")
+    if "top1_agreement" in r:
+        out.print(f"top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} samples; max |Δlogit| "
+                  f"{r['max_abs_diff']:.3g}; held-out acc onnx {r['onnx_acc']:.4f} / torch {r['torch_acc']:.4f}")
+        if "layer_divergence" in r:
+            out.print(f"first divergence: {r['layer_divergence']['first_divergence']}")
+    out.print(f"report {report_name(Path(r.get('engine', r['path'])))}")
+
+
+@app.command()
+def check(
+    model: Path = typer.Argument(..., help="An ONNX file."),
+    target: str = typer.Option("tensorrt", help="Rules to check: tensorrt."),
+):
+    """List every violation of TensorRT's explicit-quantization rules; exit 1 when there is any."""
+    from .export import check_tensorrt_rules
+
+    if target != "tensorrt":
+        raise QdgError(f"check knows the rules of --target tensorrt only, not {target!r}")
+    problems = check_tensorrt_rules(model)
+    for p in problems:
+        out.print(p, highlight=False, soft_wrap=True)
+    if problems:
+        out.print(f"{len(problems)} violation(s) of TensorRT's explicit-quantization rules in {model}")
+        raise typer.Exit(1)
+    out.print(f"{model}: follows TensorRT's explicit-quantization rules")
+
+
+@app.command()
+def bench(
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="Run directories, .onnx or .engine files. An "
+                                                     "ONNX/engine file's data set comes from the run directory it sits in."),
+    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="Runtime(s) to use (repeatable; "
+                                                "default: every available one that fits the artifact)."),
+    batch: str = typer.Option("1,8,32", help="Comma-separated batch sizes."),
+    warmup_ms: float = typer.Option(200, help="Warm-up before timing, per batch size (ms)."),
+    duration_s: float = typer.Option(3.0, help="Timed duration per batch size (s)."),
+    min_iters: int = typer.Option(10, help="Timed iterations at least, whatever the duration."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: theirs)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records (one per artifact, runtime, batch)."),
+    plot: Optional[Path] = typer.Option(None, help="PNG plots: DIR (DIR/latency.png, DIR/accuracy.png) or X.png "
+                                        "(X-latency.png, X-accuracy.png)."),
+    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="Per-domain accuracy of each artifact."),
+    copies: bool = typer.Option(True, "--copies/--no-copies", help="GPU runtimes: time host↔device copies "
+                                "(trtexec's latency) or compute only."),
+    compare_path: Optional[Path] = typer.Option(None, "--compare", help="An earlier --json: print new/old ratios."),
+    list_runtimes: bool = typer.Option(False, "--list-runtimes", help="Show each runtime, available or not and why."),
+):
+    """Latency (mean, p50/p90/p95/p99), throughput, size and per-domain accuracy on every runtime here."""
+    from . import bench as B
+    from .io import write_json
+
+    if list_runtimes:
+        out.print(B.runtimes_table(B.list_runtimes()))
+        return
+    if not artifacts:
+        raise QdgError("give at least one artifact (a run directory, an .onnx or an .engine), or --list-runtimes")
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise QdgError(f"--batch takes comma-separated integers, e.g. 1,8,32 (got {batch!r})") from None
+    old = B.load_result(compare_path) if compare_path else None
+    result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
+                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+    out.print(B.results_table(result))
+    acc = B.accuracy_table(result)
+    if acc is not None:
+        out.print(acc)
+    for line in B.skipped_lines(result):
+        out.print(f"[dim]{line}[/]", highlight=False)
+    if json_path:
+        write_json(json_path, result)
+        out.print(f"written {json_path}")
+    if plot:
+        for p in B.write_plots(result, plot):
+            out.print(f"written {p}")
+    if old is not None:
+        rows = B.compare(result, old)
+        if rows:
+            out.print(B.compare_table(rows, str(compare_path)))
+        else:
+            out.print(f"--compare: no (artifact, runtime, batch) in common with {compare_path}")
 
 
 @app.command()

@@ -44,5 +44,28 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env
             dirs[label] = run_dir
     out.print(per_domain_table(results, sizes, title=f"rotated-MNIST (embedded), seed {seed}: accuracy (%) per "
                                f"domain, held-out {test_env}°"))
+    exports = export_step(dirs, console=console, out=out)
+    from .bench.demo import bench_demo  # bench each exported model, one final table
+    bench = bench_demo(dirs, out_dir, console=console, out=out)
     out.print(f"runs in {out_dir}; {time.perf_counter() - start:.0f} s in all")
-    return {"results": results, "sizes": sizes, "dirs": {k: str(v) for k, v in dirs.items()}}
+    return {"results": results, "sizes": sizes, "dirs": {k: str(v) for k, v in dirs.items()}, "exports": exports,
+            "bench": bench}
+
+
+def export_step(dirs: dict[str, Path], *, console: Console | None = None, out: Console | None = None) -> dict:
+    """Export every quantized run to QDQ ONNX and print its top-1 agreement with the torch model (ORT CPU)."""
+    from .export import export_run
+
+    out = out or Console()
+    reports = {}
+    for label, run_dir in dirs.items():
+        scheme = load_run(run_dir).scheme
+        if scheme is None:
+            continue
+        target = "tensorrt" if scheme.name == "trt" else "ort"
+        r = export_run(run_dir, target=target, console=console)
+        reports[label] = r
+        out.print(f"{label}: {r['path']} ({r['size_ratio']:.2f}× FP32 ONNX, packed {r['packed_ratio']:.2f}×), "
+                  f"--target {target}: top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} "
+                  f"samples, max |Δlogit| {r['max_abs_diff']:.2g}", highlight=False)
+    return reports

@@ -1,0 +1,257 @@
+"""`export_onnx` (a model) and `export_run` (a run directory, with verification and the .export.json report)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset
+
+from ..errors import QdgError
+from ..io import atomic_path, write_json
+from ..quant import QConv2d, QLinear
+from .onnx_writer import DEFAULT_OPSET, build_onnx
+from .verify import compare, layer_divergence, ort_session
+
+FORMATS = ("onnx", "onnx-fp32", "tensorrt")
+FUSED_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd"}
+WEIGHT_ONLY_NOTE = ("weight-only layers: integer codes + DequantizeLinear into a float Conv; they shrink the file "
+                    "but compute in float (TensorRT runs a convolution in INT8 only when its input is quantized too)")
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """The same network with every quantizer removed (the float baseline)."""
+    m = copy.deepcopy(model)
+    for layer in m.modules():
+        if isinstance(layer, (QConv2d, QLinear)):
+            layer.weight_quant = None
+            layer.act_quant = None
+    return m.eval()
+
+
+def report_name(path: Path) -> Path:
+    """model.onnx -> model.export.json"""
+    return path.with_name(path.stem + ".export.json")
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> int:
+    data = proto.SerializeToString()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return len(data)
+
+
+def packed_bytes(proto: onnx.ModelProto, weight_bits: dict[str, int]) -> int:
+    """Bytes a b-bit deployment needs: quantized weights' codes packed at their trained bit-width, plus every
+    other initializer as stored (scales, biases, float weights, activation zero points); weight zero points
+    are all 0 and need no storage."""
+    total = 0
+    for t in proto.graph.initializer:
+        arr = onnx.numpy_helper.to_array(t)
+        if t.name in weight_bits:
+            total += math.ceil(arr.size * weight_bits[t.name] / 8)
+        elif not t.name.endswith(".weight_zero_point"):
+            total += arr.nbytes
+    return total
+
+
+def ort_fusion(proto: onnx.ModelProto, layers: list[dict]) -> dict:
+    """Which quantized layers ONNX Runtime CPU turns into integer kernels (QLinearConv, QGemm, ...)."""
+    with tempfile.TemporaryDirectory() as d:
+        opt = Path(d) / "opt.onnx"
+        ort_session(proto, level="extended", optimized_path=str(opt))
+        g = onnx.load(str(opt), load_external_data=False).graph
+    fused_refs = set()
+    for n in g.node:
+        if n.op_type in FUSED_OPS:
+            fused_refs.update([n.name, *n.input])
+    fused, unfused = [], []
+    for e in layers:
+        name = e["layer"]
+        # the layer's own weight codes or node name (a fused node also reads the next layer's Q scale)
+        hit = any(r.startswith((f"{name}.weight_q", f"{name}.conv", f"{name}.gemm")) for r in fused_refs)
+        (fused if hit else unfused).append(name)
+    return {"ort_fused_layers": fused, "ort_unfused_layers": unfused}
+
+
+def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
+                int_bias: bool = True) -> dict:
+    """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`.
+
+    Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
+    layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto".
+    """
+    path = Path(path)
+    proto, info = build_onnx(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch,
+                             fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias)
+    info["file_bytes"] = save_onnx(proto, path)
+    if fp32:
+        info["fp32_bytes"] = info["file_bytes"]
+    else:
+        fproto, _ = build_onnx(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=True)
+        info["fp32_bytes"] = len(fproto.SerializeToString())
+    info["packed_bytes"] = packed_bytes(proto, info["weight_bits"])
+    info["size_ratio"] = round(info["file_bytes"] / info["fp32_bytes"], 4)
+    info["packed_ratio"] = round(info["packed_bytes"] / info["fp32_bytes"], 4)
+    if not fp32:
+        info.update(ort_fusion(proto, info["layers"]))
+    info["proto"] = proto
+    return info
+
+
+def _bits(scheme) -> tuple[int, int]:
+    if scheme is None:
+        return 32, 32
+    return scheme.weight.bits, scheme.act.bits if scheme.act else 32
+
+
+def verify_sets(run, max_samples: int | None = None) -> dict:
+    """The run's held-out domain (all of it) and the training domains' `out` splits."""
+    from ..data import get_dataset, split_domains
+
+    hp = run.config["hparams"]
+    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
+    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    test = run.config["test_env_index"]
+    sets = {f"heldout:{splits[test].name}": ConcatDataset([splits[test].in_eval, splits[test].out_eval])}
+    for i, s in enumerate(splits):
+        if i != test:
+            sets[f"out:{s.name}"] = s.out_eval
+    if max_samples:
+        from torch.utils.data import Subset
+        sets = {k: Subset(v, range(min(len(v), max_samples))) for k, v in sets.items()}
+    return sets
+
+
+def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
+                 console=None) -> dict:
+    """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`."""
+    from ..train.evaluate import iter_batches
+    from ..train.loop import make_progress
+
+    sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
+    raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
+    per, all_t, all_o, all_r = {}, [], [], []
+    total = sum(len(d) for d in sets.values())
+    with make_progress(console, transient=True) as progress:
+        task = progress.add_task("verify (torch vs ORT)", total=total, info="")
+        for name, data in sets.items():
+            batches = list(iter_batches(data, batch_size))
+            r = compare(model, sess, batches, progress=progress, task=task)
+            iname = raw.get_inputs()[0].name
+            r_raw = {"onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
+                                                    for x, _ in batches])}
+            r_raw["top1_agreement"] = float((r["torch_logits"].argmax(1) == r_raw["onnx_logits"].argmax(1)).mean())
+            per[name] = {k: r[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples")}
+            per[name]["onnx_acc"] = float((r["onnx_logits"].argmax(1) == r["labels"]).mean())
+            per[name]["torch_acc"] = float((r["torch_logits"].argmax(1) == r["labels"]).mean())
+            per[name]["unoptimized_top1_agreement"] = r_raw["top1_agreement"]
+            all_t.append(r["torch_logits"])
+            all_o.append(r["onnx_logits"])
+            all_r.append(r_raw["onnx_logits"])
+            per[name]["_inputs"] = batches
+    t, o, u = np.concatenate(all_t), np.concatenate(all_o), np.concatenate(all_r)
+    d = np.abs(t - o)
+    heldout = next(k for k in per if k.startswith("heldout"))
+    result = {"top1_agreement": float((t.argmax(1) == o.argmax(1)).mean()), "max_abs_diff": float(d.max()),
+              "mean_abs_diff": float(d.mean()), "n_samples": int(len(t)),
+              "onnx_acc": per[heldout]["onnx_acc"], "torch_acc": per[heldout]["torch_acc"], "acc_split": heldout,
+              "unoptimized": {"top1_agreement": float((t.argmax(1) == u.argmax(1)).mean()),
+                              "max_abs_diff": float(np.abs(t - u).max()),
+                              "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
+                                      "int32 bias rounding or fused integer kernels"}}
+    if result["top1_agreement"] < 1.0 or result["unoptimized"]["top1_agreement"] < 1.0:
+        xs = torch.cat([torch.as_tensor(x).float() for b in per.values() for x, _ in b["_inputs"]])
+        bad = np.flatnonzero((t.argmax(1) != o.argmax(1)) | (t.argmax(1) != u.argmax(1)))[:8]
+        top2 = np.sort(t[bad], axis=1)[:, -2:]
+        # torch_margin below max_abs_diff: the two best logits were (nearly) tied, float noise picks the class
+        result["disagreements"] = [{"index": int(i), "torch_top1": int(t[i].argmax()), "onnx_top1": int(o[i].argmax()),
+                                    "torch_margin": float(m[1] - m[0]), "max_abs_diff": float(d[i].max())}
+                                   for i, m in zip(bad, top2)]
+        result["layer_divergence"] = layer_divergence(model, proto, probes, xs[torch.as_tensor(bad)], level="all")
+    for v in per.values():
+        v.pop("_inputs")
+    result["splits"] = per
+    return result
+
+
+def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
+               opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
+               residual_qdq: bool | None = None, int_bias: bool = True, max_samples: int | None = None,
+               console=None) -> dict:
+    """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report."""
+    from ..runs import load_run
+
+    if fmt not in FORMATS:
+        raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "tensorrt":
+        from .tensorrt import require_tensorrt
+        require_tensorrt()
+        target = "tensorrt"
+    run = load_run(run_dir)
+    fp32 = fmt == "onnx-fp32"
+    default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
+    path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
+    scheme = run.scheme
+    if scheme is None and not fp32:
+        raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
+    model = float_copy(run.model) if fp32 else run.model
+    shape = run.config["model"]["input_shape"]
+    info = export_onnx(model, shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
+                       residual_qdq=residual_qdq, int_bias=int_bias)
+    proto = info.pop("proto")
+    bits, act_bits = (32, 32) if fp32 else _bits(scheme)
+    report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
+              "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"],
+              "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
+              "int_bias": int_bias if target == "ort" and not fp32 else None,
+              "file_bytes": info["file_bytes"], "fp32_bytes": info["fp32_bytes"], "packed_bytes": info["packed_bytes"],
+              "size_ratio": info["size_ratio"], "packed_ratio": info["packed_ratio"]}
+    report.update(_graph_notes(info))
+    if verify:
+        report.update(verify_model(model, proto, info["probes"], verify_sets(run, max_samples), console=console))
+    if fmt == "tensorrt":
+        from .tensorrt import build_engine
+        engine = Path(out) if out else Path(run_dir) / "model.engine"
+        report["engine"] = str(engine)
+        report["engine_bytes"] = build_engine(path, engine, shape, dynamic_batch=dynamic_batch)
+    write_json(report_name(Path(report.get("engine", path))), report)
+    return report
+
+
+def _graph_notes(info: dict) -> dict:
+    layers = info["layers"]
+    notes = {"layers": layers,
+             "clipped": [{"layer": e["layer"], "clip": e["act"]["clip"]} for e in layers if "clip" in e.get("act", {})],
+             "requantized": [{"layer": e["layer"], "how": e["act"]["requantized"]}
+                             for e in layers if "requantized" in e.get("act", {})],
+             "weight_only_layers": [e["layer"] for e in layers if e.get("weight_only")],
+             "bn_folded": [e["bn_folded"] for e in layers if e.get("bn_folded")],
+             "residual_qdq": info["residual_qdq"]}
+    if notes["weight_only_layers"]:
+        notes["weight_only_note"] = WEIGHT_ONLY_NOTE
+    if notes["requantized"]:
+        notes["requantized_note"] = ("TensorRT takes zero point 0 only: these activation quantizers were requantized "
+                                     "to symmetric int8, so this export is not exact; see the measured agreement")
+    int32 = [e["layer"] for e in layers if str(e.get("bias")).startswith("int32")]
+    if int32:
+        notes["int32_bias_layers"] = int32
+        notes["int32_bias_note"] = ("these layers keep their bias inside the conv so ONNX Runtime runs them as "
+                                    "QLinearConv; ORT then rounds the bias to int32 in units of s_x·s_w, which the "
+                                    "torch model (float bias, BN after the conv) does not do: not exact, see the "
+                                    "measured agreement; --float-bias keeps every bias exact (ORT then runs them in float)")
+    if notes["residual_qdq"]:
+        notes["residual_qdq_note"] = ("TensorRT placement: residual Adds take the block input's quantized tensor "
+                                      "(the one its first conv reads); the torch model adds the float tensor, so "
+                                      "this changes the numerics; see the measured agreement")
+    for k in ("ort_fused_layers", "ort_unfused_layers"):
+        if k in info:
+            notes[k] = info[k]
+    return notes

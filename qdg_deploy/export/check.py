@@ -1,0 +1,93 @@
+"""`qdg-deploy check MODEL.onnx --target tensorrt`: every violation of TensorRT's explicit-quantization rules.
+
+Rules: zero points 0 and int8 type; scales constant and positive; activation scales per-tensor; weight
+(constant) DequantizeLinear per-channel only on axis 0; in a graph that quantizes activations, every
+Conv/Gemm/MatMul reads its data and weight inputs through DequantizeLinear (a weight-only graph, with no
+activation QuantizeLinear at all, is allowed: those layers run in float); no Q/DQ between a Conv and its
+BatchNormalization.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import QdgError
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _load(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise QdgError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise QdgError(f"cannot read {path} as ONNX: {str(e).splitlines()[0]}") from None
+
+
+def check_tensorrt_rules(model) -> list[str]:
+    """One line per violation; empty when the graph follows the rules."""
+    g = _load(model).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    producer = {o: n for n in g.node for o in n.output}
+    out = []
+
+    def attr(n, name, default):
+        for a in n.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    has_act_q = False
+    for n in g.node:
+        if n.op_type not in QDQ:
+            continue
+        what = f"{n.op_type} {n.name or n.output[0]!r}"
+        scale_name = n.input[1] if len(n.input) > 1 else ""
+        scale = consts.get(scale_name)
+        if scale is None:
+            out.append(f"{what}: scale {scale_name!r} is not a constant")
+        elif not (np.asarray(scale) > 0).all():
+            out.append(f"{what}: scale has non-positive values")
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if len(n.input) > 2 and n.input[2] and zp is None:
+            out.append(f"{what}: zero point {n.input[2]!r} is not a constant")
+        if zp is not None and np.any(np.asarray(zp) != 0):
+            out.append(f"{what}: non-zero zero point {np.unique(zp)[:4].tolist()}")
+        if zp is not None and zp.dtype != np.int8:
+            out.append(f"{what}: type {zp.dtype} (TensorRT takes int8 Q/DQ for activations and weights)")
+        is_weight = n.op_type == "DequantizeLinear" and n.input[0] in consts
+        per_axis = scale is not None and np.asarray(scale).size > 1
+        if n.op_type == "QuantizeLinear" and n.input[0] not in consts:
+            has_act_q = True
+        if per_axis and not is_weight:
+            out.append(f"{what}: per-axis activation scale ({np.asarray(scale).size} values)")
+        if per_axis and is_weight and attr(n, "axis", 1) != 0:
+            out.append(f"{what}: weight quantization axis {attr(n, 'axis', 1)} (TensorRT needs axis 0)")
+    for n in g.node:
+        if n.op_type in WEIGHTED and has_act_q:
+            for i, role in ((0, "data"), (1, "weight")):
+                src = producer.get(n.input[i]) if i < len(n.input) else None
+                if src is None or src.op_type != "DequantizeLinear":
+                    out.append(f"{n.op_type} {n.name or n.output[0]!r}: {role} input {n.input[i]!r} has no DequantizeLinear")
+        if n.op_type == "BatchNormalization":
+            src = producer.get(n.input[0])
+            if src is not None and src.op_type in QDQ:
+                chain = src
+                while chain is not None and chain.op_type in QDQ:
+                    chain = producer.get(chain.input[0])
+                if chain is not None and chain.op_type in WEIGHTED:
+                    out.append(f"BatchNormalization {n.name or n.output[0]!r}: Q/DQ between {chain.op_type} "
+                               f"{chain.name!r} and the BatchNormalization (fold BN first)")
+    return out

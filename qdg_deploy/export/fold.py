@@ -1,0 +1,76 @@
+"""Weights as the exporter writes them: integer codes with per-channel scales, BatchNorm folded in exactly.
+
+With per-channel scales, a following BatchNorm's factor f = gamma / sqrt(var + eps) goes into the scales
+(s·|f|) and its sign into the codes, so the codes stay the trained integers. Arithmetic in float64, then
+cast once to float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import QdgError
+
+
+@dataclass
+class FoldedWeight:
+    codes: np.ndarray | None  # int8 codes (quantized weight) or None
+    scales: np.ndarray | None  # float32 [C_out], positive (quantized weight) or None
+    weight: np.ndarray | None  # float32 weight (float layer) or None
+    bias: np.ndarray | None  # float32 [C_out] or None
+    bits: int | None = None
+
+
+def bn_factors(bn: nn.BatchNorm2d | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(factor, shift) in float64: bn(y) = y * factor + shift."""
+    if bn is None:
+        return np.ones(channels), np.zeros(channels)
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise QdgError(f"BatchNorm without running statistics cannot be folded ({bn})")
+    var = bn.running_var.detach().double().numpy()
+    mean = bn.running_mean.detach().double().numpy()
+    gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones(channels)
+    beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros(channels)
+    factor = gamma / np.sqrt(var + bn.eps)
+    return factor, beta - mean * factor
+
+
+def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> FoldedWeight:
+    """Codes/scales (or float weights) and bias of a Conv2d/Linear with an optional following BatchNorm."""
+    w = layer.weight.detach()
+    c = w.shape[0]
+    factor, shift = bn_factors(bn, c)
+    b = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(c)
+    bias = b * factor + shift
+    has_bias = layer.bias is not None or bn is not None
+    bias32 = bias.astype(np.float32) if has_bias else None
+    wq = getattr(layer, "weight_quant", None)
+    if not quantized or wq is None:
+        wf = w.double().numpy() * factor.reshape((c,) + (1,) * (w.dim() - 1))
+        return FoldedWeight(None, None, wf.astype(np.float32), bias32)
+    if wq.zero_point_int() != 0:
+        raise QdgError(f"weight zero point {wq.zero_point_int()} is not supported for export (weights must be symmetric)")
+    codes = wq.integer_codes(w).numpy().astype(np.int64)
+    scale = wq.scale().double().numpy().reshape(-1)
+    scale = np.broadcast_to(scale, (c,)) if scale.size == 1 else scale
+    sign = np.where(factor < 0, -1, 1)
+    codes = codes * sign.reshape((c,) + (1,) * (codes.ndim - 1))
+    new_scale = scale * np.abs(factor)
+    zero = new_scale == 0  # gamma == 0: the channel's weights contribute nothing
+    if zero.any():
+        codes[zero] = 0
+        new_scale = np.where(zero, scale, new_scale)
+    if codes.min() < -128 or codes.max() > 127:
+        raise QdgError("a negative BatchNorm gamma flips a -128 weight code to 128, which int8 cannot hold; "
+                       "use a narrow-range weight scheme")
+    scales32 = new_scale.astype(np.float32)
+    if not (scales32 > 0).all() or not np.isfinite(scales32).all():
+        raise QdgError("a folded weight scale is not a positive finite float32")
+    # storage bits: the trained bit-width, or more where a quantizer's codes span more (DAQ: k + 1)
+    bits = max(wq.spec.bits, int(np.ceil(np.log2(wq.qmax - wq.qmin + 1))))
+    return FoldedWeight(codes.astype(np.int8), scales32, None, bias32, bits)
+

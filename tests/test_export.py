@@ -1,0 +1,335 @@
+"""QDQ ONNX export: exactness against the torch fake-quant model (ORT CPU, no mocks), BN folding, ties,
+TensorRT rule checks, CLI exit codes and report keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from qdg_deploy.errors import QdgError
+from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, ort_session
+from qdg_deploy.export.fold import fold_layer
+from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
+from tests.conftest import run_cli
+
+torch.set_num_threads(1)
+
+
+class Tiny(nn.Module):
+    """conv-BN-ReLU, conv-BN + residual Add, ReLU, global pool, linear: every op the ResNet export uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        z = self.bn2(self.conv2(y)) + y
+        return self.fc(torch.flatten(self.pool(self.relu(z)), 1))
+
+
+def tiny(scheme="trt", bits=None, act_bits=None, seed=0, negative_gamma=True):
+    torch.manual_seed(seed)
+    m = Tiny()
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(0, 1)
+            bn.bias.normal_(0, 0.2)
+            if negative_gamma:
+                bn.weight[0] = -abs(bn.weight[0]) - 0.1
+    quantize_model(m, get_scheme(scheme, bits=bits, act_bits=act_bits))
+    m.eval()
+    with torch.no_grad():
+        m(torch.randn(16, 3, 8, 8))  # calibration forward
+    return m
+
+
+def run_ort(proto, x, level="none"):
+    return ort_session(proto, level=level).run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("scheme,bits,act_bits", [("trt", 8, 8), ("trt", 7, 8), ("trt", 4, 4), ("trt", 2, 4),
+                                                  ("ort", 8, 8), ("ort", 4, 3), ("paper", None, None)])
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_export_matches_torch(scheme, bits, act_bits, target):
+    m = tiny(scheme, bits, act_bits)
+    x = torch.randn(32, 3, 8, 8)
+    proto, info = build_onnx(m, (3, 8, 8), target=target, residual_qdq=False)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    got = run_ort(proto, x)
+    exact = not (scheme == "ort" and target == "tensorrt")
+    if exact:
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        assert not any("requantized" in e.get("act", {}) for e in info["layers"])
+    else:  # the ort scheme's zero points are requantized for TensorRT: reported, not exact
+        assert any("requantized" in e.get("act", {}) for e in info["layers"])
+    if act_bits is not None and act_bits < 8:
+        assert all("clip" in e["act"] for e in info["layers"])
+    if target == "tensorrt":
+        assert check_tensorrt_rules(proto) == []
+
+
+@pytest.mark.parametrize("scheme,act_bits", [("trt", 8), ("trt", 4), ("paper", None)])
+def test_ort_default_optimizations_keep_exactness(scheme, act_bits):
+    """ORT rounds a quantized conv's float bias to int32 (s_x·s_w units) when it optimizes; the writer keeps
+    the bias outside layers ORT cannot fuse, so with ORT's default optimizations the result is unchanged."""
+    m = tiny(scheme, act_bits=act_bits)
+    x = torch.randn(32, 3, 8, 8)
+    for target in ("ort", "tensorrt"):
+        proto, info = build_onnx(m, (3, 8, 8), target=target)
+        # float reordering only (NCHWc kernels): ~1e-7; a bias rounded to int32 would show ~1e-3
+        np.testing.assert_allclose(run_ort(proto, x, "all"), run_ort(proto, x, "none"), atol=2e-5, rtol=0)
+        assert all(e["bias"] == "float Add" for e in info["layers"])
+
+
+def test_ort_scheme_fusable_layers_keep_bias_in_conv(tmp_path):
+    m = tiny("ort")
+    _, info = build_onnx(m, (3, 8, 8), target="ort")
+    assert all(e["bias"] == "float Add" for e in info["layers"])  # conv1's ReLU output also feeds the residual Add
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8, 4))
+    quantize_model(chain, get_scheme("ort")).eval()
+    with torch.no_grad():
+        chain(torch.randn(8, 3, 8, 8))
+    info = export_onnx(chain, (3, 8, 8), tmp_path / "c.onnx", target="ort")
+    bias = {e["layer"]: e["bias"] for e in info["layers"]}
+    assert bias["0"].startswith("int32")  # conv → ReLU → next conv's uint8 zp-0 Q: QLinearConv
+    assert bias["3"] == "float Add"  # conv → ReLU → pool: no integer kernel
+    assert info["ort_fused_layers"] == ["0", "7"]  # 7: QGemm with float output (its bias stays a float Add)
+    info = export_onnx(chain, (3, 8, 8), tmp_path / "f.onnx", target="ort", int_bias=False)  # --float-bias
+    assert all(e["bias"] == "float Add" for e in info["layers"]) and info["ort_fused_layers"] == ["7"]
+
+
+def test_weights_are_int8_codes_and_no_float_copy():
+    m = tiny("trt", bits=4)
+    proto, _ = build_onnx(m, (3, 8, 8), target="tensorrt")
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, layer in quant_layers(m).items():
+        codes = inits[f"{name}.weight_q"]
+        assert codes.dtype == np.int8 and codes.min() >= -7 and codes.max() <= 7
+        assert f"{name}.weight" not in inits  # no float copy of a quantized weight
+        assert (inits[f"{name}.weight_scale"] > 0).all()
+    dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".weight_q")]
+    assert dqs and all(any(a.name == "axis" and a.i == 0 for a in n.attribute) for n in dqs)
+
+
+def test_bn_fold_negative_gamma_flips_codes():
+    m = tiny("trt")
+    layer, bn = m.conv1, m.bn1
+    assert bn.weight[0] < 0
+    fw = fold_layer(layer, bn, quantized=True)
+    codes = layer.weight_quant.integer_codes(layer.weight.detach()).numpy()
+    assert (fw.codes[0] == -codes[0]).all() and (fw.codes[1:][bn.weight.detach().numpy()[1:] > 0]
+                                                  == codes[1:][bn.weight.detach().numpy()[1:] > 0]).all()
+    assert (fw.scales > 0).all()
+    # the folded conv equals conv followed by BN (float64 reference)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    w = torch.tensor(fw.codes.astype(np.float64)) * torch.tensor(fw.scales, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    folded = nn.functional.conv2d(x, w, torch.tensor(fw.bias, dtype=torch.float64), padding=1)
+    wq = layer.weight_quant(layer.weight).detach().double()
+    ref = nn.functional.batch_norm(nn.functional.conv2d(x, wq, padding=1), bn.running_mean.double(),
+                                   bn.running_var.double(), bn.weight.detach().double(), bn.bias.detach().double(),
+                                   False, 0.0, bn.eps)
+    assert (folded - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+@pytest.mark.parametrize("signed,bits", [(True, 8), (True, 4), (False, 8), (False, 3)])
+def test_ties_round_half_to_even_like_onnx(target, signed, bits):
+    """x / scale exactly k + 0.5: torch's fake-quant and ORT's QuantizeLinear pick the same (even) code."""
+    m = tiny("trt" if signed else "ort", act_bits=bits)
+    aq = m.conv1.act_quant
+    with torch.no_grad():
+        aq.step.fill_(0.25)
+        aq.zero_point.fill_(0.0)
+    k = torch.arange(aq.qmin - 3, aq.qmax + 3, dtype=torch.float32)
+    ties = ((k + 0.5) * 0.25).repeat(3 * 8 * 8 // len(k) + 1)[: 3 * 8 * 8].reshape(1, 3, 8, 8)
+    x = torch.cat([ties, -ties])
+    with torch.no_grad():
+        ref = aq(x)
+    proto, info = build_onnx(m, (3, 8, 8), target=target, residual_qdq=False)
+    if target == "tensorrt" and not signed and bits == 8:  # [0, 255] has no int8 zp-0 form: requantized, reported
+        assert "requantized" in info["layers"][0]["act"]
+        return
+    dq = next(p["tensor"] for p in info["probes"] if p["kind"] == "act" and p["layer"] == "conv1")
+    proto.graph.output.append(helper.make_tensor_value_info(dq, TensorProto.FLOAT, None))
+    for level in ("none", "all"):
+        sess = ort_session(proto, level=level)
+        got = sess.run([dq], {"input": x.numpy()})[0]
+        np.testing.assert_array_equal(got, ref.numpy())
+    codes = torch.round(x / 0.25)
+    assert ((codes == torch.floor(x / 0.25)) | (codes == torch.ceil(x / 0.25))).all()
+    assert (codes.remainder(2) == 0).all()  # half to even
+
+
+def test_residual_qdq_opt_in_and_reported():
+    m = tiny("trt")
+    proto, info = build_onnx(m, (3, 8, 8), target="tensorrt", residual_qdq=True)
+    assert info["residual_qdq"] and check_tensorrt_rules(proto) == []
+    add = next(n for n in proto.graph.node if n.op_type == "Add" and n.name.startswith("add"))
+    assert any(i.endswith(".act.dq") for i in add.input)
+    _, info_default = build_onnx(m, (3, 8, 8), target="tensorrt")
+    assert not info_default["residual_qdq"]  # default: exact (the torch model adds the float identity)
+
+
+def test_sizes_paper_w7(tmp_path):
+    m = tiny("paper")
+    info = export_onnx(m, (3, 8, 8), tmp_path / "m.onnx", target="tensorrt")
+    assert info["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert info["packed_bytes"] < info["file_bytes"] < info["fp32_bytes"]
+    assert all(e["weight_only"] for e in info["layers"])
+
+
+def test_unsupported_op_is_named():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.SiLU()
+
+        def forward(self, x):
+            return self.act(self.conv(x)).mean((2, 3))
+
+    with pytest.raises(QdgError, match="SiLU"):
+        build_onnx(Bad(), (3, 8, 8), fp32=True)
+
+
+def test_uninitialized_quantizer_refused():
+    m = Tiny()
+    quantize_model(m, get_scheme("trt"))
+    with pytest.raises(QdgError, match="never initialized"):
+        build_onnx(m, (3, 8, 8))
+
+
+# --- TensorRT rule check: one graph per broken rule ----------------------------------------------------------
+def _graph(act_zp=0, act_scale=0.1, act_scale_const=True, act_axis_scale=False, w_axis=0, w_dq=True, x_dq=True,
+           bn_after_qdq=False, act_type=np.int8):
+    inits = [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w_q"),
+             numpy_helper.from_array(np.full(4, 0.05, np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
+             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w_f"),
+             numpy_helper.from_array(np.asarray(act_zp, act_type), "x_zp")]
+    nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])]
+    if act_scale_const:
+        s = np.full(3, act_scale, np.float32) if act_axis_scale else np.asarray(act_scale, np.float32)
+        inits.append(numpy_helper.from_array(s, "x_s"))
+        if act_axis_scale:
+            inits[-2] = numpy_helper.from_array(np.zeros(3, act_type), "x_zp")
+    else:
+        inputs.append(helper.make_tensor_value_info("x_s", TensorProto.FLOAT, []))
+    extra = {"axis": 1} if act_axis_scale else {}
+    nodes += [helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"], name="q", **extra),
+              helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xdq"], name="dq", **extra),
+              helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["wdq"], name="wdq", axis=w_axis)]
+    nodes.append(helper.make_node("Conv", ["xdq" if x_dq else "x", "wdq" if w_dq else "w_f"], ["y"], name="conv"))
+    out = "y"
+    if bn_after_qdq:
+        inits += [numpy_helper.from_array(np.full(4, v, np.float32), n) for n, v in
+                  (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))]
+        inits.append(numpy_helper.from_array(np.asarray(0.1, np.float32), "y_s"))
+        inits.append(numpy_helper.from_array(np.asarray(0, np.int8), "y_zp"))
+        nodes += [helper.make_node("QuantizeLinear", ["y", "y_s", "y_zp"], ["yq"], name="yq"),
+                  helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["ydq"], name="ydq"),
+                  helper.make_node("BatchNormalization", ["ydq", "g", "b", "m", "v"], ["z"], name="bn")]
+        out = "z"
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({}, None),
+    ({"act_zp": 3}, "non-zero zero point"),
+    ({"act_scale": -0.1}, "non-positive"),
+    ({"act_scale": 0.0}, "non-positive"),
+    ({"act_scale_const": False}, "not a constant"),
+    ({"act_axis_scale": True}, "per-axis activation scale"),
+    ({"w_axis": 1}, "axis 1"),
+    ({"x_dq": False}, "data input 'x' has no DequantizeLinear"),
+    ({"w_dq": False}, "weight input 'w_f' has no DequantizeLinear"),
+    ({"bn_after_qdq": True}, "between Conv"),
+    ({"act_type": np.uint8}, "type uint8"),
+])
+def test_check_rules(kwargs, needle):
+    problems = check_tensorrt_rules(_graph(**kwargs))
+    if needle is None:
+        assert problems == []
+    else:
+        assert any(needle in p for p in problems), problems
+
+
+# --- CLI --------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run directory as `train` writes it (mnist-cnn, trt scheme W4A4), quantizers calibrated on real digits."""
+    from qdg_deploy.data import get_dataset, split_domains
+    from qdg_deploy.models import build_model
+    from qdg_deploy.quant import model_size
+    from qdg_deploy.runs import model_record, save_run
+    from qdg_deploy.train import resolve_hparams
+
+    out = tmp_path_factory.mktemp("run") / "trt"
+    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="trt", bits=4, act_bits=4, test_env="0")
+    ds = get_dataset("rotated-mnist")
+    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    torch.manual_seed(0)
+    scheme = get_scheme("trt", bits=4, act_bits=4)
+    m = quantize_model(build_model("mnist-cnn", 1, ds.num_classes), scheme).eval()
+    with torch.no_grad():
+        m(torch.stack([splits[1].train[i][0] for i in range(32)]))
+    config = {"hparams": hp, "dataset": hp["dataset"], "domains": ds.domains, "test_env_index": 0,
+              "classes": ds.classes, "model": model_record("mnist-cnn", ds.input_shape, ds.num_classes, scheme),
+              "size": model_size(m)}
+    save_run(out, config, m.state_dict(), {"method": "qtdog", "bits": 4, "scheme": "trt"})
+    return out
+
+
+REPORT_KEYS = {"top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples", "onnx_acc", "torch_acc", "bits",
+               "act_bits", "target", "file_bytes", "fp32_bytes", "packed_bytes"}
+
+
+def test_cli_export_check_and_exit_codes(trained_run, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", trained_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "m.export.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["bits"] == 4 and report["act_bits"] == 4 and report["target"] == "tensorrt"
+    assert report["file_bytes"] == out.stat().st_size and report["n_samples"] == 40 * 6
+    assert report["unoptimized"]["top1_agreement"] == 1.0 and report["clipped"]
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert run_cli("check", out).returncode == 0
+
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_graph(act_zp=5), str(bad))
+    r = run_cli("check", bad, "--target", "tensorrt")
+    assert r.returncode == 1 and "non-zero zero point" in r.stdout
+
+    from qdg_deploy.export import export_run
+    export_run(trained_run, target="ort", dynamic_batch=False, verify=False, out=tmp_path / "o.onnx")
+    m = onnx.load(str(tmp_path / "o.onnx"))
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert "top1_agreement" not in json.loads((tmp_path / "o.export.json").read_text())
+
+    r = run_cli("export", tmp_path / "nope")
+    assert r.returncode == 2 and "not a run directory" in r.stderr
+    r = run_cli("export", trained_run, "--format", "tensorrt")
+    try:  # TensorRT is absent here: a clear error, exit 2
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert r.returncode == 2 and "TensorRT is not installed" in r.stderr
