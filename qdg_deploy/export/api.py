@@ -82,7 +82,7 @@ def ort_fusion(proto: onnx.ModelProto, layers: list[dict]) -> dict:
 
 def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool = True) -> dict:
+                int_bias: bool | None = None) -> dict:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`.
 
     Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
@@ -184,7 +184,7 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
 
 def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
-               residual_qdq: bool | None = None, int_bias: bool = True, max_samples: int | None = None,
+               residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
                console=None) -> dict:
     """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report."""
     from ..runs import load_run
@@ -211,7 +211,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
               "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"],
               "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
-              "int_bias": int_bias if target == "ort" and not fp32 else None,
+              "int_bias": info.get("int_bias") if target == "ort" and not fp32 else None,
               "file_bytes": info["file_bytes"], "fp32_bytes": info["fp32_bytes"], "packed_bytes": info["packed_bytes"],
               "size_ratio": info["size_ratio"], "packed_ratio": info["packed_ratio"]}
     report.update(_graph_notes(info))
@@ -234,7 +234,13 @@ def _graph_notes(info: dict) -> dict:
                              for e in layers if "requantized" in e.get("act", {})],
              "weight_only_layers": [e["layer"] for e in layers if e.get("weight_only")],
              "bn_folded": [e["bn_folded"] for e in layers if e.get("bn_folded")],
-             "residual_qdq": info["residual_qdq"]}
+             "residual_qdq": info["residual_qdq"],
+             "residual_quantizers": [{k: e[k] for k in ("quantizer", "type", "zero_point", "exact", "shared")
+                                      if k in e} for e in info.get("residual_quantizers", [])]}
+    if notes["residual_quantizers"]:
+        notes["residual_quantizers_note"] = ("the model trained quantizers on its residual Adds' inputs (scheme "
+                                             "residual=True): their Q/DQ reproduce the torch model, so ONNX Runtime "
+                                             "and TensorRT run those Adds and the convs feeding them as integer kernels")
     if notes["weight_only_layers"]:
         notes["weight_only_note"] = WEIGHT_ONLY_NOTE
     if notes["requantized"]:

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ..errors import QdgError
-from ..quant import QConv2d, QLinear
+from ..quant import QConv2d, QLinear, Quantizer, quant_layers
 from .fold import fold_layer
 
 TARGETS = ("tensorrt", "ort")
@@ -34,10 +34,11 @@ INPUT, OUTPUT = "input", "logits"
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keep QConv2d / QLinear whole (fx would otherwise trace into their quantizers)."""
+    """Keep QConv2d / QLinear and standalone quantizers (residual Adds) whole (fx would otherwise trace into
+    their quantizers)."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (QConv2d, QLinear, Quantizer)) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -60,6 +61,9 @@ class _Writer:
         self.layers: list[dict] = []
         self.probes: list[dict] = []
         self.residual: list[dict] = []
+        self.residual_quant: list[dict] = []  # trained residual-Add quantizers (exact Q/DQ)
+        self.prequantized: set[str] = set()  # fx nodes (MaxPool) whose output the ONNX graph has already quantized
+        self.qdq_cache: dict[tuple[int, str], tuple[str, dict]] = {}  # (quantizer, input tensor) -> its DQ
         self.weight_bits: dict[str, int] = {}  # code initializer -> trained bits
         self._uid = 0
 
@@ -83,10 +87,25 @@ class _Writer:
         return self.names[a.name]
 
     # -- activations -------------------------------------------------------------------------------
-    def act_qdq(self, x: str, layer: str, aq) -> tuple[str, dict]:
+    def act_qdq_shared(self, x: str, layer: str, aq, probe: bool = True) -> tuple[str, dict]:
+        """act_qdq, once per (quantizer, input tensor): a quantizer applied twice to one tensor (a block's conv1
+        and its identity) computes the same values, so both readers share one Q/DQ."""
+        key = (id(aq), x)
+        if key in self.qdq_cache:
+            dq, info = self.qdq_cache[key]
+            return dq, dict(info, shared=True)
+        dq, info = self.act_qdq(x, layer, aq, probe=probe)
+        self.qdq_cache[key] = (dq, info)
+        return dq, info
+
+    def act_qdq(self, x: str, layer: str, aq, probe: bool = True) -> tuple[str, dict]:
         if getattr(aq, "transform", None) == "daq":  # AlignQ: Erf-based CDF transform ahead of the Q/DQ
             from .daq import daq_act_qdq
             return daq_act_qdq(self, x, layer, aq)
+        if not getattr(aq, "qdq_activations", True):
+            raise QdgError(f"{layer}: {aq.spec.quantizer} activations have non-uniform levels that "
+                           "QuantizeLinear/DequantizeLinear cannot express; train with --quantizer lsq, "
+                           "dorefa or uniform (or --act-bits 0) to export")
         spec = aq.spec
         s = np.float32(aq.scale().reshape(-1)[0].item())
         if aq.scale().numel() != 1:
@@ -120,7 +139,8 @@ class _Writer:
             q = self.add("QuantizeLinear", [x, sc, zpn], f"{p}.q")
             info.update(type="int8", zero_point=0, exact=bool(exact))
         dq = self.add("DequantizeLinear", [q, sc, zpn], f"{p}.dq")
-        self.probes.append({"kind": "act", "layer": layer, "tensor": dq})
+        if probe:
+            self.probes.append({"kind": "act", "layer": layer, "tensor": dq})
         return dq, info
 
     # -- layers ------------------------------------------------------------------------------------
@@ -133,7 +153,7 @@ class _Writer:
         quant = not self.fp32 and isinstance(m, (QConv2d, QLinear))
         aq = m.act_quant if quant else None
         if aq is not None:
-            x, entry["act"] = self.act_qdq(x, name, aq)
+            x, entry["act"] = self.act_qdq_shared(x, name, aq)
             self.quantized_inputs.setdefault(self.arg(n.args[0]), x)
         fw = fold_layer(m, bn, quant)
         if fw.codes is not None:
@@ -183,11 +203,32 @@ class _Writer:
             if len(u.users) != 1:
                 return False
             (u,) = u.users
-        nxt = self.mods.get(u.target) if u.op == "call_module" else None
-        aq = getattr(nxt, "act_quant", None)
-        if not isinstance(nxt, (QConv2d, QLinear)) or aq is None or getattr(aq, "transform", None):
+        aq = self.pool_quant(u)  # a MaxPool whose readers' Q/DQ the writer places before it
+        if aq is None:
+            aq = self.user_quant(u)
+        if aq is None:
             return False
         return not relu or (not aq.spec.signed and aq.zero_point_int() == 0)
+
+    def user_quant(self, u: torch.fx.Node):
+        """The activation quantizer fx node u applies to its input (a quantized layer's, or a standalone
+        residual quantizer), or None; transform (DAQ) quantizers do not count."""
+        m = self.mods.get(u.target) if u.op == "call_module" else None
+        aq = m if isinstance(m, Quantizer) else getattr(m, "act_quant", None) if isinstance(m, (QConv2d, QLinear)) else None
+        if aq is None or getattr(aq, "transform", None) or aq.scale().numel() != 1:
+            return None
+        return aq
+
+    def pool_quant(self, n: torch.fx.Node):
+        """For a MaxPool whose every reader quantizes its output with one and the same quantizer: that quantizer.
+        max commutes with a monotone quantizer (clip, x/s, round, clip), so Q/DQ before the pool gives the same
+        values as after it, and the conv ahead of the pool can fuse with that Q (ORT then runs an integer MaxPool)."""
+        if self.fp32 or n.op != "call_module" or not isinstance(self.mods.get(n.target), nn.MaxPool2d) or not n.users:
+            return None
+        qs = {id(q): q for q in (self.user_quant(u) for u in n.users)}
+        if len(qs) != 1 or None in qs.values():
+            return None
+        return next(iter(qs.values()))
 
     def group_norm(self, n, m: nn.GroupNorm) -> str:
         """GroupNorm as torch's CPU kernel computes it: per-group mean and 1/sqrt(var + eps), then per channel
@@ -237,7 +278,17 @@ class _Writer:
                             self.uid(p), epsilon=float(m.eps)) if c else None
         if isinstance(m, nn.ReLU):
             return self.add("Relu", [x], self.uid(p))
+        if isinstance(m, Quantizer):  # a residual Add's input (the block's identity or main branch)
+            if self.fp32:
+                return x
+            dq, info = self.act_qdq_shared(x, p, m, probe=False)
+            self.residual_quant.append({"quantizer": p, **info})
+            return dq
         if isinstance(m, nn.MaxPool2d):
+            pre = self.pool_quant(n)
+            if pre is not None:
+                x, _ = self.act_qdq(x, f"{p}.pre", pre, probe=False)
+                self.prequantized.add(n.name)
             k, s, pd, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
             return self.add("MaxPool", [x], self.uid(p), kernel_shape=k, strides=s, pads=pd + pd, dilations=d,
                             ceil_mode=int(m.ceil_mode))
@@ -297,22 +348,34 @@ def check_ready(model: nn.Module) -> None:
             raise QdgError(f"quantizer {name} was never initialized: run a calibration forward before export")
 
 
+def trained_for_ort(model: nn.Module) -> bool:
+    """Whether every activation quantizer is unsigned (the `ort` scheme's ReLU-foldable uint8)."""
+    acts = [m.act_quant for m in quant_layers(model).values() if m.act_quant is not None]
+    return bool(acts) and all(not a.spec.signed for a in acts)
+
+
 def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-               int_bias: bool = True) -> tuple[onnx.ModelProto, dict]:
+               int_bias: bool | None = None) -> tuple[onnx.ModelProto, dict]:
     """The ONNX model and what the writer did (layers, clips, requantizations, probes).
 
     int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to
     int32 in s_x·s_w units (fast, not exact when the trained bias is not on that grid); False keeps every
-    bias a float Add (exact, but ORT then runs those convs in float)."""
+    bias a float Add (exact, but ORT then runs those convs in float). None (default): int32 only for a
+    model trained for ORT (unsigned activations, scheme `ort`), where fusion is the point; a model trained
+    for TensorRT gains nothing from it on ORT (its int8 zero-point-0 ReLUs do not fold), so it stays exact."""
+    if int_bias is None:
+        int_bias = trained_for_ort(model)
     if target not in TARGETS:
         raise QdgError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if opset < MIN_OPSET:
         raise QdgError(f"opset {opset} is too old: per-channel QuantizeLinear/DequantizeLinear need {MIN_OPSET}+")
     if opset > onnx.defs.onnx_opset_version():
         raise QdgError(f"opset {opset} is newer than this onnx package supports ({onnx.defs.onnx_opset_version()})")
-    # Off by default: the torch model adds the float identity, so a Q/DQ there is not exact (measured on random
-    # ResNet-18: agreement 0.99 at 8-bit, 0.74-0.88 at 4-bit activations). --residual-qdq follows TensorRT's advice.
+    # Off by default: a model without residual quantizers adds the float identity, so a Q/DQ there is not exact
+    # (measured on random ResNet-18: agreement 0.99 at 8-bit, 0.74-0.88 at 4-bit activations). --residual-qdq
+    # follows TensorRT's advice. A model whose scheme trains residual quantizers (trt/ort, `Scheme.residual`) has
+    # them as fx nodes: their Q/DQ are always written and exact, and this flag then finds nothing left to add.
     residual_qdq = False if residual_qdq is None else residual_qdq
     was_training = model.training
     model.eval()
@@ -334,7 +397,8 @@ def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int
                     y = w.module(n, bn_of)
                     if y is not None:
                         w.names[n.name] = y
-                        w.probes.append({"kind": "node", "layer": n.target, "fx": n.name, "tensor": y})
+                        if n.name not in w.prequantized:  # torch's pool output is float there: no probe
+                            w.probes.append({"kind": "node", "layer": n.target, "fx": n.name, "tensor": y})
                 elif n.op == "call_function":
                     w.names[n.name] = w.function(n)
                     w.probes.append({"kind": "node", "layer": n.name, "fx": n.name, "tensor": w.names[n.name]})
@@ -359,5 +423,5 @@ def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int
                               ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
     onnx.checker.check_model(proto, full_check=True)
     info = {"target": target, "opset": opset, "dynamic_batch": dynamic_batch, "fp32": fp32, "int_bias": int_bias,
-            "layers": w.layers, "residual_qdq": w.residual, "probes": w.probes, "weight_bits": w.weight_bits}
+            "layers": w.layers, "residual_qdq": w.residual, "residual_quantizers": w.residual_quant, "probes": w.probes, "weight_bits": w.weight_bits}
     return proto, info

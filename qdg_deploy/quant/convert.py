@@ -75,11 +75,16 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """Replace eligible layers in place (sharing their weight Parameters); returns the model."""
     names = eligible_layers(model, scheme)
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
+    first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
     for name in names:
         parent, attr = _parent(model, name)
         layer = getattr(parent, attr)
-        setattr(parent, attr, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, scheme.act,
+        act = scheme.act if (scheme.act_first or name != first) else None
+        setattr(parent, attr, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
                                                                   after_relu=name in after_relu))
+    if scheme.residual and scheme.act is not None:
+        from .residual import quantize_residual_blocks
+        quantize_residual_blocks(model, scheme.act)
     return model
 
 
@@ -109,7 +114,7 @@ def model_size(model: nn.Module) -> dict:
     params = 0
     fp32 = packed = 0.0
     for name, p in model.named_parameters():
-        if ".weight_quant." in name or ".act_quant." in name:
+        if ".weight_quant." in name or ".act_quant." in name or ".add_quant." in name or ".id_quant." in name:
             packed += p.numel() * 4
             continue
         params += p.numel()

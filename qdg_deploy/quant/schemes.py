@@ -17,6 +17,11 @@ class Scheme:
     quantize_first: bool = True
     quantize_last: bool = True
     note: str = ""
+    act_first: bool = True  # False: the first quantized layer's input (the image) stays float (AlignQ)
+    # True: ResNet blocks also quantize both residual-Add inputs (main branch and identity) with the act spec,
+    # so an exporter can write exact Q/DQ there and ORT/TensorRT run the Add and every conv as integer kernels.
+    # Old config.json files lack the key: False, which matches their state dicts.
+    residual: bool = False
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -39,9 +44,10 @@ SCHEMES: dict[str, Scheme] = {
     "paper": Scheme("paper", ("conv",), QuantSpec(bits=7, signed=True, narrow=False, per_channel=True), None,
                     note="weight-only: buys size, not speed"),
     # TensorRT explicit quantization: symmetric narrow-range per-channel weights, int8 zp-0 activations.
-    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True)),
+    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True),
     # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
-    "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu")),
+    "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu"),
+                  residual=True),
 }
 
 
@@ -52,15 +58,16 @@ def get_scheme(name: str, bits: int | None = None, act_bits: int | None = None,
         scheme = SCHEMES[name]
     except KeyError:
         raise QdgError(f"unknown scheme {name!r}; available: {', '.join(SCHEMES)}") from None
-    if bits is not None:
-        scheme = replace(scheme, weight=replace(scheme.weight, bits=bits))
-    if act_bits is not None:
-        if act_bits == 0:
-            scheme = replace(scheme, act=None)
-        else:
-            base = scheme.act or QuantSpec(bits=8, signed=True)
-            scheme = replace(scheme, act=replace(base, bits=act_bits))
-    if quantizer is not None:
-        scheme = replace(scheme, weight=replace(scheme.weight, quantizer=quantizer),
-                         act=replace(scheme.act, quantizer=quantizer) if scheme.act else None)
+    # The quantizer goes in together with the bits: a spec validates its bits against its quantizer
+    # (1 bit exists only for "bwn").
+    wq = quantizer if quantizer is not None else scheme.weight.quantizer
+    scheme = replace(scheme, weight=replace(scheme.weight, quantizer=wq,
+                                            bits=bits if bits is not None else scheme.weight.bits))
+    if act_bits == 0:
+        scheme = replace(scheme, act=None)
+    elif act_bits is not None or (quantizer is not None and scheme.act):
+        base = scheme.act or QuantSpec(bits=8, signed=True)
+        aq = quantizer if quantizer is not None else base.quantizer
+        scheme = replace(scheme, act=replace(base, quantizer=aq,
+                                             bits=act_bits if act_bits is not None else base.bits))
     return scheme

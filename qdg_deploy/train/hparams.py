@@ -17,7 +17,18 @@ DIGITS_DEFAULTS = dict(MNIST_DEFAULTS, arch="resnet18", image_size=32, steps=200
                        checkpoint_freq=200, batch_size=32)
 
 COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer="lsq", seed=0, test_env="0",
-              holdout_fraction=0.2, weights=None, data_dir=None)
+              holdout_fraction=0.2, weights=None, data_dir=None, init=None)
+
+# Domain adaptation (DANN / DSAN / AlignQ): labelled --source, unlabelled --target. AlignQ's values are
+# the AlignQ README's (lam 1, lam2 4, act_range 2; ADMM mu 0.2, rho 0.3; DSAN --param 0.3).
+DA_DEFAULTS = dict(source=None, target=None, da="dann", quant=False, crp=True, grad_approx=True, act_range=2.0,
+                   lam=1.0, lam2=4.0, mu=0.2, rho=0.3, lmmd_weight=0.3)
+
+# Per-method defaults, applied over the data set's and under the user's. DA methods quantize with the
+# "alignq" placement (convs; the image and the classifier float) so DANN + LSQ and AlignQ compare like
+# for like; AlignQ's quantizer is DAQ.
+METHOD_DEFAULTS = {"alignq": dict(scheme="alignq", quantizer="daq"), "dann": dict(scheme="alignq"),
+                   "dsan": dict(scheme="alignq")}
 
 
 def default_hparams(dataset: str) -> dict:
@@ -27,4 +38,4 @@ def default_hparams(dataset: str) -> dict:
         family = DIGITS_DEFAULTS
     else:
         family = IMAGE_DEFAULTS
-    return {**COMMON, **family}
+    return {**COMMON, **DA_DEFAULTS, **family}

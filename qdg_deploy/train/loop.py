@@ -22,15 +22,38 @@ from ..quant import model_size
 from ..runs import METRICS, WEIGHTS, model_record, save_run
 from .algorithms import get_algorithm, scheme_from_hparams
 from .evaluate import accuracy, domain_metrics
-from .hparams import default_hparams
+from .hparams import METHOD_DEFAULTS, default_hparams
 
 
 def resolve_hparams(dataset: str, **overrides) -> dict:
-    """Defaults for the data set, overridden by every value that is not None."""
+    """Defaults for the data set and the method, overridden by every value that is not None."""
     hp = default_hparams(dataset)
+    hp.update(METHOD_DEFAULTS.get(overrides.get("method") or hp["method"], {}))
     hp.update({k: v for k, v in overrides.items() if v is not None})
     hp["dataset"] = dataset
+    if hp["method"] == "alignq" and hp.get("act_bits") is None:
+        hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
     return hp
+
+
+def apply_init(hp: dict) -> dict | None:
+    """`init`: start from another run's weights (quantizer state re-initialized at this run's bits).
+
+    Sets hp["weights"] to that run's model file; returns a short record for config.json."""
+    if not hp.get("init"):
+        return None
+    from ..io import read_json
+    from ..runs import CONFIG
+    run = Path(hp["init"])
+    if not (run / WEIGHTS).is_file() or not (run / CONFIG).is_file():
+        raise QdgError(f"--init {run}: not a run directory ({WEIGHTS} or {CONFIG} missing)")
+    model = read_json(run / CONFIG).get("model", {})
+    if model.get("arch") and model["arch"] != hp["arch"]:
+        raise QdgError(f"--init {run} holds a {model['arch']} but this run trains a {hp['arch']}")
+    hp["weights"] = str(run / WEIGHTS)
+    scheme = model.get("scheme")
+    return {"run": str(run), "arch": model.get("arch"),
+            "bits": scheme["weight"]["bits"] if scheme else 32}
 
 
 def seed_everything(seed: int) -> None:
@@ -71,26 +94,40 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     seed_everything(hp["seed"])
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
+    init = apply_init(hp)
     ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
-    test_env = ds.domain_index(hp["test_env"])
     splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
-    train_splits = [s for i, s in enumerate(splits) if i != test_env]
+    da = hp.get("source") is not None or hp.get("target") is not None
+    if da:  # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
+        if hp.get("source") is None or hp.get("target") is None:
+            raise QdgError("domain adaptation needs both --source and --target")
+        source, test_env = ds.domain_index(str(hp["source"])), ds.domain_index(str(hp["target"]))
+        if source == test_env:
+            raise QdgError("--source and --target must be different domains")
+        train_splits = [splits[source]]
+    else:
+        test_env = ds.domain_index(hp["test_env"])
+        train_splits = [s for i, s in enumerate(splits) if i != test_env]
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(train_splits), hp)
     workers = 0 if isinstance(train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
     streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
                for i, s in enumerate(train_splits)]
+    target_stream = (infinite_batches(splits[test_env].train, hp["batch_size"], hp["seed"] * 1000 + 999, workers)
+                     if da else None)
 
     best = (-1.0, None, None)  # (val_acc, step, state)
     history = []
     own_progress = progress is None
     progress = progress or make_progress(console)
-    label = f"{hp['method']} · test env {ds.domains[test_env]}"
+    label = (f"{hp['method']} · {ds.domains[source]} → {ds.domains[test_env]}" if da
+             else f"{hp['method']} · test env {ds.domains[test_env]}")
     start = time.perf_counter()
     with progress if own_progress else nullcontext():
         task = progress.add_task(label, total=hp["steps"], info="")
         for step in range(hp["steps"]):
             algo.train()
-            losses = algo.update([next(s) for s in streams], step)
+            unlabeled = next(target_stream)[0] if da else None
+            losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
             last = step + 1 == hp["steps"]
             if (step + 1) % hp["checkpoint_freq"] == 0 or last:
                 algo.eval()
@@ -118,6 +155,11 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
               "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
               "size": model_size(algo.network), "history": history,
               "train_seconds": round(time.perf_counter() - start, 1)}
+    if init:
+        config["init"] = init
+    if da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
+        config["domain_adaptation"] = {"source": ds.domains[source], "target": ds.domains[test_env],
+                                       "selection": "source out accuracy"}
     save_run(out, config, algo.network.state_dict(), metrics)
     return metrics
 
@@ -125,6 +167,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
 def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False) -> dict:
     """`--test-env all` trains every held-out domain into out/<domain>; otherwise one run into out."""
     out = Path(out)
+    if hp.get("source") is not None or hp.get("target") is not None:
+        return {"runs": {str(hp.get("target")): train_one(hp, out, console=console, overwrite=overwrite)}}
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
     domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size")).domains

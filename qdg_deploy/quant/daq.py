@@ -1,0 +1,243 @@
+"""DAQ: AlignQ's domain-alignment quantizer (a normal-CDF transform, then uniform rounding), its
+gradient approximation and the CRP relation matrix / ADMM terms.
+
+With n = 2^k - 1 and Phi the standard normal CDF:
+
+* weights:      w_q = 2 * round(n * Phi((w - mu) / sigma)) / n - 1, mu / sigma the layer's own weight
+                mean and (unbiased) std at every forward: 2^k levels evenly spaced over [-1, 1];
+* activations:  a_q = (2 * round(n * Phi(a)) / n - 1) * act_range (standard normal, act_range 2).
+
+Rounding has an identity backward (STE); the CDF (and mu, sigma) are differentiated normally.
+
+Integer codes. w_q = c / n with c = 2 * round(n * Phi) - n, an odd integer in [-n, n] when n is odd:
+n codes per side, so a k-bit DAQ layer needs k + 1 signed bits (4-bit: [-15, 15], int8; 8-bit:
+[-255, 255], int16). `qmin` / `qmax` / `scale()` / `integer_codes()` report exactly that, with zero
+point 0, so (codes - 0) * scale() == fake_quant(x).
+
+For an exporter, an activation DAQ is a fixed nonlinearity ahead of the quantization:
+    r = QuantizeLinear(Phi(a), scale=1/n, zp=0, uint8)        # round(n * Phi), in [0, n]
+    a_q = DequantizeLinear(r, scale=2R/n) - R                  # the DAQ output
+    c = QuantizeLinear(a_q, scale=R/n, zp=0, int8)              # 2r - n, the conv's input codes
+with Phi(a) = 0.5 * (1 + Erf(a / sqrt(2))). `fake_quant` computes round(Phi / float32(1/n)) so that
+torch and ONNX QuantizeLinear divide by the same float32 scale.
+
+Where DAQ sits (scheme "alignq", registered below): every Conv2d's weights; every Conv2d's input
+activation except the first conv's (the image). The classifier (Linear) stays float, as the reference's
+`class_classifier` does. On mnist-cnn the conv inputs are GroupNorm outputs, which matches the
+reference's placement (its activation quantizers follow a BatchNorm). On torchvision ResNets our
+quantizers sit at conv inputs, i.e. after a ReLU (the reference quantizes after the BatchNorm, before the
+ReLU): there DAQ only uses the upper half of its levels. Documented deviation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .quantizers import QuantSpec, Quantizer, register_quantizer, round_ste
+from .schemes import SCHEMES, Scheme
+
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(z * INV_SQRT2))
+
+
+def levels(bits: int) -> int:
+    """n = 2^k - 1: the number of rounding steps of a k-bit DAQ."""
+    return 2**bits - 1
+
+
+def _round_cdf(phi: torch.Tensor, n: int) -> torch.Tensor:
+    """round(n * Phi) with STE, computed as Phi / float32(1/n) like ONNX QuantizeLinear does."""
+    inv = torch.tensor(1.0 / n, dtype=torch.float32, device=phi.device).to(phi.dtype)
+    return round_ste(phi / inv)
+
+
+def weight_stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's own weight mean and unbiased std (as the reference's torch.mean / torch.std)."""
+    return w.mean(), w.std().clamp_min(1e-12)
+
+
+def _codes_times_step(r: torch.Tensor, n: int, step: torch.Tensor) -> torch.Tensor:
+    """(2r - n) * step: the same value as (2r/n - 1) * range, computed as an exporter's
+    DequantizeLinear does (integer code times a float32 scale), so torch and ONNX agree bit for bit."""
+    return (2.0 * r - n) * step
+
+
+def daq_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    n = levels(bits)
+    mu, sigma = weight_stats(w)
+    step = torch.tensor(1.0 / n, dtype=w.dtype, device=w.device)
+    return _codes_times_step(_round_cdf(normal_cdf((w - mu) / sigma), n), n, step)
+
+
+def daq_act(a: torch.Tensor, bits: int, act_range: float | torch.Tensor = 2.0) -> torch.Tensor:
+    n = levels(bits)
+    step = torch.as_tensor(act_range, dtype=a.dtype, device=a.device) / n
+    return _codes_times_step(_round_cdf(normal_cdf(a), n), n, step)
+
+
+# --- gradient approximation -------------------------------------------------------------------------
+
+def sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+@torch.no_grad()
+def grad_approx_factor(w: torch.Tensor, bits: int, lam: float = 1.0, lam2: float = 4.0) -> torch.Tensor:
+    """lam * s'(2 * lam2 * frac(n * (Phi + 0.5))) * 2 * phi, elementwise over w.
+
+    Phi is the CDF of w under N(mu, sigma) (the layer's weight statistics), phi the density of that
+    normal at w, s' the logistic sigmoid's derivative. frac(n * (Phi + 0.5)) is the position of n * Phi
+    inside its rounding bin (for odd n it equals frac(n * Phi + 0.5)): 0 at the bin's lower edge.
+    """
+    n = levels(bits)
+    mu, sigma = weight_stats(w)
+    z = (w - mu) / sigma
+    phi_cdf = normal_cdf(z)
+    density = torch.exp(-0.5 * z * z) * INV_SQRT_2PI / sigma
+    pos = torch.frac(n * (phi_cdf + 0.5))
+    return lam * sigmoid_derivative(2.0 * lam2 * pos) * 2.0 * density
+
+
+# --- CRP: relation matrices and the ADMM terms -------------------------------------------------------
+
+def relation_matrix(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """R(Z) = Zh Zh^T / features with Zh each feature standardized over the batch (unbiased std + eps).
+
+    z: (batch, ...) -> (batch, batch)."""
+    z = z.reshape(z.shape[0], -1)
+    zh = (z - z.mean(dim=0)) / (z.std(dim=0) + eps)
+    return zh @ zh.t() / z.shape[1]
+
+
+def crp_discrepancy(x: torch.Tensor) -> torch.Tensor:
+    """D = R(Phi(X)) - R(X) for an activation batch X (standard-normal CDF, as DAQ uses)."""
+    return relation_matrix(normal_cdf(x)) - relation_matrix(x)
+
+
+def admm_loss(d: torch.Tensor, a: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2,
+              rho: float = 0.3) -> torch.Tensor:
+    """mu * mean|A| + (rho / 2) * sqrt(mean((D - A)^2)) + mean(Gamma * |D - A|); A, Gamma constants."""
+    diff = d - a
+    return (mu * a.abs().mean() + rho / 2 * torch.sqrt((diff * diff).mean().clamp_min(1e-20))
+            + (gamma * diff.abs()).mean())
+
+
+@torch.no_grad()
+def admm_update(d: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2, rho: float = 0.3):
+    """Closed form: V = D + Gamma / rho; A = max(0, 1 - (mu / rho) / ||V||_F) * V; Gamma += rho (D - A)."""
+    v = d + gamma / rho
+    norm = torch.linalg.norm(v)
+    shrink = torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype)
+    a = shrink * v
+    return a, gamma + rho * (d - a)
+
+
+class CrpState:
+    """A and Gamma of one activation quantizer (batch x batch); kept outside the network's state dict."""
+
+    def __init__(self, mu: float = 0.2, rho: float = 0.3):
+        self.mu, self.rho = mu, rho
+        self.a: torch.Tensor | None = None
+        self.gamma: torch.Tensor | None = None
+
+    def _ensure(self, b: int, like: torch.Tensor):
+        if self.a is None or self.a.shape[0] < b:
+            a, g = torch.zeros(b, b, dtype=like.dtype), torch.zeros(b, b, dtype=like.dtype)
+            if self.a is not None:  # keep what was learned for the smaller batch
+                k = self.a.shape[0]
+                a[:k, :k], g[:k, :k] = self.a, self.gamma
+            self.a, self.gamma = a, g
+
+    def loss(self, d: torch.Tensor) -> torch.Tensor:
+        b = d.shape[0]
+        self._ensure(b, d)
+        return admm_loss(d, self.a[:b, :b], self.gamma[:b, :b], self.mu, self.rho)
+
+    def update(self, d: torch.Tensor) -> None:
+        b = d.shape[0]
+        self._ensure(b, d)
+        a, g = admm_update(d.detach(), self.gamma[:b, :b], self.mu, self.rho)
+        self.a[:b, :b], self.gamma[:b, :b] = a, g
+
+
+@register_quantizer("daq")
+class DaqQuantizer(Quantizer):
+    """AlignQ's DAQ. Nothing is learned: `step` is unused; `act_range` is a buffer (saved with the run).
+
+    While `record_relations` is True and the module is training, every activation forward appends
+    D = R(Phi(X)) - R(X) (with its graph) to `relations` for the CRP loss; the algorithm reads and clears it.
+    """
+
+    learn_step = False
+    transform = "daq"  # tells an exporter that a CDF transform precedes the activation's Q/DQ
+
+    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
+                 after_relu: bool = False, act_range: float = 2.0):
+        super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
+        self.learned_zp = False
+        self.zero_point.requires_grad_(False)
+        self.register_buffer("act_range", torch.tensor(1.0 if is_weight else float(act_range)))
+        self.initialized.fill_(True)
+        self.record_relations = False
+        self.relations: list[torch.Tensor] = []
+
+    @property
+    def n(self) -> int:
+        return levels(self.spec.bits)
+
+    @property
+    def qmin(self) -> int:
+        return -self.n
+
+    @property
+    def qmax(self) -> int:
+        return self.n
+
+    def extra_repr(self) -> str:
+        kind = "weights (mu, sigma per forward)" if self.is_weight else f"activations, range {self.range_value():g}"
+        return f"daq {self.spec.bits}-bit, codes [{self.qmin}, {self.qmax}] step 2, {kind}"
+
+    def range_value(self) -> float:
+        return float(self.act_range)
+
+    def init_from(self, x: torch.Tensor) -> None:  # nothing to initialize
+        self.initialized.fill_(True)
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_weight:
+            return daq_weight(x, self.spec.bits)
+        if self.record_relations and self.training:
+            self.relations.append(crp_discrepancy(x))
+        return daq_act(x, self.spec.bits, self.act_range)
+
+    def scale(self) -> torch.Tensor:
+        return (self.act_range / self.n).detach().clone()
+
+    def zero_point_int(self) -> int:
+        return 0
+
+    @torch.no_grad()
+    def integer_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """2 * round(n * Phi) - n: odd codes in [-n, n] (n = 2^k - 1), zero point 0."""
+        n = self.n
+        z = (x - x.mean()) / x.std().clamp_min(1e-12) if self.is_weight else x
+        r = torch.round(normal_cdf(z) / torch.tensor(1.0 / n, dtype=torch.float32))
+        return (2 * r - n).to(torch.int32)
+
+
+def is_daq(q: nn.Module | None) -> bool:
+    return isinstance(q, DaqQuantizer)
+
+
+# AlignQ's placement: conv weights and conv inputs (not the image), classifier float, same bits for both.
+SCHEMES["alignq"] = Scheme("alignq", ("conv",), QuantSpec(bits=4, signed=True, quantizer="daq"),
+                           QuantSpec(bits=4, signed=True, quantizer="daq"), act_first=False,
+                           note="AlignQ DAQ W4A4 on convs; first conv weight-only, classifier float")
