@@ -190,7 +190,7 @@ def write_plots(result: dict, path: str | Path) -> list[Path]:
     for r in result["records"]:
         series.setdefault((_short(r["artifact"]), r["runtime"]), []).append(r)
     if series:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
         for (art, rt), recs in series.items():
@@ -208,6 +208,9 @@ def write_plots(result: dict, path: str | Path) -> list[Path]:
             ax.set_yscale("log")
             bs = sorted({r["batch"] for r in result["records"]})
             ax.set_xticks(bs, [str(x) for x in bs])
+            # Within one decade a log axis has no major tick at all: label 1..9 × 10^k there, 1-2-5 otherwise.
+            lo_y, hi_y = ax.get_ylim()
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=range(1, 10) if hi_y / lo_y < 10 else (1, 2, 5)))
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("batch size")
