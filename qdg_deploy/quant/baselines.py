@@ -38,8 +38,24 @@ def _ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return x + (value - x).detach()
 
 
+class _FixedRange:
+    """Codes in [-top_code, top_code] for weights and [0, top_code] for activations, fixed by the bit-width,
+    so there is nothing to initialize from data."""
+
+    @property
+    def qmin(self) -> int:
+        return -self.top_code if self.is_weight else 0
+
+    @property
+    def qmax(self) -> int:
+        return self.top_code
+
+    def init_from(self, x):
+        self.initialized.fill_(True)
+
+
 @register_quantizer("dorefa")
-class DorefaQuantizer(Quantizer):
+class DorefaQuantizer(_FixedRange, Quantizer):
     learn_step = False
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
@@ -56,15 +72,8 @@ class DorefaQuantizer(Quantizer):
         return 2**self.spec.bits - 1
 
     @property
-    def qmin(self) -> int:
-        return -self.n if self.is_weight else 0
-
-    @property
-    def qmax(self) -> int:
+    def top_code(self) -> int:
         return self.n
-
-    def init_from(self, x):
-        self.initialized.fill_(True)
 
     def _unit(self, x):
         if self.is_weight:
@@ -145,7 +154,7 @@ def apot_grid(b: int) -> list[int]:
 
 
 @register_quantizer("apot")
-class ApotQuantizer(Quantizer):
+class ApotQuantizer(_FixedRange, Quantizer):
     learn_step = False
     qdq_activations = False  # non-uniform levels: an exporter must not write activations as plain Q/DQ
 
@@ -165,15 +174,8 @@ class ApotQuantizer(Quantizer):
         self.initialized.fill_(True)
 
     @property
-    def qmin(self) -> int:
-        return -self.top if self.is_weight else 0
-
-    @property
-    def qmax(self) -> int:
+    def top_code(self) -> int:
         return self.top
-
-    def init_from(self, x):
-        self.initialized.fill_(True)
 
     def _normalized(self, x):
         if self.is_weight:
