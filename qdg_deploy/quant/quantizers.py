@@ -154,7 +154,7 @@ class _LsqFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, s, z, qmin, qmax, g):
-        q = torch.round(x / s)
+        q = (x / s).round_()  # in place: a fresh large tensor costs page faults on every step
         if z is not None:
             q.add_(z).clamp_(qmin, qmax).sub_(z)
         else:
@@ -172,11 +172,10 @@ class _LsqFakeQuant(torch.autograd.Function):
             v.add_(z)
         c = v.clamp(qmin, qmax)
         outside = c.ne(v)  # a bool mask: masked_fill avoids promoting it to float
-        del v
         grad_x = grad.masked_fill(outside, 0) if ctx.needs_input_grad[0] else None
         grad_s = grad_z = None
         if ctx.needs_input_grad[1]:
-            ds = torch.round(c)
+            ds = torch.round(c, out=v)  # v is no longer needed: reuse its memory
             if z is not None:
                 ds.sub_(z).sub_(c.sub_(z).masked_fill_(outside, 0))
             else:
