@@ -172,14 +172,20 @@ class _LsqFakeQuant(torch.autograd.Function):
             v.add_(z)
         c = v.clamp(qmin, qmax)
         outside = c.ne(v)  # a bool mask: masked_fill avoids promoting it to float
-        grad_x = grad.masked_fill(outside, 0) if ctx.needs_input_grad[0] else None
+        # Weights rarely leave an LSQ range: then the gradient passes through with no masked copy.
+        clipped = bool(outside.any())
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.masked_fill(outside, 0) if clipped else grad
         grad_s = grad_z = None
         if ctx.needs_input_grad[1]:
             ds = torch.round(c, out=v)  # v is no longer needed: reuse its memory
+            inner = c.sub_(z) if z is not None else c
+            if clipped:
+                inner.masked_fill_(outside, 0)
             if z is not None:
-                ds.sub_(z).sub_(c.sub_(z).masked_fill_(outside, 0))
-            else:
-                ds.sub_(c.masked_fill_(outside, 0))
+                ds.sub_(z)
+            ds.sub_(inner)
             grad_s = _reduce_to(ds.mul_(grad), s.shape) * g
         if z is not None and ctx.needs_input_grad[2]:
             grad_z = _reduce_to(grad.masked_fill(~outside, 0) * s, z.shape) * -g
