@@ -57,12 +57,11 @@ class _FixedRange:
 @register_quantizer("dorefa")
 class DorefaQuantizer(_FixedRange, Quantizer):
     learn_step = False
+    learn_zero_point = False
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
-        self.learned_zp = False
-        self.zero_point.requires_grad_(False)
         self.initialized.fill_(True)
         with torch.no_grad():
             self.step.fill_(1.0 / self.n)
@@ -102,12 +101,7 @@ class UniformQuantizer(Quantizer):
     """Symmetric (signed) or zero-based (unsigned) uniform grid with a fixed, data-set step."""
 
     learn_step = False
-
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False):
-        super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
-        self.learned_zp = False
-        self.zero_point.requires_grad_(False)
+    learn_zero_point = False
 
     @torch.no_grad()
     def init_from(self, x):
@@ -156,13 +150,12 @@ def apot_grid(b: int) -> list[int]:
 @register_quantizer("apot")
 class ApotQuantizer(_FixedRange, Quantizer):
     learn_step = False
+    learn_zero_point = False
     qdq_activations = False  # non-uniform levels: an exporter must not write activations as plain Q/DQ
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
-        self.learned_zp = False
-        self.zero_point.requires_grad_(False)
         b = spec.bits - 1 if is_weight else spec.bits
         if not 1 <= b <= 6:
             raise QdgError(f"apot {'weights' if is_weight else 'activations'} support "
@@ -211,6 +204,7 @@ class ApotQuantizer(_FixedRange, Quantizer):
 @register_quantizer("bwn")
 class BwnQuantizer(Quantizer):
     learn_step = False
+    learn_zero_point = False
     qdq_activations = False  # (x > 0) is a threshold at 0, not QuantizeLinear's rounding
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
@@ -218,8 +212,6 @@ class BwnQuantizer(Quantizer):
         if spec.bits != 1:
             raise QdgError(f"bwn is binary: it needs 1 bit (--bits 1 --act-bits 1, or --act-bits 0), got {spec.bits}")
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
-        self.learned_zp = False
-        self.zero_point.requires_grad_(False)
         self.initialized.fill_(True)
 
     @property

@@ -177,13 +177,12 @@ class DaqQuantizer(Quantizer):
     """
 
     learn_step = False
+    learn_zero_point = False
     transform = "daq"  # tells an exporter that a CDF transform precedes the activation's Q/DQ
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False, act_range: float = 2.0):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
-        self.learned_zp = False
-        self.zero_point.requires_grad_(False)
         self.register_buffer("act_range", torch.tensor(1.0 if is_weight else float(act_range)))
         self.initialized.fill_(True)
         self.record_relations = False

@@ -71,6 +71,7 @@ class Quantizer(nn.Module):
     """
 
     learn_step = True
+    learn_zero_point = True  # False: the zero point stays 0 whatever the spec says (fixed-grid quantizers)
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False):
@@ -79,7 +80,8 @@ class Quantizer(nn.Module):
         self.is_weight = is_weight
         shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
         self.step = nn.Parameter(torch.ones(shape), requires_grad=self.learn_step)
-        self.learned_zp = spec.zero_point == "learned" or (spec.zero_point == "relu" and not after_relu)
+        self.learned_zp = self.learn_zero_point and (spec.zero_point == "learned"
+                                                     or (spec.zero_point == "relu" and not after_relu))
         # Stored as a float Parameter so LSQ+ can learn it; the forward rounds it (STE), so the value the
         # network computes with is always an integer and exports as an ONNX zero point exactly.
         self.zero_point = nn.Parameter(torch.zeros(()), requires_grad=self.learned_zp)
