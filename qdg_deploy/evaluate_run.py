@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import get_dataset, split_domains
+from .data import run_splits
 from .io import write_json
 from .runs import load_run
 from .train.evaluate import domain_metrics
@@ -13,8 +13,7 @@ from .train.evaluate import domain_metrics
 def evaluate_run(run_dir: str | Path, json_path: str | Path | None = None) -> dict:
     run = load_run(run_dir)
     hp = run.config["hparams"]
-    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
-    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    _, splits = run_splits(hp)
     test = run.config["test_env_index"]
     result = {"run": str(run_dir), "method": run.metrics["method"], "bits": run.metrics["bits"],
               "scheme": run.metrics["scheme"], **domain_metrics(run.model, splits, test)}

@@ -27,13 +27,12 @@ _SPLITS: dict[tuple, list] = {}
 
 
 def _splits(config: dict):
-    from ..data import get_dataset, split_domains
+    from ..data import run_splits
 
     hp = config["hparams"]
     key = (hp["dataset"], hp.get("data_dir"), hp.get("image_size"), hp["holdout_fraction"], hp["seed"])
     if key not in _SPLITS:
-        ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
-        _SPLITS[key] = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+        _SPLITS[key] = run_splits(hp)[1]
     return _SPLITS[key]
 
 

@@ -47,3 +47,9 @@ def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | Non
         if key == canonical.lower():
             return build_domainbed(canonical, data_dir, image_size)
     raise DataError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
+
+
+def run_splits(hp: dict) -> tuple[DGDataset, list[DomainSplit]]:
+    """The data set and per-domain splits that a run's hyperparameters describe (train, eval, export, bench)."""
+    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
+    return ds, split_domains(ds, hp["holdout_fraction"], hp["seed"])

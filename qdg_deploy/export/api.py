@@ -17,7 +17,7 @@ from ..errors import QdgError
 from ..io import atomic_path, write_json
 from ..quant import QConv2d, QLinear
 from .onnx_writer import DEFAULT_OPSET, build_onnx
-from .verify import compare, layer_divergence, ort_session
+from .verify import compare, layer_divergence, ort_session, top1_agreement
 
 FORMATS = ("onnx", "onnx-fp32", "tensorrt")
 FUSED_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd"}
@@ -114,11 +114,10 @@ def _bits(scheme) -> tuple[int, int]:
 
 def verify_sets(run, max_samples: int | None = None) -> dict:
     """The run's held-out domain (all of it) and the training domains' `out` splits."""
-    from ..data import get_dataset, split_domains
+    from ..data import run_splits
 
     hp = run.config["hparams"]
-    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
-    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    _, splits = run_splits(hp)
     test = run.config["test_env_index"]
     sets = {f"heldout:{splits[test].name}": ConcatDataset([splits[test].in_eval, splits[test].out_eval])}
     for i, s in enumerate(splits):
@@ -148,7 +147,7 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
             iname = raw.get_inputs()[0].name
             r_raw = {"onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
                                                     for x, _ in batches])}
-            r_raw["top1_agreement"] = float((r["torch_logits"].argmax(1) == r_raw["onnx_logits"].argmax(1)).mean())
+            r_raw["top1_agreement"] = top1_agreement(r["torch_logits"], r_raw["onnx_logits"])
             per[name] = {k: r[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples")}
             per[name]["onnx_acc"] = float((r["onnx_logits"].argmax(1) == r["labels"]).mean())
             per[name]["torch_acc"] = float((r["torch_logits"].argmax(1) == r["labels"]).mean())
@@ -160,10 +159,10 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
     t, o, u = np.concatenate(all_t), np.concatenate(all_o), np.concatenate(all_r)
     d = np.abs(t - o)
     heldout = next(k for k in per if k.startswith("heldout"))
-    result = {"top1_agreement": float((t.argmax(1) == o.argmax(1)).mean()), "max_abs_diff": float(d.max()),
+    result = {"top1_agreement": top1_agreement(t, o), "max_abs_diff": float(d.max()),
               "mean_abs_diff": float(d.mean()), "n_samples": int(len(t)),
               "onnx_acc": per[heldout]["onnx_acc"], "torch_acc": per[heldout]["torch_acc"], "acc_split": heldout,
-              "unoptimized": {"top1_agreement": float((t.argmax(1) == u.argmax(1)).mean()),
+              "unoptimized": {"top1_agreement": top1_agreement(t, u),
                               "max_abs_diff": float(np.abs(t - u).max()),
                               "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
                                       "int32 bias rounding or fused integer kernels"}}

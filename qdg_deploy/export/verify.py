@@ -37,6 +37,11 @@ def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, level: s
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of rows whose arg-max (predicted class) is the same in both logit arrays."""
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
 @torch.no_grad()
 def compare(model: nn.Module, session, batches, labels_known: bool = True, progress=None, task=None) -> dict:
     """Run both over (x, y) batches; returns logits-level figures and per-sample arrays."""
@@ -53,7 +58,7 @@ def compare(model: nn.Module, session, batches, labels_known: bool = True, progr
     t, o, y = np.concatenate(t_logits), np.concatenate(o_logits), np.concatenate(ys)
     diff = np.abs(t - o)
     return {"torch_logits": t, "onnx_logits": o, "labels": y,
-            "top1_agreement": float((t.argmax(1) == o.argmax(1)).mean()), "max_abs_diff": float(diff.max()),
+            "top1_agreement": top1_agreement(t, o), "max_abs_diff": float(diff.max()),
             "mean_abs_diff": float(diff.mean()), "n_samples": int(len(y))}
 
 

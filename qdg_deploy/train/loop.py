@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from .. import __version__
-from ..data import get_dataset, split_domains
+from ..data import get_dataset, run_splits
 from ..errors import QdgError
 from ..quant import model_size
 from ..runs import METRICS, WEIGHTS, model_record, save_run
@@ -95,8 +95,7 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
     init = apply_init(hp)
-    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
-    splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
+    ds, splits = run_splits(hp)
     da = hp.get("source") is not None or hp.get("target") is not None
     if da:  # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
         if hp.get("source") is None or hp.get("target") is None:
