@@ -162,3 +162,14 @@ def test_fused_gradients_equal_the_composite_lsq_graph(spec):
     assert torch.allclose(q.step.grad, s.grad, atol=1e-6)
     if q.learned_zp:
         assert torch.allclose(q.zero_point.grad, z.grad, atol=1e-6)
+
+
+def test_range_ends_are_inside_for_the_gradients():
+    """v exactly qmin or qmax passes the gradient (as clamp's does); a hair beyond it does not."""
+    from qdg_deploy.quant.quantizers import _LsqFakeQuant
+    x = torch.tensor([127 * 0.5, -128 * 0.5, 127 * 0.5 + 1e-3, 0.3], requires_grad=True)
+    s = torch.tensor(0.5, requires_grad=True)
+    _LsqFakeQuant.apply(x, s, None, -128, 127, 1.0).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 1.0]
+    # step: round(v) - v inside (0, 0, 1 - 0.6), qmax - 0 outside
+    assert s.grad.item() == pytest.approx(127.4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -147,11 +148,14 @@ class _LsqFakeQuant(torch.autograd.Function):
     elementwise ops (the training-step overhead target is ≤ 1.3× float).
 
     forward:  q = clamp(round(x / s) + z, qmin, qmax);  out = (q - z) * s
-    backward: LSQ's regions are on the unrounded v = x/s + z, with c = clamp(v, qmin, qmax):
-              x: straight-through where v == c (inside), 0 outside;
-              s: round(v) - v inside, c - z outside = round(c) - z - (c - z)·inside, times g;
+    backward: LSQ's regions are on the unrounded v = x/s + z: inside when qmin <= v <= qmax.
+              x: straight-through inside, 0 outside;
+              s: round(v) - v inside, c - z outside (c the range end), times g. Both equal
+                 (out - x·inside) / s, which needs no division of the whole tensor and, inside, is a
+                 difference of two close numbers (exact in float);
               z: -s outside, 0 inside, times g.
     `z` is None when the zero point is fixed at 0, which skips its arithmetic on the hot path.
+    On CPU every fresh full-size tensor costs page faults, so the backward allocates as few as it can.
     """
 
     @staticmethod
@@ -161,36 +165,31 @@ class _LsqFakeQuant(torch.autograd.Function):
             q.add_(z).clamp_(qmin, qmax).sub_(z)
         else:
             q.clamp_(qmin, qmax)
-        ctx.save_for_backward(x, s, z)
+        out = q.mul_(s)
+        ctx.save_for_backward(x, s, z, out)  # out is the conv's input: autograd holds it anyway
         ctx.consts = (qmin, qmax, g)
-        return q.mul_(s)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, s, z = ctx.saved_tensors
+        x, s, z, out = ctx.saved_tensors
         qmin, qmax, g = ctx.consts
+        zf = float(z) if z is not None else 0.0
+        # inside: qmin <= v <= qmax with v = x/s + z. hardtanh_backward(t, v, lo, hi) keeps t where
+        # lo < v < hi in one fused pass (no bool mask, no masked copy: ~8x faster on CPU); bounds one
+        # float below/above make it inclusive, as clamp's gradient is.
+        lo = float(np.nextafter(np.float32(qmin - zf), np.float32(-np.inf)))  # float32: v is float32
+        hi = float(np.nextafter(np.float32(qmax - zf), np.float32(np.inf)))
         v = x / s
-        if z is not None:
-            v.add_(z)
-        c = v.clamp(qmin, qmax)
-        outside = c.ne(v)  # a bool mask: masked_fill avoids promoting it to float
-        # Weights rarely leave an LSQ range: then the gradient passes through with no masked copy.
-        clipped = bool(outside.any())
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad.masked_fill(outside, 0) if clipped else grad
+        grad_x = torch.ops.aten.hardtanh_backward(grad, v, lo, hi)
         grad_s = grad_z = None
         if ctx.needs_input_grad[1]:
-            ds = torch.round(c, out=v)  # v is no longer needed: reuse its memory
-            inner = c.sub_(z) if z is not None else c
-            if clipped:
-                inner.masked_fill_(outside, 0)
-            if z is not None:
-                ds.sub_(z)
-            ds.sub_(inner)
-            grad_s = _reduce_to(ds.mul_(grad), s.shape) * g
+            # (round(v) - v)·s inside, (c - z)·s outside: out - x·inside, exact inside (close numbers)
+            r = torch.ops.aten.hardtanh_backward(x, v, lo, hi)
+            torch.sub(out, r, out=r)
+            grad_s = _dot_to(grad, r, s.shape).div_(s).mul_(g)
         if z is not None and ctx.needs_input_grad[2]:
-            grad_z = _reduce_to(grad.masked_fill(~outside, 0) * s, z.shape) * -g
+            grad_z = (_reduce_to(grad - grad_x, s.shape) * s).sum() * -g
         return grad_x, grad_s, grad_z, None, None, None
 
 
@@ -199,6 +198,14 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     if len(shape) == 0:
         return t.sum()
     return t.sum(dim=tuple(d for d in range(t.dim()) if shape[d] == 1), keepdim=True)
+
+
+def _dot_to(a: torch.Tensor, b: torch.Tensor, shape) -> torch.Tensor:
+    """sum(a * b) reduced to a parameter shape ([] or [C, 1, ...] on axis 0), without the a * b temporary."""
+    if len(shape) == 0:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    c = a.shape[0]
+    return torch.linalg.vecdot(a.reshape(c, -1), b.reshape(c, -1)).reshape(shape)
 
 
 class LsqQuantizer(Quantizer):
