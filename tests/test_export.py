@@ -4,6 +4,7 @@ TensorRT rule checks, CLI exit codes and report keys."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ from qdg_deploy.errors import QdgError
 from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, ort_session
 from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
+from qdg_deploy.quant.schemes import Scheme
 from tests.conftest import run_cli
 
 torch.set_num_threads(1)
@@ -51,7 +53,7 @@ def tiny(scheme="trt", bits=None, act_bits=None, seed=0, negative_gamma=True):
             bn.bias.normal_(0, 0.2)
             if negative_gamma:
                 bn.weight[0] = -abs(bn.weight[0]) - 0.1
-    quantize_model(m, get_scheme(scheme, bits=bits, act_bits=act_bits))
+    quantize_model(m, scheme if isinstance(scheme, Scheme) else get_scheme(scheme, bits=bits, act_bits=act_bits))
     m.eval()
     with torch.no_grad():
         m(torch.randn(16, 3, 8, 8))  # calibration forward
@@ -97,14 +99,27 @@ def test_ort_default_optimizations_keep_exactness(scheme, act_bits):
         assert all(e["bias"] == "float Add" for e in info["layers"])
 
 
-def test_ort_scheme_fusable_layers_keep_bias_in_conv(tmp_path):
-    m = tiny("ort")
-    _, info = build_onnx(m, (3, 8, 8), target="ort")
-    assert all(e["bias"] == "float Add" for e in info["layers"])  # conv1's ReLU output also feeds the residual Add
+def _chain(scheme):
     torch.manual_seed(0)
     chain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                           nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8, 4))
-    quantize_model(chain, get_scheme("ort")).eval()
+    with torch.no_grad():
+        chain[1].running_mean.normal_(0, 0.3)
+        chain[1].running_var.uniform_(0.5, 2.0)
+        chain[1].bias.normal_(0, 0.3)
+    quantize_model(chain, scheme).eval()
+    with torch.no_grad():
+        chain(torch.randn(8, 3, 8, 8))
+    return chain
+
+
+def test_float_bias_model_keeps_bias_in_conv_only_where_ort_fuses(tmp_path):
+    """A model trained without integer biases (runs from before `int_bias`): ORT would round its bias."""
+    old_ort = replace(get_scheme("ort"), int_bias=False)
+    m = tiny(old_ort)
+    _, info = build_onnx(m, (3, 8, 8), target="ort")
+    assert all(e["bias"] == "float Add" for e in info["layers"])  # conv1's ReLU output also feeds the residual Add
+    chain = _chain(old_ort)
     with torch.no_grad():
         chain(torch.randn(8, 3, 8, 8))
     info = export_onnx(chain, (3, 8, 8), tmp_path / "c.onnx", target="ort")
@@ -114,6 +129,35 @@ def test_ort_scheme_fusable_layers_keep_bias_in_conv(tmp_path):
     assert info["ort_fused_layers"] == ["0", "7"]  # 7: QGemm with float output (its bias stays a float Add)
     info = export_onnx(chain, (3, 8, 8), tmp_path / "f.onnx", target="ort", int_bias=False)  # --float-bias
     assert all(e["bias"] == "float Add" for e in info["layers"]) and info["ort_fused_layers"] == ["7"]
+
+
+def test_ort_scheme_biases_sit_on_the_int32_grid_so_ort_rounding_changes_nothing(tmp_path):
+    from qdg_deploy.quant.bias import bias_unit, bn_factors, folded_bias
+    chain = _chain(get_scheme("ort"))
+    conv, bn = chain[0], chain[1]
+    assert conv.int_bias and conv.bias_bn is bn
+    unit = bias_unit(conv, bn_factors(bn, 8)[0])
+    k = folded_bias(conv, bn) / unit
+    assert np.allclose(k, np.round(k), atol=1e-6) and np.abs(k).max() > 10  # on the grid, and not all zero
+    # eval: the conv + BN output carries the grid bias; training: the float bias
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        y_eval = bn(conv(x))
+        chain.train()
+        bn.eval()  # running statistics in both, so that only the bias differs
+        y_train = bn(conv(x))
+    chain.eval()
+    assert not torch.equal(y_eval, y_train) and (y_eval - y_train).abs().max() <= unit.max()
+    info = export_onnx(chain, (3, 8, 8), tmp_path / "g.onnx", target="ort")
+    bias = {e["layer"]: e["bias"] for e in info["layers"]}
+    assert bias["0"] == "on the int32 grid (exact in integer kernels)" and bias["3"] == "float Add"
+    assert info["ort_fused_layers"] == ["0", "7"]
+    proto = info["proto"]
+    x = torch.randn(32, 3, 8, 8)
+    # ORT's optimizations round the bias to int32: on the grid that is exact, so they change only float order
+    np.testing.assert_allclose(run_ort(proto, x, "all"), run_ort(proto, x, "none"), atol=2e-5, rtol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(chain(x).numpy(), run_ort(proto, x, "all"), atol=2e-5, rtol=0)
 
 
 def test_weights_are_int8_codes_and_no_float_copy():

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import QdgError
+from ..quant.bias import bn_factors, folded_bias
 
 
 @dataclass
@@ -25,27 +26,14 @@ class FoldedWeight:
     bits: int | None = None
 
 
-def bn_factors(bn: nn.BatchNorm2d | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(factor, shift) in float64: bn(y) = y * factor + shift."""
-    if bn is None:
-        return np.ones(channels), np.zeros(channels)
-    if not bn.track_running_stats or bn.running_mean is None:
-        raise QdgError(f"BatchNorm without running statistics cannot be folded ({bn})")
-    var = bn.running_var.detach().double().numpy()
-    mean = bn.running_mean.detach().double().numpy()
-    gamma = bn.weight.detach().double().numpy() if bn.affine else np.ones(channels)
-    beta = bn.bias.detach().double().numpy() if bn.affine else np.zeros(channels)
-    factor = gamma / np.sqrt(var + bn.eps)
-    return factor, beta - mean * factor
-
-
 def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> FoldedWeight:
     """Codes/scales (or float weights) and bias of a Conv2d/Linear with an optional following BatchNorm."""
     w = layer.weight.detach()
     c = w.shape[0]
-    factor, shift = bn_factors(bn, c)
-    b = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(c)
-    bias = b * factor + shift
+    factor, _ = bn_factors(bn, c)
+    if getattr(layer, "int_bias", False) and getattr(layer, "bias_bn", None) is not bn:
+        raise QdgError("the BatchNorm folded on export is not the one the layer's integer bias was set up with")
+    bias = folded_bias(layer, bn)
     has_bias = layer.bias is not None or bn is not None
     bias32 = bias.astype(np.float32) if has_bias else None
     wq = getattr(layer, "weight_quant", None)

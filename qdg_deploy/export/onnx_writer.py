@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant import QConv2d, QLinear, Quantizer, quant_layers
+from ..quant.convert import conv_bn_pairs
 from .fold import fold_layer
 
 TARGETS = ("tensorrt", "ort")
@@ -170,9 +171,13 @@ class _Writer:
         # quantization, at every optimization level above none). That is the price of an integer kernel, so
         # the bias stays inside only where ORT can fuse DQ→Conv→[Relu]→Q into QLinearConv; elsewhere it is a
         # separate Add and the graph computes what torch computes (TensorRT fuses the Add into the conv).
+        # A layer trained with integer biases (quant/bias.py) has its bias on that grid already: ORT's rounding
+        # is then exact. Elsewhere a separate Add keeps it exact too (and lets ORT fuse a float-output QGemm).
+        on_grid = getattr(m, "int_bias", False)
         bias_inside = fw.bias is not None and (fw.codes is None or (aq is not None and self.ort_fusable(out_node)))
         ins = [x, w] + ([self.const(f"{name}.bias", fw.bias)] if bias_inside else [])
-        entry["bias"] = ("float Add" if not bias_inside else "int32 (ORT integer kernel)" if fw.codes is not None
+        entry["bias"] = ("float Add" if not bias_inside else "on the int32 grid (exact in integer kernels)" if on_grid
+                         else "int32 (ORT integer kernel)" if fw.codes is not None
                          else "float (in the op)") if fw.bias is not None else None
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -330,18 +335,6 @@ def _pair(v) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
-def _bn_after(gm: torch.fx.GraphModule, mods) -> dict[str, torch.fx.Node]:
-    """conv fx node name -> the BatchNorm2d node that alone consumes it (to fold)."""
-    out = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods.get(n.target), nn.BatchNorm2d):
-            src = n.args[0]
-            if (isinstance(src, torch.fx.Node) and src.op == "call_module"
-                    and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
-                out[src.name] = n
-    return out
-
-
 def check_ready(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if hasattr(m, "initialized") and hasattr(m, "spec") and not bool(m.initialized):
@@ -360,7 +353,8 @@ def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int
     """The ONNX model and what the writer did (layers, clips, requantizations, probes).
 
     int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to
-    int32 in s_x·s_w units (fast, not exact when the trained bias is not on that grid); False keeps every
+    int32 in s_x·s_w units (fast; exact for layers trained with integer biases, quant/bias.py, whose bias is
+    on that grid; not exact for older runs whose trained bias is not); False keeps every
     bias a float Add (exact, but ORT then runs those convs in float). None (default): int32 only for a
     model trained for ORT (unsigned activations, scheme `ort`), where fusion is the point; a model trained
     for TensorRT gains nothing from it on ORT (its int8 zero-point-0 ReLUs do not fold), so it stays exact."""
@@ -384,7 +378,7 @@ def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int
             check_ready(model)
         gm = trace(model)
         w = _Writer(model, target, fp32, residual_qdq and not fp32, opset, int_bias)
-        bn_of = _bn_after(gm, w.mods)
+        bn_of = conv_bn_pairs(gm, w.mods)
         folded_bn = {b.name for b in bn_of.values()}
         outputs = []
         with torch.no_grad():

@@ -46,6 +46,29 @@ def relu_fed_layers(model: nn.Module) -> set[str]:
     return found
 
 
+def conv_bn_pairs(gm: torch.fx.GraphModule, mods) -> dict[str, torch.fx.Node]:
+    """Conv2d fx node name -> the BatchNorm2d node that alone reads its output (foldable into the conv)."""
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods.get(n.target), nn.BatchNorm2d):
+            src = n.args[0]
+            if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                    and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
+                out[src.name] = n
+    return out
+
+
+def bn_following(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """Conv2d module name -> the BatchNorm2d folded into it on export ({} if fx cannot trace the model)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:
+        return {}
+    mods = dict(gm.named_modules())
+    nodes = {n.name: n for n in gm.graph.nodes}
+    return {nodes[c].target: mods[bn.target] for c, bn in conv_bn_pairs(gm, mods).items()}
+
+
 def _is_relu(n: torch.fx.Node, mods) -> bool:
     return ((n.op == "call_module" and isinstance(mods.get(n.target), (nn.ReLU, nn.ReLU6)))
             or (n.op == "call_function" and n.target in _RELU_FUNCS)
@@ -74,6 +97,7 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
 def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """Replace eligible layers in place (sharing their weight Parameters); returns the model."""
     names = eligible_layers(model, scheme)
+    bn_of = bn_following(model) if scheme.int_bias and scheme.act is not None else {}
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
     first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
     for name in names:
@@ -85,6 +109,9 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     if scheme.residual and scheme.act is not None:
         from .residual import quantize_residual_blocks
         quantize_residual_blocks(model, scheme.act)
+    if scheme.int_bias and scheme.act is not None:
+        from .bias import attach_int_bias
+        attach_int_bias(model, bn_of)
     return model
 
 

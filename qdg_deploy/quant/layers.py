@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bias import eval_bias
 from .quantizers import QuantSpec, build_quantizer
 
 
@@ -44,15 +45,21 @@ class QuantMixin:
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_quant(x) if self.act_quant is not None else x
 
+    def op_bias(self) -> torch.Tensor | None:
+        """The bias the op adds: in eval mode with integer biases, the one that lands on the int32 grid."""
+        if self.training or not getattr(self, "int_bias", False):
+            return self.bias
+        return eval_bias(self)
+
 
 class QConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x):
-        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
+        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
 class QLinear(QuantMixin, nn.Linear):
     def forward(self, x):
-        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+        return F.linear(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
 QUANT_LAYERS = {nn.Conv2d: QConv2d, nn.Linear: QLinear}

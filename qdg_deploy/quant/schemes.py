@@ -22,6 +22,9 @@ class Scheme:
     # so an exporter can write exact Q/DQ there and ORT/TensorRT run the Add and every conv as integer kernels.
     # Old config.json files lack the key: False, which matches their state dicts.
     residual: bool = False
+    # True: biases (BatchNorm folded) sit on the int32 grid s_x·s_w in eval mode, as ONNX Runtime's integer
+    # kernels hold them (quant/bias.py). Old config.json files lack the key: False, as they were trained.
+    int_bias: bool = False
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -47,7 +50,7 @@ SCHEMES: dict[str, Scheme] = {
     "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True),
     # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
     "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu"),
-                  residual=True),
+                  residual=True, int_bias=True),
 }
 
 
