@@ -35,11 +35,11 @@ INPUT, OUTPUT = "input", "logits"
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keep QConv2d / QLinear and standalone quantizers (residual Adds) whole (fx would otherwise trace into
-    their quantizers)."""
+    """Keep QConv2d / QLinear, standalone quantizers (residual Adds) and GroupNorm (also our eval-matched
+    subclass) whole: fx would otherwise trace into them."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QConv2d, QLinear, Quantizer)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm)) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -236,9 +236,8 @@ class _Writer:
         return next(iter(qs.values()))
 
     def group_norm(self, n, m: nn.GroupNorm) -> str:
-        """GroupNorm as torch's CPU kernel computes it: per-group mean and 1/sqrt(var + eps), then per channel
-        y = x * (rstd * gamma) + (beta - mean * rstd * gamma). Matching its arithmetic keeps float differences
-        (which can move a value across a rounding tie at the next quantizer) ~100× smaller than InstanceNorm."""
+        """GroupNorm as a quantized model computes it in eval mode (quant.layers.ExportMatchedGroupNorm): moments
+        in float64, then per channel y = x * (rstd * gamma) + (beta - mean * rstd * gamma) in float32, op for op."""
         x, p = self.arg(n.args[0]), n.target
         g, c = m.num_groups, m.num_channels
         xr = self.add("Reshape", [x, self.const(f"{p}.groups_shape", np.array([0, g, c // g, -1], np.int64))],
@@ -247,7 +246,7 @@ class _Writer:
             axes = {"inputs": [self.const(f"{p}.axes", np.array([2, 3], np.int64))], "attrs": {}}
         else:
             axes = {"inputs": [], "attrs": {"axes": [2, 3]}}
-        # moments in float64 (torch sums with a cascade; a plain float32 sum over a group is ~10x less accurate)
+        # moments in float64: both runtimes then round them to the same float32 values
         xd = self.add("Cast", [xr], f"{p}.to_double", to=TensorProto.DOUBLE)
         mean = self.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])
         d = self.add("Sub", [xd, mean], f"{p}.centered")

@@ -12,6 +12,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..quant import Quantizer
 from .onnx_writer import trace
 
 # A tensor "diverges" when its max |torch - onnx| exceeds this fraction of its max |torch| (a single
@@ -72,11 +73,16 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
     acts: dict[str, torch.Tensor] = {}
     mods = dict(model.named_modules())
     hooks = []
+    quantizers = {}  # probe layer -> the quantizer whose input decides its codes
     for p in probes:
+        m = mods.get(p["layer"])
         if p["kind"] == "act":
-            aq = mods[p["layer"]].act_quant
-            hooks.append(aq.register_forward_hook(lambda m, i, o, k=p["layer"]: acts.__setitem__(k, (i[0].detach().clone(),
-                                                                                                     o.detach()))))
+            quantizers[p["layer"]] = m.act_quant
+        elif isinstance(m, Quantizer):  # a standalone quantizer (residual Add input): its output is codes too
+            quantizers[p["layer"]] = m
+    for k, q in quantizers.items():
+        hooks.append(q.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach().clone(),
+                                                                                       o.detach()))))
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
@@ -101,9 +107,10 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
     outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
     rows, first = [], None
     for p in probes:
-        pre = None
+        quantized = p["kind"] == "act" or isinstance(mods.get(p["layer"]), Quantizer)
+        pre = acts.get(p["layer"], (None, None))[0] if quantized else None
         if p["kind"] == "act":
-            pre, ref = acts.get(p["layer"], (None, None))
+            ref = acts.get(p["layer"], (None, None))[1]
         else:
             ref = values.get(p.get("fx"))
         if ref is None or p["tensor"] not in outs:
@@ -120,7 +127,7 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
         if pre is not None and bad.any():
             # how far from a rounding tie (in steps) the torch input was where the codes differ: ~0 means a
             # float-reordering difference upstream moved a value across a tie, not a wrong graph
-            t = (pre / mods[p["layer"]].act_quant.scale()).numpy()[bad]
+            t = (pre / quantizers[p["layer"]].scale()).numpy()[bad]
             row["max_tie_distance"] = float(np.abs(t - np.floor(t) - 0.5).max())
             row["mismatches"] = int(bad.sum())
         rows.append(row)

@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
+from .layers import QUANT_LAYERS, ExportMatchedGroupNorm, QConv2d, QLinear, QuantMixin
 from .schemes import Scheme
 
 _LAYER_KIND = {nn.Conv2d: "conv", nn.Linear: "linear"}
@@ -112,6 +112,9 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     if scheme.int_bias and scheme.act is not None:
         from .bias import attach_int_bias
         attach_int_bias(model, bn_of)
+    for m in model.modules():
+        if type(m) is nn.GroupNorm:
+            m.__class__ = ExportMatchedGroupNorm  # eval arithmetic as the exported graph's (same state dict)
     return model
 
 

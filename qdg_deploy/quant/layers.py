@@ -63,3 +63,30 @@ class QLinear(QuantMixin, nn.Linear):
 
 
 QUANT_LAYERS = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
+
+
+class ExportMatchedGroupNorm(nn.GroupNorm):
+    """GroupNorm whose eval forward computes what the exported graph computes, op for op: per-group mean and
+    variance in float64, cast to float32, rstd = 1 / sqrt(var + eps), then x * (rstd·gamma) + (beta - mean·rstd·gamma).
+
+    torch's own kernel sums in float32 in its own order; its result differs from any ONNX graph's in the last bits,
+    which can move a value across a rounding tie at the next quantizer. In float64 the moments come out the same
+    in both runtimes (to float32), so only the convolutions' summation order is left to differ. Training uses
+    torch's kernel (same values up to float round-off, and faster)."""
+
+    def forward(self, x):
+        if self.training:
+            return super().forward(x)
+        n, c, g = x.shape[0], self.num_channels, self.num_groups
+        xr = x.reshape(n, g, c // g, -1)
+        xd = xr.double()
+        mean = xd.mean(dim=(2, 3), keepdim=True)
+        d = xd - mean
+        var = (d * d).mean(dim=(2, 3), keepdim=True)
+        mean, var = mean.float(), var.float()
+        rstd = 1.0 / torch.sqrt(var + torch.tensor(self.eps, dtype=torch.float32))
+        gamma = self.weight if self.affine else torch.ones(c, device=x.device)
+        beta = self.bias if self.affine else torch.zeros(c, device=x.device)
+        scale = rstd * gamma.reshape(g, c // g, 1)
+        shift = beta.reshape(g, c // g, 1) - mean * scale
+        return (xr * scale + shift).reshape(x.shape)
