@@ -1,5 +1,8 @@
 """Run an exported ONNX model with ONNX Runtime (CPU) next to the torch fake-quant model and compare.
 
+`verify_model` is what `export --verify` runs: agreement over a run's held-out domain and `out` splits
+(`verify_sets`), with and without ORT's graph optimizations, and per-layer detail when it is below 1.0.
+
 `compare` gives the report's agreement figures; `layer_divergence` runs both on a few inputs and
 compares every intermediate tensor (each quantized layer's quantized input and each op's output) in
 graph order, naming the first one where torch and ONNX Runtime differ by more than float noise.
@@ -11,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset
 
 from ..quant import Quantizer
 from .onnx_writer import trace
@@ -135,3 +139,71 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
             first = row["tensor"]
     return {"first_divergence": first, "layers": rows, "n_samples": int(len(x))}
 
+
+def verify_sets(run, max_samples: int | None = None) -> dict:
+    """The run's held-out domain (all of it) and the training domains' `out` splits."""
+    from ..data import run_splits
+
+    hp = run.config["hparams"]
+    _, splits = run_splits(hp)
+    test = run.config["test_env_index"]
+    sets = {f"heldout:{splits[test].name}": ConcatDataset([splits[test].in_eval, splits[test].out_eval])}
+    for i, s in enumerate(splits):
+        if i != test:
+            sets[f"out:{s.name}"] = s.out_eval
+    if max_samples:
+        from torch.utils.data import Subset
+        sets = {k: Subset(v, range(min(len(v), max_samples))) for k, v in sets.items()}
+    return sets
+
+
+def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
+                 console=None) -> dict:
+    """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`."""
+    from ..train.evaluate import iter_batches
+    from ..train.loop import make_progress
+
+    sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
+    raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
+    per, all_t, all_o, all_r = {}, [], [], []
+    total = sum(len(d) for d in sets.values())
+    with make_progress(console, transient=True) as progress:
+        task = progress.add_task("verify (torch vs ORT)", total=total, info="")
+        for name, data in sets.items():
+            batches = list(iter_batches(data, batch_size))
+            r = compare(model, sess, batches, progress=progress, task=task)
+            iname = raw.get_inputs()[0].name
+            r_raw = {"onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
+                                                    for x, _ in batches])}
+            r_raw["top1_agreement"] = top1_agreement(r["torch_logits"], r_raw["onnx_logits"])
+            per[name] = {k: r[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples")}
+            per[name]["onnx_acc"] = float((r["onnx_logits"].argmax(1) == r["labels"]).mean())
+            per[name]["torch_acc"] = float((r["torch_logits"].argmax(1) == r["labels"]).mean())
+            per[name]["unoptimized_top1_agreement"] = r_raw["top1_agreement"]
+            all_t.append(r["torch_logits"])
+            all_o.append(r["onnx_logits"])
+            all_r.append(r_raw["onnx_logits"])
+            per[name]["_inputs"] = batches
+    t, o, u = np.concatenate(all_t), np.concatenate(all_o), np.concatenate(all_r)
+    d = np.abs(t - o)
+    heldout = next(k for k in per if k.startswith("heldout"))
+    result = {"top1_agreement": top1_agreement(t, o), "max_abs_diff": float(d.max()),
+              "mean_abs_diff": float(d.mean()), "n_samples": int(len(t)),
+              "onnx_acc": per[heldout]["onnx_acc"], "torch_acc": per[heldout]["torch_acc"], "acc_split": heldout,
+              "unoptimized": {"top1_agreement": top1_agreement(t, u),
+                              "max_abs_diff": float(np.abs(t - u).max()),
+                              "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
+                                      "int32 bias rounding or fused integer kernels"}}
+    if result["top1_agreement"] < 1.0 or result["unoptimized"]["top1_agreement"] < 1.0:
+        xs = torch.cat([torch.as_tensor(x).float() for b in per.values() for x, _ in b["_inputs"]])
+        bad = np.flatnonzero((t.argmax(1) != o.argmax(1)) | (t.argmax(1) != u.argmax(1)))[:8]
+        top2 = np.sort(t[bad], axis=1)[:, -2:]
+        # torch_margin below max_abs_diff: the two best logits were (nearly) tied, float noise picks the class
+        result["disagreements"] = [{"index": int(i), "torch_top1": int(t[i].argmax()), "onnx_top1": int(o[i].argmax()),
+                                    "torch_margin": float(m[1] - m[0]), "max_abs_diff": float(d[i].max())}
+                                   for i, m in zip(bad, top2)]
+        result["layer_divergence"] = layer_divergence(model, proto, probes, xs[torch.as_tensor(bad)], level="all")
+    for v in per.values():
+        v.pop("_inputs")
+    result["splits"] = per
+    return result
