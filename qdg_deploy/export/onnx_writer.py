@@ -237,7 +237,7 @@ class _Writer:
 
     def group_norm(self, n, m: nn.GroupNorm) -> str:
         """GroupNorm as a quantized model computes it in eval mode (quant.layers.ExportMatchedGroupNorm): moments
-        in float64, then per channel y = x * (rstd * gamma) + (beta - mean * rstd * gamma) in float32, op for op."""
+        and rstd in float64, then per channel y = x * (rstd * gamma) + (beta - mean * rstd * gamma) in float32."""
         x, p = self.arg(n.args[0]), n.target
         g, c = m.num_groups, m.num_channels
         xr = self.add("Reshape", [x, self.const(f"{p}.groups_shape", np.array([0, g, c // g, -1], np.int64))],
@@ -252,12 +252,13 @@ class _Writer:
         d = self.add("Sub", [xd, mean], f"{p}.centered")
         var = self.add("ReduceMean", [self.add("Mul", [d, d], f"{p}.sq"), *axes["inputs"]], f"{p}.var", keepdims=1,
                        **axes["attrs"])
-        f32 = {}
-        for k, v in (("mean", mean), ("var", var)):
-            f32[k] = self.add("Cast", [v], f"{p}.{k}_f32", to=TensorProto.FLOAT)
-        std = self.add("Sqrt", [self.add("Add", [f32["var"], self.const(f"{p}.eps", np.float32(m.eps))], f"{p}.var_eps")],
+        # 1/sqrt(var + eps) in float64 too: ORT's float Sqrt is not correctly rounded (a fast approximation),
+        # its double one is; one cast to float32 at the end then gives the same value in both runtimes
+        std = self.add("Sqrt", [self.add("Add", [var, self.const(f"{p}.eps", np.float64(m.eps))], f"{p}.var_eps")],
                        f"{p}.std")
-        rstd = self.add("Div", [self.const(f"{p}.one", np.float32(1.0)), std], f"{p}.rstd")
+        rstd_d = self.add("Div", [self.const(f"{p}.one", np.float64(1.0)), std], f"{p}.rstd_double")
+        rstd = self.add("Cast", [rstd_d], f"{p}.rstd", to=TensorProto.FLOAT)
+        f32 = {"mean": self.add("Cast", [mean], f"{p}.mean_f32", to=TensorProto.FLOAT)}
         gamma = m.weight.detach().numpy() if m.affine else np.ones(c, np.float32)
         beta = m.bias.detach().numpy() if m.affine else np.zeros(c, np.float32)
         scale = self.add("Mul", [rstd, self.const(f"{p}.weight", gamma.reshape(g, c // g, 1))], f"{p}.scale")

@@ -66,8 +66,8 @@ QUANT_LAYERS = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
 
 
 class ExportMatchedGroupNorm(nn.GroupNorm):
-    """GroupNorm whose eval forward computes what the exported graph computes, op for op: per-group mean and
-    variance in float64, cast to float32, rstd = 1 / sqrt(var + eps), then x * (rstd·gamma) + (beta - mean·rstd·gamma).
+    """GroupNorm whose eval forward computes what the exported graph computes, op for op: per-group mean, variance
+    and rstd = 1 / sqrt(var + eps) in float64, cast to float32, then x * (rstd·gamma) + (beta - mean·rstd·gamma).
 
     torch's own kernel sums in float32 in its own order; its result differs from any ONNX graph's in the last bits,
     which can move a value across a rounding tie at the next quantizer. In float64 the moments come out the same
@@ -83,8 +83,8 @@ class ExportMatchedGroupNorm(nn.GroupNorm):
         mean = xd.mean(dim=(2, 3), keepdim=True)
         d = xd - mean
         var = (d * d).mean(dim=(2, 3), keepdim=True)
-        mean, var = mean.float(), var.float()
-        rstd = 1.0 / torch.sqrt(var + torch.tensor(self.eps, dtype=torch.float32))
+        rstd = (torch.ones((), dtype=var.dtype, device=x.device) / torch.sqrt(var + self.eps)).float()
+        mean = mean.float()
         gamma = self.weight if self.affine else torch.ones(c, device=x.device)
         beta = self.bias if self.affine else torch.zeros(c, device=x.device)
         scale = rstd * gamma.reshape(g, c // g, 1)
