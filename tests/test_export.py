@@ -394,3 +394,16 @@ def test_groupnorm_in_eval_equals_the_exported_graph_bit_for_bit():
         ref = m(x).numpy()
     for level in ("none", "all"):
         assert np.array_equal(run_ort(proto, x, level), ref), level
+
+
+def test_a_gamma_zero_channel_keeps_the_bias_a_float_add(tmp_path):
+    """That channel outputs its BN shift whatever the bias; inside a QLinearConv ORT would round the shift."""
+    scheme = get_scheme("ort")
+    torch.manual_seed(0)
+    chain = _chain(scheme)
+    with torch.no_grad():
+        chain[1].weight[1] = 0.0
+    info = export_onnx(chain, (3, 8, 8), tmp_path / "z.onnx", target="ort")
+    assert {e["layer"]: e["bias"] for e in info["layers"]}["0"] == "float Add"
+    x = torch.randn(32, 3, 8, 8)
+    np.testing.assert_allclose(run_ort(info["proto"], x, "all"), run_ort(info["proto"], x, "none"), atol=2e-5, rtol=0)

@@ -173,3 +173,12 @@ def test_range_ends_are_inside_for_the_gradients():
     assert x.grad.tolist() == [1.0, 1.0, 0.0, 1.0]
     # step: round(v) - v inside (0, 0, 1 - 0.6), qmax - 0 outside
     assert s.grad.item() == pytest.approx(127.4)
+
+
+def test_range_test_uses_the_input_precision():
+    """float64: a value 1e-12 beyond the range end is outside (a float32 neighbour would call it inside)."""
+    from qdg_deploy.quant.quantizers import _LsqFakeQuant
+    x = torch.tensor([1 + 1e-12, 0.5], dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    _LsqFakeQuant.apply(x, s, None, -1, 1, 1.0).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0]

@@ -24,6 +24,7 @@ class FoldedWeight:
     weight: np.ndarray | None  # float32 weight (float layer) or None
     bias: np.ndarray | None  # float32 [C_out] or None
     bits: int | None = None
+    zero_factor: bool = False  # some channel's BN gamma is 0: its output is the constant shift, whatever the bias
 
 
 def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> FoldedWeight:
@@ -60,5 +61,5 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
         raise QdgError("a folded weight scale is not a positive finite float32")
     # storage bits: the trained bit-width, or more where a quantizer's codes span more (DAQ: k + 1)
     bits = max(wq.spec.bits, int(np.ceil(np.log2(wq.qmax - wq.qmin + 1))))
-    return FoldedWeight(codes.astype(np.int8), scales32, None, bias32, bits)
+    return FoldedWeight(codes.astype(np.int8), scales32, None, bias32, bits, bool(zero.any()))
 

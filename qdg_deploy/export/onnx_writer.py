@@ -174,7 +174,9 @@ class _Writer:
         # A layer trained with integer biases (quant/bias.py) has its bias on that grid already: ORT's rounding
         # is then exact. Elsewhere a separate Add keeps it exact too (and lets ORT fuse a float-output QGemm).
         on_grid = getattr(m, "int_bias", False)
-        bias_inside = fw.bias is not None and (fw.codes is None or (aq is not None and self.ort_fusable(out_node)))
+        # A gamma-0 channel outputs its BN shift, which ORT would round to the (unscaled) grid: keep it a float Add.
+        bias_inside = fw.bias is not None and (fw.codes is None or (aq is not None and not fw.zero_factor
+                                                                     and self.ort_fusable(out_node)))
         ins = [x, w] + ([self.const(f"{name}.bias", fw.bias)] if bias_inside else [])
         entry["bias"] = ("float Add" if not bias_inside else "on the int32 grid (exact in integer kernels)" if on_grid
                          else "int32 (ORT integer kernel)" if fw.codes is not None

@@ -156,6 +156,8 @@ class _LsqFakeQuant(torch.autograd.Function):
               z: -s outside, 0 inside, times g.
     `z` is None when the zero point is fixed at 0, which skips its arithmetic on the hot path.
     On CPU every fresh full-size tensor costs page faults, so the backward allocates as few as it can.
+    The output is saved for the backward (the conv reading it holds it anyway), so an in-place op on it
+    (e.g. `relu_`) makes autograd refuse the backward: apply such ops out of place.
     """
 
     @staticmethod
@@ -178,8 +180,9 @@ class _LsqFakeQuant(torch.autograd.Function):
         # inside: qmin <= v <= qmax with v = x/s + z. hardtanh_backward(t, v, lo, hi) keeps t where
         # lo < v < hi in one fused pass (no bool mask, no masked copy: ~8x faster on CPU); bounds one
         # float below/above make it inclusive, as clamp's gradient is.
-        lo = float(np.nextafter(np.float32(qmin - zf), np.float32(-np.inf)))  # float32: v is float32
-        hi = float(np.nextafter(np.float32(qmax - zf), np.float32(np.inf)))
+        ft = np.float64 if x.dtype == torch.float64 else np.float32  # the neighbours in v's own precision
+        lo = float(np.nextafter(ft(qmin - zf), ft(-np.inf)))
+        hi = float(np.nextafter(ft(qmax - zf), ft(np.inf)))
         v = x / s
         grad_x = torch.ops.aten.hardtanh_backward(grad, v, lo, hi)
         grad_s = grad_z = None
