@@ -407,3 +407,19 @@ def test_a_gamma_zero_channel_keeps_the_bias_a_float_add(tmp_path):
     assert {e["layer"]: e["bias"] for e in info["layers"]}["0"] == "float Add"
     x = torch.randn(32, 3, 8, 8)
     np.testing.assert_allclose(run_ort(info["proto"], x, "all"), run_ort(info["proto"], x, "none"), atol=2e-5, rtol=0)
+
+
+def test_layer_divergence_names_the_first_wrong_layer_in_the_rows_asked_for():
+    from qdg_deploy.export import layer_divergence
+    m = tiny("trt")
+    proto, info = build_onnx(m, (3, 8, 8), target="ort")
+    codes = next(t for t in proto.graph.initializer if t.name == "conv2.weight_q")
+    arr = numpy_helper.to_array(codes).copy()
+    arr[0] = np.clip(arr[0].astype(np.int32) + 3, -127, 127).astype(np.int8)  # break conv2's first output channel
+    codes.CopyFrom(numpy_helper.from_array(arr, codes.name))
+    x = torch.randn(6, 3, 8, 8)
+    r = layer_divergence(m, proto, info["probes"], x)
+    assert r["first_divergence"] == "bn2 (output)"  # conv2 with its BatchNorm folded in
+    bn2 = next(row for row in r["layers"] if row["tensor"] == "bn2 (output)")
+    assert 0 < bn2["mismatch_fraction"] <= 1 / 8 + 1e-9  # one of 8 channels
+    assert layer_divergence(m, proto, info["probes"], x, samples=[1, 4])["n_samples"] == 2

@@ -69,8 +69,11 @@ def compare(model: nn.Module, session, batches, labels_known: bool = True, progr
 
 @torch.no_grad()
 def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], x: torch.Tensor,
-                     level: str = "all") -> dict:
-    """Compare every probed intermediate tensor on input x; returns the per-layer table and the first divergence."""
+                     level: str = "all", samples: list[int] | None = None) -> dict:
+    """Compare every probed intermediate tensor on input x; returns the per-layer table and the first divergence.
+
+    `samples`: compare only these rows of the batch. Run the whole batch a disagreement came from: ORT's float
+    results depend on the batch (its kernels block by it), so a near-tie seen there may not recur in a smaller one."""
     model.eval()
     gm = trace(model)
     values: dict[str, torch.Tensor] = {}
@@ -123,6 +126,9 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
         got = outs[p["tensor"]]
         if ref.shape != got.shape:
             continue
+        if samples is not None:
+            ref, got = ref[samples], got[samples]
+            pre = pre[samples] if pre is not None else None
         d = np.abs(ref - got)
         scale = float(np.abs(ref).max()) or 1.0
         bad = d > REL_TOL * scale
@@ -137,7 +143,7 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
         rows.append(row)
         if first is None and bad.any():
             first = row["tensor"]
-    return {"first_divergence": first, "layers": rows, "n_samples": int(len(x))}
+    return {"first_divergence": first, "layers": rows, "n_samples": int(len(x) if samples is None else len(samples))}
 
 
 def verify_sets(run, max_samples: int | None = None) -> dict:
@@ -195,14 +201,19 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
                               "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
                                       "int32 bias rounding or fused integer kernels"}}
     if result["top1_agreement"] < 1.0 or result["unoptimized"]["top1_agreement"] < 1.0:
-        xs = torch.cat([torch.as_tensor(x).float() for b in per.values() for x, _ in b["_inputs"]])
+        batches = [torch.as_tensor(x).float() for b in per.values() for x, _ in b["_inputs"]]
         bad = np.flatnonzero((t.argmax(1) != o.argmax(1)) | (t.argmax(1) != u.argmax(1)))[:8]
         top2 = np.sort(t[bad], axis=1)[:, -2:]
         # torch_margin below max_abs_diff: the two best logits were (nearly) tied, float noise picks the class
         result["disagreements"] = [{"index": int(i), "torch_top1": int(t[i].argmax()), "onnx_top1": int(o[i].argmax()),
                                     "torch_margin": float(m[1] - m[0]), "max_abs_diff": float(d[i].max())}
                                    for i, m in zip(bad, top2)]
-        result["layer_divergence"] = layer_divergence(model, proto, probes, xs[torch.as_tensor(bad)], level="all")
+        # the batch of the first disagreement, as compare() ran it, and that batch's disagreeing rows
+        ends = np.cumsum([len(b) for b in batches])
+        k = int(np.searchsorted(ends, bad[0], side="right"))
+        start = int(ends[k] - len(batches[k]))
+        rows = [int(i - start) for i in bad if start <= i < ends[k]]
+        result["layer_divergence"] = layer_divergence(model, proto, probes, batches[k], level="all", samples=rows)
     for v in per.values():
         v.pop("_inputs")
     result["splits"] = per
