@@ -137,7 +137,7 @@ def test_ort_scheme_biases_sit_on_the_int32_grid_so_ort_rounding_changes_nothing
     conv, bn = chain[0], chain[1]
     assert conv.int_bias and conv.bias_bn is bn
     unit = bias_unit(conv, bn_factors(bn, 8)[0])
-    k = folded_bias(conv, bn) / unit
+    k = folded_bias(conv, bn)[2] / unit
     assert np.allclose(k, np.round(k), atol=1e-6) and np.abs(k).max() > 10  # on the grid, and not all zero
     # eval: the conv + BN output carries the grid bias; training: the float bias
     x = torch.randn(4, 3, 8, 8)

@@ -20,6 +20,17 @@ FORMATS = ("onnx", "onnx-fp32", "tensorrt")
 FUSED_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd"}
 WEIGHT_ONLY_NOTE = ("weight-only layers: integer codes + DequantizeLinear into a float Conv; they shrink the file "
                     "but compute in float (TensorRT runs a convolution in INT8 only when its input is quantized too)")
+# (the writer's bias label starts with, report key stem, note)
+BIAS_NOTES = (
+    ("on the int32 grid", "int32_grid_bias",
+     "trained with integer biases (scheme int_bias): each bias already sits on the int32 grid s_x·s_w in the torch "
+     "model's eval mode, so ONNX Runtime's QLinearConv holds it exactly"),
+    ("int32", "int32_bias",
+     "these layers keep their bias inside the conv so ONNX Runtime runs them as QLinearConv; ORT then rounds the "
+     "bias to int32 in units of s_x·s_w, which this model (trained without integer biases) does not do: not exact, "
+     "see the measured agreement; --float-bias keeps every bias exact (ORT then runs them in float); models trained "
+     "with the ort scheme now have integer biases"),
+)
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -173,20 +184,10 @@ def _graph_notes(info: dict) -> dict:
     if notes["requantized"]:
         notes["requantized_note"] = ("TensorRT takes zero point 0 only: these activation quantizers were requantized "
                                      "to symmetric int8, so this export is not exact; see the measured agreement")
-    grid = [e["layer"] for e in layers if str(e.get("bias")).startswith("on the int32 grid")]
-    if grid:
-        notes["int32_grid_bias_layers"] = grid
-        notes["int32_grid_bias_note"] = ("trained with integer biases (scheme int_bias): each bias already sits on "
-                                         "the int32 grid s_x·s_w in the torch model's eval mode, so ONNX Runtime's "
-                                         "QLinearConv holds it exactly")
-    int32 = [e["layer"] for e in layers if str(e.get("bias")).startswith("int32")]
-    if int32:
-        notes["int32_bias_layers"] = int32
-        notes["int32_bias_note"] = ("these layers keep their bias inside the conv so ONNX Runtime runs them as "
-                                    "QLinearConv; ORT then rounds the bias to int32 in units of s_x·s_w, which this "
-                                    "model (trained without integer biases) does not do: not exact, see the "
-                                    "measured agreement; --float-bias keeps every bias exact (ORT then runs them in "
-                                    "float); models trained with the ort scheme now have integer biases")
+    for prefix, key, note in BIAS_NOTES:  # which layers' biases an integer kernel holds, and whether exactly
+        named = [e["layer"] for e in layers if str(e.get("bias")).startswith(prefix)]
+        if named:
+            notes[f"{key}_layers"], notes[f"{key}_note"] = named, note
     if notes["residual_qdq"]:
         notes["residual_qdq_note"] = ("TensorRT placement: residual Adds take the block input's quantized tensor "
                                       "(the one its first conv reads); the torch model adds the float tensor, so "

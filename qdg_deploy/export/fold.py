@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import QdgError
-from ..quant.bias import bn_factors, folded_bias
+from ..quant.bias import folded_bias
 
 
 @dataclass
@@ -31,10 +31,9 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     """Codes/scales (or float weights) and bias of a Conv2d/Linear with an optional following BatchNorm."""
     w = layer.weight.detach()
     c = w.shape[0]
-    factor, _ = bn_factors(bn, c)
     if getattr(layer, "int_bias", False) and getattr(layer, "bias_bn", None) is not bn:
         raise QdgError("the BatchNorm folded on export is not the one the layer's integer bias was set up with")
-    bias = folded_bias(layer, bn)
+    factor, _, bias = folded_bias(layer, bn)
     has_bias = layer.bias is not None or bn is not None
     bias32 = bias.astype(np.float32) if has_bias else None
     wq = getattr(layer, "weight_quant", None)

@@ -45,27 +45,28 @@ def bias_unit(layer: nn.Module, factor: np.ndarray) -> np.ndarray | None:
     return (s_x * (s_w * np.abs(factor)).astype(np.float32)).astype(np.float64)
 
 
-def folded_bias(layer: nn.Module, bn: nn.BatchNorm2d | None) -> np.ndarray:
-    """The layer's bias with `bn` folded in (float64 [C]): on the int32 grid where the layer has int_bias."""
+def folded_bias(layer: nn.Module, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(factor, shift, bias) in float64 [C]: `bn`'s factors and the layer's bias with `bn` folded in, on the
+    int32 grid where the layer has int_bias."""
     c = layer.weight.shape[0]
     factor, shift = bn_factors(bn, c)
-    b0 = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(c)
-    b = b0 * factor + shift
+    b = _own_bias(layer) * factor + shift
     unit = bias_unit(layer, factor)
-    if unit is None:
-        return b
-    on_grid = np.round(b / np.where(unit > 0, unit, 1)) * unit
-    return np.where(unit > 0, on_grid, b)  # a zero unit (gamma == 0) leaves the constant channel as it is
+    if unit is not None:
+        on_grid = np.round(b / np.where(unit > 0, unit, 1)) * unit
+        b = np.where(unit > 0, on_grid, b)  # a zero unit (gamma == 0) leaves the constant channel as it is
+    return factor, shift, b
+
+
+def _own_bias(layer: nn.Module) -> np.ndarray:
+    c = layer.weight.shape[0]
+    return layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(c)
 
 
 def eval_bias(layer: nn.Module) -> torch.Tensor | None:
     """The bias the layer's own op adds in eval mode so that, after its BatchNorm, the sum is on the grid."""
-    bn = getattr(layer, "bias_bn", None)
-    c = layer.weight.shape[0]
-    factor, shift = bn_factors(bn, c)
-    b = folded_bias(layer, bn)
-    b0 = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(c)
-    pre = np.where(factor != 0, (b - shift) / np.where(factor != 0, factor, 1), b0)  # undo the BN's affine
+    factor, shift, b = folded_bias(layer, getattr(layer, "bias_bn", None))
+    pre = np.where(factor != 0, (b - shift) / np.where(factor != 0, factor, 1), _own_bias(layer))  # undo BN's affine
     return torch.as_tensor(pre, dtype=layer.weight.dtype, device=layer.weight.device)
 
 
