@@ -113,25 +113,20 @@ def _chain(scheme):
     return chain
 
 
-def test_float_bias_model_keeps_bias_in_conv_only_where_ort_fuses(tmp_path):
-    """A model trained without integer biases (runs from before `int_bias`): ORT would round its bias."""
+def test_model_without_integer_biases_exports_snapped_layers_and_ort_agrees_bit_for_bit(tmp_path):
+    """A model trained without integer biases (runs from before `int_bias`): no layer emulates an integer kernel,
+    every quantized layer is snapped to its accumulator, and ORT (all optimizations) gives the same floats."""
     old_ort = replace(get_scheme("ort"), int_bias=False)
-    m = tiny(old_ort)
-    _, info = build_onnx(m, (3, 8, 8), target="ort")
-    assert all(e["bias"] == "float Add" for e in info["layers"])  # conv1's ReLU output also feeds the residual Add
     chain = _chain(old_ort)
-    with torch.no_grad():
-        chain(torch.randn(8, 3, 8, 8))
+    assert not any(getattr(m, "fused_out", None) for m in chain.modules())
     info = export_onnx(chain, (3, 8, 8), tmp_path / "c.onnx", target="ort")
-    bias = {e["layer"]: e["bias"] for e in info["layers"]}
-    assert bias["0"].startswith("int32")  # conv → ReLU → next conv's uint8 zp-0 Q: QLinearConv
-    assert bias["3"] == "float Add"  # conv → ReLU → pool: no integer kernel
-    assert info["ort_fused_layers"] == ["0", "7"]  # 7: QGemm with float output (its bias stays a float Add)
-    info = export_onnx(chain, (3, 8, 8), tmp_path / "f.onnx", target="ort", int_bias=False)  # --float-bias
-    assert all(e["bias"] == "float Add" for e in info["layers"]) and info["ort_fused_layers"] == ["7"]
+    assert all(e["exact"].startswith("integer accumulator snapped") and e["bias"] == "float Add" for e in info["layers"])
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        assert np.array_equal(chain(x).numpy(), run_ort(info["proto"], x, "all"))
 
 
-def test_ort_scheme_biases_sit_on_the_int32_grid_so_ort_rounding_changes_nothing(tmp_path):
+def test_ort_scheme_layers_compute_as_ort_integer_kernels_bit_for_bit(tmp_path):
     from qdg_deploy.quant.bias import bias_unit, bn_factors, folded_bias
     chain = _chain(get_scheme("ort"))
     conv, bn = chain[0], chain[1]
@@ -139,25 +134,23 @@ def test_ort_scheme_biases_sit_on_the_int32_grid_so_ort_rounding_changes_nothing
     unit = bias_unit(conv, bn_factors(bn, 8)[0])
     k = folded_bias(conv, bn)[2] / unit
     assert np.allclose(k, np.round(k), atol=1e-6) and np.abs(k).max() > 10  # on the grid, and not all zero
-    # eval: the conv + BN output carries the grid bias; training: the float bias
-    x = torch.randn(4, 3, 8, 8)
+    # conv0 → BN → ReLU → conv3's uint8 zero-point-0 quantizer: ORT's QLinearConv; conv3 → ReLU → pool: not fused
+    assert conv.fused_out is chain[3].act_quant and chain[3].fused_out is None
+    x = torch.randn(32, 3, 8, 8)
     with torch.no_grad():
-        y_eval = bn(conv(x))
+        y = bn(conv(x))  # eval: already on the next quantizer's grid (the kernel's uint8 codes, dequantized)
+        s = chain[3].act_quant.scale()
+        assert torch.equal(y, torch.round(y / s) * s) and y.min() >= 0
         chain.train()
-        bn.eval()  # running statistics in both, so that only the bias differs
-        y_train = bn(conv(x))
+        bn.eval()
+        assert not torch.equal(y, chain[2](bn(conv(x))))  # training: the float path
     chain.eval()
-    assert not torch.equal(y_eval, y_train) and (y_eval - y_train).abs().max() <= unit.max()
     info = export_onnx(chain, (3, 8, 8), tmp_path / "g.onnx", target="ort")
     bias = {e["layer"]: e["bias"] for e in info["layers"]}
     assert bias["0"] == "on the int32 grid (exact in integer kernels)" and bias["3"] == "float Add"
-    assert info["ort_fused_layers"] == ["0", "7"]
-    proto = info["proto"]
-    x = torch.randn(32, 3, 8, 8)
-    # ORT's optimizations round the bias to int32: on the grid that is exact, so they change only float order
-    np.testing.assert_allclose(run_ort(proto, x, "all"), run_ort(proto, x, "none"), atol=2e-5, rtol=0)
+    assert "0" in info["ort_fused_layers"]
     with torch.no_grad():
-        np.testing.assert_allclose(chain(x).numpy(), run_ort(proto, x, "all"), atol=2e-5, rtol=0)
+        assert np.array_equal(chain(x).numpy(), run_ort(info["proto"], x, "all"))
 
 
 def test_weights_are_int8_codes_and_no_float_copy():

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant.bias import folded_bias
+from ..quant.exact import fold_scales, weight_scale
 
 
 @dataclass
@@ -31,8 +32,8 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     """Codes/scales (or float weights) and bias of a Conv2d/Linear with an optional following BatchNorm."""
     w = layer.weight.detach()
     c = w.shape[0]
-    if getattr(layer, "int_bias", False) and getattr(layer, "bias_bn", None) is not bn:
-        raise QdgError("the BatchNorm folded on export is not the one the layer's integer bias was set up with")
+    if (getattr(layer, "int_bias", False) or getattr(layer, "exact", False)) and getattr(layer, "bias_bn", None) is not bn:
+        raise QdgError("the BatchNorm folded on export is not the one the layer folds in eval mode")
     factor, _, bias = folded_bias(layer, bn)
     has_bias = layer.bias is not None or bn is not None
     bias32 = bias.astype(np.float32) if has_bias else None
@@ -43,19 +44,14 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     if wq.zero_point_int() != 0:
         raise QdgError(f"weight zero point {wq.zero_point_int()} is not supported for export (weights must be symmetric)")
     codes = wq.integer_codes(w).numpy().astype(np.int64)
-    scale = wq.scale().double().numpy().reshape(-1)
-    scale = np.broadcast_to(scale, (c,)) if scale.size == 1 else scale
-    sign = np.where(factor < 0, -1, 1)
+    scale = weight_scale(layer)
+    sign, scales32, zero = fold_scales(scale, factor)
     codes = codes * sign.reshape((c,) + (1,) * (codes.ndim - 1))
-    new_scale = scale * np.abs(factor)
-    zero = new_scale == 0  # gamma == 0: the channel's weights contribute nothing
     if zero.any():
-        codes[zero] = 0
-        new_scale = np.where(zero, scale, new_scale)
+        codes[zero] = 0  # gamma == 0: the channel's weights contribute nothing
     if codes.min() < -128 or codes.max() > 127:
         raise QdgError("a negative BatchNorm gamma flips a -128 weight code to 128, which int8 cannot hold; "
                        "use a narrow-range weight scheme")
-    scales32 = new_scale.astype(np.float32)
     if not (scales32 > 0).all() or not np.isfinite(scales32).all():
         raise QdgError("a folded weight scale is not a positive finite float32")
     # storage bits: the trained bit-width, or more where a quantizer's codes span more (DAQ: k + 1)

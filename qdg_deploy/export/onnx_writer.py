@@ -26,27 +26,15 @@ from torch import nn
 from ..errors import QdgError
 from ..quant import QConv2d, QLinear, Quantizer, quant_layers
 from ..quant.convert import conv_bn_pairs
+from ..quant.exact import grid, is_exact
+from ..quant.graph import pool_quant, trace
+from ..quant.layers import ExportMatchedAvgPool
 from .fold import fold_layer
 
 TARGETS = ("tensorrt", "ort")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INPUT, OUTPUT = "input", "logits"
-
-
-class _Tracer(torch.fx.Tracer):
-    """Keep QConv2d / QLinear, standalone quantizers (residual Adds) and GroupNorm (also our eval-matched
-    subclass) whole: fx would otherwise trace into them."""
-
-    def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm)) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    try:
-        return torch.fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as e:  # fx raises many types
-        raise QdgError(f"cannot trace the model with torch.fx: {str(e).splitlines()[0]}") from None
 
 
 class _Writer:
@@ -167,6 +155,10 @@ class _Writer:
         else:
             w = self.const(f"{name}.weight", fw.weight)
         out_node = bn_node or n
+        fused = quant and is_exact(m) and self.ort_fused(m)
+        if quant and is_exact(m) and not fused:
+            self.exact_layer(n, m, name, x, w, out_node, entry)
+            return
         # ONNX Runtime rounds a quantized Conv/Gemm's float bias to int32 in units of s_x·s_w (its bias
         # quantization, at every optimization level above none). That is the price of an integer kernel, so
         # the bias stays inside only where ORT can fuse DQ→Conv→[Relu]→Q into QLinearConv; elsewhere it is a
@@ -175,20 +167,12 @@ class _Writer:
         # is then exact. Elsewhere a separate Add keeps it exact too (and lets ORT fuse a float-output QGemm).
         on_grid = getattr(m, "int_bias", False)
         # A gamma-0 channel outputs its BN shift, which ORT would round to the (unscaled) grid: keep it a float Add.
-        bias_inside = fw.bias is not None and (fw.codes is None or (aq is not None and not fw.zero_factor
-                                                                     and self.ort_fusable(out_node)))
+        bias_inside = fw.bias is not None and (fw.codes is None or (fused and not fw.zero_factor))
         ins = [x, w] + ([self.const(f"{name}.bias", fw.bias)] if bias_inside else [])
         entry["bias"] = ("float Add" if not bias_inside else "on the int32 grid (exact in integer kernels)" if on_grid
                          else "int32 (ORT integer kernel)" if fw.codes is not None
                          else "float (in the op)") if fw.bias is not None else None
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise QdgError(f"{name}: only zero padding given as numbers can be exported")
-            ph, pw = m.padding
-            y = self.add("Conv", ins, f"{name}.conv", kernel_shape=list(m.kernel_size), strides=list(m.stride),
-                         pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
-        else:
-            y = self.add("Gemm", ins, f"{name}.gemm", transB=1)
+        y = self.op(m, name, ins)
         if fw.bias is not None and not bias_inside:
             shape = (-1, 1, 1) if isinstance(m, nn.Conv2d) else (-1,)
             y = self.add("Add", [y, self.const(f"{name}.bias", fw.bias.reshape(shape))], f"{name}.bias_add")
@@ -198,44 +182,53 @@ class _Writer:
         if quant:
             self.layers.append(entry)
 
-    def ort_fusable(self, node: torch.fx.Node) -> bool:
-        """Whether ORT CPU can turn this layer into an integer kernel: its output goes (through a ReLU that a
-        zero point at the type's minimum lets ORT drop) only to the next quantized layer's QuantizeLinear."""
-        if self.target != "ort" or self.fp32 or not self.int_bias or len(node.users) != 1:
-            return False
-        (u,) = node.users
-        relu = (u.op == "call_module" and isinstance(self.mods.get(u.target), nn.ReLU)) or \
-               (u.op == "call_function" and u.target in (F.relu, torch.relu)) or (u.op == "call_method" and u.target == "relu")
-        if relu:
-            if len(u.users) != 1:
-                return False
-            (u,) = u.users
-        aq = self.pool_quant(u)  # a MaxPool whose readers' Q/DQ the writer places before it
-        if aq is None:
-            aq = self.user_quant(u)
-        if aq is None:
-            return False
-        return not relu or (not aq.spec.signed and aq.zero_point_int() == 0)
+    def ort_fused(self, m: nn.Module) -> bool:
+        """Whether ORT CPU runs this layer as an integer kernel into its output quantizer (quant/graph.py), as
+        the model's eval forward computes it: target ort with integer biases (the default for such models)."""
+        return self.target == "ort" and self.int_bias and getattr(m, "fused_out", None) is not None
 
-    def user_quant(self, u: torch.fx.Node):
-        """The activation quantizer fx node u applies to its input (a quantized layer's, or a standalone
-        residual quantizer), or None; transform (DAQ) quantizers do not count."""
-        m = self.mods.get(u.target) if u.op == "call_module" else None
-        aq = m if isinstance(m, Quantizer) else getattr(m, "act_quant", None) if isinstance(m, (QConv2d, QLinear)) else None
-        if aq is None or getattr(aq, "transform", None) or aq.scale().numel() != 1:
-            return None
-        return aq
+    def exact_layer(self, n, m, name: str, x: str, w: str, out_node, entry: dict):
+        """A layer on the exact eval path (quant/exact.py): the float op without bias, snapped to its integer
+        accumulator (Div, Round, Mul by the folded unit s_x·s_w), then the folded bias: torch and any runtime
+        then hold the same float32 values whatever order their kernels sum in."""
+        g = grid(m)
+        conv = isinstance(m, nn.Conv2d)
+        shape = (-1, 1, 1) if conv else (-1,)
+        y = self.op(m, name, [x, w])
+        unit = self.const(f"{name}.acc_unit", g.unit.numpy().reshape(shape))
+        y = self.add("Div", [y, unit], f"{name}.acc")
+        y = self.add("Mul", [self.add("Round", [y], f"{name}.acc_round"), unit], f"{name}.acc_scaled")
+        if g.bias is not None:
+            y = self.add("Add", [y, self.const(f"{name}.bias", g.bias.numpy().reshape(shape))], f"{name}.bias_add")
+        entry.update(exact="integer accumulator snapped (Div, Round, Mul), bias a float Add",
+                     bias="float Add" if g.bias is not None else None)
+        self.names[out_node.name] = y
+        self.probes.append({"kind": "node", "layer": out_node.target if out_node.op == "call_module" else out_node.name,
+                            "fx": out_node.name, "tensor": y})
+        self.layers.append(entry)
 
-    def pool_quant(self, n: torch.fx.Node):
-        """For a MaxPool whose every reader quantizes its output with one and the same quantizer: that quantizer.
-        max commutes with a monotone quantizer (clip, x/s, round, clip), so Q/DQ before the pool gives the same
-        values as after it, and the conv ahead of the pool can fuse with that Q (ORT then runs an integer MaxPool)."""
-        if self.fp32 or n.op != "call_module" or not isinstance(self.mods.get(n.target), nn.MaxPool2d) or not n.users:
-            return None
-        qs = {id(q): q for q in (self.user_quant(u) for u in n.users)}
-        if len(qs) != 1 or None in qs.values():
-            return None
-        return next(iter(qs.values()))
+    def op(self, m: nn.Module, name: str, ins: list[str]) -> str:
+        """The layer's Conv or Gemm node on inputs `ins` (x, w[, bias])."""
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise QdgError(f"{name}: only zero padding given as numbers can be exported")
+            ph, pw = m.padding
+            return self.add("Conv", ins, f"{name}.conv", kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                            pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+        return self.add("Gemm", ins, f"{name}.gemm", transB=1)
+
+    def reduce_axes(self, p: str) -> dict:
+        """ReduceMean over axes 2, 3: an input from opset 18, an attribute before."""
+        if self.opset >= 18:
+            return {"inputs": [self.const(f"{p}.axes", np.array([2, 3], np.int64))], "attrs": {}}
+        return {"inputs": [], "attrs": {"axes": [2, 3]}}
+
+    def global_avg_pool(self, x: str, p: str) -> str:
+        """quant.layers.ExportMatchedAvgPool: the mean in float64, one cast to float32."""
+        axes = self.reduce_axes(p)
+        xd = self.add("Cast", [x], f"{p}.to_double", to=TensorProto.DOUBLE)
+        mean = self.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])
+        return self.add("Cast", [mean], f"{p}.to_float", to=TensorProto.FLOAT)
 
     def group_norm(self, n, m: nn.GroupNorm) -> str:
         """GroupNorm as a quantized model computes it in eval mode (quant.layers.ExportMatchedGroupNorm): moments
@@ -244,10 +237,7 @@ class _Writer:
         g, c = m.num_groups, m.num_channels
         xr = self.add("Reshape", [x, self.const(f"{p}.groups_shape", np.array([0, g, c // g, -1], np.int64))],
                       f"{p}.reshape")
-        if self.opset >= 18:
-            axes = {"inputs": [self.const(f"{p}.axes", np.array([2, 3], np.int64))], "attrs": {}}
-        else:
-            axes = {"inputs": [], "attrs": {"axes": [2, 3]}}
+        axes = self.reduce_axes(p)
         # moments in float64: both runtimes then round them to the same float32 values
         xd = self.add("Cast", [xr], f"{p}.to_double", to=TensorProto.DOUBLE)
         mean = self.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])
@@ -292,7 +282,7 @@ class _Writer:
             self.residual_quant.append({"quantizer": p, **info})
             return dq
         if isinstance(m, nn.MaxPool2d):
-            pre = self.pool_quant(n)
+            pre = None if self.fp32 else pool_quant(n, self.mods)
             if pre is not None:
                 x, _ = self.act_qdq(x, f"{p}.pre", pre, probe=False)
                 self.prequantized.add(n.name)
@@ -300,6 +290,8 @@ class _Writer:
             return self.add("MaxPool", [x], self.uid(p), kernel_shape=k, strides=s, pads=pd + pd, dilations=d,
                             ceil_mode=int(m.ceil_mode))
         if isinstance(m, nn.AdaptiveAvgPool2d) and _pair(m.output_size) == [1, 1]:
+            if isinstance(m, ExportMatchedAvgPool) and not self.fp32:
+                return self.global_avg_pool(x, p)
             return self.add("GlobalAveragePool", [x], self.uid(p))
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return self.add("Flatten", [x], self.uid(p), axis=1)

@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import QUANT_LAYERS, ExportMatchedGroupNorm, QConv2d, QLinear, QuantMixin
+from .layers import QUANT_LAYERS, ExportMatchedAvgPool, ExportMatchedGroupNorm, QConv2d, QLinear, QuantMixin
 from .schemes import Scheme
 
 _LAYER_KIND = {nn.Conv2d: "conv", nn.Linear: "linear"}
@@ -97,7 +97,7 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
 def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """Replace eligible layers in place (sharing their weight Parameters); returns the model."""
     names = eligible_layers(model, scheme)
-    bn_of = bn_following(model) if scheme.int_bias and scheme.act is not None else {}
+    bn_of = bn_following(model) if scheme.act is not None else {}
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
     first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
     for name in names:
@@ -112,9 +112,17 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     if scheme.int_bias and scheme.act is not None:
         from .bias import attach_int_bias
         attach_int_bias(model, bn_of)
-    for m in model.modules():
+    if scheme.act is not None:
+        from .exact import attach_exact
+        attach_exact(model, bn_of)
+    for m in model.modules():  # eval arithmetic as the exported graph's (same state dict)
         if type(m) is nn.GroupNorm:
-            m.__class__ = ExportMatchedGroupNorm  # eval arithmetic as the exported graph's (same state dict)
+            m.__class__ = ExportMatchedGroupNorm
+        elif type(m) is nn.AdaptiveAvgPool2d:
+            m.__class__ = ExportMatchedAvgPool
+    if scheme.int_bias and scheme.act is not None:
+        from .graph import attach_fusion
+        attach_fusion(model)  # layers and Adds ORT runs as integer kernels compute as those kernels in eval
     return model
 
 

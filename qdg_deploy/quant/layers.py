@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bias import eval_bias
+from .exact import exact_forward, fused_forward, is_exact
 from .quantizers import QuantSpec, build_quantizer
 
 
@@ -54,11 +55,17 @@ class QuantMixin:
 
 class QConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x):
+        if is_exact(self):
+            f = fused_forward if getattr(self, "fused_out", None) is not None else exact_forward
+            return f(self, x, lambda a, w: self._conv_forward(a, w, None))
         return self._conv_forward(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
 class QLinear(QuantMixin, nn.Linear):
     def forward(self, x):
+        if is_exact(self):
+            f = fused_forward if getattr(self, "fused_out", None) is not None else exact_forward
+            return f(self, x, F.linear)
         return F.linear(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
@@ -90,3 +97,19 @@ class ExportMatchedGroupNorm(nn.GroupNorm):
         scale = rstd * gamma.reshape(g, c // g, 1)
         shift = beta.reshape(g, c // g, 1) - mean * scale
         return (xr * scale + shift).reshape(x.shape)
+
+
+class ExportMatchedAvgPool(nn.AdaptiveAvgPool2d):
+    """Global average pooling whose eval forward computes what the exported graph computes: the mean in float64,
+    then one cast to float32. A float32 sum depends on its order (torch's and ONNX Runtime's differ in the last
+    bits, which moves values across the next quantizer's ties); a float64 sum of float32 values does not, to
+    float32 precision."""
+
+    def forward(self, x):
+        if self.training or tuple(_pair(self.output_size)) != (1, 1):
+            return super().forward(x)
+        return x.double().mean(dim=(2, 3), keepdim=True).to(x.dtype)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from .exact import residual_add
 from .quantizers import QuantSpec, build_quantizer
 
 
@@ -32,7 +33,7 @@ class QBasicBlock(BasicBlock):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.add_quant(self.bn2(self.conv2(out)))
-        return self.relu(out + _identity(self, x))
+        return self.relu(residual_add(self, out, _identity(self, x)))
 
 
 class QBottleneck(Bottleneck):
@@ -40,7 +41,7 @@ class QBottleneck(Bottleneck):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.add_quant(self.bn3(self.conv3(out)))
-        return self.relu(out + _identity(self, x))
+        return self.relu(residual_add(self, out, _identity(self, x)))
 
 
 _SWAP = {BasicBlock: QBasicBlock, Bottleneck: QBottleneck}
