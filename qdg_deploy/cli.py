@@ -111,11 +111,12 @@ def export(
                                                 "Adds' identity inputs (TensorRT's placement advice; not exact: the "
                                                 "trained model adds the float tensor). Default off. Runs trained with residual quantizers (trt/ort "
                                                 "schemes) always get exact Q/DQ there; this flag then adds nothing."),
-    int_bias: Optional[bool] = typer.Option(None, "--int-bias/--float-bias", help="--target ort: keep biases where "
-                                            "ORT runs QLinearConv (fast; ORT rounds them to int32: exact for runs "
-                                            "trained with the ort scheme, whose biases sit on that grid) or make every "
-                                            "bias a float Add (exact; those convs then run in float). Default: int32 "
-                                            "for runs trained with the ort scheme, float otherwise."),
+    int_bias: Optional[bool] = typer.Option(None, "--int-bias/--float-bias", help="--target ort, runs trained with "
+                                            "the ort scheme: write the layers ONNX Runtime runs as integer kernels "
+                                            "(QLinearConv, int32 bias) as such (default; the model's eval forward "
+                                            "computes exactly what they compute), or snap every layer and let ORT "
+                                            "run them in float (--float-bias: slower, and for those runs no longer "
+                                            "exact; for comparison)."),
     max_samples: Optional[int] = typer.Option(None, help="Verify at most N samples per split (default: all)."),
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch."""

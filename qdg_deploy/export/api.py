@@ -25,12 +25,15 @@ BIAS_NOTES = (
     ("on the int32 grid", "int32_grid_bias",
      "trained with integer biases (scheme int_bias): each bias already sits on the int32 grid s_x·s_w in the torch "
      "model's eval mode, so ONNX Runtime's QLinearConv holds it exactly"),
-    ("int32", "int32_bias",
-     "these layers keep their bias inside the conv so ONNX Runtime runs them as QLinearConv; ORT then rounds the "
-     "bias to int32 in units of s_x·s_w, which this model (trained without integer biases) does not do: not exact, "
-     "see the measured agreement; --float-bias keeps every bias exact (ORT then runs them in float); models trained "
-     "with the ort scheme now have integer biases"),
 )
+
+SNAPPED_NOTE = ("each of these layers' output is snapped to its integer accumulator (Conv, then Div/Round/Mul by the "
+                "float32 unit s_x·s_w, then the folded bias), in the graph and in the torch model's eval forward: "
+                "both hold the same float32 values whatever order their kernels sum in (quant/exact.py)")
+ORT_KERNEL_NOTE = ("ONNX Runtime CPU runs these layers as integer kernels into the next quantizer (QLinearConv / "
+                   "QGemm), and the torch model's eval forward computes what those kernels compute (int32 sum, "
+                   "float32 requantization; residual Adds as QLinearAdd), measured bit for bit against ORT 1.32's "
+                   "x86 kernels on a CPU with VNNI (AVX2 without VNNI can saturate int16 pair sums)")
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -79,13 +82,14 @@ def ort_fusion(proto: onnx.ModelProto, layers: list[dict]) -> dict:
     for n in g.node:
         if n.op_type in FUSED_OPS:
             fused_refs.update([n.name, *n.input])
+    adds = sum(n.op_type == "QLinearAdd" for n in g.node)
     fused, unfused = [], []
     for e in layers:
         name = e["layer"]
         # the layer's own weight codes or node name (a fused node also reads the next layer's Q scale)
         hit = any(r.startswith((f"{name}.weight_q", f"{name}.conv", f"{name}.gemm")) for r in fused_refs)
         (fused if hit else unfused).append(name)
-    return {"ort_fused_layers": fused, "ort_unfused_layers": unfused}
+    return {"ort_fused_layers": fused, "ort_unfused_layers": unfused, "ort_fused_adds": adds}
 
 
 def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
@@ -110,6 +114,8 @@ def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str 
     info["packed_ratio"] = round(info["packed_bytes"] / info["fp32_bytes"], 4)
     if not fp32:
         info.update(ort_fusion(proto, info["layers"]))
+        if target == "ort" and info["int_bias"]:  # residual Adds the model computes as QLinearAdd (quant/exact.py)
+            info["ort_kernel_adds"] = sum(getattr(m, "add_fused", None) is not None for m in model.modules())
     info["proto"] = proto
     return info
 
@@ -195,4 +201,15 @@ def _graph_notes(info: dict) -> dict:
     for k in ("ort_fused_layers", "ort_unfused_layers"):
         if k in info:
             notes[k] = info[k]
+    snapped = [e["layer"] for e in layers if str(e.get("exact", "")).startswith("integer accumulator")]
+    kernels = [e["layer"] for e in layers if str(e.get("exact", "")).startswith("computes as ORT")]
+    if snapped:
+        notes["snapped_layers"], notes["snapped_note"] = snapped, SNAPPED_NOTE
+    if kernels:
+        notes["ort_kernel_layers"], notes["ort_kernel_note"] = kernels, ORT_KERNEL_NOTE
+        missing = sorted(set(kernels) - set(info.get("ort_fused_layers", kernels)))
+        if info.get("ort_kernel_adds", 0) > info.get("ort_fused_adds", 0):
+            missing.append(f"{info['ort_kernel_adds'] - info['ort_fused_adds']} residual Add(s)")
+        if missing:  # the model computes these as integer kernels, but this ORT build runs them otherwise
+            notes["ort_kernel_mismatch"] = missing
     return notes

@@ -159,19 +159,18 @@ class _Writer:
         if quant and is_exact(m) and not fused:
             self.exact_layer(n, m, name, x, w, out_node, entry)
             return
-        # ONNX Runtime rounds a quantized Conv/Gemm's float bias to int32 in units of s_x·s_w (its bias
-        # quantization, at every optimization level above none). That is the price of an integer kernel, so
-        # the bias stays inside only where ORT can fuse DQ→Conv→[Relu]→Q into QLinearConv; elsewhere it is a
-        # separate Add and the graph computes what torch computes (TensorRT fuses the Add into the conv).
-        # A layer trained with integer biases (quant/bias.py) has its bias on that grid already: ORT's rounding
-        # is then exact. Elsewhere a separate Add keeps it exact too (and lets ORT fuse a float-output QGemm).
-        on_grid = getattr(m, "int_bias", False)
-        # A gamma-0 channel outputs its BN shift, which ORT would round to the (unscaled) grid: keep it a float Add.
+        # Here: float layers, weight-only layers, and layers ORT runs as integer kernels (QLinearConv/QGemm into
+        # the next quantizer), which the model's eval forward computes as those kernels do (quant/exact.py). Such a
+        # kernel holds the bias as int32 in units of s_x·s_w; these layers were trained with integer biases
+        # (quant/bias.py), so theirs is on that grid already and ORT's rounding changes nothing. A gamma-0 channel
+        # outputs its BN shift, which is not on the grid: that layer keeps a float Add (and ORT does not fuse it;
+        # the report's ort_kernel_mismatch names it).
         bias_inside = fw.bias is not None and (fw.codes is None or (fused and not fw.zero_factor))
         ins = [x, w] + ([self.const(f"{name}.bias", fw.bias)] if bias_inside else [])
-        entry["bias"] = ("float Add" if not bias_inside else "on the int32 grid (exact in integer kernels)" if on_grid
-                         else "int32 (ORT integer kernel)" if fw.codes is not None
-                         else "float (in the op)") if fw.bias is not None else None
+        entry["bias"] = ("float Add" if not bias_inside else "on the int32 grid (exact in integer kernels)"
+                         if fw.codes is not None else "float (in the op)") if fw.bias is not None else None
+        if fused:
+            entry["exact"] = "computes as ORT's integer kernel into the next quantizer (QLinearConv / QGemm)"
         y = self.op(m, name, ins)
         if fw.bias is not None and not bias_inside:
             shape = (-1, 1, 1) if isinstance(m, nn.Conv2d) else (-1,)

@@ -92,7 +92,7 @@ def fused_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
 
     The kernel sums acc + bias in int32 (exact; the bias is on the int32 grid, quant/bias.py) and requantizes
     in float32: code = saturate(round_half_even(float(acc) · M) + z_y) with M = float32(s_x · s_w) / s_y,
-    computed in that order (measured bit for bit against ORT 1.32's x86 MLAS kernels, 0 of 5 M codes differ;
+    computed in that order (measured bit for bit against ORT 1.32's x86 MLAS kernels on a VNNI CPU, 0 of 5 M codes differ;
     M computed any other way misses a few). The ReLU between the layer and its quantizer (zero point 0) is
     the saturation at 0; a MaxPool after it commutes. The output sits on the quantizer's grid, so the
     quantizer itself, applied next, changes nothing."""
@@ -115,7 +115,7 @@ def _fma32(x: torch.Tensor, y: float, z) -> torch.Tensor:
 
 
 def fused_add(qa, qb, qc, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a + b as ONNX Runtime's QLinearAdd computes it (x86 AVX2 MLAS), a and b on their quantizers' grids,
+    """a + b as ONNX Runtime's QLinearAdd computes it (x86 MLAS, its AVX2 kernel), a and b on their quantizers' grids,
     quantized by qc (a ReLU before qc, zero point 0, is its saturation at 0), then dequantized.
 
     The kernel works on the codes with r = float32(s / s_c): c = fma(k_a, r_a, fma(k_b, r_b, f)), with the fixed

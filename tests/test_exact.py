@@ -1,0 +1,173 @@
+"""Exact eval arithmetic (quant/exact.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
+fuses (QLinearConv, QLinearAdd) computed bit for bit — including the near-ties where a plain float computation
+of the same formula picks the other code."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from qdg_deploy.export import export_onnx, ort_session
+from qdg_deploy.quant import get_scheme, quantize_model
+from qdg_deploy.quant.exact import FoldedBatchNorm2d, fused_add, is_exact
+
+
+def _x86_vnni() -> bool:
+    """x86 with VNNI, where ORT's U8S8 kernels sum exactly in int32 (this is where the kernels were measured; on
+    AVX2 without VNNI they pair products into saturating int16, ORT's documented reduce-range issue)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
+kernels_measured = pytest.mark.skipif(not _x86_vnni(), reason="the integer-kernel arithmetic was measured on ORT's "
+                                      "x86 VNNI kernels; this CPU runs other ones (AVX2 without VNNI can saturate)")
+
+
+def _run(proto, x):
+    s = ort_session(proto, level="all")
+    return s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _bn_chain(scheme, c_in=8, c=16, seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 1),
+                      nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(c, 5))
+    with torch.no_grad():
+        for bn in (m[1], m[4]):
+            bn.running_mean.normal_(0, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1, 0.5)  # some negative gammas: the codes' sign flips
+            bn.bias.normal_(0, 0.3)
+    quantize_model(m, get_scheme(scheme)).eval()
+    with torch.no_grad():
+        m(torch.randn(16, c_in, 12, 12))
+    return m
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_snapped_layers_give_bit_identical_outputs(tmp_path, target):
+    m = _bn_chain("trt")
+    assert all(is_exact(m[i]) for i in (0, 3, 8)) and isinstance(m[1], FoldedBatchNorm2d)
+    info = export_onnx(m, (8, 12, 12), tmp_path / "m.onnx", target=target)
+    assert [e["layer"] for e in info["layers"] if "exact" in e] == ["0", "3", "8"]
+    x = torch.randn(64, 8, 12, 12)
+    with torch.no_grad():
+        assert np.array_equal(m(x).numpy(), _run(info["proto"], x))
+
+
+def test_folded_batchnorm_is_identity_only_in_eval_with_its_layer_quantized():
+    m = _bn_chain("trt")
+    x = torch.randn(4, 16, 12, 12)
+    bn = m[1]
+    with torch.no_grad():
+        assert torch.equal(bn(x), x)  # eval: the conv has folded it
+        bn.train()
+        assert not torch.allclose(bn(x), x)
+        bn.eval()
+        m[0].act_quant = None  # e.g. the float copy for the FP32 baseline: the conv no longer folds it
+        assert not torch.allclose(bn(x), x)
+
+
+def test_snap_recovers_the_integer_accumulator_where_float_sums_differ():
+    """torch's float conv and the snapped one: the raw float output differs from acc·unit in its last bits,
+    the snapped one is acc·unit exactly."""
+    m = _bn_chain("trt", c_in=64, c=64)
+    conv = m[0]
+    x = torch.randn(8, 64, 12, 12)
+    with torch.no_grad():
+        xq, wq = conv.act_quant(x), conv.weight_quant(conv.weight)
+        raw = torch.nn.functional.conv2d(xq, wq, padding=1)
+        unit = (conv.act_quant.scale() * conv.weight_quant.scale().reshape(-1)).double()
+        codes_x = torch.round(xq.double() / conv.act_quant.scale().double())
+        codes_w = torch.round(wq.double() / conv.weight_quant.scale().double())
+        acc = torch.nn.functional.conv2d(codes_x, codes_w, padding=1)  # exact in float64
+        snapped = torch.round(raw.double() / unit.reshape(-1, 1, 1))
+    assert torch.equal(snapped, acc)
+    assert not torch.equal(raw.double(), (acc * unit.reshape(-1, 1, 1)).float().double())  # float noise was there
+
+
+@kernels_measured
+def test_fused_conv_computes_as_ort_qlinearconv_near_ties_included(tmp_path):
+    """Scheme ort: conv0 → ReLU → conv1's uint8 zero-point-0 quantizer is one QLinearConv in ORT. ~1 M of its codes
+    must equal the model's, and among them are codes that a float64 requantization rounds the other way."""
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 3, 1))
+    quantize_model(m, get_scheme("ort")).eval()
+    x = torch.rand(64, 32, 16, 16) * 2 - 0.5
+    with torch.no_grad():
+        m(x)
+    conv = m[0]
+    assert conv.fused_out is m[2].act_quant
+    info = export_onnx(m, (32, 16, 16), tmp_path / "f.onnx", target="ort")
+    assert info["ort_fused_layers"][:1] == ["0"]
+    with torch.no_grad():
+        ours = m(x).numpy()
+        y = conv(x)  # the dequantized QLinearConv codes
+        # what a float64 requantization of the same int32 sums gives
+        xq, wq = conv.act_quant(x), conv.weight_quant(conv.weight)
+        q = m[2].act_quant
+        s_x, s_w, s_y = (t.double() for t in (conv.act_quant.scale(), conv.weight_quant.scale().reshape(-1), q.scale()))
+        acc = torch.round(torch.nn.functional.conv2d(xq.double(), wq.double()) / (s_x * s_w).reshape(-1, 1, 1))
+        acc = acc + torch.round(conv.bias.double() / (s_x * s_w)).reshape(-1, 1, 1)
+        naive = torch.clamp(torch.round(acc * (s_x * s_w).reshape(-1, 1, 1) / s_y), 0, 255)
+    assert y.numel() > 10**6
+    assert (naive != torch.round(y.double() / s_y)).sum() > 0  # near-ties exist in this input
+    assert np.array_equal(ours, _run(info["proto"], x))  # ORT's codes are ours: the output is bit for bit
+
+
+def _qadd_graph(sa, za, sb, zb, sc, zc):
+    inits = [numpy_helper.from_array(v, k) for k, v in (("sa", np.float32(sa)), ("sb", np.float32(sb)),
+                                                          ("sc", np.float32(sc)), ("za", np.uint8(za)),
+                                                          ("zb", np.uint8(zb)), ("zc", np.uint8(zc)))]
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["qa"]),
+             helper.make_node("DequantizeLinear", ["qa", "sa", "za"], ["da"]),
+             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["qb"]),
+             helper.make_node("DequantizeLinear", ["qb", "sb", "zb"], ["db"]),
+             helper.make_node("Add", ["da", "db"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "sc", "zc"], ["qc"]),
+             helper.make_node("DequantizeLinear", ["qc", "sc", "zc"], ["y"])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b")]
+    g = helper.make_graph(nodes, "qadd", vi, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class _Q:  # the quantizer interface fused_add reads
+    def __init__(self, s, z):
+        self.s, self.z, self.qmin, self.qmax = torch.tensor(np.float32(s)), z, 0, 255
+
+    def scale(self):
+        return self.s
+
+    def zero_point_int(self):
+        return self.z
+
+
+@kernels_measured
+def test_fused_add_computes_as_ort_qlinearadd_over_every_code_pair():
+    rng = np.random.default_rng(0)
+    ka, kb = (t.ravel() for t in np.meshgrid(np.arange(256), np.arange(256)))
+    bad = naive_bad = 0
+    for _ in range(60):
+        za, zb = (int(v) for v in rng.integers(0, 256, 2))
+        sa, sb, sc = np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(0.02, 0.2))
+        a = torch.from_numpy(((ka - za).astype(np.float32) * sa).astype(np.float32))
+        b = torch.from_numpy(((kb - zb).astype(np.float32) * sb).astype(np.float32))
+        proto = _qadd_graph(sa, za, sb, zb, sc, 0)
+        s = ort_session(proto, level="all")
+        got = s.run(None, {"a": a.numpy(), "b": b.numpy()})[0]
+        ours = fused_add(_Q(sa, za), _Q(sb, zb), _Q(sc, 0), a, b).numpy()
+        bad += int((ours != got).sum())
+        naive = np.clip(np.round((a.double() + b.double()).numpy() / np.float64(sc)), 0, 255) * sc
+        naive_bad += int((naive.astype(np.float32) != got).sum())
+    assert bad == 0
+    assert naive_bad > 0  # the test set holds near-ties the exact sum rounds differently
