@@ -97,6 +97,8 @@ def fused_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
     the saturation at 0; a MaxPool after it commutes. The output sits on the quantizer's grid, so the
     quantizer itself, applied next, changes nothing."""
     q = layer.fused_out
+    if not bool(q.initialized):  # a calibration pass: the next quantizer takes its range from this output
+        return exact_forward(layer, x, op)
     xq = layer.act_quant(x)
     wq = layer.weight_quant(layer.weight)
     g = grid(layer)
@@ -136,7 +138,8 @@ def fused_add(qa, qb, qc, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def residual_add(block: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """A ResNet block's residual Add: in eval mode as ORT's QLinearAdd where attach_fusion found one."""
     fused = getattr(block, "add_fused", None)
-    if fused is None or block.training or isinstance(a, torch.fx.Proxy):  # fx traces the Add itself
+    if (fused is None or block.training or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself
+            or not bool(fused[2].initialized)):  # a calibration pass: the next quantizer takes its range from a + b
         return a + b
     return fused_add(*fused, a, b)
 
