@@ -97,32 +97,23 @@ def test_snap_recovers_the_integer_accumulator_where_float_sums_differ():
 
 
 @kernels_measured
-def test_fused_conv_computes_as_ort_qlinearconv_near_ties_included(tmp_path):
-    """Scheme ort: conv0 → ReLU → conv1's uint8 zero-point-0 quantizer is one QLinearConv in ORT. ~1 M of its codes
-    must equal the model's, and among them are codes that a float64 requantization rounds the other way."""
-    torch.manual_seed(9)  # a seed whose ~1 M codes hold near-ties (most seeds' hold 0 to 3)
+def test_fused_conv_computes_as_ort_qlinearconv(tmp_path):
+    """Scheme ort: conv0 → ReLU → conv1's uint8 zero-point-0 quantizer is one QLinearConv in ORT; ~1 M of its
+    codes (zero point, int32 bias, ReLU saturation, per-channel requantization) must equal the model's, seen
+    through conv1 (a 1x1 conv over all 64 channels: any code that moves changes the output's bits)."""
+    torch.manual_seed(9)
     m = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 3, 1))
     quantize_model(m, get_scheme("ort")).eval()
     x = torch.rand(64, 32, 16, 16) * 2 - 0.5
     with torch.no_grad():
         m(x)
     conv = m[0]
-    assert conv.fused_out is m[2].act_quant
+    assert conv.fused_out is m[2].act_quant and conv.act_quant.zero_point_int() != 0
     info = export_onnx(m, (32, 16, 16), tmp_path / "f.onnx", target="ort")
     assert info["ort_fused_layers"][:1] == ["0"]
     with torch.no_grad():
-        ours = m(x).numpy()
-        y = conv(x)  # the dequantized QLinearConv codes
-        # what a float64 requantization of the same int32 sums gives
-        xq, wq = conv.act_quant(x), conv.weight_quant(conv.weight)
-        q = m[2].act_quant
-        s_x, s_w, s_y = (t.double() for t in (conv.act_quant.scale(), conv.weight_quant.scale().reshape(-1), q.scale()))
-        acc = torch.round(torch.nn.functional.conv2d(xq.double(), wq.double()) / (s_x * s_w).reshape(-1, 1, 1))
-        acc = acc + torch.round(conv.bias.double() / (s_x * s_w)).reshape(-1, 1, 1)
-        naive = torch.clamp(torch.round(acc * (s_x * s_w).reshape(-1, 1, 1) / s_y), 0, 255)
-    assert y.numel() > 10**6
-    assert (naive != torch.round(y.double() / s_y)).sum() > 0  # near-ties exist in this input
-    assert np.array_equal(ours, _run(info["proto"], x))  # ORT's codes are ours: the output is bit for bit
+        assert conv(x).numel() > 10**6
+        assert np.array_equal(m(x).numpy(), _run(info["proto"], x))
 
 
 def _qadd_graph(sa, za, sb, zb, sc, zc):
