@@ -155,8 +155,9 @@ class _Writer:
         else:
             w = self.const(f"{name}.weight", fw.weight)
         out_node = bn_node or n
-        fused = quant and is_exact(m) and self.ort_fused(m)
-        if quant and is_exact(m) and not fused:
+        exact = quant and is_exact(m)
+        fused = exact and self.ort_fused(m)
+        if exact and not fused:
             self.exact_layer(n, m, name, x, w, out_node, entry)
             return
         # Here: float layers, weight-only layers, and layers ORT runs as integer kernels (QLinearConv/QGemm into

@@ -75,14 +75,26 @@ def grid(layer: nn.Module) -> Grid:
                 bias=t(b) if has_bias else None)
 
 
-def exact_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
-    """The eval output of an exact layer; op(x, w) is its float op without bias (conv or linear)."""
+def _accumulator(layer: nn.Module, x: torch.Tensor, op) -> tuple[torch.Tensor, Grid, tuple]:
+    """The folded integer accumulator (float32, sign of the BN factor applied), the grid, and the channel shape."""
     xq = layer.act_quant(x)
     wq = layer.weight_quant(layer.weight)
     g = grid(layer)
     shape = (-1,) + (1,) * (wq.dim() - 2) if wq.dim() > 2 else (-1,)
-    acc = torch.round(op(xq, wq) / g.unit0.reshape(shape))
-    y = (acc * g.mult.reshape(shape)) * g.unit.reshape(shape)
+    return torch.round(op(xq, wq) / g.unit0.reshape(shape)) * g.mult.reshape(shape), g, shape
+
+
+def exact_eval(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
+    """The eval output of an exact layer (is_exact); op(x, w) is its float op without bias (conv or linear)."""
+    q = getattr(layer, "fused_out", None)
+    # an unset output quantizer is a calibration pass: it takes its range from the snapped float output
+    return fused_forward(layer, x, op) if q is not None and bool(q.initialized) else exact_forward(layer, x, op)
+
+
+def exact_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
+    """A snapped layer's eval output: the accumulator times the folded unit, plus the folded bias."""
+    acc, g, shape = _accumulator(layer, x, op)
+    y = acc * g.unit.reshape(shape)
     return y + g.bias.reshape(shape) if g.bias is not None else y
 
 
@@ -97,13 +109,7 @@ def fused_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
     the saturation at 0; a MaxPool after it commutes. The output sits on the quantizer's grid, so the
     quantizer itself, applied next, changes nothing."""
     q = layer.fused_out
-    if not bool(q.initialized):  # a calibration pass: the next quantizer takes its range from this output
-        return exact_forward(layer, x, op)
-    xq = layer.act_quant(x)
-    wq = layer.weight_quant(layer.weight)
-    g = grid(layer)
-    shape = (-1,) + (1,) * (wq.dim() - 2) if wq.dim() > 2 else (-1,)
-    acc = torch.round(op(xq, wq) / g.unit0.reshape(shape)) * g.mult.reshape(shape)
+    acc, g, shape = _accumulator(layer, x, op)
     if g.bias is not None:
         acc = acc + torch.round(g.bias / g.unit).reshape(shape)
     s_y, z_y = q.scale().reshape(()), q.zero_point_int()

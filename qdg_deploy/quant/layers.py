@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bias import eval_bias
-from .exact import exact_forward, fused_forward, is_exact
+from .exact import exact_eval, is_exact
 from .quantizers import QuantSpec, build_quantizer
 
 
@@ -56,16 +56,14 @@ class QuantMixin:
 class QConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x):
         if is_exact(self):
-            f = fused_forward if getattr(self, "fused_out", None) is not None else exact_forward
-            return f(self, x, lambda a, w: self._conv_forward(a, w, None))
+            return exact_eval(self, x, lambda a, w: self._conv_forward(a, w, None))
         return self._conv_forward(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
 class QLinear(QuantMixin, nn.Linear):
     def forward(self, x):
         if is_exact(self):
-            f = fused_forward if getattr(self, "fused_out", None) is not None else exact_forward
-            return f(self, x, F.linear)
+            return exact_eval(self, x, F.linear)
         return F.linear(self.quant_input(x), self.quant_weight(), self.op_bias())
 
 
@@ -106,10 +104,6 @@ class ExportMatchedAvgPool(nn.AdaptiveAvgPool2d):
     float32 precision."""
 
     def forward(self, x):
-        if self.training or tuple(_pair(self.output_size)) != (1, 1):
+        if self.training or self.output_size not in (1, (1, 1), [1, 1]):
             return super().forward(x)
         return x.double().mean(dim=(2, 3), keepdim=True).to(x.dtype)
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
