@@ -19,7 +19,8 @@ out = Console()
 
 @app.command()
 def train(
-    method: str = typer.Option("erm", help="Algorithm: erm, qtdog (QT-DoG: LSQ quantization after --q-steps); "
+    method: str = typer.Option("erm", help="Algorithm: erm, coral, mixstyle (each float, or quantized with --quant), "
+                               "qtdog (QT-DoG = erm --quant: LSQ quantization after --q-steps, SWAD on); "
                                "domain adaptation (with --source/--target): dann, dsan (float, or --quant), alignq."),
     dataset: str = typer.Option("rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, "
                                 "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
@@ -39,8 +40,25 @@ def train(
     source: Optional[str] = typer.Option(None, help="Domain adaptation: labelled source domain (with --target)."),
     target: Optional[str] = typer.Option(None, help="Domain adaptation: unlabelled target domain, reported as the "
                                          "test domain."),
-    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="dann/dsan: quantize (--scheme, --bits, "
-                                         "--quantizer) after --q-steps, or from the start with --init."),
+    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="erm/coral/mixstyle/dann/dsan: quantize "
+                                         "(--scheme, --bits, --quantizer) after --q-steps, or from the start with --init."),
+    q_lr: Optional[float] = typer.Option(None, help="Learning rate of the quantizers' step sizes and zero points "
+                                         "(their own Adam group, no weight decay; default: see README)."),
+    freeze_after_swap: Optional[bool] = typer.Option(None, "--freeze-after-swap/--no-freeze-after-swap",
+                                                     help="QT-DoG as its reference code runs: after --q-steps the "
+                                                     "quantized layers and step sizes stop training (off: the paper)."),
+    swad: Optional[bool] = typer.Option(None, "--swad/--no-swad", help="SWAD dense weight averaging in the loss "
+                                        "valley (default: on for qtdog and --quant DG methods, off otherwise)."),
+    swad_n_converge: Optional[int] = typer.Option(None, help="SWAD: evaluations that open the valley (3)."),
+    swad_n_tolerance: Optional[int] = typer.Option(None, help="SWAD: look-ahead evaluations that keep it open (6)."),
+    swad_tolerance_ratio: Optional[float] = typer.Option(None, help="SWAD: loss threshold over the opening mean (0.3)."),
+    swad_bn_steps: Optional[int] = typer.Option(None, help="Batches that recompute BatchNorm statistics after "
+                                                "averaging (100; 0 keeps the last iterate's)."),
+    sma: Optional[int] = typer.Option(None, help="EoA's simple moving average of every iterate from this step "
+                                      "(instead of SWAD)."),
+    coral_weight: Optional[float] = typer.Option(None, help="CORAL: weight of the feature-alignment penalty (1)."),
+    mixstyle_p: Optional[float] = typer.Option(None, help="MixStyle: probability of mixing a batch (0.5)."),
+    mixstyle_alpha: Optional[float] = typer.Option(None, help="MixStyle: Beta(alpha, alpha) mixing weights (0.1)."),
     init: Optional[str] = typer.Option(None, help="Start from this run directory's weights (progressive 8→4→3→2 bits); "
                                        "quantizes from the first step."),
     crp: Optional[bool] = typer.Option(None, "--crp/--no-crp", help="AlignQ: contrastive relation preservation (ADMM)."),
@@ -71,7 +89,11 @@ def train(
                          quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
                          threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
-                         grad_approx=grad_approx, act_range=act_range, lam=lam, lam2=lam2, da=da)
+                         grad_approx=grad_approx, act_range=act_range, lam=lam, lam2=lam2, da=da, q_lr=q_lr,
+                         freeze_after_swap=freeze_after_swap, swad=swad, swad_n_converge=swad_n_converge,
+                         swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
+                         swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
+                         mixstyle_alpha=mixstyle_alpha)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
     if len(runs) == 1:

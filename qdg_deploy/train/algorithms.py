@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import QdgError
 from ..models import build_model
-from ..quant import get_scheme, is_quantized, quantize_model
+from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
 
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
 
@@ -33,6 +33,11 @@ def scheme_from_hparams(hp: dict):
                       quantizer=hp.get("quantizer"))
 
 
+def quantizer_params(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters the quantizers own (LSQ step sizes, learned zero points)."""
+    return [p for m in module.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)]
+
+
 class Algorithm(nn.Module):
     """A network plus how it learns. `minibatches` is a list of (x, y), one per training domain."""
 
@@ -47,8 +52,21 @@ class Algorithm(nn.Module):
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+        """Adam; the quantizers' step sizes and zero points in a group of their own at `q_lr` (Adam moves every
+        parameter by about its learning rate per step, whatever the gradient's scale, so step sizes of ~1e-3
+        need a smaller rate than the weights), without weight decay."""
+        hp = self.hparams
+        qids = {id(p) for p in quantizer_params(self)}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in qids]
+        opt = torch.optim.Adam(rest, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        self.add_quantizer_group(opt)
+        return opt
+
+    def add_quantizer_group(self, opt: torch.optim.Optimizer) -> None:
+        params = [p for p in quantizer_params(self) if p.requires_grad]
+        if params:
+            lr = self.hparams.get("q_lr") or self.hparams["lr"]
+            opt.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
 
     def update(self, minibatches, step: int, unlabeled=None) -> dict:
         raise NotImplementedError
@@ -68,6 +86,11 @@ class Algorithm(nn.Module):
         """Whether the checkpoint at `step` may be selected (a quantizing method selects quantized ones)."""
         return not self.quantizes or is_quantized(self.network)
 
+    def averaging_start(self) -> int:
+        """The first step whose iterate weight averaging (SWAD, SMA) may take: a quantizing method averages
+        quantized iterates only."""
+        return self.hparams.get("q_steps", 0) if self.quantizes and not self.hparams.get("init") else 0
+
     def step_optimizer(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -76,35 +99,49 @@ class Algorithm(nn.Module):
 
 @register("erm")
 class ERM(Algorithm):
-    def update(self, minibatches, step, unlabeled=None):
-        x = torch.cat([x for x, _ in minibatches])
-        y = torch.cat([y for _, y in minibatches])
-        loss = F.cross_entropy(self.predict(x), y)
-        self.step_optimizer(loss)
-        return {"loss": loss.item()}
-
-
-@register("qtdog")
-class QTDoG(ERM):
-    """ERM whose network becomes the quantized network after `q_steps` float steps.
-
-    Unlike the reference code, the optimizer is rebuilt at the conversion so that the quantized
-    weights and the learned step sizes keep training (what the paper describes).
+    """Empirical risk minimization; with `quant` (`--quant`, what `qtdog` means) the network becomes the quantized
+    network after `q_steps` float steps (QT-DoG). The quantizers' parameters then join the optimizer (the float
+    weights keep their Adam moments), so quantized weights and step sizes keep training, as the paper describes.
+    `freeze_after_swap` reproduces the reference code instead: there the optimizer is not told about the swapped
+    layers, so quantized weights and step sizes stop training and only the rest (norm layers, classifier) trains.
     """
-
-    quantizes = True
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.scheme = scheme_from_hparams(hparams)
-        if hparams["q_steps"] <= 0:
+        self.quantizes = bool(hparams.get("quant"))
+        self.scheme = scheme_from_hparams(hparams) if self.quantizes else None
+        if self.quantizes and (hparams["q_steps"] <= 0 or hparams.get("init")):
             self.quantize()
 
     def quantize(self):
         quantize_model(self.network, self.scheme)
-        self.optimizer = self.make_optimizer()
+        if self.hparams.get("freeze_after_swap"):
+            for m in quant_layers(self.network).values():
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        else:
+            self.add_quantizer_group(self.optimizer)
+
+    def maybe_quantize(self, step: int) -> None:
+        if self.quantizes and step >= self.hparams["q_steps"] and not is_quantized(self.network):
+            self.quantize()
+
+    def loss(self, minibatches) -> tuple[torch.Tensor, dict]:
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        loss = F.cross_entropy(self.predict(x), y)
+        return loss, {}
 
     def update(self, minibatches, step, unlabeled=None):
-        if step == self.hparams["q_steps"] and not is_quantized(self.network):
-            self.quantize()
-        return super().update(minibatches, step)
+        self.maybe_quantize(step)
+        loss, info = self.loss(minibatches)
+        self.step_optimizer(loss)
+        return {"loss": loss.item(), **info}
+
+
+@register("qtdog")
+class QTDoG(ERM):
+    """QT-DoG: `erm --quant` (LSQ quantization after `q_steps` float steps; SWAD on by default)."""
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, {**hparams, "quant": True})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
@@ -31,6 +32,14 @@ def accuracy(predict, dataset: Dataset, batch_size: int = 256) -> float:
         return float("nan")
     logits, y = predictions(predict, dataset, batch_size)
     return (logits.argmax(1) == y).float().mean().item()
+
+
+def accuracy_and_loss(predict, dataset: Dataset, batch_size: int = 256) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy."""
+    if len(dataset) == 0:
+        return float("nan"), float("nan")
+    logits, y = predictions(predict, dataset, batch_size)
+    return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
 def domain_metrics(predict, splits, test_index: int) -> dict:

@@ -17,7 +17,15 @@ DIGITS_DEFAULTS = dict(MNIST_DEFAULTS, arch="resnet18", image_size=32, steps=200
                        checkpoint_freq=200, batch_size=32)
 
 COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer="lsq", seed=0, test_env="0",
-              holdout_fraction=0.2, weights=None, data_dir=None, init=None)
+              holdout_fraction=0.2, weights=None, data_dir=None, init=None,
+              # QT-DoG: quantizer step sizes / zero points learn at q_lr (None: lr); freeze_after_swap trains only
+              # what the reference's optimizer still holds after the swap (see train/algorithms.py ERM).
+              q_lr=None, freeze_after_swap=False,
+              # Weight averaging: SWAD (None: on for quantizing DG methods, off otherwise; LossValley's defaults),
+              # or EoA's simple moving average from step `sma`.
+              swad=None, swad_n_converge=3, swad_n_tolerance=6, swad_tolerance_ratio=0.3, swad_bn_steps=100,
+              sma=None,
+              coral_weight=1.0, mixstyle_p=0.5, mixstyle_alpha=0.1)
 
 # Domain adaptation (DANN / DSAN / AlignQ): labelled --source, unlabelled --target. AlignQ's values are
 # the AlignQ README's (lam 1, lam2 4, act_range 2; ADMM mu 0.2, rho 0.3; DSAN --param 0.3).
@@ -27,7 +35,8 @@ DA_DEFAULTS = dict(source=None, target=None, da="dann", quant=False, crp=True, g
 # Per-method defaults, applied over the data set's and under the user's. DA methods quantize with the
 # "alignq" placement (convs; the image and the classifier float) so DANN + LSQ and AlignQ compare like
 # for like; AlignQ's quantizer is DAQ.
-METHOD_DEFAULTS = {"alignq": dict(scheme="alignq", quantizer="daq"), "dann": dict(scheme="alignq"),
+METHOD_DEFAULTS = {"qtdog": dict(quant=True),
+                   "alignq": dict(scheme="alignq", quantizer="daq"), "dann": dict(scheme="alignq"),
                    "dsan": dict(scheme="alignq")}
 
 

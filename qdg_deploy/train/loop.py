@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 import os
 import random
 import time
@@ -21,8 +22,11 @@ from ..errors import QdgError
 from ..quant import model_size
 from ..runs import METRICS, WEIGHTS, model_record, save_run
 from .algorithms import get_algorithm, scheme_from_hparams
-from .evaluate import accuracy, domain_metrics
+from .evaluate import accuracy_and_loss, domain_metrics
 from .hparams import METHOD_DEFAULTS, default_hparams
+from .swad import WeightAveraging, recompute_bn
+
+DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
 
 
 def resolve_hparams(dataset: str, **overrides) -> dict:
@@ -31,6 +35,10 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
     hp.update(METHOD_DEFAULTS.get(overrides.get("method") or hp["method"], {}))
     hp.update({k: v for k, v in overrides.items() if v is not None})
     hp["dataset"] = dataset
+    if hp.get("swad") is None:  # SWAD by default where QT-DoG uses it: quantized DG training
+        hp["swad"] = bool(hp.get("quant")) and hp["method"] in DG_METHODS and hp.get("sma") is None
+    if hp.get("swad") and hp.get("sma") is not None:
+        raise QdgError("--swad and --sma are two kinds of weight averaging: choose one")
     if hp["method"] == "alignq" and hp.get("act_bits") is None:
         hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
     return hp
@@ -86,6 +94,103 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
 
 
+@dataclass
+class Setup:
+    """What a run trains on: the data set, its splits, the held-out (or target) domain, the training splits."""
+
+    ds: object
+    splits: list
+    test_env: int
+    train_splits: list
+    source: int | None = None  # domain adaptation: the labelled source domain
+
+    @property
+    def da(self) -> bool:
+        return self.source is not None
+
+
+def make_setup(hp: dict) -> Setup:
+    ds, splits = run_splits(hp)
+    if hp.get("source") is None and hp.get("target") is None:
+        test_env = ds.domain_index(hp["test_env"])
+        return Setup(ds, splits, test_env, [s for i, s in enumerate(splits) if i != test_env])
+    # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
+    if hp.get("source") is None or hp.get("target") is None:
+        raise QdgError("domain adaptation needs both --source and --target")
+    source, test_env = ds.domain_index(str(hp["source"])), ds.domain_index(str(hp["target"]))
+    if source == test_env:
+        raise QdgError("--source and --target must be different domains")
+    return Setup(ds, splits, test_env, [splits[source]], source)
+
+
+@dataclass
+class Fit:
+    """What the loop leaves: the best checkpoint by training-domain validation, the history, the averaging."""
+
+    averaging: WeightAveraging
+    best_val: float = -1.0
+    best_step: int | None = None
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+
+
+def validate(algo, train_splits) -> tuple[float, float]:
+    """Mean accuracy and mean cross-entropy over the training domains' `out` splits."""
+    scores = [accuracy_and_loss(algo.predict, s.out_eval) for s in train_splits]
+    return float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))
+
+
+def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress, label: str) -> Fit:
+    """The training loop: update, feed the weight averaging, evaluate and select every checkpoint_freq steps."""
+    result = Fit(WeightAveraging(hp, algo.averaging_start()))
+    task = progress.add_task(label, total=hp["steps"], info="")
+    for step in range(hp["steps"]):
+        algo.train()
+        unlabeled = next(target_stream)[0] if target_stream is not None else None
+        losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
+        result.averaging.observe(algo.network, step + 1)
+        if (step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]:
+            algo.eval()
+            val, val_loss = validate(algo, setup.train_splits)
+            result.averaging.checkpoint(val_loss)
+            result.history.append({"step": step + 1, "val_acc": val, "val_loss": val_loss, **losses})
+            if algo.is_selectable(step) and val > result.best_val:
+                result.best_val, result.best_step = val, step + 1
+                result.best_state = copy.deepcopy(algo.network.state_dict())
+        progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {result.best_val:.3f}")
+    progress.remove_task(task)
+    if result.best_state is None:
+        raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
+    return result
+
+
+def score(algo, setup: Setup) -> dict:
+    algo.eval()
+    return domain_metrics(algo.predict, setup.splits, setup.test_env)
+
+
+def finish(algo, hp: dict, setup: Setup, result: Fit, streams) -> dict:
+    """Load the model the run keeps into algo.network and return its metrics: the weight average where one was
+    made (BatchNorm statistics recomputed for it), else the best checkpoint. With an average, the best checkpoint's
+    figures are kept too (`no_swad` / `no_sma`): the same run without averaging."""
+    last = copy.deepcopy(algo.network.state_dict())
+    algo.network.load_state_dict(result.best_state)
+    scored = score(algo, setup)
+    selected = {"val_acc": result.best_val, "selected_step": result.best_step}
+    avg = result.averaging.average()
+    extra = {"averaging": {**result.averaging.record(), "used": avg is not None}} if result.averaging.kind else {}
+    if avg is None:
+        return {**scored, **selected, **extra}
+    plain = {"test_acc": scored["test_acc"], "per_domain": scored["per_domain"], **selected}
+    algo.network.load_state_dict(last)
+    avg.load_into(algo.network)
+    if not hp.get("freeze_bn"):
+        batches = (torch.cat([next(s)[0] for s in streams]) for _ in iter(int, 1))
+        extra["averaging"]["bn_recomputed"] = recompute_bn(algo.network, batches, hp.get("swad_bn_steps", 100))
+    scored = score(algo, setup)
+    return {**scored, "selected_step": None, **extra, f"no_{result.averaging.kind}": plain}
+
+
 def train_one(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False,
               progress: Progress | None = None) -> dict:
     """Train one leave-one-domain-out run into `out`; returns its metrics."""
@@ -95,69 +200,33 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
     init = apply_init(hp)
-    ds, splits = run_splits(hp)
-    da = hp.get("source") is not None or hp.get("target") is not None
-    if da:  # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
-        if hp.get("source") is None or hp.get("target") is None:
-            raise QdgError("domain adaptation needs both --source and --target")
-        source, test_env = ds.domain_index(str(hp["source"])), ds.domain_index(str(hp["target"]))
-        if source == test_env:
-            raise QdgError("--source and --target must be different domains")
-        train_splits = [splits[source]]
-    else:
-        test_env = ds.domain_index(hp["test_env"])
-        train_splits = [s for i, s in enumerate(splits) if i != test_env]
-    algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(train_splits), hp)
-    workers = 0 if isinstance(train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
+    setup = make_setup(hp)
+    ds = setup.ds
+    algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
+    workers = 0 if isinstance(setup.train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
     streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
-               for i, s in enumerate(train_splits)]
-    target_stream = (infinite_batches(splits[test_env].train, hp["batch_size"], hp["seed"] * 1000 + 999, workers)
-                     if da else None)
-
-    best = (-1.0, None, None)  # (val_acc, step, state)
-    history = []
-    own_progress = progress is None
-    progress = progress or make_progress(console)
-    label = (f"{hp['method']} · {ds.domains[source]} → {ds.domains[test_env]}" if da
-             else f"{hp['method']} · test env {ds.domains[test_env]}")
+               for i, s in enumerate(setup.train_splits)]
+    target_stream = (infinite_batches(setup.splits[setup.test_env].train, hp["batch_size"], hp["seed"] * 1000 + 999,
+                                      workers) if setup.da else None)
+    label = (f"{hp['method']} · {ds.domains[setup.source]} → {ds.domains[setup.test_env]}" if setup.da
+             else f"{hp['method']} · test env {ds.domains[setup.test_env]}")
     start = time.perf_counter()
-    with progress if own_progress else nullcontext():
-        task = progress.add_task(label, total=hp["steps"], info="")
-        for step in range(hp["steps"]):
-            algo.train()
-            unlabeled = next(target_stream)[0] if da else None
-            losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
-            last = step + 1 == hp["steps"]
-            if (step + 1) % hp["checkpoint_freq"] == 0 or last:
-                algo.eval()
-                val = float(np.mean([accuracy(algo.predict, s.out_eval) for s in train_splits]))
-                history.append({"step": step + 1, "val_acc": val, **losses})
-                if algo.is_selectable(step) and val > best[0]:
-                    best = (val, step + 1, copy.deepcopy(algo.network.state_dict()))
-            progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {best[0]:.3f}")
-        if not own_progress:
-            progress.remove_task(task)
-    if best[2] is None:
-        raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
-    algo.network.load_state_dict(best[2])
-    algo.eval()
-
-    scored = domain_metrics(algo.predict, splits, test_env)
-    quantized = algo.quantizes
-    scheme = scheme_from_hparams(hp) if quantized else None
-    metrics = {"per_domain": scored["per_domain"], "test_env": scored["test_env"], "test_acc": scored["test_acc"],
-               "val_acc": best[0], "selected_step": best[1],
-               "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
+    bar = progress or make_progress(console)
+    with bar if progress is None else nullcontext():
+        result = fit(algo, hp, setup, streams, target_stream, bar, label)
+    scored = finish(algo, hp, setup, result, streams)
+    scheme = scheme_from_hparams(hp) if algo.quantizes else None
+    metrics = {**scored, "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
                "method": hp["method"]}
     config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
-              "test_env_index": test_env, "classes": ds.classes,
+              "test_env_index": setup.test_env, "classes": ds.classes,
               "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-              "size": model_size(algo.network), "history": history,
+              "size": model_size(algo.network), "history": result.history,
               "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
         config["init"] = init
-    if da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
-        config["domain_adaptation"] = {"source": ds.domains[source], "target": ds.domains[test_env],
+    if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
+        config["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
                                        "selection": "source out accuracy"}
     save_run(out, config, algo.network.state_dict(), metrics)
     return metrics
