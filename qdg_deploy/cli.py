@@ -82,7 +82,7 @@ def train(
     """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics."""
     from .train import resolve_hparams
     from .train import train as run_train
-    from .report import per_domain_table, runs_table
+    from .report import per_domain_table, runs_table, with_unaveraged
 
     hp = resolve_hparams(dataset, method=method, data_dir=data_dir, test_env=test_env, arch=arch, weights=weights,
                          steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
@@ -98,7 +98,7 @@ def train(
     runs = result["runs"]
     if len(runs) == 1:
         (metrics,) = runs.values()
-        out.print(per_domain_table({method: metrics}))
+        out.print(per_domain_table(with_unaveraged({method: metrics})))
         out.print(f"run written to {out_dir}")
     else:
         out.print(runs_table(method, runs))

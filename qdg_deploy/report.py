@@ -29,6 +29,19 @@ def per_domain_table(results: dict[str, dict], sizes: dict[str, dict] | None = N
     return table
 
 
+def with_unaveraged(results: dict[str, dict]) -> dict[str, dict]:
+    """Each result, preceded by its run's figures without weight averaging where the run kept them (`no_swad` /
+    `no_sma`), labelled "LABEL w/o SWAD" / "LABEL w/o SMA"."""
+    out = {}
+    for label, r in results.items():
+        for kind in ("swad", "sma"):
+            plain = r.get(f"no_{kind}")
+            if plain:
+                out[f"{label} w/o {kind.upper()}"] = {**plain, "test_env": r["test_env"]}
+        out[label] = r
+    return out
+
+
 def runs_table(method: str, runs: dict[str, dict]) -> Table:
     """QT-DoG README shape: one column per held-out domain, then the average."""
     table = Table(title="Held-out domain accuracy (%)")

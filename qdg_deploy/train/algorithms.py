@@ -65,7 +65,7 @@ class Algorithm(nn.Module):
     def add_quantizer_group(self, opt: torch.optim.Optimizer) -> None:
         params = [p for p in quantizer_params(self) if p.requires_grad]
         if params:
-            lr = self.hparams.get("q_lr") or self.hparams["lr"]
+            lr = self.hparams.get("q_lr") or self.hparams["lr"] / 100
             opt.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
 
     def update(self, minibatches, step: int, unlabeled=None) -> dict:

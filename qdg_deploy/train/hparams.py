@@ -7,10 +7,10 @@ defaults are sized so that `qdg-deploy demo` trains three models in a few minute
 
 from __future__ import annotations
 
-IMAGE_DEFAULTS = dict(arch="resnet50", lr=5e-5, weight_decay=0.0, batch_size=32, steps=5000, q_steps=100,
+IMAGE_DEFAULTS = dict(arch="resnet50", lr=5e-5, q_lr=5e-7, weight_decay=0.0, batch_size=32, steps=5000, q_steps=100,
                       checkpoint_freq=200, image_size=224, freeze_bn=False)
 
-MNIST_DEFAULTS = dict(arch="mnist-cnn", lr=1e-3, weight_decay=0.0, batch_size=16, steps=300, q_steps=100,
+MNIST_DEFAULTS = dict(arch="mnist-cnn", lr=1e-3, q_lr=1e-5, weight_decay=0.0, batch_size=16, steps=300, q_steps=100,
                       checkpoint_freq=50, image_size=28, freeze_bn=False)
 
 DIGITS_DEFAULTS = dict(MNIST_DEFAULTS, arch="resnet18", image_size=32, steps=2000, q_steps=500,
@@ -18,9 +18,10 @@ DIGITS_DEFAULTS = dict(MNIST_DEFAULTS, arch="resnet18", image_size=32, steps=200
 
 COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer="lsq", seed=0, test_env="0",
               holdout_fraction=0.2, weights=None, data_dir=None, init=None,
-              # QT-DoG: quantizer step sizes / zero points learn at q_lr (None: lr); freeze_after_swap trains only
+              # QT-DoG: quantizer step sizes / zero points learn at q_lr (a family's value; None: lr / 100, the ratio
+              # chosen on the embedded set by training-domain validation); freeze_after_swap trains only
               # what the reference's optimizer still holds after the swap (see train/algorithms.py ERM).
-              q_lr=None, freeze_after_swap=False,
+              freeze_after_swap=False,
               # Weight averaging: SWAD (None: on for quantizing DG methods, off otherwise; LossValley's defaults),
               # or EoA's simple moving average from step `sma`.
               swad=None, swad_n_converge=3, swad_n_tolerance=6, swad_tolerance_ratio=0.3, swad_bn_steps=100,
@@ -41,6 +42,7 @@ METHOD_DEFAULTS = {"qtdog": dict(quant=True),
 
 
 def default_hparams(dataset: str) -> dict:
+    """COMMON, then the domain-adaptation defaults, then the data set family's."""
     if dataset == "rotated-mnist":
         family = MNIST_DEFAULTS
     elif dataset == "digits":
