@@ -27,10 +27,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def _prose_out(report: dict) -> dict:
+    """The report with each note's text replaced by a mark: the keys and every figure must stay, the prose may
+    name a moved module."""
+    return {k: "(note)" if k.endswith("_note") else v for k, v in json.loads(json.dumps(report, default=str)).items()}
+
+
 def _same(got: dict, want: dict):
     for key, w in want.items():
         g = got[key]
-        assert json.loads(json.dumps(g["report"], default=str)) == w["report"], key
+        assert _prose_out(g["report"]) == _prose_out(w["report"]), key
         assert g["sha256"] == w["sha256"], f"{key}: the exported bytes changed"
     assert set(got) == set(want)
 

@@ -150,26 +150,6 @@ class TorchSession(Session):
         return dict(self._size)
 
 
-def float_network(artifact: Artifact):
-    """The run's architecture with float weights: for a quantized run the same weights with the
-    quantizers removed (quantizer tensors dropped from the state dict), for a float run the network."""
-    from safetensors.torch import load_file
-
-    from ..models import build_model
-    from ..runs import WEIGHTS
-
-    rec = artifact.config["model"]
-    net = build_model(rec["arch"], rec["input_shape"][0], rec["num_classes"])
-    state = load_file(str(artifact.run_dir / WEIGHTS))
-    state = {k: v for k, v in state.items() if ".weight_quant." not in k and ".act_quant." not in k}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise QdgError(f"{artifact.run_dir / WEIGHTS}: float weights do not fit {rec['arch']}: "
-                       f"{str(e).splitlines()[0]}") from None
-    return net.eval()
-
-
 class _TorchRuntime(Runtime):
     def available(self):
         try:
@@ -210,12 +190,9 @@ class TorchFP32(_TorchRuntime):
         return self._needs_run(artifact)
 
     def load(self, artifact, *, threads=None, copies=True):
-        if artifact.quantized:
-            model = float_network(artifact)
-        else:
-            from ..runs import load_run
-            model = load_run(artifact.run_dir).model
-        return self._session(artifact, model, threads)
+        from ..quant import strip_quantizers
+        from ..runs import load_run
+        return self._session(artifact, strip_quantizers(load_run(artifact.run_dir).model), threads)
 
 
 class TorchFQ(_TorchRuntime):

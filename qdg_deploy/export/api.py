@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 from pathlib import Path
@@ -12,7 +11,8 @@ from torch import nn
 
 from ..errors import QdgError
 from ..io import atomic_path, write_json
-from ..quant import QConv2d, QLinear
+from ..quant import strip_quantizers
+from ..quant.plan import add_plans
 from .onnx_writer import DEFAULT_OPSET, build_onnx
 from .verify import ort_session, verify_model, verify_sets
 
@@ -29,21 +29,11 @@ BIAS_NOTES = (
 
 SNAPPED_NOTE = ("each of these layers' output is snapped to its integer accumulator (Conv, then Div/Round/Mul by the "
                 "float32 unit s_x·s_w, then the folded bias), in the graph and in the torch model's eval forward: "
-                "both hold the same float32 values whatever order their kernels sum in (quant/exact.py)")
+                "both hold the same float32 values whatever order their kernels sum in (quant/kernels.py)")
 ORT_KERNEL_NOTE = ("ONNX Runtime CPU runs these layers as integer kernels into the next quantizer (QLinearConv / "
                    "QGemm), and the torch model's eval forward computes what those kernels compute (int32 sum, "
                    "float32 requantization; residual Adds as QLinearAdd), measured bit for bit against ORT 1.32's "
                    "x86 kernels on a CPU with VNNI (AVX2 without VNNI can saturate int16 pair sums)")
-
-
-def float_copy(model: nn.Module) -> nn.Module:
-    """The same network with every quantizer removed (the float baseline)."""
-    m = copy.deepcopy(model)
-    for layer in m.modules():
-        if isinstance(layer, (QConv2d, QLinear)):
-            layer.weight_quant = None
-            layer.act_quant = None
-    return m.eval()
 
 
 def report_name(path: Path) -> Path:
@@ -114,8 +104,8 @@ def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str 
     info["packed_ratio"] = round(info["packed_bytes"] / info["fp32_bytes"], 4)
     if not fp32:
         info.update(ort_fusion(proto, info["layers"]))
-        if target == "ort" and info["int_bias"]:  # residual Adds the model computes as QLinearAdd (quant/exact.py)
-            info["ort_kernel_adds"] = sum(getattr(m, "add_fused", None) is not None for m in model.modules())
+        if target == "ort" and info["int_bias"]:  # residual Adds the model computes as QLinearAdd (quant/kernels.py)
+            info["ort_kernel_adds"] = len(add_plans(model))
     info["proto"] = proto
     return info
 
@@ -146,7 +136,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
-    model = float_copy(run.model) if fp32 else run.model
+    model = strip_quantizers(run.model) if fp32 else run.model
     shape = run.config["model"]["input_shape"]
     info = export_onnx(model, shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
                        residual_qdq=residual_qdq, int_bias=int_bias)

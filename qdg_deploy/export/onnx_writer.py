@@ -25,10 +25,12 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant import QConv2d, QLinear, Quantizer, quant_layers
-from ..quant.convert import conv_bn_pairs
-from ..quant.exact import grid, is_exact
-from ..quant.graph import pool_quant, trace
-from ..quant.layers import ExportMatchedAvgPool
+from ..quant.kernels import grid
+from ..quant.layers import is_exact
+from ..quant.norms import ExportMatchedAvgPool
+from ..quant.ort_fusion import pool_quant
+from ..quant.plan import Mode, layer_plan
+from ..quant.tracing import conv_bn_pairs, trace
 from .fold import fold_layer
 
 TARGETS = ("tensorrt", "ort")
@@ -88,10 +90,10 @@ class _Writer:
         return dq, info
 
     def act_qdq(self, x: str, layer: str, aq, probe: bool = True) -> tuple[str, dict]:
-        if getattr(aq, "transform", None) == "daq":  # AlignQ: Erf-based CDF transform ahead of the Q/DQ
+        if aq.transform == "daq":  # AlignQ: Erf-based CDF transform ahead of the Q/DQ
             from .daq import daq_act_qdq
             return daq_act_qdq(self, x, layer, aq)
-        if not getattr(aq, "qdq_activations", True):
+        if not aq.qdq_activations:
             raise QdgError(f"{layer}: {aq.spec.quantizer} activations have non-uniform levels that "
                            "QuantizeLinear/DequantizeLinear cannot express; train with --quantizer lsq, "
                            "dorefa or uniform (or --act-bits 0) to export")
@@ -161,7 +163,7 @@ class _Writer:
             self.exact_layer(n, m, name, x, w, out_node, entry)
             return
         # Here: float layers, weight-only layers, and layers ORT runs as integer kernels (QLinearConv/QGemm into
-        # the next quantizer), which the model's eval forward computes as those kernels do (quant/exact.py). Such a
+        # the next quantizer), which the model's eval forward computes as those kernels do (quant/kernels.py). Such a
         # kernel holds the bias as int32 in units of s_x·s_w; these layers were trained with integer biases
         # (quant/bias.py), so theirs is on that grid already and ORT's rounding changes nothing. A gamma-0 channel
         # outputs its BN shift, which is not on the grid: that layer keeps a float Add (and ORT does not fuse it;
@@ -183,12 +185,12 @@ class _Writer:
             self.layers.append(entry)
 
     def ort_fused(self, m: nn.Module) -> bool:
-        """Whether ORT CPU runs this layer as an integer kernel into its output quantizer (quant/graph.py), as
+        """Whether ORT CPU runs this layer as an integer kernel into its output quantizer (quant/ort_fusion.py), as
         the model's eval forward computes it: target ort with integer biases (the default for such models)."""
-        return self.target == "ort" and self.int_bias and getattr(m, "fused_out", None) is not None
+        return self.target == "ort" and self.int_bias and layer_plan(m).mode is Mode.ORT_KERNEL
 
     def exact_layer(self, n, m, name: str, x: str, w: str, out_node, entry: dict):
-        """A layer on the exact eval path (quant/exact.py): the float op without bias, snapped to its integer
+        """A layer on the exact eval path (quant/kernels.py): the float op without bias, snapped to its integer
         accumulator (Div, Round, Mul by the folded unit s_x·s_w), then the folded bias: torch and any runtime
         then hold the same float32 values whatever order their kernels sum in."""
         g = grid(m)
@@ -224,14 +226,14 @@ class _Writer:
         return {"inputs": [], "attrs": {"axes": [2, 3]}}
 
     def global_avg_pool(self, x: str, p: str) -> str:
-        """quant.layers.ExportMatchedAvgPool: the mean in float64, one cast to float32."""
+        """quant.norms.ExportMatchedAvgPool: the mean in float64, one cast to float32."""
         axes = self.reduce_axes(p)
         xd = self.add("Cast", [x], f"{p}.to_double", to=TensorProto.DOUBLE)
         mean = self.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])
         return self.add("Cast", [mean], f"{p}.to_float", to=TensorProto.FLOAT)
 
     def group_norm(self, n, m: nn.GroupNorm) -> str:
-        """GroupNorm as a quantized model computes it in eval mode (quant.layers.ExportMatchedGroupNorm): moments
+        """GroupNorm as a quantized model computes it in eval mode (quant.norms.ExportMatchedGroupNorm): moments
         and rstd in float64, then per channel y = x * (rstd * gamma) + (beta - mean * rstd * gamma) in float32."""
         x, p = self.arg(n.args[0]), n.target
         g, c = m.num_groups, m.num_channels

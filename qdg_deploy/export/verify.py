@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset
 
 from ..quant import Quantizer
-from ..quant.graph import trace
+from ..quant.tracing import trace
 
 # A tensor "diverges" when its max |torch - onnx| exceeds this fraction of its max |torch| (a single
 # quantization step of an 8-bit tensor is ~1/127 of its range; float reordering is ~1e-6).
