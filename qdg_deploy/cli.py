@@ -64,7 +64,7 @@ def train(
     """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics."""
     from .train import resolve_hparams
     from .train import train as run_train
-    from .report import per_domain_table, runs_table
+    from .tables import per_domain_table, runs_table
 
     hp = resolve_hparams(dataset, method=method, data_dir=data_dir, test_env=test_env, arch=arch, weights=weights,
                          steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
@@ -89,7 +89,7 @@ def eval_cmd(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json)."),
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
-    from .report import per_domain_table
+    from .tables import per_domain_table
     from .evaluate_run import evaluate_run
 
     result = evaluate_run(run_dir, json_path)

@@ -111,7 +111,7 @@ from qdg_deploy.cli import app
 from qdg_deploy.data import split_domains
 from qdg_deploy.errors import QdgError
 from qdg_deploy.runs import load_run
-from qdg_deploy.train.evaluate import accuracy
+from qdg_deploy.evaluation import accuracy
 
 FAST = dict(warmup_ms=10, duration_s=0.05, min_iters=3, threads=1)
 

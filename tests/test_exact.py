@@ -1,4 +1,4 @@
-"""Exact eval arithmetic (quant/exact.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
+"""Exact eval arithmetic (quant/kernels.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
 fuses (QLinearConv, QLinearAdd) computed bit for bit — including the near-ties where a plain float computation
 of the same formula picks the other code."""
 

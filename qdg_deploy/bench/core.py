@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from ..errors import QdgError
+from ..evaluation import domain_counts, make_progress
 from .artifacts import Artifact, resolve_artifact
 from .env import environment
 from .harness import measure
@@ -36,42 +37,12 @@ def _splits(config: dict):
     return _SPLITS[key]
 
 
-def _count_correct(session: Session, dataset, batch: int) -> tuple[int, int]:
-    from ..train.evaluate import iter_batches
-
-    correct = total = 0
-    fixed = session.fixed_batch
-    for x, y in iter_batches(dataset, fixed or batch):
-        x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        n = len(x)
-        if fixed and n < fixed:  # a fixed-batch artifact: pad the last chunk, score the real rows only
-            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), np.float32)])
-        logits = np.asarray(session.predict(x))[:n]
-        correct += int((logits.argmax(1) == np.asarray(y)).sum())
-        total += n
-    return correct, total
-
-
 def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH) -> dict:
     """Accuracy on every domain of the artifact's data set (its run's split): a training domain on its
     held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`."""
     cfg = artifact.config
-    splits = _splits(cfg)
-    test = cfg["test_env_index"]
-    per_domain = {}
-    for i, s in enumerate(splits):
-        held = i == test
-        parts = [s.in_eval, s.out_eval] if held else [s.out_eval]
-        c = t = 0
-        for part in parts:
-            ci, ti = _count_correct(session, part, batch)
-            c, t = c + ci, t + ti
-        per_domain[s.name] = {"acc": c / t if t else float("nan"), "n": t, "split": "all" if held else "out",
-                              "held_out": held}
-    train = [d for d, r in per_domain.items() if not r["held_out"]]
-    return {"dataset": cfg["hparams"]["dataset"], "test_env": splits[test].name, "per_domain": per_domain,
-            "test_acc": per_domain[splits[test].name]["acc"],
-            "val_acc": float(np.mean([per_domain[d]["acc"] for d in train])) if train else float("nan")}
+    counts = domain_counts(session.predict, _splits(cfg), cfg["test_env_index"], batch, session.fixed_batch)
+    return {"dataset": cfg["hparams"]["dataset"], **counts}
 
 
 # ---------------------------------------------------------------- the driver
@@ -87,12 +58,6 @@ def select_runtimes(names: list[str] | None) -> tuple[list, list[dict]]:
         else:
             skipped.append({"artifact": None, "runtime": rt.name, "batch": None, "reason": f"unavailable: {why}"})
     return use, skipped
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console or Console(stderr=True),
-                    transient=True)
 
 
 def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
@@ -134,7 +99,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     records = []
     total = len(pairs) * (len(batches) + int(accuracy))
     own = progress is None
-    progress = progress or _progress(console)
+    progress = progress or make_progress(console or Console(stderr=True), transient=True, elapsed=True)
     try:
         with progress if own else nullcontext():
             task = progress.add_task("bench", total=total, info="")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QdgError
+from ..ort_session import ort_session
 from .artifacts import Artifact, onnx_input_dims, onnx_size
 
 COPIES_NONE, COPIES_INCLUDED, COPIES_EXCLUDED = "none", "included", "excluded"
@@ -232,13 +233,8 @@ def onnx_file_size(path: Path, artifact: Artifact) -> dict:
 class OrtSession(Session):
     def __init__(self, runtime: str, path: Path, artifact: Artifact, providers: list, threads: int | None,
                  device: str, copies: bool):
-        ort = _ort()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0   # 0: ONNX Runtime's default (one per physical core)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        try:
-            self.sess = ort.InferenceSession(str(path), so, providers=providers)
+        try:  # threads 0: ONNX Runtime's default (one per physical core)
+            self.sess = ort_session(path, threads=threads or 0, providers=providers)
         except Exception as e:
             raise QdgError(f"{runtime} cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self.runtime, self.file, self.threads, self._artifact = runtime, path, threads, artifact

@@ -16,30 +16,14 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset
 
+from ..evaluation import iter_batches, make_progress
+from ..ort_session import ort_session
 from ..quant import Quantizer
 from ..quant.tracing import trace
 
 # A tensor "diverges" when its max |torch - onnx| exceeds this fraction of its max |torch| (a single
 # quantization step of an 8-bit tensor is ~1/127 of its range; float reordering is ~1e-6).
 REL_TOL = 1e-3
-
-
-def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, level: str = "all",
-                optimized_path: str | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,9 +150,6 @@ def verify_sets(run, max_samples: int | None = None) -> dict:
 def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
                  console=None) -> dict:
     """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`."""
-    from ..train.evaluate import iter_batches
-    from ..train.loop import make_progress
-
     sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
     raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
     per, all_t, all_o, all_r = {}, [], [], []

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..quant import quant_layers
 from ..quant.daq import is_daq
+from ..quant.layers import QuantMixin
 from .algorithms import register
 from .alignq_terms import CrpTerm, grad_approx_factor
 from .da import DomainAdaptation
@@ -42,7 +43,7 @@ def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     blocks = [(n, m) for n, m in net.named_modules()
               if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck))]
     if blocks:
-        found = {f"{n}.conv1": getattr(m.conv1, "act_quant", None) for n, m in blocks}
+        found = {f"{n}.conv1": m.conv1.act_quant if isinstance(m.conv1, QuantMixin) else None for n, m in blocks}
     else:
         found = {n: m.act_quant for n, m in quant_layers(net).items()}
     return {n: q for n, q in found.items() if is_daq(q)}
@@ -51,6 +52,8 @@ def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
 @register("alignq")
 class AlignQ(DomainAdaptation):
     da = "dann"
+    crp: dict[str, CrpTerm] = {}  # set by quantize(): one CRP term per chosen DAQ activation quantizer
+    approx_layers: list[nn.Module] = []  # set by quantize(): the layers whose gradients are reshaped
     requires_target = False  # without --source/--target: DAQ + gradient approximation + CRP, no DA loss
 
     def wants_quant(self) -> bool:
@@ -73,7 +76,7 @@ class AlignQ(DomainAdaptation):
                 self.crp[name] = CrpTerm(q, hp.get("mu", 0.2), hp.get("rho", 0.3))
 
     def extra_loss(self):
-        if not getattr(self, "crp", None):
+        if not self.crp:
             return 0.0, {}
         total = 0.0
         for term in self.crp.values():
@@ -87,7 +90,7 @@ class AlignQ(DomainAdaptation):
         if self.hparams.get("grad_approx", True):
             self.reshape_gradients()
         self.optimizer.step()
-        for term in getattr(self, "crp", {}).values():
+        for term in self.crp.values():
             if term.relations:
                 term.state.update(term.relations[-1])
             term.relations.clear()
@@ -95,7 +98,7 @@ class AlignQ(DomainAdaptation):
     @torch.no_grad()
     def reshape_gradients(self):
         hp = self.hparams
-        for m in getattr(self, "approx_layers", []):
+        for m in self.approx_layers:
             if m.weight.grad is not None:
                 m.weight.grad.mul_(grad_approx_factor(m.weight, m.weight_quant.spec.bits,
                                                       hp.get("lam", 1.0), hp.get("lam2", 4.0)))

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from ..errors import QdgError
 from ..io import atomic_path, read_json
-from ..report import human_bytes, pct
+from ..tables import human_bytes, pct
 from .core import SCHEMA
 
 
