@@ -60,6 +60,36 @@ def select_runtimes(names: list[str] | None) -> tuple[list, list[dict]]:
     return use, skipped
 
 
+def _check_args(artifacts, batches, duration_s: float, warmup_ms: float, min_iters: int) -> list[int]:
+    """The sorted distinct batch sizes; QdgError for anything bench cannot run with."""
+    if not artifacts:
+        raise QdgError("give at least one artifact: a run directory, an .onnx or an .engine file")
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise QdgError(f"batch sizes must be positive integers, got {batches}")
+    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
+        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
+    return batches
+
+
+def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple], list[dict]]:
+    """(artifact, runtime) pairs to measure, and the skipped entries (unavailable runtimes, inapplicable pairs)."""
+    use, skipped = select_runtimes(runtimes)
+    pairs = []
+    for art in arts:
+        for rt in use:
+            ok, why = rt.applies(art)
+            if ok:
+                pairs.append((art, rt))
+            elif runtimes or not why.startswith(f"{rt.name} takes"):
+                # Unasked-for runtimes that simply take another artifact kind are not worth a line each.
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None, "reason": why})
+    if not pairs:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "no runtime selected"
+        raise QdgError(f"nothing to measure ({reasons})")
+    return pairs, skipped
+
+
 def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
           warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10, threads: int | None = None,
           accuracy: bool = True, copies: bool = True, console: Console | None = None,
@@ -70,28 +100,8 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     """
     import torch
 
-    if not artifacts:
-        raise QdgError("give at least one artifact: a run directory, an .onnx or an .engine file")
-    batches = sorted({int(b) for b in batches})
-    if not batches or batches[0] < 1:
-        raise QdgError(f"batch sizes must be positive integers, got {batches}")
-    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
-        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
-    arts = [resolve_artifact(a) for a in artifacts]
-    use, skipped = select_runtimes(runtimes)
-    explicit = bool(runtimes)
-    pairs = []
-    for art in arts:
-        for rt in use:
-            ok, why = rt.applies(art)
-            if ok:
-                pairs.append((art, rt))
-            elif explicit or not why.startswith(f"{rt.name} takes"):
-                # Unasked-for runtimes that simply take another artifact kind are not worth a line each.
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None, "reason": why})
-    if not pairs:
-        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "no runtime selected"
-        raise QdgError(f"nothing to measure ({reasons})")
+    batches = _check_args(artifacts, batches, duration_s, warmup_ms, min_iters)
+    pairs, skipped = _pairs([resolve_artifact(a) for a in artifacts], runtimes)
 
     env = environment(threads)
     torch_threads = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""Training algorithms, DomainBed style: one short class each, `update()` and `predict()`, found by name."""
+"""Training algorithms, DomainBed style: one short class each, `update()` and `predict()` (by name: train/methods.py)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import QdgError
 from ..models import build_model
 from ..quant import get_scheme, is_quantized, quantize_model
-
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        cls.name = name
-        ALGORITHMS[name] = cls
-        return cls
-    return deco
-
-
-def get_algorithm(name: str) -> type["Algorithm"]:
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        raise QdgError(f"unknown method {name!r}; available: {', '.join(ALGORITHMS)}") from None
-
 
 def scheme_from_hparams(hp: dict):
     return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"),
@@ -74,8 +55,8 @@ class Algorithm(nn.Module):
         self.optimizer.step()
 
 
-@register("erm")
 class ERM(Algorithm):
+    name = "erm"
     def update(self, minibatches, step, unlabeled=None):
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
@@ -84,8 +65,8 @@ class ERM(Algorithm):
         return {"loss": loss.item()}
 
 
-@register("qtdog")
 class QTDoG(ERM):
+    name = "qtdog"
     """ERM whose network becomes the quantized network after `q_steps` float steps.
 
     Unlike the reference code, the optimizer is rebuilt at the conversion so that the quantized

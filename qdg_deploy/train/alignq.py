@@ -33,7 +33,6 @@ from torch import nn
 from ..quant import quant_layers
 from ..quant.daq import is_daq
 from ..quant.layers import QuantMixin
-from .algorithms import register
 from .alignq_terms import CrpTerm, grad_approx_factor
 from .da import DomainAdaptation
 
@@ -49,8 +48,8 @@ def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     return {n: q for n, q in found.items() if is_daq(q)}
 
 
-@register("alignq")
 class AlignQ(DomainAdaptation):
+    name = "alignq"
     da = "dann"
     crp: dict[str, CrpTerm] = {}  # set by quantize(): one CRP term per chosen DAQ activation quantizer
     approx_layers: list[nn.Module] = []  # set by quantize(): the layers whose gradients are reshaped

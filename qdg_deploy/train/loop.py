@@ -21,7 +21,8 @@ from ..errors import QdgError
 from ..evaluation import accuracy, domain_metrics, make_progress
 from ..quant import model_size
 from ..runs import METRICS, WEIGHTS, model_record, save_run
-from .algorithms import get_algorithm, scheme_from_hparams
+from .algorithms import scheme_from_hparams
+from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 
 
@@ -88,55 +89,21 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
         torch.set_num_threads(hp["threads"])
     init = apply_init(hp)
     ds, splits = run_splits(hp)
-    da = hp.get("source") is not None or hp.get("target") is not None
-    if da:  # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
-        if hp.get("source") is None or hp.get("target") is None:
-            raise QdgError("domain adaptation needs both --source and --target")
-        source, test_env = ds.domain_index(str(hp["source"])), ds.domain_index(str(hp["target"]))
-        if source == test_env:
-            raise QdgError("--source and --target must be different domains")
-        train_splits = [splits[source]]
-    else:
-        test_env = ds.domain_index(hp["test_env"])
-        train_splits = [s for i, s in enumerate(splits) if i != test_env]
+    source, test_env, train_splits = _domains(hp, ds, splits)
+    da = source is not None
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(train_splits), hp)
-    workers = 0 if isinstance(train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
-    streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
-               for i, s in enumerate(train_splits)]
-    target_stream = (infinite_batches(splits[test_env].train, hp["batch_size"], hp["seed"] * 1000 + 999, workers)
-                     if da else None)
-
-    best = (-1.0, None, None)  # (val_acc, step, state)
-    history = []
-    own_progress = progress is None
-    progress = progress or make_progress(console)
     label = (f"{hp['method']} · {ds.domains[source]} → {ds.domains[test_env]}" if da
              else f"{hp['method']} · test env {ds.domains[test_env]}")
     start = time.perf_counter()
+    own_progress = progress is None
+    progress = progress or make_progress(console)
     with progress if own_progress else nullcontext():
-        task = progress.add_task(label, total=hp["steps"], info="")
-        for step in range(hp["steps"]):
-            algo.train()
-            unlabeled = next(target_stream)[0] if da else None
-            losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
-            last = step + 1 == hp["steps"]
-            if (step + 1) % hp["checkpoint_freq"] == 0 or last:
-                algo.eval()
-                val = float(np.mean([accuracy(algo.predict, s.out_eval) for s in train_splits]))
-                history.append({"step": step + 1, "val_acc": val, **losses})
-                if algo.is_selectable(step) and val > best[0]:
-                    best = (val, step + 1, copy.deepcopy(algo.network.state_dict()))
-            progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {best[0]:.3f}")
-        if not own_progress:
-            progress.remove_task(task)
-    if best[2] is None:
-        raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
+        best, history = _steps(algo, hp, train_splits, splits[test_env] if da else None, progress, label,
+                               own_progress)
     algo.network.load_state_dict(best[2])
     algo.eval()
-
     scored = domain_metrics(algo.predict, splits, test_env)
-    quantized = algo.quantizes
-    scheme = scheme_from_hparams(hp) if quantized else None
+    scheme = scheme_from_hparams(hp) if algo.quantizes else None
     metrics = {"per_domain": scored["per_domain"], "test_env": scored["test_env"], "test_acc": scored["test_acc"],
                "val_acc": best[0], "selected_step": best[1],
                "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
@@ -153,6 +120,49 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
                                        "selection": "source out accuracy"}
     save_run(out, config, algo.network.state_dict(), metrics)
     return metrics
+
+
+def _domains(hp: dict, ds, splits) -> tuple[int | None, int, list]:
+    """(source index or None, held-out / target index, the splits trained on). Domain adaptation: the labelled
+    source's `in` split (the target's `in` split is the unlabelled stream); otherwise every domain but the test one."""
+    if hp.get("source") is None and hp.get("target") is None:
+        test_env = ds.domain_index(hp["test_env"])
+        return None, test_env, [s for i, s in enumerate(splits) if i != test_env]
+    if hp.get("source") is None or hp.get("target") is None:
+        raise QdgError("domain adaptation needs both --source and --target")
+    source, test_env = ds.domain_index(str(hp["source"])), ds.domain_index(str(hp["target"]))
+    if source == test_env:
+        raise QdgError("--source and --target must be different domains")
+    return source, test_env, [splits[source]]
+
+
+def _steps(algo, hp: dict, train_splits, target, progress: Progress, label: str, own_progress: bool):
+    """Run every training step, scoring a checkpoint every checkpoint_freq steps; returns the best
+    (val_acc, step, state) and the history."""
+    workers = 0 if isinstance(train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
+    streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
+               for i, s in enumerate(train_splits)]
+    target_stream = (infinite_batches(target.train, hp["batch_size"], hp["seed"] * 1000 + 999, workers)
+                     if target is not None else None)
+    best = (-1.0, None, None)  # (val_acc, step, state)
+    history = []
+    task = progress.add_task(label, total=hp["steps"], info="")
+    for step in range(hp["steps"]):
+        algo.train()
+        unlabeled = next(target_stream)[0] if target_stream is not None else None
+        losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
+        if (step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]:
+            algo.eval()
+            val = float(np.mean([accuracy(algo.predict, s.out_eval) for s in train_splits]))
+            history.append({"step": step + 1, "val_acc": val, **losses})
+            if algo.is_selectable(step) and val > best[0]:
+                best = (val, step + 1, copy.deepcopy(algo.network.state_dict()))
+        progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {best[0]:.3f}")
+    if not own_progress:
+        progress.remove_task(task)
+    if best[2] is None:
+        raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
+    return best, history
 
 
 def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False) -> dict:
