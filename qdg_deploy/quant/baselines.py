@@ -1,4 +1,4 @@
-"""The quantizers AlignQ compares against, in the same registry as LSQ: dorefa, uniform, apot, bwn.
+"""The quantizers AlignQ compares against, listed with LSQ in quant/catalog.py: dorefa, uniform, apot, bwn.
 
 Each keeps the registry's contract: the forward equals (codes - zero_point) * scale() with integer codes
 from `integer_codes(x)` inside [qmin, qmax], so an exporter can write a layer's weights as codes.

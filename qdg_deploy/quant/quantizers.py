@@ -1,4 +1,4 @@
-"""Quantizers: LSQ (learned step size) and the baselines AlignQ compares against, in one registry.
+"""Quantizers: the QuantSpec record, the Quantizer base and LSQ (learned step size); all by name in quant/catalog.py.
 
 Every quantizer maps a float tensor to `(q - z) * s` with q an integer code in [qmin, qmax], so an
 exporter can read `integer_codes()`, `scale()` and `zero_point()` and write QuantizeLinear /
