@@ -28,7 +28,7 @@ from .layers import QConv2d, QLinear, QuantMixin
 from .norms import FoldedBatchNorm2d
 from .ort_fusion import output_quantizer
 from .quantizers import Quantizer
-from .residual import _QBlock
+from .residual import QBlock
 from .swap import recast, replace_module
 from .tracing import conv_bn_pairs, trace
 
@@ -71,7 +71,7 @@ def layer_plan(m: nn.Module) -> LayerPlan:
 
 def add_plans(model: nn.Module) -> list[AddPlan]:
     """The residual Adds the model computes as ORT's QLinearAdd in eval mode."""
-    return [m.add_plan for m in model.modules() if isinstance(m, _QBlock) and m.add_plan is not None]
+    return [m.add_plan for m in model.modules() if isinstance(m, QBlock) and m.add_plan is not None]
 
 
 def _per_tensor_input(m: QuantMixin) -> bool:

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from .plan import AddPlan
 
 
-class _QBlock:
+class QBlock:
+    """What the quantized BasicBlock and Bottleneck share: the identity path and the residual Add."""
+
     add_plan: AddPlan | None = None  # the Add as ORT's QLinearAdd in eval mode (quant/plan.py), where it fuses
 
     def identity(self, x):
@@ -43,13 +45,13 @@ class _QBlock:
         return self.relu(residual_add(self.add_plan, self.training, self.add_quant(out), self.identity(x)))
 
 
-class QBasicBlock(_QBlock, BasicBlock):
+class QBasicBlock(QBlock, BasicBlock):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         return self.add(self.bn2(self.conv2(out)), x)
 
 
-class QBottleneck(_QBlock, Bottleneck):
+class QBottleneck(QBlock, Bottleneck):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
