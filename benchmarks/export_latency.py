@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 import torch
 
-from qdg_deploy.export import export_onnx, float_copy, ort_session
+from qdg_deploy.export import export_onnx, ort_session
 from qdg_deploy.models import build_model
-from qdg_deploy.quant import get_scheme, quantize_model
+from qdg_deploy.quant import get_scheme, quantize_model, strip_quantizers
 
 
 def model_for(scheme: str | None, calib: torch.Tensor) -> torch.nn.Module:
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
                                       ("ours_trt_scheme_target_tensorrt", "trt", "tensorrt")):
             info = export_onnx(model_for(scheme, calib), shape, d / f"{label}.onnx", target=target)
             paths[label], infos[label] = d / f"{label}.onnx", info
-        fp32 = float_copy(model_for(None, calib))
+        fp32 = strip_quantizers(model_for(None, calib))
         export_onnx(fp32, shape, d / "fp32.onnx", fp32=True)
         paths["ort_fp32"] = d / "fp32.onnx"
         ort_quantize_static(paths["ort_fp32"], d / "quantize_static.onnx", calib.numpy())

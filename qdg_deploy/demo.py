@@ -7,10 +7,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .report import per_domain_table
+from .tables import per_domain_table
 from .runs import load_run
 from .train import resolve_hparams, train_one
-from .train.loop import make_progress
+from .evaluation import make_progress
 
 
 def w8a8_scheme() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from .data import run_splits
 from .io import write_json
 from .runs import load_run
-from .train.evaluate import domain_metrics
+from .evaluation import domain_metrics
 
 
 def evaluate_run(run_dir: str | Path, json_path: str | Path | None = None) -> dict:

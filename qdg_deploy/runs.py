@@ -19,6 +19,7 @@ from .models import build_model
 from .quant import Scheme, quantize_model
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
+RUN_FILES = (CONFIG, WEIGHTS, METRICS)
 
 
 @dataclass
@@ -59,11 +60,21 @@ def build_run_model(record: dict) -> nn.Module:
     return net
 
 
+def missing_run_files(path: str | Path, files: tuple[str, ...] = RUN_FILES) -> list[str]:
+    """Which of a run directory's files `path` lacks (all of them where it is not a directory)."""
+    return [name for name in files if not (Path(path) / name).is_file()]
+
+
+def check_run_dir(path: str | Path, files: tuple[str, ...] = RUN_FILES, role: str = "") -> Path:
+    """`path` as a Path, or a QdgError naming what it lacks; `role` prefixes the message (e.g. "--init ")."""
+    missing = missing_run_files(path, files)
+    if missing:
+        raise QdgError(f"{role}{path} is not a run directory ({', '.join(missing)} missing)")
+    return Path(path)
+
+
 def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    for name in (CONFIG, WEIGHTS, METRICS):
-        if not (path / name).is_file():
-            raise QdgError(f"{path} is not a run directory: {name} is missing")
+    path = check_run_dir(path)
     config = read_json(path / CONFIG)
     net = build_run_model(config["model"])
     state = load_file(str(path / WEIGHTS))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from qdg_deploy.quant import QuantSpec, build_quantizer, get_scheme, quant_layers, quantize_model
-from qdg_deploy.quant.daq import (CrpState, admm_loss, admm_update, crp_discrepancy, daq_act, daq_weight,
-                                  grad_approx_factor, normal_cdf, relation_matrix)
+from qdg_deploy.quant.daq import daq_act, daq_weight, normal_cdf
+from qdg_deploy.train.alignq_terms import (CrpState, admm_loss, admm_update, crp_discrepancy, grad_approx_factor,
+                                           relation_matrix)
 from qdg_deploy.models import build_model
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams
@@ -173,13 +174,13 @@ def test_alignq_update_reshapes_gradients_and_runs_admm():
     algo.reshape_gradients()
     factor = grad_approx_factor(layers["conv3"].weight, 4, 1.0, 4.0)
     assert torch.allclose(layers["conv3"].weight.grad, raw * factor)
-    for q, _ in algo.crp.values():
-        q.relations.clear()
+    for term in algo.crp.values():
+        term.relations.clear()
     before = {n: m.weight.detach().clone() for n, m in layers.items()}
     info = algo.update([(xs, ys)], 0, unlabeled=xt)
     assert {"loss", "cls", "dom_src", "dom_tgt", "crp"} <= set(info) and info["crp"] > 0
-    for q, state in algo.crp.values():
-        assert not q.relations and state.gamma is not None and state.gamma.abs().sum() > 0
+    for term in algo.crp.values():
+        assert not term.relations and term.state.gamma is not None and term.state.gamma.abs().sum() > 0
     assert all(not torch.equal(before[n], m.weight) for n, m in layers.items())
 
 

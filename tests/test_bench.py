@@ -105,12 +105,13 @@ from typer.testing import CliRunner
 
 from qdg_deploy import bench as B
 from qdg_deploy.bench.harness import summarize, time_fn
-from qdg_deploy.bench.runtimes import COPIES_NONE, float_network
+from qdg_deploy.bench.runtimes import COPIES_NONE
+from qdg_deploy.quant import strip_quantizers
 from qdg_deploy.cli import app
 from qdg_deploy.data import split_domains
 from qdg_deploy.errors import QdgError
 from qdg_deploy.runs import load_run
-from qdg_deploy.train.evaluate import accuracy
+from qdg_deploy.evaluation import accuracy
 
 FAST = dict(warmup_ms=10, duration_s=0.05, min_iters=3, threads=1)
 
@@ -122,7 +123,7 @@ def world(tmp_path_factory):
     qrun = make_run(root / "qrun", data, scheme="ort")
     frun = make_run(root / "frun", data, seed=1)
     shape = [3, IMAGE, IMAGE]
-    export_float_onnx(float_network(B.resolve_artifact(qrun)), qrun / "model.onnx", shape)
+    export_float_onnx(strip_quantizers(load_run(qrun).model), qrun / "model.onnx", shape)
     export_float_onnx(load_run(frun).model, frun / "model.onnx", shape)
     bare = root / "bare"
     bare.mkdir()

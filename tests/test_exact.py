@@ -1,4 +1,4 @@
-"""Exact eval arithmetic (quant/exact.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
+"""Exact eval arithmetic (quant/kernels.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
 fuses (QLinearConv, QLinearAdd) computed bit for bit — including the near-ties where a plain float computation
 of the same formula picks the other code."""
 
@@ -14,7 +14,11 @@ from torch import nn
 
 from qdg_deploy.export import export_onnx, ort_session
 from qdg_deploy.quant import get_scheme, quantize_model
-from qdg_deploy.quant.exact import FoldedBatchNorm2d, fused_add, is_exact
+from qdg_deploy.quant import strip_quantizers
+from qdg_deploy.quant.kernels import fused_add
+from qdg_deploy.quant.layers import is_exact
+from qdg_deploy.quant.norms import FoldedBatchNorm2d
+from qdg_deploy.quant.plan import Mode
 
 
 def _x86_vnni() -> bool:
@@ -74,8 +78,8 @@ def test_folded_batchnorm_is_identity_only_in_eval_with_its_layer_quantized():
         bn.train()
         assert not torch.allclose(bn(x), x)
         bn.eval()
-        m[0].act_quant = None  # e.g. the float copy for the FP32 baseline: the conv no longer folds it
-        assert not torch.allclose(bn(x), x)
+        float_bn = strip_quantizers(m)[1]  # the FP32 baseline: no conv folds it any more
+        assert type(float_bn) is torch.nn.BatchNorm2d and not torch.allclose(float_bn(x), x)
 
 
 def test_snap_recovers_the_integer_accumulator_where_float_sums_differ():
@@ -108,7 +112,8 @@ def test_fused_conv_computes_as_ort_qlinearconv(tmp_path):
     with torch.no_grad():
         m(x)
     conv = m[0]
-    assert conv.fused_out is m[2].act_quant and conv.act_quant.zero_point_int() != 0
+    assert conv.plan.mode is Mode.ORT_KERNEL and conv.plan.out_quant is m[2].act_quant
+    assert conv.act_quant.zero_point_int() != 0
     info = export_onnx(m, (32, 16, 16), tmp_path / "f.onnx", target="ort")
     assert info["ort_fused_layers"][:1] == ["0"]
     with torch.no_grad():
@@ -171,7 +176,7 @@ def test_calibration_in_eval_mode_sees_the_float_path_before_the_next_quantizer_
     m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     quantize_model(m, get_scheme("ort")).eval()
     q = m[2].act_quant
-    assert m[0].fused_out is q and not bool(q.initialized) and not q.learned_zp
+    assert m[0].plan.out_quant is q and not bool(q.initialized) and not q.learned_zp
     x = torch.randn(16, 3, 10, 10)
     with torch.no_grad():
         m(x)

@@ -17,6 +17,7 @@ from qdg_deploy.errors import QdgError
 from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, ort_session
 from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
+from qdg_deploy.quant.plan import Mode
 from qdg_deploy.quant.schemes import Scheme
 from tests.conftest import run_cli
 
@@ -118,7 +119,7 @@ def test_model_without_integer_biases_exports_snapped_layers_and_ort_agrees_bit_
     every quantized layer is snapped to its accumulator, and ORT (all optimizations) gives the same floats."""
     old_ort = replace(get_scheme("ort"), int_bias=False)
     chain = _chain(old_ort)
-    assert not any(getattr(m, "fused_out", None) for m in chain.modules())
+    assert [m.plan.mode for m in quant_layers(chain).values()] == [Mode.SNAPPED] * 3
     info = export_onnx(chain, (3, 8, 8), tmp_path / "c.onnx", target="ort")
     assert all(e["exact"].startswith("integer accumulator snapped") and e["bias"] == "float Add" for e in info["layers"])
     x = torch.randn(32, 3, 8, 8)
@@ -130,12 +131,13 @@ def test_ort_scheme_layers_compute_as_ort_integer_kernels_bit_for_bit(tmp_path):
     from qdg_deploy.quant.bias import bias_unit, bn_factors, folded_bias
     chain = _chain(get_scheme("ort"))
     conv, bn = chain[0], chain[1]
-    assert conv.int_bias and conv.bias_bn is bn
+    assert conv.plan.int_bias and conv.plan.bn is bn
     unit = bias_unit(conv, bn_factors(bn, 8)[0])
-    k = folded_bias(conv, bn)[2] / unit
+    k = folded_bias(conv, bn, int_grid=True)[2] / unit
     assert np.allclose(k, np.round(k), atol=1e-6) and np.abs(k).max() > 10  # on the grid, and not all zero
     # conv0 → BN → ReLU → conv3's uint8 zero-point-0 quantizer: ORT's QLinearConv; conv3 → ReLU → pool: not fused
-    assert conv.fused_out is chain[3].act_quant and chain[3].fused_out is None
+    assert conv.plan.mode is Mode.ORT_KERNEL and conv.plan.out_quant is chain[3].act_quant
+    assert chain[3].plan.mode is Mode.SNAPPED and chain[3].plan.out_quant is None
     x = torch.randn(32, 3, 8, 8)
     with torch.no_grad():
         y = bn(conv(x))  # eval: already on the next quantizer's grid (the kernel's uint8 codes, dequantized)

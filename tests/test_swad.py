@@ -13,7 +13,7 @@ from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams, train_one
 from qdg_deploy.train.algorithms import quantizer_params
 from qdg_deploy.train.dg import coral_penalty
-from qdg_deploy.train.evaluate import predictions
+from qdg_deploy.evaluation import predictions
 from qdg_deploy.train.swad import LossValley, RunningAverage, WeightAveraging, recompute_bn
 
 
@@ -200,7 +200,7 @@ def test_quant_on_a_dg_method_quantizes_it():
 @pytest.fixture(scope="module")
 def swad_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "swad"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", steps=24, q_steps=4, checkpoint_freq=2, batch_size=8,
+    hp = resolve_hparams("rotated-mnist", method="qtdog", steps=14, q_steps=4, checkpoint_freq=2, batch_size=8,
                          test_env="75", swad_n_converge=2, swad_n_tolerance=2, swad_tolerance_ratio=1.0)
     return out, train_one(hp, out)
 

@@ -14,7 +14,7 @@ from .artifacts import Artifact, resolve_artifact
 from .core import SCHEMA, bench, domain_accuracy, select_runtimes
 from .env import environment
 from .harness import LatencyStats, measure, summarize, time_fn
-from .report import (accuracy_table, compare, compare_table, load_result, plot_paths, results_table,
+from .results import (accuracy_table, compare, compare_table, load_result, plot_paths, results_table,
                      runtimes_table, skipped_lines, write_plots)
 from .runtimes import (COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, RUNTIMES, Runtime, Session,
                        get_runtime, list_runtimes, register_runtime)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import QdgError
 from ..io import read_json
-from ..runs import CONFIG, METRICS, WEIGHTS
+from ..runs import CONFIG, WEIGHTS, missing_run_files
 
 ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME = "model.onnx", "model.fp32.onnx", "model.engine"
 
@@ -83,7 +83,7 @@ class Artifact:
 def resolve_artifact(path: str | Path) -> Artifact:
     p = Path(path)
     if p.is_dir():
-        missing = [n for n in (CONFIG, WEIGHTS, METRICS) if not (p / n).is_file()]
+        missing = missing_run_files(p)
         if missing:
             raise QdgError(f"{p} is neither a run directory ({', '.join(missing)} missing) nor an .onnx/.engine file")
         return Artifact(p, "run", p, label=str(path))
@@ -93,7 +93,7 @@ def resolve_artifact(path: str | Path) -> Artifact:
     kind = {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}.get(suffix)
     if kind is None:
         raise QdgError(f"{p}: unknown artifact type {suffix or '(no suffix)'}; give a run directory, an .onnx or an .engine")
-    run_dir = p.parent if (p.parent / CONFIG).is_file() and (p.parent / WEIGHTS).is_file() else None
+    run_dir = p.parent if not missing_run_files(p.parent, (CONFIG, WEIGHTS)) else None
     return Artifact(p, kind, run_dir, label=str(path))
 
 

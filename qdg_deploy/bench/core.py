@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from ..errors import QdgError
+from ..evaluation import domain_counts, make_progress
 from .artifacts import Artifact, resolve_artifact
 from .env import environment
 from .harness import measure
@@ -36,42 +37,12 @@ def _splits(config: dict):
     return _SPLITS[key]
 
 
-def _count_correct(session: Session, dataset, batch: int) -> tuple[int, int]:
-    from ..train.evaluate import iter_batches
-
-    correct = total = 0
-    fixed = session.fixed_batch
-    for x, y in iter_batches(dataset, fixed or batch):
-        x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        n = len(x)
-        if fixed and n < fixed:  # a fixed-batch artifact: pad the last chunk, score the real rows only
-            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), np.float32)])
-        logits = np.asarray(session.predict(x))[:n]
-        correct += int((logits.argmax(1) == np.asarray(y)).sum())
-        total += n
-    return correct, total
-
-
 def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH) -> dict:
     """Accuracy on every domain of the artifact's data set (its run's split): a training domain on its
     held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`."""
     cfg = artifact.config
-    splits = _splits(cfg)
-    test = cfg["test_env_index"]
-    per_domain = {}
-    for i, s in enumerate(splits):
-        held = i == test
-        parts = [s.in_eval, s.out_eval] if held else [s.out_eval]
-        c = t = 0
-        for part in parts:
-            ci, ti = _count_correct(session, part, batch)
-            c, t = c + ci, t + ti
-        per_domain[s.name] = {"acc": c / t if t else float("nan"), "n": t, "split": "all" if held else "out",
-                              "held_out": held}
-    train = [d for d, r in per_domain.items() if not r["held_out"]]
-    return {"dataset": cfg["hparams"]["dataset"], "test_env": splits[test].name, "per_domain": per_domain,
-            "test_acc": per_domain[splits[test].name]["acc"],
-            "val_acc": float(np.mean([per_domain[d]["acc"] for d in train])) if train else float("nan")}
+    counts = domain_counts(session.predict, _splits(cfg), cfg["test_env_index"], batch, session.fixed_batch)
+    return {"dataset": cfg["hparams"]["dataset"], **counts}
 
 
 # ---------------------------------------------------------------- the driver
@@ -89,10 +60,34 @@ def select_runtimes(names: list[str] | None) -> tuple[list, list[dict]]:
     return use, skipped
 
 
-def _progress(console: Console | None) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console or Console(stderr=True),
-                    transient=True)
+def _check_args(artifacts, batches, duration_s: float, warmup_ms: float, min_iters: int) -> list[int]:
+    """The sorted distinct batch sizes; QdgError for anything bench cannot run with."""
+    if not artifacts:
+        raise QdgError("give at least one artifact: a run directory, an .onnx or an .engine file")
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise QdgError(f"batch sizes must be positive integers, got {batches}")
+    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
+        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
+    return batches
+
+
+def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple], list[dict]]:
+    """(artifact, runtime) pairs to measure, and the skipped entries (unavailable runtimes, inapplicable pairs)."""
+    use, skipped = select_runtimes(runtimes)
+    pairs = []
+    for art in arts:
+        for rt in use:
+            ok, why = rt.applies(art)
+            if ok:
+                pairs.append((art, rt))
+            elif runtimes or not why.startswith(f"{rt.name} takes"):
+                # Unasked-for runtimes that simply take another artifact kind are not worth a line each.
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None, "reason": why})
+    if not pairs:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "no runtime selected"
+        raise QdgError(f"nothing to measure ({reasons})")
+    return pairs, skipped
 
 
 def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
@@ -105,28 +100,8 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     """
     import torch
 
-    if not artifacts:
-        raise QdgError("give at least one artifact: a run directory, an .onnx or an .engine file")
-    batches = sorted({int(b) for b in batches})
-    if not batches or batches[0] < 1:
-        raise QdgError(f"batch sizes must be positive integers, got {batches}")
-    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
-        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
-    arts = [resolve_artifact(a) for a in artifacts]
-    use, skipped = select_runtimes(runtimes)
-    explicit = bool(runtimes)
-    pairs = []
-    for art in arts:
-        for rt in use:
-            ok, why = rt.applies(art)
-            if ok:
-                pairs.append((art, rt))
-            elif explicit or not why.startswith(f"{rt.name} takes"):
-                # Unasked-for runtimes that simply take another artifact kind are not worth a line each.
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None, "reason": why})
-    if not pairs:
-        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "no runtime selected"
-        raise QdgError(f"nothing to measure ({reasons})")
+    batches = _check_args(artifacts, batches, duration_s, warmup_ms, min_iters)
+    pairs, skipped = _pairs([resolve_artifact(a) for a in artifacts], runtimes)
 
     env = environment(threads)
     torch_threads = torch.get_num_threads()
@@ -134,7 +109,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     records = []
     total = len(pairs) * (len(batches) + int(accuracy))
     own = progress is None
-    progress = progress or _progress(console)
+    progress = progress or make_progress(console or Console(stderr=True), transient=True, elapsed=True)
     try:
         with progress if own else nullcontext():
             task = progress.add_task("bench", total=total, info="")

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..io import write_json
-from ..report import human_bytes, pct
+from ..tables import human_bytes, pct
 from .artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
 from .core import bench
-from .report import write_plots
+from .results import write_plots
 
 
 def deployment_artifact(run_dir: str | Path) -> Path:

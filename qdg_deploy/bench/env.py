@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .runtimes import cuda_device_name
+from .session import cuda_device_name
 
 
 def cpu_model() -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import QdgError
 from ..quant.bias import folded_bias
-from ..quant.exact import fold_scales, weight_scale
+from ..quant.kernels import fold_scales, weight_scale
+from ..quant.plan import layer_plan
 
 
 @dataclass
@@ -32,13 +32,14 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     """Codes/scales (or float weights) and bias of a Conv2d/Linear with an optional following BatchNorm."""
     w = layer.weight.detach()
     c = w.shape[0]
-    if (getattr(layer, "int_bias", False) or getattr(layer, "exact", False)) and getattr(layer, "bias_bn", None) is not bn:
+    plan = layer_plan(layer)
+    if (plan.int_bias or plan.exact) and plan.bn is not bn:
         raise QdgError("the BatchNorm folded on export is not the one the layer folds in eval mode")
-    factor, _, bias = folded_bias(layer, bn)
+    factor, _, bias = folded_bias(layer, bn, plan.int_bias)
     has_bias = layer.bias is not None or bn is not None
     bias32 = bias.astype(np.float32) if has_bias else None
-    wq = getattr(layer, "weight_quant", None)
-    if not quantized or wq is None:
+    wq = layer.weight_quant if quantized else None
+    if wq is None:
         wf = w.double().numpy() * factor.reshape((c,) + (1,) * (w.dim() - 1))
         return FoldedWeight(None, None, wf.astype(np.float32), bias32)
     if wq.zero_point_int() != 0:

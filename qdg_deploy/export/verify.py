@@ -16,30 +16,14 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset
 
+from ..evaluation import iter_batches, make_progress
+from ..ort_session import ort_session
 from ..quant import Quantizer
-from ..quant.graph import trace
+from ..quant.tracing import trace
 
 # A tensor "diverges" when its max |torch - onnx| exceeds this fraction of its max |torch| (a single
 # quantization step of an 8-bit tensor is ~1/127 of its range; float reordering is ~1e-6).
 REL_TOL = 1e-3
-
-
-def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, level: str = "all",
-                optimized_path: str | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,11 +59,33 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
     `samples`: compare only these rows of the batch. Run the whole batch a disagreement came from: ORT's float
     results depend on the batch (its kernels block by it), so a near-tie seen there may not recur in a smaller one."""
     model.eval()
+    values, acts, quantizers = _torch_values(model, probes, x)
+    outs = _onnx_values(proto, probes, x, level)
+    mods = dict(model.named_modules())
+    rows, first = [], None
+    for p in probes:
+        quantized = p["kind"] == "act" or isinstance(mods.get(p["layer"]), Quantizer)
+        pre = acts.get(p["layer"], (None, None))[0] if quantized else None
+        ref = acts.get(p["layer"], (None, None))[1] if p["kind"] == "act" else values.get(p.get("fx"))
+        if ref is None or p["tensor"] not in outs or ref.shape != outs[p["tensor"]].shape:
+            continue
+        ref, got = ref.numpy(), outs[p["tensor"]]
+        if samples is not None:
+            ref, got = ref[samples], got[samples]
+            pre = pre[samples] if pre is not None else None
+        row = _row(p, ref, got, pre, quantizers.get(p["layer"]))
+        rows.append(row)
+        if first is None and row["mismatch_fraction"] > 0:
+            first = row["tensor"]
+    return {"first_divergence": first, "layers": rows, "n_samples": int(len(x) if samples is None else len(samples))}
+
+
+def _torch_values(model: nn.Module, probes: list[dict], x: torch.Tensor):
+    """Every fx node's output on x, and (input, output) of each quantizer a probe reads (its codes), by probe layer."""
     gm = trace(model)
     values: dict[str, torch.Tensor] = {}
-    acts: dict[str, torch.Tensor] = {}
+    acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     mods = dict(model.named_modules())
-    hooks = []
     quantizers = {}  # probe layer -> the quantizer whose input decides its codes
     for p in probes:
         m = mods.get(p["layer"])
@@ -87,9 +93,8 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
             quantizers[p["layer"]] = m.act_quant
         elif isinstance(m, Quantizer):  # a standalone quantizer (residual Add input): its output is codes too
             quantizers[p["layer"]] = m
-    for k, q in quantizers.items():
-        hooks.append(q.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach().clone(),
-                                                                                       o.detach()))))
+    hooks = [q.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach().clone(), o.detach())))
+             for k, q in quantizers.items()]
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
@@ -103,47 +108,35 @@ def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict
     finally:
         for h in hooks:
             h.remove()
+    return values, acts, quantizers
+
+
+def _onnx_values(proto: onnx.ModelProto, probes: list[dict], x: torch.Tensor, level: str) -> dict[str, np.ndarray]:
+    """Every probed tensor of the ONNX graph on x (each made a graph output)."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     known = {o.name for o in m.graph.output}
-    wanted = [p for p in probes if p["tensor"] not in known]
-    for p in wanted:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(p["tensor"], onnx.TensorProto.FLOAT, None))
+    for p in probes:
+        if p["tensor"] not in known:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(p["tensor"], onnx.TensorProto.FLOAT, None))
     sess = ort_session(m, level=level)
     names = [o.name for o in sess.get_outputs()]
-    outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
-    rows, first = [], None
-    for p in probes:
-        quantized = p["kind"] == "act" or isinstance(mods.get(p["layer"]), Quantizer)
-        pre = acts.get(p["layer"], (None, None))[0] if quantized else None
-        if p["kind"] == "act":
-            ref = acts.get(p["layer"], (None, None))[1]
-        else:
-            ref = values.get(p.get("fx"))
-        if ref is None or p["tensor"] not in outs:
-            continue
-        ref = ref.numpy()
-        got = outs[p["tensor"]]
-        if ref.shape != got.shape:
-            continue
-        if samples is not None:
-            ref, got = ref[samples], got[samples]
-            pre = pre[samples] if pre is not None else None
-        d = np.abs(ref - got)
-        scale = float(np.abs(ref).max()) or 1.0
-        bad = d > REL_TOL * scale
-        row = {"tensor": f"{p['layer']} ({'quantized input' if p['kind'] == 'act' else 'output'})",
-               "max_abs_diff": float(d.max()), "mismatch_fraction": float(bad.mean())}
-        if pre is not None and bad.any():
-            # how far from a rounding tie (in steps) the torch input was where the codes differ: ~0 means a
-            # float-reordering difference upstream moved a value across a tie, not a wrong graph
-            t = (pre / quantizers[p["layer"]].scale()).numpy()[bad]
-            row["max_tie_distance"] = float(np.abs(t - np.floor(t) - 0.5).max())
-            row["mismatches"] = int(bad.sum())
-        rows.append(row)
-        if first is None and bad.any():
-            first = row["tensor"]
-    return {"first_divergence": first, "layers": rows, "n_samples": int(len(x) if samples is None else len(samples))}
+    return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
+
+
+def _row(p: dict, ref: np.ndarray, got: np.ndarray, pre, quantizer) -> dict:
+    d = np.abs(ref - got)
+    scale = float(np.abs(ref).max()) or 1.0
+    bad = d > REL_TOL * scale
+    row = {"tensor": f"{p['layer']} ({'quantized input' if p['kind'] == 'act' else 'output'})",
+           "max_abs_diff": float(d.max()), "mismatch_fraction": float(bad.mean())}
+    if pre is not None and bad.any():
+        # how far from a rounding tie (in steps) the torch input was where the codes differ: ~0 means a
+        # float-reordering difference upstream moved a value across a tie, not a wrong graph
+        t = (pre / quantizer.scale()).numpy()[bad]
+        row["max_tie_distance"] = float(np.abs(t - np.floor(t) - 0.5).max())
+        row["mismatches"] = int(bad.sum())
+    return row
 
 
 def verify_sets(run, max_samples: int | None = None) -> dict:
@@ -166,9 +159,6 @@ def verify_sets(run, max_samples: int | None = None) -> dict:
 def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
                  console=None) -> dict:
     """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`."""
-    from ..train.evaluate import iter_batches
-    from ..train.loop import make_progress
-
     sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
     raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
     per, all_t, all_o, all_r = {}, [], [], []

@@ -1,4 +1,4 @@
-"""The quantizers AlignQ compares against, in the same registry as LSQ: dorefa, uniform, apot, bwn.
+"""The quantizers AlignQ compares against, listed with LSQ in quant/catalog.py: dorefa, uniform, apot, bwn.
 
 Each keeps the registry's contract: the forward equals (codes - zero_point) * scale() with integer codes
 from `integer_codes(x)` inside [qmin, qmax], so an exporter can write a layer's weights as codes.
@@ -30,7 +30,7 @@ import math
 import torch
 
 from ..errors import QdgError
-from .quantizers import QuantSpec, Quantizer, register_quantizer, round_ste
+from .quantizers import QuantSpec, Quantizer, round_ste
 
 
 def _ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,6 @@ class _FixedRange:
         self.initialized.fill_(True)
 
 
-@register_quantizer("dorefa")
 class DorefaQuantizer(_FixedRange, Quantizer):
     learn_step = False
     learn_zero_point = False
@@ -96,7 +95,6 @@ class DorefaQuantizer(_FixedRange, Quantizer):
         return (2 * r - self.n if self.is_weight else r).to(torch.int32)
 
 
-@register_quantizer("uniform")
 class UniformQuantizer(Quantizer):
     """Symmetric (signed) or zero-based (unsigned) uniform grid with a fixed, data-set step."""
 
@@ -147,7 +145,6 @@ def apot_grid(b: int) -> list[int]:
     return sorted(int(round(v * denom)) for v in values)
 
 
-@register_quantizer("apot")
 class ApotQuantizer(_FixedRange, Quantizer):
     learn_step = False
     learn_zero_point = False
@@ -201,7 +198,6 @@ class ApotQuantizer(_FixedRange, Quantizer):
         return (torch.sign(xc) * self._project(xc.abs())).to(torch.int32)
 
 
-@register_quantizer("bwn")
 class BwnQuantizer(Quantizer):
     learn_step = False
     learn_zero_point = False

@@ -1,84 +1,21 @@
-"""Swap a float model's Conv2d / Linear layers for quantized ones, as a scheme says."""
+"""Swap a float model's Conv2d / Linear layers for quantized ones, as a scheme says; and back (`strip_quantizers`)."""
 
 from __future__ import annotations
 
-import operator
+import copy
 
-import torch
-import torch.fx
-import torch.nn.functional as F
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .layers import QUANT_LAYERS, ExportMatchedAvgPool, ExportMatchedGroupNorm, QConv2d, QLinear, QuantMixin
+from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
+from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
+from .plan import build_plan
+from .residual import QBasicBlock, QBottleneck, quantize_residual_blocks
 from .schemes import Scheme
+from .swap import recast, replace_module
+from .tracing import relu_fed_layers
 
 _LAYER_KIND = {nn.Conv2d: "conv", nn.Linear: "linear"}
-# Ops that keep a ReLU's output non-negative and its zero at code 0, so a zero point of 0 stays exact.
-_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_PASS_FUNCS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout}
-_PASS_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous"}
-_RELU_FUNCS = {F.relu, torch.relu, F.relu6}
-
-
-def relu_fed_layers(model: nn.Module) -> set[str]:
-    """Names of Conv2d/Linear modules whose input comes from a ReLU (through pooling/reshapes only).
-
-    Traced with torch.fx; a model that cannot be traced gets an empty set (every activation quantizer
-    then learns its zero point, which is always correct, only slower on ONNX Runtime).
-    """
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:
-        return set()
-    mods = dict(gm.named_modules())
-    found = set()
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), tuple(_LAYER_KIND)):
-            continue
-        src = node.args[0] if node.args else None
-        while isinstance(src, torch.fx.Node):
-            if _is_relu(src, mods):
-                found.add(node.target)
-                break
-            if not _passes(src, mods) or not src.args:
-                break
-            src = src.args[0]
-    return found
-
-
-def conv_bn_pairs(gm: torch.fx.GraphModule, mods) -> dict[str, torch.fx.Node]:
-    """Conv2d fx node name -> the BatchNorm2d node that alone reads its output (foldable into the conv)."""
-    out = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods.get(n.target), nn.BatchNorm2d):
-            src = n.args[0]
-            if (isinstance(src, torch.fx.Node) and src.op == "call_module"
-                    and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
-                out[src.name] = n
-    return out
-
-
-def bn_following(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    """Conv2d module name -> the BatchNorm2d folded into it on export ({} if fx cannot trace the model)."""
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:
-        return {}
-    mods = dict(gm.named_modules())
-    nodes = {n.name: n for n in gm.graph.nodes}
-    return {nodes[c].target: mods[bn.target] for c, bn in conv_bn_pairs(gm, mods).items()}
-
-
-def _is_relu(n: torch.fx.Node, mods) -> bool:
-    return ((n.op == "call_module" and isinstance(mods.get(n.target), (nn.ReLU, nn.ReLU6)))
-            or (n.op == "call_function" and n.target in _RELU_FUNCS)
-            or (n.op == "call_method" and n.target in ("relu", "relu_")))
-
-
-def _passes(n: torch.fx.Node, mods) -> bool:
-    return ((n.op == "call_module" and isinstance(mods.get(n.target), _PASS_MODULES))
-            or (n.op == "call_function" and n.target in _PASS_FUNCS | {operator.getitem})
-            or (n.op == "call_method" and n.target in _PASS_METHODS))
 
 
 def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
@@ -95,46 +32,49 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
 
 
 def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
-    """Replace eligible layers in place (sharing their weight Parameters); returns the model."""
-    names = eligible_layers(model, scheme)
-    bn_of = bn_following(model) if scheme.act is not None else {}
+    """Replace eligible layers in place (sharing their weight Parameters), then plan how each runs in eval mode
+    and exports (quant/plan.py); returns the model."""
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
     first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
-    for name in names:
-        parent, attr = _parent(model, name)
-        layer = getattr(parent, attr)
+    for name in eligible_layers(model, scheme):
+        layer = model.get_submodule(name)
         act = scheme.act if (scheme.act_first or name != first) else None
-        setattr(parent, attr, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
-                                                                  after_relu=name in after_relu))
+        replace_module(model, name, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
+                                                                         after_relu=name in after_relu))
     if scheme.residual and scheme.act is not None:
-        from .residual import quantize_residual_blocks
         quantize_residual_blocks(model, scheme.act)
-    if scheme.int_bias and scheme.act is not None:
-        from .bias import attach_int_bias
-        attach_int_bias(model, bn_of)
-    if scheme.act is not None:
-        from .exact import attach_exact
-        attach_exact(model, bn_of)
-    for m in model.modules():  # eval arithmetic as the exported graph's (same state dict)
-        if type(m) is nn.GroupNorm:
-            m.__class__ = ExportMatchedGroupNorm
-        elif type(m) is nn.AdaptiveAvgPool2d:
-            m.__class__ = ExportMatchedAvgPool
-    if scheme.int_bias and scheme.act is not None:
-        from .graph import attach_fusion
-        attach_fusion(model)  # layers and Adds ORT runs as integer kernels compute as those kernels in eval
+    for name, m in list(model.named_modules()):  # eval arithmetic as the exported graph's (same state dict)
+        if type(m) in EVAL_MATCHED:
+            replace_module(model, name, recast(m, EVAL_MATCHED[type(m)]))
+    build_plan(model, int_bias=scheme.int_bias and scheme.act is not None)
     return model
 
 
-def _parent(model: nn.Module, name: str):
-    *path, attr = name.split(".")
-    parent = model
-    for p in path:
-        parent = getattr(parent, p)
-    return parent, attr
+# quantized module class -> the float class it was made from
+_FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
+             FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
+             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d}
+_QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "plan", "shared_input", "add_plan")
+
+
+def strip_quantizers(model: nn.Module) -> nn.Module:
+    """A copy of the network with every quantizer removed: the float architecture `build_model` makes, holding
+    the same float weights (the FP32 baseline of export --format onnx-fp32 and bench's torch-fp32)."""
+    net = copy.deepcopy(model)
+    for name, m in list(net.named_modules()):
+        cls = _FLOAT_OF.get(type(m))
+        if cls is None:
+            continue
+        float_m = recast(m, cls, drop=_QUANT_STATE)
+        if name:
+            replace_module(net, name, float_m)
+        else:
+            net = float_m
+    return net.eval()
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantMixin]:
+    """Name -> quantized layer (QConv2d, QLinear), in registration order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
 
 

@@ -1,5 +1,5 @@
-"""DAQ: AlignQ's domain-alignment quantizer (a normal-CDF transform, then uniform rounding), its
-gradient approximation and the CRP relation matrix / ADMM terms.
+"""DAQ: AlignQ's domain-alignment quantizer (a normal-CDF transform, then uniform rounding). Its training terms
+(gradient approximation, CRP under ADMM) are in train/alignq_terms.py.
 
 With n = 2^k - 1 and Phi the standard normal CDF:
 
@@ -21,7 +21,7 @@ For an exporter, an activation DAQ is a fixed nonlinearity ahead of the quantiza
 with Phi(a) = 0.5 * (1 + Erf(a / sqrt(2))). `fake_quant` computes round(Phi / float32(1/n)) so that
 torch and ONNX QuantizeLinear divide by the same float32 scale.
 
-Where DAQ sits (scheme "alignq", registered below): every Conv2d's weights; every Conv2d's input
+Where DAQ sits (scheme "alignq", quant/schemes.py): every Conv2d's weights; every Conv2d's input
 activation except the first conv's (the image). The classifier (Linear) stays float, as the reference's
 `class_classifier` does. On mnist-cnn the conv inputs are GroupNorm outputs, which matches the
 reference's placement (its activation quantizers follow a BatchNorm). On torchvision ResNets our
@@ -36,11 +36,9 @@ import math
 import torch
 from torch import nn
 
-from .quantizers import QuantSpec, Quantizer, register_quantizer, round_ste
-from .schemes import SCHEMES, Scheme
+from .quantizers import QuantSpec, Quantizer, round_ste
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def normal_cdf(z: torch.Tensor) -> torch.Tensor:
@@ -82,98 +80,10 @@ def daq_act(a: torch.Tensor, bits: int, act_range: float | torch.Tensor = 2.0) -
     return _codes_times_step(_round_cdf(normal_cdf(a), n), n, step)
 
 
-# --- gradient approximation -------------------------------------------------------------------------
-
-def sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(x)
-    return s * (1.0 - s)
-
-
-@torch.no_grad()
-def grad_approx_factor(w: torch.Tensor, bits: int, lam: float = 1.0, lam2: float = 4.0) -> torch.Tensor:
-    """lam * s'(2 * lam2 * frac(n * (Phi + 0.5))) * 2 * phi, elementwise over w.
-
-    Phi is the CDF of w under N(mu, sigma) (the layer's weight statistics), phi the density of that
-    normal at w, s' the logistic sigmoid's derivative. frac(n * (Phi + 0.5)) is the position of n * Phi
-    inside its rounding bin (for odd n it equals frac(n * Phi + 0.5)): 0 at the bin's lower edge.
-    """
-    n = levels(bits)
-    mu, sigma = weight_stats(w)
-    z = (w - mu) / sigma
-    phi_cdf = normal_cdf(z)
-    density = torch.exp(-0.5 * z * z) * INV_SQRT_2PI / sigma
-    pos = torch.frac(n * (phi_cdf + 0.5))
-    return lam * sigmoid_derivative(2.0 * lam2 * pos) * 2.0 * density
-
-
-# --- CRP: relation matrices and the ADMM terms -------------------------------------------------------
-
-def relation_matrix(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """R(Z) = Zh Zh^T / features with Zh each feature standardized over the batch (unbiased std + eps).
-
-    z: (batch, ...) -> (batch, batch)."""
-    z = z.reshape(z.shape[0], -1)
-    zh = (z - z.mean(dim=0)) / (z.std(dim=0) + eps)
-    return zh @ zh.t() / z.shape[1]
-
-
-def crp_discrepancy(x: torch.Tensor) -> torch.Tensor:
-    """D = R(Phi(X)) - R(X) for an activation batch X (standard-normal CDF, as DAQ uses)."""
-    return relation_matrix(normal_cdf(x)) - relation_matrix(x)
-
-
-def admm_loss(d: torch.Tensor, a: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2,
-              rho: float = 0.3) -> torch.Tensor:
-    """mu * mean|A| + (rho / 2) * sqrt(mean((D - A)^2)) + mean(Gamma * |D - A|); A, Gamma constants."""
-    diff = d - a
-    return (mu * a.abs().mean() + rho / 2 * torch.sqrt((diff * diff).mean().clamp_min(1e-20))
-            + (gamma * diff.abs()).mean())
-
-
-@torch.no_grad()
-def admm_update(d: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2, rho: float = 0.3):
-    """Closed form: V = D + Gamma / rho; A = max(0, 1 - (mu / rho) / ||V||_F) * V; Gamma += rho (D - A)."""
-    v = d + gamma / rho
-    norm = torch.linalg.norm(v)
-    shrink = torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype)
-    a = shrink * v
-    return a, gamma + rho * (d - a)
-
-
-class CrpState:
-    """A and Gamma of one activation quantizer (batch x batch); kept outside the network's state dict."""
-
-    def __init__(self, mu: float = 0.2, rho: float = 0.3):
-        self.mu, self.rho = mu, rho
-        self.a: torch.Tensor | None = None
-        self.gamma: torch.Tensor | None = None
-
-    def _ensure(self, b: int, like: torch.Tensor):
-        if self.a is None or self.a.shape[0] < b:
-            a, g = torch.zeros(b, b, dtype=like.dtype), torch.zeros(b, b, dtype=like.dtype)
-            if self.a is not None:  # keep what was learned for the smaller batch
-                k = self.a.shape[0]
-                a[:k, :k], g[:k, :k] = self.a, self.gamma
-            self.a, self.gamma = a, g
-
-    def loss(self, d: torch.Tensor) -> torch.Tensor:
-        b = d.shape[0]
-        self._ensure(b, d)
-        return admm_loss(d, self.a[:b, :b], self.gamma[:b, :b], self.mu, self.rho)
-
-    def update(self, d: torch.Tensor) -> None:
-        b = d.shape[0]
-        self._ensure(b, d)
-        a, g = admm_update(d.detach(), self.gamma[:b, :b], self.mu, self.rho)
-        self.a[:b, :b], self.gamma[:b, :b] = a, g
-
-
-@register_quantizer("daq")
 class DaqQuantizer(Quantizer):
     """AlignQ's DAQ. Nothing is learned: `step` is unused; `act_range` is a buffer (saved with the run).
 
-    While `record_relations` is True and the module is training, every activation forward appends
-    D = R(Phi(X)) - R(X) (with its graph) to `relations` for the CRP loss; the algorithm reads and clears it.
+    (AlignQ's CRP term reads the quantizer's input through a forward pre-hook: train/alignq_terms.py.)
     """
 
     learn_step = False
@@ -185,8 +95,6 @@ class DaqQuantizer(Quantizer):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
         self.register_buffer("act_range", torch.tensor(1.0 if is_weight else float(act_range)))
         self.initialized.fill_(True)
-        self.record_relations = False
-        self.relations: list[torch.Tensor] = []
 
     @property
     def n(self) -> int:
@@ -213,8 +121,6 @@ class DaqQuantizer(Quantizer):
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_weight:
             return daq_weight(x, self.spec.bits)
-        if self.record_relations and self.training:
-            self.relations.append(crp_discrepancy(x))
         return daq_act(x, self.spec.bits, self.act_range)
 
     def scale(self) -> torch.Tensor:
@@ -235,8 +141,3 @@ class DaqQuantizer(Quantizer):
 def is_daq(q: nn.Module | None) -> bool:
     return isinstance(q, DaqQuantizer)
 
-
-# AlignQ's placement: conv weights and conv inputs (not the image), classifier float, same bits for both.
-SCHEMES["alignq"] = Scheme("alignq", ("conv",), QuantSpec(bits=4, signed=True, quantizer="daq"),
-                           QuantSpec(bits=4, signed=True, quantizer="daq"), act_first=False,
-                           note="AlignQ DAQ W4A4 on convs; first conv weight-only, classifier float")

@@ -1,4 +1,4 @@
-"""Quantizers: LSQ (learned step size) and the baselines AlignQ compares against, in one registry.
+"""Quantizers: the QuantSpec record, the Quantizer base and LSQ (learned step size); all by name in quant/catalog.py.
 
 Every quantizer maps a float tensor to `(q - z) * s` with q an integer code in [qmin, qmax], so an
 exporter can read `integer_codes()`, `scale()` and `zero_point()` and write QuantizeLinear /
@@ -73,6 +73,8 @@ class Quantizer(nn.Module):
 
     learn_step = True
     learn_zero_point = True  # False: the zero point stays 0 whatever the spec says (fixed-grid quantizers)
+    qdq_activations = True  # False: non-uniform levels, which QuantizeLinear/DequantizeLinear cannot express
+    transform: str | None = None  # "daq": a fixed nonlinearity (the normal CDF) precedes the uniform rounding
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False):
@@ -223,21 +225,3 @@ class LsqQuantizer(Quantizer):
         s = self.step.abs().clamp(min=1e-8)
         z = round_ste(self.zero_point) if self.learned_zp else None
         return _LsqFakeQuant.apply(x, s, z, self.qmin, self.qmax, g)
-
-
-QUANTIZERS: dict[str, type[Quantizer]] = {"lsq": LsqQuantizer}
-
-
-def register_quantizer(name: str):
-    def deco(cls):
-        QUANTIZERS[name] = cls
-        return cls
-    return deco
-
-
-def build_quantizer(spec: QuantSpec, **kwargs) -> Quantizer:
-    try:
-        cls = QUANTIZERS[spec.quantizer]
-    except KeyError:
-        raise QdgError(f"unknown quantizer {spec.quantizer!r}; available: {', '.join(sorted(QUANTIZERS))}") from None
-    return cls(spec, **kwargs)

@@ -1,74 +1,83 @@
 """Quantized residual Adds for torchvision ResNet blocks.
 
-A block whose class is swapped here fake-quantizes both inputs of its residual Add with the scheme's
-activation spec: the main branch after its last BatchNorm (`add_quant`, pre-ReLU so signed data: a learned
-zero point where the spec has one) and the identity. The identity is the downsample output (`id_quant`) or,
-without a downsample, the block input itself, which conv1 already quantizes: that quantizer is reused, so the
-identity is the very tensor conv1 reads and the export writes one Q/DQ there. A downsample conv reads that
-same block input too: it uses conv1's input quantizer (held as a plain attribute, so the state dict has it once). With the Add's inputs on integer
-grids an exporter writes exact Q/DQ for them, and ONNX Runtime / TensorRT fuse every conv and the Add.
+A block swapped here fake-quantizes both inputs of its residual Add with the scheme's activation spec: the main
+branch after its last BatchNorm (`add_quant`, pre-ReLU so signed data: a learned zero point where the spec has
+one) and the identity. The identity is the downsample output (`id_quant`) or, without a downsample, the block input
+itself, which conv1 already quantizes: that quantizer is reused, so the identity is the very tensor conv1 reads and
+the export writes one Q/DQ there. A downsample conv reads that same block input too: it uses conv1's input
+quantizer (a SharedInput, not a submodule, so the state dict has it once). With the Add's inputs on integer grids an
+exporter writes exact Q/DQ for them, and ONNX Runtime / TensorRT fuse every conv and the Add.
 
-The swap only changes the class and adds quantizer submodules; the float state-dict keys stay as they were.
+The swap builds the Q block from the float one's own children and adds quantizer submodules; the float state-dict
+keys stay as they were.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .exact import residual_add
-from .quantizers import QuantSpec, build_quantizer
+from .catalog import build_quantizer
+from .kernels import residual_add
+from .layers import QuantMixin, SharedInput
+from .quantizers import QuantSpec
+from .swap import recast, replace_module
+
+if TYPE_CHECKING:
+    from .plan import AddPlan
 
 
-def _identity(self, x):
-    if self.downsample is not None:
-        return self.id_quant(self.downsample(x))
-    shared = getattr(self.conv1, "act_quant", None)
-    if shared is not None:
-        return shared(x)  # the tensor conv1 reads (same quantizer, same input: same values)
-    return self.id_quant(x)
+class QBlock:
+    """What the quantized BasicBlock and Bottleneck share: the identity path and the residual Add."""
+
+    add_plan: AddPlan | None = None  # the Add as ORT's QLinearAdd in eval mode (quant/plan.py), where it fuses
+
+    def identity(self, x):
+        if self.downsample is not None:
+            return self.id_quant(self.downsample(x))
+        if self.conv1.act_quant is not None:
+            return self.conv1.act_quant(x)  # the tensor conv1 reads (same quantizer, same input: same values)
+        return self.id_quant(x)
+
+    def add(self, out, x):
+        return self.relu(residual_add(self.add_plan, self.training, self.add_quant(out), self.identity(x)))
 
 
-class QBasicBlock(BasicBlock):
+class QBasicBlock(QBlock, BasicBlock):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.add_quant(self.bn2(self.conv2(out)))
-        return self.relu(residual_add(self, out, _identity(self, x)))
+        return self.add(self.bn2(self.conv2(out)), x)
 
 
-class QBottleneck(Bottleneck):
+class QBottleneck(QBlock, Bottleneck):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.add_quant(self.bn3(self.conv3(out)))
-        return self.relu(residual_add(self, out, _identity(self, x)))
+        return self.add(self.bn3(self.conv3(out)), x)
 
 
-_SWAP = {BasicBlock: QBasicBlock, Bottleneck: QBottleneck}
+Q_BLOCKS = {BasicBlock: QBasicBlock, Bottleneck: QBottleneck}
 
 
 def quantize_residual_blocks(model: nn.Module, act: QuantSpec) -> int:
     """Swap every (exact-type) BasicBlock/Bottleneck in place; returns how many were swapped."""
-    n = 0
-    for m in model.modules():
-        cls = _SWAP.get(type(m))
-        if cls is None:
-            continue
-        m.__class__ = cls
+    blocks = [(name, m) for name, m in model.named_modules() if type(m) in Q_BLOCKS]
+    for name, old in blocks:
+        m = replace_module(model, name, recast(old, Q_BLOCKS[type(old)]))
         m.add_quant = build_quantizer(act, after_relu=False)
         ds = m.downsample[0] if isinstance(m.downsample, nn.Sequential) and len(m.downsample) else None
-        q1, qd = getattr(m.conv1, "act_quant", None), getattr(ds, "act_quant", None)
+        q1, qd = m.conv1.act_quant, ds.act_quant if isinstance(ds, QuantMixin) else None
         if q1 is not None and qd is not None and q1.learned_zp == qd.learned_zp and type(q1) is type(qd):
             # conv1 and the downsample conv read the same tensor: one quantizer for both, so that tensor has a
-            # single Q, which the previous block's Add (→ ReLU) needs to fuse into an integer Add. A plain
-            # attribute, not a registered submodule: the state dict then holds the quantizer once (conv1's), as
-            # safetensors requires (no two keys sharing memory).
-            del ds._modules["act_quant"]
-            object.__setattr__(ds, "act_quant", q1)
-        if m.downsample is not None or getattr(m.conv1, "act_quant", None) is None:
+            # single Q, which the previous block's Add (→ ReLU) needs to fuse into an integer Add. Shared, not
+            # owned: the state dict then holds the quantizer once (conv1's), as safetensors requires.
+            ds.act_quant = None
+            ds.shared_input = SharedInput(q1)
+        if m.downsample is not None or m.conv1.act_quant is None:
             m.id_quant = build_quantizer(act, after_relu=False)
-        n += 1
-    return n
+    return len(blocks)
 
 
 def residual_quantizers(model: nn.Module) -> dict[str, nn.Module]:

@@ -51,6 +51,10 @@ SCHEMES: dict[str, Scheme] = {
     # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
     "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu"),
                   residual=True, int_bias=True),
+    # AlignQ's placement: DAQ on conv weights and conv inputs (not the image), classifier float, same bits for both.
+    "alignq": Scheme("alignq", ("conv",), QuantSpec(bits=4, signed=True, quantizer="daq"),
+                     QuantSpec(bits=4, signed=True, quantizer="daq"), act_first=False,
+                     note="AlignQ DAQ W4A4 on convs; first conv weight-only, classifier float"),
 }
 
 

@@ -1,5 +1,5 @@
-from .algorithms import ALGORITHMS, Algorithm, get_algorithm, register
-from . import alignq, da, dg  # noqa: F401  (register dann, dsan, alignq, coral, mixstyle)
+from .algorithms import Algorithm
+from .methods import ALGORITHMS, get_algorithm, register
 from .hparams import default_hparams
 from .loop import resolve_hparams, train, train_one
 

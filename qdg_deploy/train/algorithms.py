@@ -6,27 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import QdgError
 from ..models import build_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
-
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        cls.name = name
-        ALGORITHMS[name] = cls
-        return cls
-    return deco
-
-
-def get_algorithm(name: str) -> type["Algorithm"]:
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        raise QdgError(f"unknown method {name!r}; available: {', '.join(ALGORITHMS)}") from None
-
 
 def scheme_from_hparams(hp: dict):
     return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"),
@@ -97,7 +78,6 @@ class Algorithm(nn.Module):
         self.optimizer.step()
 
 
-@register("erm")
 class ERM(Algorithm):
     """Empirical risk minimization; with `quant` (`--quant`, what `qtdog` means) the network becomes the quantized
     network after `q_steps` float steps (QT-DoG). The quantizers' parameters then join the optimizer (the float
@@ -105,6 +85,8 @@ class ERM(Algorithm):
     `freeze_after_swap` reproduces the reference code instead: there the optimizer is not told about the swapped
     layers, so quantized weights and step sizes stop training and only the rest (norm layers, classifier) trains.
     """
+
+    name = "erm"
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -139,9 +121,10 @@ class ERM(Algorithm):
         return {"loss": loss.item(), **info}
 
 
-@register("qtdog")
 class QTDoG(ERM):
     """QT-DoG: `erm --quant` (LSQ quantization after `q_steps` float steps; SWAD on by default)."""
+
+    name = "qtdog"
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, {**hparams, "quant": True})

@@ -8,7 +8,7 @@
   without it, the first `q_steps` steps train the float network. Without --source/--target (the
   reference's single-domain setting, or leave-one-domain-out here) it trains DAQ + gradient
   approximation + CRP on the labelled domains with no alignment loss.
-* DAQ (`quant/daq.py`, scheme "alignq"): every conv's weights, every conv's input except the image;
+* DAQ (`quant/daq.py`, scheme "alignq"; the terms below: `alignq_terms.py`): every conv's weights, every conv's input except the image;
   the classifier stays float. Weights and activations use the same bits (act_bits defaults to bits);
   activation range `act_range` (2) is stored in each activation quantizer's buffer, so `load_run`
   rebuilds the exact network.
@@ -31,8 +31,9 @@ import torchvision
 from torch import nn
 
 from ..quant import quant_layers
-from ..quant.daq import CrpState, grad_approx_factor, is_daq
-from .algorithms import register
+from ..quant.daq import is_daq
+from ..quant.layers import QuantMixin
+from .alignq_terms import CrpTerm, grad_approx_factor
 from .da import DomainAdaptation
 
 
@@ -41,15 +42,17 @@ def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     blocks = [(n, m) for n, m in net.named_modules()
               if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck))]
     if blocks:
-        found = {f"{n}.conv1": getattr(m.conv1, "act_quant", None) for n, m in blocks}
+        found = {f"{n}.conv1": m.conv1.act_quant if isinstance(m.conv1, QuantMixin) else None for n, m in blocks}
     else:
         found = {n: m.act_quant for n, m in quant_layers(net).items()}
     return {n: q for n, q in found.items() if is_daq(q)}
 
 
-@register("alignq")
 class AlignQ(DomainAdaptation):
+    name = "alignq"
     da = "dann"
+    crp: dict[str, CrpTerm] = {}  # set by quantize(): one CRP term per chosen DAQ activation quantizer
+    approx_layers: list[nn.Module] = []  # set by quantize(): the layers whose gradients are reshaped
     requires_target = False  # without --source/--target: DAQ + gradient approximation + CRP, no DA loss
 
     def wants_quant(self) -> bool:
@@ -69,16 +72,15 @@ class AlignQ(DomainAdaptation):
         self.crp = {}
         if hp.get("crp", True):
             for name, q in crp_quantizers(self.network).items():
-                q.record_relations = True
-                self.crp[name] = (q, CrpState(hp.get("mu", 0.2), hp.get("rho", 0.3)))
+                self.crp[name] = CrpTerm(q, hp.get("mu", 0.2), hp.get("rho", 0.3))
 
     def extra_loss(self):
-        if not getattr(self, "crp", None):
+        if not self.crp:
             return 0.0, {}
         total = 0.0
-        for q, state in self.crp.values():
-            for d in q.relations:
-                total = total + state.loss(d)
+        for term in self.crp.values():
+            for d in term.relations:
+                total = total + term.state.loss(d)
         return total, {"crp": float(total.detach()) if torch.is_tensor(total) else total}
 
     def step_optimizer(self, loss):
@@ -87,15 +89,15 @@ class AlignQ(DomainAdaptation):
         if self.hparams.get("grad_approx", True):
             self.reshape_gradients()
         self.optimizer.step()
-        for q, state in getattr(self, "crp", {}).values():
-            if q.relations:
-                state.update(q.relations[-1])
-            q.relations.clear()
+        for term in self.crp.values():
+            if term.relations:
+                term.state.update(term.relations[-1])
+            term.relations.clear()
 
     @torch.no_grad()
     def reshape_gradients(self):
         hp = self.hparams
-        for m in getattr(self, "approx_layers", []):
+        for m in self.approx_layers:
             if m.weight.grad is not None:
                 m.weight.grad.mul_(grad_approx_factor(m.weight, m.weight_quant.spec.bits,
                                                       hp.get("lam", 1.0), hp.get("lam2", 4.0)))

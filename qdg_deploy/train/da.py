@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant import is_quantized, quantize_model
-from .algorithms import Algorithm, register, scheme_from_hparams
+from .algorithms import Algorithm, scheme_from_hparams
 
 
 class GradReverse(torch.autograd.Function):
@@ -168,16 +168,16 @@ class DomainAdaptation(Algorithm):
         return {"loss": loss.item(), "cls": loss_cls.item(), **info, **extra_info}
 
 
-@register("dann")
 class DANN(DomainAdaptation):
+    name = "dann"
     da = "dann"
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, {**hparams, "da": "dann"})
 
 
-@register("dsan")
 class DSAN(DomainAdaptation):
+    name = "dsan"
     da = "dsan"
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import QdgError
-from .algorithms import ERM, register
+from .algorithms import ERM
 from .da import split_network
 
 
@@ -33,8 +33,9 @@ def coral_penalty(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
 
 
-@register("coral")
 class CORAL(ERM):
+    name = "coral"
+
     def loss(self, minibatches):
         featurize, head, _ = split_network(self.network)
         sizes = [len(x) for x, _ in minibatches]
@@ -75,8 +76,9 @@ def mixstyle_points(net: nn.Module) -> list[str]:
     raise QdgError(f"MixStyle does not know where to mix in a {type(net).__name__} (needs layer1/layer2 or bn0/bn1)")
 
 
-@register("mixstyle")
 class MixStyle(ERM):
+    name = "mixstyle"
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         hook = functools.partial(_mix_hook, p=hparams.get("mixstyle_p", 0.5), alpha=hparams.get("mixstyle_alpha", 0.1))

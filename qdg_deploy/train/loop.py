@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from .. import __version__
 from ..data import get_dataset, run_splits
 from ..errors import QdgError
+from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
 from ..runs import METRICS, WEIGHTS, model_record, save_run
-from .algorithms import get_algorithm, scheme_from_hparams
-from .evaluate import accuracy_and_loss, domain_metrics
+from .algorithms import scheme_from_hparams
+from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 from .swad import WeightAveraging, recompute_bn
 
@@ -51,10 +52,8 @@ def apply_init(hp: dict) -> dict | None:
     if not hp.get("init"):
         return None
     from ..io import read_json
-    from ..runs import CONFIG
-    run = Path(hp["init"])
-    if not (run / WEIGHTS).is_file() or not (run / CONFIG).is_file():
-        raise QdgError(f"--init {run}: not a run directory ({WEIGHTS} or {CONFIG} missing)")
+    from ..runs import CONFIG, check_run_dir
+    run = check_run_dir(hp["init"], (CONFIG, WEIGHTS), role="--init ")
     model = read_json(run / CONFIG).get("model", {})
     if model.get("arch") and model["arch"] != hp["arch"]:
         raise QdgError(f"--init {run} holds a {model['arch']} but this run trains a {hp['arch']}")
@@ -80,12 +79,6 @@ def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0):
             yield x[idx], y[idx]
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=g)
     yield from DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
-
-
-def make_progress(console: Console | None = None, transient: bool = False) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                    transient=transient)
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:

@@ -16,9 +16,12 @@ import math
 
 import numpy as np
 
+from ..errors import QdgError
+from .records import ActRecord
 
-def daq_act_qdq(w, x: str, layer: str, aq) -> tuple[str, dict]:
-    """Emit the DAQ activation transform + Q/DQ on tensor x with the ONNX writer `w`."""
+
+def daq_act_qdq(w, x: str, layer: str, aq) -> tuple[str, ActRecord]:
+    """Emit the DAQ activation transform + Q/DQ on tensor x into the graph builder `w`."""
     n = aq.n
     step = np.float32(aq.scale().reshape(-1)[0].item())  # float32(R / n), as the torch forward uses
     p = f"{layer}.act.daq"
@@ -40,18 +43,17 @@ def daq_act_qdq(w, x: str, layer: str, aq) -> tuple[str, dict]:
         zp_val, zp = 0, np.int8(0)
         typ = "int8"
     if n > 127:
-        from ..errors import QdgError
         raise QdgError(f"{layer}: {aq.spec.bits}-bit DAQ codes span [-{n}, {n}], wider than 8 bits; "
                        "export supports DAQ up to 7 bits")
     sc, zpn = w.const(f"{q}.scale", step), w.const(f"{q}.zero_point", zp)
     qn = w.add("QuantizeLinear", [y, sc, zpn], f"{q}.q")
     dq = w.add("DequantizeLinear", [qn, sc, zpn], f"{q}.dq")
-    w.probes.append({"kind": "act", "layer": layer, "tensor": dq})
-    info = {"bits": aq.spec.bits, "trained_range": [-n, n], "trained_zero_point": 0, "scale": float(step),
-            "type": typ, "zero_point": zp_val,
-            # Q/DQ reproduces the codes exactly, but ORT's Erf and torch's erf may differ in the last bit, so
-            # an input within an ulp of a bin edge can take the neighbouring code.
-            "exact": False, "inexact_because": "Erf last-bit differences at DAQ bin edges",
-            "transform": f"daq: Erf normal CDF, round to {n} steps, odd codes 2r-{n} (k+1 = {aq.spec.bits + 1} "
-                         f"signed bits), range {aq.range_value():g}"}
-    return dq, info
+    w.probe("act", layer, dq)
+    rec = ActRecord(bits=aq.spec.bits, trained_range=[-n, n], trained_zero_point=0, scale=float(step), type=typ,
+                    zero_point=zp_val,
+                    # Q/DQ reproduces the codes exactly, but ORT's Erf and torch's erf may differ in the last bit,
+                    # so an input within an ulp of a bin edge can take the neighbouring code.
+                    exact=False, inexact_because="Erf last-bit differences at DAQ bin edges",
+                    transform=f"daq: Erf normal CDF, round to {n} steps, odd codes 2r-{n} (k+1 = "
+                              f"{aq.spec.bits + 1} signed bits), range {aq.range_value():g}")
+    return dq, rec

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from ..errors import QdgError
 from ..io import atomic_path, read_json
-from ..report import human_bytes, pct
+from ..tables import human_bytes, pct
 from .core import SCHEMA
 
 
@@ -190,80 +190,91 @@ def write_plots(result: dict, path: str | Path) -> list[Path]:
     for r in result["records"]:
         series.setdefault((_short(r["artifact"]), r["runtime"]), []).append(r)
     if series:
-        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-        for (art, rt), recs in series.items():
-            recs = sorted(recs, key=lambda r: r["batch"])
-            b = [r["batch"] for r in recs]
-            mean = [r["latency_ms"]["mean"] for r in recs]
-            lo = [r["latency_ms"]["mean"] - r["latency_ms"]["p50"] for r in recs]
-            hi = [r["latency_ms"]["p99"] - r["latency_ms"]["mean"] for r in recs]
-            ax1.errorbar(b, mean, yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]], marker="o",
-                         capsize=3, label=f"{art} · {rt}")
-            ax2.plot(b, [r["throughput_ips"] for r in recs], marker="o", label=f"{art} · {rt}")
-        for ax, ylabel, title in ((ax1, "latency per batch (ms): mean, bar p50–p99", "Latency vs batch"),
-                                  (ax2, "throughput (images/s)", "Throughput vs batch")):
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            bs = sorted({r["batch"] for r in result["records"]})
-            ax.set_xticks(bs, [str(x) for x in bs])
-            # Within one decade a log axis has no major tick at all: label 1..9 × 10^k there, 1-2-5 otherwise.
-            lo_y, hi_y = ax.get_ylim()
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=range(1, 10) if hi_y / lo_y < 10 else (1, 2, 5)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("batch size")
-            ax.set_ylabel(ylabel)
-            ax.set_title(title)
-            ax.grid(True, which="both", alpha=0.3)
-        ax1.legend(fontsize=8)
-        env = result["environment"]
-        copies = ", ".join(sorted({r["copies"] for r in result["records"]}))
-        fig.suptitle(f"{env['cpu']}" + (f" · {env['gpu']}" if env.get("gpu") else "")
-                     + f" · {result['settings']['threads'] or env['torch_threads']} threads"
-                     + f" · host↔device copies: {copies}", fontsize=9)
-        _save(fig, lat_path)
-        plt.close(fig)
+        _latency_plot(plt, result, series, lat_path)
         written.append(lat_path)
-
     by_art: dict[str, dict[str, dict]] = {}
     for r in result["records"]:
         if r.get("accuracy"):
             by_art.setdefault(_short(r["artifact"]), {}).setdefault(r["runtime"], r["accuracy"])
     if by_art:
-        import numpy as np
-
-        n = len(by_art)
-        from matplotlib.patches import Patch
-
-        fig, axes = plt.subplots(n, 1, figsize=(11, 3.4 * n), squeeze=False, layout="constrained")
-        for ax, (art, per_rt) in zip(axes[:, 0], by_art.items()):
-            first = next(iter(per_rt.values()))
-            domains = list(first["per_domain"])
-            width = 0.8 / len(per_rt)
-            xs = np.arange(len(domains))
-            handles = []
-            for j, (rt, acc) in enumerate(per_rt.items()):
-                vals = [100 * acc["per_domain"][d]["acc"] for d in domains]
-                color = f"C{j}"
-                bars = ax.bar(xs + (j - (len(per_rt) - 1) / 2) * width, vals, width, color=color)
-                handles.append(Patch(color=color, label=rt))
-                for bar, d, v in zip(bars, domains, vals):
-                    if acc["per_domain"][d]["held_out"]:
-                        bar.set_hatch("//")
-                        bar.set_edgecolor("black")
-                    ax.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
-                                fontsize=7)
-            ax.set_xticks(xs, [f"{d}\n(held-out)" if first["per_domain"][d]["held_out"] else f"{d}\n(val)"
-                               for d in domains])
-            ax.set_ylim(0, 105)
-            ax.set_ylabel("accuracy (%)")
-            ax.set_title(f"{art}: accuracy per domain of {first['dataset']} (held-out hatched)")
-            handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="held-out domain"))
-            ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            ax.grid(True, axis="y", alpha=0.3)
-        _save(fig, acc_path)
-        plt.close(fig)
+        _accuracy_plot(plt, by_art, acc_path)
         written.append(acc_path)
     return written
+
+
+def _latency_plot(plt, result: dict, series: dict[tuple, list], path: Path) -> None:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for (art, rt), recs in series.items():
+        recs = sorted(recs, key=lambda r: r["batch"])
+        b = [r["batch"] for r in recs]
+        mean = [r["latency_ms"]["mean"] for r in recs]
+        lo = [r["latency_ms"]["mean"] - r["latency_ms"]["p50"] for r in recs]
+        hi = [r["latency_ms"]["p99"] - r["latency_ms"]["mean"] for r in recs]
+        ax1.errorbar(b, mean, yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]], marker="o",
+                     capsize=3, label=f"{art} · {rt}")
+        ax2.plot(b, [r["throughput_ips"] for r in recs], marker="o", label=f"{art} · {rt}")
+    bs = sorted({r["batch"] for r in result["records"]})
+    for ax, ylabel, title in ((ax1, "latency per batch (ms): mean, bar p50–p99", "Latency vs batch"),
+                              (ax2, "throughput (images/s)", "Throughput vs batch")):
+        _log_axes(ax, bs, ylabel, title)
+    ax1.legend(fontsize=8)
+    env = result["environment"]
+    copies = ", ".join(sorted({r["copies"] for r in result["records"]}))
+    fig.suptitle(f"{env['cpu']}" + (f" · {env['gpu']}" if env.get("gpu") else "")
+                 + f" · {result['settings']['threads'] or env['torch_threads']} threads"
+                 + f" · host↔device copies: {copies}", fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _log_axes(ax, batches: list[int], ylabel: str, title: str) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(batches, [str(x) for x in batches])
+    # Within one decade a log axis has no major tick at all: label 1..9 × 10^k there, 1-2-5 otherwise.
+    lo_y, hi_y = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=range(1, 10) if hi_y / lo_y < 10 else (1, 2, 5)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _accuracy_plot(plt, by_art: dict[str, dict[str, dict]], path: Path) -> None:
+    fig, axes = plt.subplots(len(by_art), 1, figsize=(11, 3.4 * len(by_art)), squeeze=False, layout="constrained")
+    for ax, (art, per_rt) in zip(axes[:, 0], by_art.items()):
+        _accuracy_bars(ax, art, per_rt)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _accuracy_bars(ax, art: str, per_rt: dict[str, dict]) -> None:
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    first = next(iter(per_rt.values()))
+    domains = list(first["per_domain"])
+    width = 0.8 / len(per_rt)
+    xs = np.arange(len(domains))
+    handles = []
+    for j, (rt, acc) in enumerate(per_rt.items()):
+        vals = [100 * acc["per_domain"][d]["acc"] for d in domains]
+        color = f"C{j}"
+        bars = ax.bar(xs + (j - (len(per_rt) - 1) / 2) * width, vals, width, color=color)
+        handles.append(Patch(color=color, label=rt))
+        for bar, d, v in zip(bars, domains, vals):
+            if acc["per_domain"][d]["held_out"]:
+                bar.set_hatch("//")
+                bar.set_edgecolor("black")
+            ax.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(xs, [f"{d}\n(held-out)" if first["per_domain"][d]["held_out"] else f"{d}\n(val)" for d in domains])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{art}: accuracy per domain of {first['dataset']} (held-out hatched)")
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="held-out domain"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, axis="y", alpha=0.3)

@@ -1,4 +1,4 @@
-"""Exact eval arithmetic: each quantized layer's output snapped to its integer accumulator, BatchNorm folded in.
+"""Eval arithmetic of snapped layers and of ORT's integer kernels: each quantized layer's output snapped to its integer accumulator, BatchNorm folded in.
 
 A quantized layer with a quantized input computes, in exact arithmetic, acc · s_x · s_w: acc = Σ q_x · q_w is an
 integer. A float convolution gets acc · s_x · s_w only up to a few ulps, and torch (oneDNN) and ONNX Runtime
@@ -26,6 +26,7 @@ import torch.fx
 from torch import nn
 
 from .bias import folded_bias
+from .quantizers import Quantizer
 
 
 def fold_scales(scale: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,12 +48,6 @@ class Grid:
     bias: torch.Tensor | None  # float32 [C]: the folded bias
 
 
-def is_exact(layer: nn.Module) -> bool:
-    """Whether the layer runs the exact eval path now (eval mode, both quantizers present, marked at conversion)."""
-    return (getattr(layer, "exact", False) and not layer.training and getattr(layer, "act_quant", None) is not None
-            and getattr(layer, "weight_quant", None) is not None)
-
-
 def weight_scale(layer: nn.Module) -> np.ndarray:
     """The weight quantizer's step per output channel, float64 (the float32 values it computes with)."""
     c = layer.weight.shape[0]
@@ -63,8 +58,8 @@ def weight_scale(layer: nn.Module) -> np.ndarray:
 def grid(layer: nn.Module) -> Grid:
     """The layer's snap grid and folded bias, as the exporter writes them (call after a weight_quant forward:
     quantizers whose step follows the weights refresh it there)."""
-    bn = getattr(layer, "bias_bn", None)
-    factor, _, b = folded_bias(layer, bn)
+    bn = layer.plan.bn
+    factor, _, b = folded_bias(layer, bn, layer.plan.int_bias)
     s_x = np.float32(layer.act_quant.scale().detach().reshape(-1)[0].item())
     s_w = weight_scale(layer)
     sign, s_wf, zero = fold_scales(s_w, factor)
@@ -86,7 +81,7 @@ def _accumulator(layer: nn.Module, x: torch.Tensor, op) -> tuple[torch.Tensor, G
 
 def exact_eval(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
     """The eval output of an exact layer (is_exact); op(x, w) is its float op without bias (conv or linear)."""
-    q = getattr(layer, "fused_out", None)
+    q = layer.plan.out_quant
     # an unset output quantizer is a calibration pass: it takes its range from the snapped float output
     return fused_forward(layer, x, op) if q is not None and bool(q.initialized) else exact_forward(layer, x, op)
 
@@ -100,7 +95,7 @@ def exact_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
 
 def fused_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
     """The eval output of a layer ONNX Runtime runs as QLinearConv / QGemm into its output quantizer
-    (`layer.fused_out`, quant/graph.py): what that kernel computes, then dequantized.
+    (`layer.plan.out_quant`, quant/ort_fusion.py): what that kernel computes, then dequantized.
 
     The kernel sums acc + bias in int32 (exact; the bias is on the int32 grid, quant/bias.py) and requantizes
     in float32: code = saturate(round_half_even(float(acc) · M) + z_y) with M = float32(s_x · s_w) / s_y,
@@ -108,7 +103,7 @@ def fused_forward(layer: nn.Module, x: torch.Tensor, op) -> torch.Tensor:
     M computed any other way misses a few). The ReLU between the layer and its quantizer (zero point 0) is
     the saturation at 0; a MaxPool after it commutes. The output sits on the quantizer's grid, so the
     quantizer itself, applied next, changes nothing."""
-    q = layer.fused_out
+    q = layer.plan.out_quant
     acc, g, shape = _accumulator(layer, x, op)
     if g.bias is not None:
         acc = acc + torch.round(g.bias / g.unit).reshape(shape)
@@ -122,7 +117,7 @@ def _fma32(x: torch.Tensor, y: float, z) -> torch.Tensor:
     return (x.double() * y + z).float()
 
 
-def fused_add(qa, qb, qc, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def fused_add(qa: Quantizer, qb: Quantizer, qc: Quantizer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a + b as ONNX Runtime's QLinearAdd computes it (x86 MLAS, its AVX2 kernel), a and b on their quantizers' grids,
     quantized by qc (a ReLU before qc, zero point 0, is its saturation at 0), then dequantized.
 
@@ -141,42 +136,9 @@ def fused_add(qa, qb, qc, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (code - zc) * torch.as_tensor(sc)
 
 
-def residual_add(block: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A ResNet block's residual Add: in eval mode as ORT's QLinearAdd where attach_fusion found one."""
-    fused = getattr(block, "add_fused", None)
-    if (fused is None or block.training or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself
-            or not bool(fused[2].initialized)):  # a calibration pass: the next quantizer takes its range from a + b
+def residual_add(add, training: bool, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A ResNet block's residual Add: in eval mode as ORT's QLinearAdd where the plan has one (`add`, an AddPlan)."""
+    if (add is None or training or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself
+            or not bool(add.out.initialized)):  # a calibration pass: the next quantizer takes its range from a + b
         return a + b
-    return fused_add(*fused, a, b)
-
-
-class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d whose conv folds it in eval mode (quant.exact): then an identity; otherwise BatchNorm."""
-
-    def forward(self, x):
-        owner = getattr(self, "folded_into", None)
-        if owner is not None and not self.training and is_exact(owner):
-            return x
-        return super().forward(x)
-
-
-def attach_exact(model: nn.Module, bn_of: dict[str, nn.BatchNorm2d]) -> int:
-    """Mark every quantized layer whose input quantizer has uniform levels for the exact eval path, and hand
-    it the BatchNorm that follows it (`bn_of`, by layer name). Returns how many were marked."""
-    from .layers import QConv2d, QLinear
-
-    n = 0
-    for name, m in model.named_modules():
-        if not isinstance(m, (QConv2d, QLinear)) or m.act_quant is None or m.weight_quant is None:
-            continue
-        aq = m.act_quant
-        if not getattr(aq, "qdq_activations", True) or aq.scale().numel() != 1:
-            continue
-        m.exact = True
-        bn = bn_of.get(name)
-        object.__setattr__(m, "bias_bn", bn)  # plain attributes: no second state-dict entry
-        if bn is not None:
-            bn.__class__ = FoldedBatchNorm2d
-            object.__setattr__(bn, "folded_into", m)
-        n += 1
-    return n
+    return fused_add(add.main, add.identity, add.out, a, b)

@@ -1,0 +1,92 @@
+"""bench runtimes torch-fp32 (the float network, quantizers stripped) and torch-fq (the fake-quant network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import Artifact
+from .session import Runtime, Session
+
+
+class TorchSession(Session):
+    def __init__(self, runtime: str, model, file: Path, size: dict, threads: int | None):
+        import torch
+
+        self.runtime, self.file, self._size, self.threads = runtime, file, size, threads
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._torch = torch
+        self.info = {"device": "cpu", "torch_threads": threads or torch.get_num_threads()}
+
+    def run(self, x: np.ndarray):
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+    def size(self) -> dict:
+        return dict(self._size)
+
+
+class _TorchRuntime(Runtime):
+    def available(self):
+        try:
+            import torch
+        except ImportError as e:
+            return False, f"torch not importable: {e}"
+        return True, f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads"
+
+    def versions(self):
+        import torch
+        return {"torch": torch.__version__}
+
+    def _needs_run(self, artifact: Artifact) -> tuple[bool, str]:
+        if artifact.kind != "run":
+            return False, f"{self.name} takes a run directory, not an .{artifact.kind} file"
+        return True, ""
+
+    def _session(self, artifact, model, threads):
+        import torch
+
+        from ..quant import model_size
+        from ..runs import WEIGHTS
+
+        if threads:
+            torch.set_num_threads(threads)
+        weights = artifact.run_dir / WEIGHTS
+        sz = model_size(model)
+        size = {"file": str(weights), "file_bytes": weights.stat().st_size, "packed_bytes": sz["packed_bytes"],
+                "params": sz["params"]}
+        return TorchSession(self.name, model, weights, size, threads)
+
+
+class TorchFP32(_TorchRuntime):
+    name = "torch-fp32"
+    description = "PyTorch eager, float network (a quantized run's weights with quantizers removed)"
+
+    def applies(self, artifact):
+        return self._needs_run(artifact)
+
+    def load(self, artifact, *, threads=None, copies=True):
+        from ..quant import strip_quantizers
+        from ..runs import load_run
+        return self._session(artifact, strip_quantizers(load_run(artifact.run_dir).model), threads)
+
+
+class TorchFQ(_TorchRuntime):
+    name = "torch-fq"
+    description = "PyTorch eager, fake-quant network of a quantized run"
+
+    def applies(self, artifact):
+        ok, why = self._needs_run(artifact)
+        if ok and not artifact.quantized:
+            return False, "not applicable: the run is not quantized (its float network is torch-fp32)"
+        return ok, why
+
+    def load(self, artifact, *, threads=None, copies=True):
+        from ..runs import load_run
+        return self._session(artifact, load_run(artifact.run_dir).model, threads)
+
+
+# ---------------------------------------------------------------- ONNX Runtime

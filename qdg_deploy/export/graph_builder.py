@@ -1,0 +1,76 @@
+"""The ONNX graph under construction: nodes, initializers, the tensor each fx node became, and the probes
+(intermediate tensors export verify compares with torch). The lowering steps (export/lower_*.py) write into it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch.fx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import QdgError
+
+INPUT, OUTPUT = "input", "logits"
+
+
+@dataclass
+class Settings:
+    """What the export was asked for (build_onnx's arguments, defaults resolved)."""
+    target: str  # "ort" | "tensorrt"
+    opset: int
+    fp32: bool  # the float network: quantizers not written
+    residual_qdq: bool  # TensorRT's placement: Adds read quantized tensors
+    int_bias: bool  # biases inside the convs ORT runs as integer kernels
+
+
+@dataclass
+class GraphBuilder:
+    settings: Settings
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # fx node name -> ONNX tensor name
+    probes: list[dict] = field(default_factory=list)
+    weight_bits: dict[str, int] = field(default_factory=dict)  # code initializer -> trained bits
+    quantized_inputs: dict[str, str] = field(default_factory=dict)  # ONNX tensor -> its first activation DQ
+    qdq_cache: dict[tuple[int, str], tuple[str, object]] = field(default_factory=dict)  # (quantizer, tensor) -> DQ
+    _uid: int = 0
+
+    @property
+    def target(self) -> str:
+        return self.settings.target
+
+    def uid(self, base: str) -> str:
+        self._uid += 1
+        return f"{base}_{self._uid}"
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def add(self, op: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> str:
+        outs = [name] if n_out == 1 else [f"{name}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
+        return outs[0]
+
+    def arg(self, a) -> str:
+        if not isinstance(a, torch.fx.Node):
+            raise QdgError(f"cannot export a constant operand {a!r}")
+        return self.names[a.name]
+
+    def probe(self, kind: str, layer: str, tensor: str, fx: str | None = None) -> None:
+        self.probes.append({"kind": kind, "layer": layer, "tensor": tensor} if fx is None else
+                           {"kind": kind, "layer": layer, "fx": fx, "tensor": tensor})
+
+    def model(self, input_shape, out_shape, dynamic_batch: bool) -> onnx.ModelProto:
+        batch = "batch" if dynamic_batch else 1
+        graph = helper.make_graph(self.nodes, "qdg_deploy",
+                                  [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *input_shape])],
+                                  [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, *out_shape])],
+                                  self.inits)
+        opsets = [helper.make_opsetid("", self.settings.opset)]
+        proto = helper.make_model(graph, opset_imports=opsets, producer_name="qdg-deploy",
+                                  ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+        onnx.checker.check_model(proto, full_check=True)
+        return proto

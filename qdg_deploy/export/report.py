@@ -1,0 +1,87 @@
+"""The export report's graph section (`model.export.json`), built from the lowering records (export/records.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .onnx_writer import LoweredGraph
+from .records import Bias, Lowered
+
+WEIGHT_ONLY_NOTE = ("weight-only layers: integer codes + DequantizeLinear into a float Conv; they shrink the file "
+                    "but compute in float (TensorRT runs a convolution in INT8 only when its input is quantized too)")
+INT32_GRID_NOTE = ("trained with integer biases (scheme int_bias): each bias already sits on the int32 grid s_x·s_w "
+                   "in the torch model's eval mode, so ONNX Runtime's QLinearConv holds it exactly")
+SNAPPED_NOTE = ("each of these layers' output is snapped to its integer accumulator (Conv, then Div/Round/Mul by the "
+                "float32 unit s_x·s_w, then the folded bias), in the graph and in the torch model's eval forward: "
+                "both hold the same float32 values whatever order their kernels sum in (quant/kernels.py)")
+ORT_KERNEL_NOTE = ("ONNX Runtime CPU runs these layers as integer kernels into the next quantizer (QLinearConv / "
+                   "QGemm), and the torch model's eval forward computes what those kernels compute (int32 sum, "
+                   "float32 requantization; residual Adds as QLinearAdd), measured bit for bit against ORT 1.32's "
+                   "x86 kernels on a CPU with VNNI (AVX2 without VNNI can saturate int16 pair sums)")
+RESIDUAL_QUANTIZERS_NOTE = ("the model trained quantizers on its residual Adds' inputs (scheme residual=True): their "
+                            "Q/DQ reproduce the torch model, so ONNX Runtime and TensorRT run those Adds and the convs "
+                            "feeding them as integer kernels")
+REQUANTIZED_NOTE = ("TensorRT takes zero point 0 only: these activation quantizers were requantized to symmetric "
+                    "int8, so this export is not exact; see the measured agreement")
+RESIDUAL_QDQ_NOTE = ("TensorRT placement: residual Adds take the block input's quantized tensor (the one its first "
+                     "conv reads); the torch model adds the float tensor, so this changes the numerics; see the "
+                     "measured agreement")
+
+
+@dataclass
+class OrtFusion:
+    """What ONNX Runtime CPU's optimized graph runs as integer kernels, and what the model computes as such."""
+    fused_layers: list[str]
+    unfused_layers: list[str]
+    fused_adds: int
+    kernel_adds: int | None  # residual Adds the model computes as QLinearAdd (target ort with integer biases)
+
+    def info(self) -> dict:
+        out = {"ort_fused_layers": self.fused_layers, "ort_unfused_layers": self.unfused_layers,
+               "ort_fused_adds": self.fused_adds}
+        return out if self.kernel_adds is None else {**out, "ort_kernel_adds": self.kernel_adds}
+
+
+def graph_notes(low: LoweredGraph, fusion: OrtFusion | None) -> dict:
+    layers = low.layers
+    acts = [(r.layer, r.act) for r in layers if r.act is not None]
+    notes = {"layers": [r.as_json() for r in layers],
+             "clipped": [{"layer": n, "clip": a.clip} for n, a in acts if a.clip is not None],
+             "requantized": [{"layer": n, "how": a.requantized} for n, a in acts if a.requantized is not None],
+             "weight_only_layers": [r.layer for r in layers if r.weight_only],
+             "bn_folded": [r.bn_folded for r in layers if r.bn_folded],
+             "residual_qdq": [r.as_json() for r in low.residual_qdq],
+             "residual_quantizers": [{k: v for k, v in r.as_json().items()
+                                      if k in ("quantizer", "type", "zero_point", "exact", "shared")}
+                                     for r in low.residual_quantizers]}
+    for listed, key, note in (("residual_quantizers", "residual_quantizers_note", RESIDUAL_QUANTIZERS_NOTE),
+                              ("weight_only_layers", "weight_only_note", WEIGHT_ONLY_NOTE),
+                              ("requantized", "requantized_note", REQUANTIZED_NOTE)):
+        if notes[listed]:
+            notes[key] = note
+    grid = [r.layer for r in layers if r.bias is Bias.INT32_GRID]  # biases an integer kernel holds exactly
+    if grid:
+        notes["int32_grid_bias_layers"], notes["int32_grid_bias_note"] = grid, INT32_GRID_NOTE
+    if notes["residual_qdq"]:
+        notes["residual_qdq_note"] = RESIDUAL_QDQ_NOTE
+    if fusion is not None:
+        notes["ort_fused_layers"], notes["ort_unfused_layers"] = fusion.fused_layers, fusion.unfused_layers
+    notes.update(_lowering_notes(layers, fusion))
+    return notes
+
+
+def _lowering_notes(layers, fusion: OrtFusion | None) -> dict:
+    """The snapped layers and those computed as ORT's kernels, and the kernels this ORT build does not run."""
+    notes = {}
+    snapped = [r.layer for r in layers if r.lowered is Lowered.SNAPPED]
+    kernels = [r.layer for r in layers if r.lowered is Lowered.ORT_KERNEL]
+    if snapped:
+        notes["snapped_layers"], notes["snapped_note"] = snapped, SNAPPED_NOTE
+    if kernels:
+        notes["ort_kernel_layers"], notes["ort_kernel_note"] = kernels, ORT_KERNEL_NOTE
+        missing = sorted(set(kernels) - set(fusion.fused_layers if fusion is not None else kernels))
+        if fusion is not None and (fusion.kernel_adds or 0) > fusion.fused_adds:
+            missing.append(f"{fusion.kernel_adds - fusion.fused_adds} residual Add(s)")
+        if missing:  # the model computes these as integer kernels, but this ORT build runs them otherwise
+            notes["ort_kernel_mismatch"] = missing
+    return notes

@@ -1,0 +1,54 @@
+"""Which layers and residual Adds ONNX Runtime CPU turns into integer kernels, read from the model's fx graph.
+
+ORT fuses DequantizeLinear → Conv → QuantizeLinear into QLinearConv (and DQ → Add → Q into QLinearAdd) when the op's
+output goes only to one QuantizeLinear, possibly through a ReLU that the Q's zero point at the type's minimum
+(unsigned, zero point 0) lets it drop, and through a MaxPool (max commutes with a monotone quantizer, so the
+writer places the Q before the pool). The plan (quant/plan.py) hands each such layer and Add its output quantizer,
+so that the eval forward computes what the integer kernel computes (quant/kernels.py) and the exporter writes the
+graph ORT fuses.
+"""
+
+from __future__ import annotations
+
+import torch.fx
+from torch import nn
+
+from .layers import QConv2d, QLinear
+from .quantizers import Quantizer
+from .tracing import is_relu
+
+
+def user_quant(u: torch.fx.Node, mods) -> Quantizer | None:
+    """The activation quantizer fx node u applies to its input (a quantized layer's, or a standalone residual
+    quantizer), or None; transform (DAQ) and per-channel quantizers do not count."""
+    m = mods.get(u.target) if u.op == "call_module" else None
+    aq = m if isinstance(m, Quantizer) else m.act_quant if isinstance(m, (QConv2d, QLinear)) else None
+    if aq is None or aq.transform or aq.scale().numel() != 1:
+        return None
+    return aq
+
+
+def pool_quant(n: torch.fx.Node, mods) -> Quantizer | None:
+    """For a MaxPool whose every reader quantizes its output with one and the same quantizer: that quantizer."""
+    if n.op != "call_module" or not isinstance(mods.get(n.target), nn.MaxPool2d) or not n.users:
+        return None
+    return _one_quant(n.users, mods, pools=False)
+
+
+def _one_quant(users, mods, pools: bool = True) -> Quantizer | None:
+    qs = [(pool_quant(u, mods) if pools else None) or user_quant(u, mods) for u in users]
+    if not qs or any(q is None for q in qs) or len({id(q) for q in qs}) != 1:
+        return None
+    return qs[0]
+
+
+def output_quantizer(n: torch.fx.Node, mods) -> Quantizer | None:
+    """The quantizer that alone reads node n's output (through a droppable ReLU and a MaxPool), or None."""
+    users = list(n.users)
+    relu = len(users) == 1 and is_relu(users[0], mods)
+    if relu:
+        users = list(users[0].users)
+    q = _one_quant(users, mods)
+    if q is None or (relu and (q.spec.signed or q.learned_zp)):  # ORT drops a ReLU only before zero point 0
+        return None
+    return q

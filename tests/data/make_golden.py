@@ -1,0 +1,131 @@
+"""How tests/data/golden was made: the exports the code wrote at 785620a, before issue 14's refactor.
+
+    PYTHONPATH=. python tests/data/make_golden.py train   # the four tiny mnist-cnn runs (weights committed)
+    PYTHONPATH=. python tests/data/make_golden.py hashes  # golden.json: SHA-256 of every export, and its report
+
+Training is float-nondeterministic across CPUs, so the runs' weights are committed and only the exports are
+recomputed: an export from fixed weights is deterministic. The ResNet cases are not stored (44 MB each): their
+weights, BatchNorm statistics and quantizer steps are set by `resnet_case` from a seeded generator with
+numpy's generator and elementwise or order-independent arithmetic only (max), so every CPU builds the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden"
+# name -> train() overrides: paper / trt / ort QT-DoG runs and an AlignQ (DAQ W4A4, DANN) run on mnist-cnn
+RUNS = {
+    "paper": dict(method="qtdog", scheme="paper", test_env="0"),
+    "trt": dict(method="qtdog", scheme="trt", test_env="0"),
+    "ort": dict(method="qtdog", scheme="ort", test_env="0"),
+    "alignq": dict(method="alignq", source="0", target="15", bits=4),
+}
+RESNETS = ("paper", "trt", "ort")
+RESNET_SHAPE = (3, 32, 32)
+TARGETS = ("ort", "tensorrt")
+PATH_KEYS = ("run", "path")  # report keys that name where the files were written
+
+
+def train_runs() -> None:
+    from qdg_deploy.train import resolve_hparams, train_one
+
+    for name, over in RUNS.items():
+        hp = resolve_hparams("rotated-mnist", steps=6, q_steps=2, checkpoint_freq=3, seed=0, threads=1, **over)
+        train_one(hp, GOLDEN / name, overwrite=True)
+
+
+def resnet_case(scheme: str) -> torch.nn.Module:
+    """A quantized resnet18 (3 input channels, 7 classes), the same bits on every CPU (see the module docstring)."""
+    import numpy as np
+
+    from qdg_deploy.models import build_model
+    from qdg_deploy.quant import Quantizer, get_scheme, quant_layers, quantize_model
+
+    net = quantize_model(build_model("resnet18", 3, 7), get_scheme(scheme))
+    rng = np.random.default_rng(0)  # numpy's generator and float32 elementwise arithmetic: the same on every CPU
+    with torch.no_grad():
+        for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+            if not t.is_floating_point() or "_quant." in name:
+                continue
+            u = torch.from_numpy(rng.random(t.shape, dtype=np.float32))
+            if name.endswith("running_var") or (t.dim() == 1 and name.endswith("weight")):
+                t.copy_(u + np.float32(0.5))  # variances and BatchNorm gammas in [0.5, 1.5)
+            elif t.dim() > 1:
+                bound = np.float32(1 / np.sqrt(t[0].numel()))
+                t.copy_((u - np.float32(0.5)) * (2 * bound))  # like kaiming_uniform: +-1/sqrt(fan_in)
+            else:
+                t.copy_(u - np.float32(0.5))  # biases, BatchNorm betas and means
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight[0] = -m.weight[0]  # a negative gamma: the fold flips that channel's codes
+        weight_quants = set()
+        for m in quant_layers(net).values():
+            if m.weight_quant is not None:
+                wq = m.weight_quant
+                amax = m.weight.detach().abs().reshape(m.weight.shape[0], -1).amax(1)
+                wq.step.copy_((amax / wq.qmax).reshape(wq.step.shape) if wq.step.dim() else amax.max() / wq.qmax)
+                weight_quants.add(id(wq))
+        i = 0
+        for m in net.modules():
+            if isinstance(m, Quantizer) and id(m) not in weight_quants:
+                m.step.fill_(0.02 + 0.001 * i)
+                if m.learned_zp:
+                    m.zero_point.fill_(float(i % 7 - 3))
+                m.initialized.fill_(True)
+                i += 1
+    return net.eval()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _report(info: dict) -> dict:
+    """The parts of export_onnx's info that reach the .export.json report, JSON-normalized."""
+    keep = {k: v for k, v in info.items() if k not in ("proto", "probes", "weight_bits")}
+    return json.loads(json.dumps(keep, default=str))
+
+
+def run_exports(name: str) -> dict:
+    """SHA-256 of `export_run`'s files (onnx on both targets, onnx-fp32) and its report without paths."""
+    from qdg_deploy.export import export_run
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for fmt, target in [("onnx", t) for t in TARGETS] + [("onnx-fp32", "ort")]:
+            path = Path(d) / f"{fmt}-{target}.onnx"
+            report = export_run(GOLDEN / name, fmt=fmt, target=target, out=path, verify=False)
+            out[f"{fmt}:{target}"] = {"sha256": sha256(path),
+                                      "report": {k: v for k, v in report.items() if k not in PATH_KEYS}}
+    return out
+
+
+def resnet_exports(scheme: str) -> dict:
+    """SHA-256 of export_onnx's file on both targets for resnet_case(scheme), and its info."""
+    from qdg_deploy.export import export_onnx
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for target in TARGETS:
+            path = Path(d) / f"{target}.onnx"
+            info = export_onnx(resnet_case(scheme), RESNET_SHAPE, path, target=target)
+            out[f"onnx:{target}"] = {"sha256": sha256(path), "report": _report(info)}
+    return out
+
+
+def write_hashes() -> None:
+    torch.set_num_threads(1)
+    golden = {"runs": {n: run_exports(n) for n in RUNS}, "resnet18": {s: resnet_exports(s) for s in RESNETS}}
+    (HERE / "golden.json").write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    {"train": train_runs, "hashes": write_hashes}[sys.argv[1]]()
