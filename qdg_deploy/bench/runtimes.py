@@ -155,11 +155,10 @@ def float_network(artifact: Artifact):
     quantizers removed (quantizer tensors dropped from the state dict), for a float run the network."""
     from safetensors.torch import load_file
 
-    from ..models import build_model
-    from ..runs import WEIGHTS
+    from ..runs import WEIGHTS, build_run_model
 
     rec = artifact.config["model"]
-    net = build_model(rec["arch"], rec["input_shape"][0], rec["num_classes"])
+    net = build_run_model(rec, float_only=True)  # an ensemble: every member float
     state = load_file(str(artifact.run_dir / WEIGHTS))
     state = {k: v for k, v in state.items() if ".weight_quant." not in k and ".act_quant." not in k}
     try:

@@ -159,6 +159,9 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
               "file_bytes": info["file_bytes"], "fp32_bytes": info["fp32_bytes"], "packed_bytes": info["packed_bytes"],
               "size_ratio": info["size_ratio"], "packed_ratio": info["packed_ratio"]}
     report.update(_graph_notes(info))
+    from ..ensemble import export_note
+    if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
+        report["ensemble"] = note
     if verify:
         report.update(verify_model(model, proto, info["probes"], verify_sets(run, max_samples), console=console))
     if fmt == "tensorrt":
