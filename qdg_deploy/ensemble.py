@@ -29,6 +29,7 @@ from .runs import METRICS, Run, load_run, save_run
 SAME_TASK = ("dataset", "domains", "test_env_index", "classes")
 SAME_HP = ("data_dir", "image_size", "holdout_fraction")
 SAME_MODEL = ("arch", "input_shape", "num_classes", "scheme")
+NAMES = {"test_env_index": "held-out domain", "classes": "class list", "domains": "domain list"}
 
 
 class Ensemble(nn.Module):
@@ -63,7 +64,7 @@ def check_members(runs: list[Run]) -> None:
     for r in runs[1:]:
         for key in SAME_TASK:
             if r.config.get(key) != first.config.get(key):
-                raise QdgError(f"members differ in {key}: {first.path} has {_show(first, key)}, "
+                raise QdgError(f"members differ in {NAMES.get(key, key)}: {first.path} has {_show(first, key)}, "
                                f"{r.path} has {_show(r, key)}")
         for key in SAME_HP:
             if r.config["hparams"].get(key) != first.config["hparams"].get(key):
