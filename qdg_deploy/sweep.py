@@ -182,6 +182,7 @@ def execute(jobs: list[Job], parallel: int, console=None) -> dict:
             pending.append(j)
     running: list[tuple[Job, subprocess.Popen, object]] = []
     env = child_env()
+    _terminate_on_sigterm()
     with make_progress(console) as progress:
         task = progress.add_task("sweep", total=len(jobs), completed=len(result["skipped"]), info="")
         try:
@@ -210,6 +211,19 @@ def execute(jobs: list[Job], parallel: int, console=None) -> dict:
     return result
 
 
+def _terminate_on_sigterm() -> None:
+    """SIGTERM ends the sweep as Ctrl-C does: its running children are terminated, not orphaned."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _start(j: Job, env: dict):
     if j.out.exists():  # a broken run: start it again from nothing
         shutil.rmtree(j.out)
@@ -223,7 +237,8 @@ def _start(j: Job, env: dict):
 def build_ensembles(out: Path, entries: list[Entry], test_envs: list[str], seeds: list[int],
                     kinds: list[str]) -> list[dict]:
     """Per (entry, test env): an ensemble of its seeds in OUT/<label>+ens/<test_env> when every seed finished and
-    the members are quantized (kind eoq) or float (eoa). An existing one with the same members is kept."""
+    the members are quantized (kind eoq) or float (eoa). One built from the same members since they last trained
+    is kept."""
     from .ensemble import build_ensemble
 
     built = []
@@ -236,13 +251,20 @@ def build_ensembles(out: Path, entries: list[Entry], test_envs: list[str], seeds
             if ("eoq" if quantized else "eoa") not in kinds:
                 continue
             dest = out / f"{e.label}+ens" / safe_label(te)
-            if run_state(dest) == "done" and read_json(dest / CONFIG).get("ensemble", {}).get("members") == list(
-                    map(str, members)):
+            if _ensemble_current(dest, members):
                 built.append({"run": str(dest), "kept": True})
                 continue
             m = build_ensemble(members, dest, overwrite=True)
             built.append({"run": str(dest), "method": m["method"], "test_acc": m["test_acc"]})
     return built
+
+
+def _ensemble_current(dest: Path, members: list[Path]) -> bool:
+    """An ensemble already built from these members, after their last (re)training."""
+    if run_state(dest) != "done":
+        return False
+    same = read_json(dest / CONFIG).get("ensemble", {}).get("members") == [str(m) for m in members]
+    return same and (dest / METRICS).stat().st_mtime >= max((m / METRICS).stat().st_mtime for m in members)
 
 
 def run_sweep(dataset: str, methods: str, test_envs: str, seeds: str, sets: list[str], out: Path, *,
