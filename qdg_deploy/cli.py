@@ -238,6 +238,29 @@ def ensemble(
 
 
 @app.command()
+def flatness(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (one curve each; ensembles too)."),
+    radius: str = typer.Option("0..1", help="Radii from 0 to R: 0..R (or START..R); the L2 norm of the weight change."),
+    points: int = typer.Option(11, help="Radii evaluated, evenly spaced."),
+    directions: int = typer.Option(5, help="Random directions per radius (mean ± std over them)."),
+    samples: int = typer.Option(512, help="Items per training domain's `in` split (a fixed random subset; 0: all)."),
+    seed: int = typer.Option(0, help="Seed of the directions and the subset."),
+    out_dir: Path = typer.Option(Path("flatness"), "--out", help="Writes OUT/flatness.json and OUT/flatness.png."),
+):
+    """Local flatness as SWAD measures it: training-domain loss along random unit directions in weight space.
+
+    Quantizer steps stay fixed; a quantized run's perturbed latent weights are re-quantized by its layers."""
+    from .flatness import run_flatness
+
+    r = run_flatness(run_dirs, out_dir, radius=radius, points=points, directions=directions, samples=samples,
+                     seed=seed)
+    for label, c in r["runs"].items():
+        out.print(f"{label}: loss {c['mean'][0]:.4f} at r={r['radii'][0]:g} → {c['mean'][-1]:.4f} ± {c['std'][-1]:.4f} "
+                  f"at r={r['radii'][-1]:g} ({c['n_params_moved']:,} weights moved)")
+    out.print(f"written {out_dir / 'flatness.json'} and {out_dir / 'flatness.png'}")
+
+
+@app.command()
 def sweep(
     dataset: str = typer.Option("rotated-mnist", help="Data set, as for train."),
     methods: str = typer.Option("erm,qtdog", help="Comma-separated entries METHOD[:key=value[:key=value...]], e.g. "
