@@ -223,8 +223,9 @@ def ensemble(
 ):
     """EoQ / EoA: one run directory whose network sums its members' logits (as EoA's code does).
 
-    Quantized members make an EoQ, float ones an EoA. `eval`, `export` (one ONNX graph holding every member and
-    the sum, verified exactly as a single model) and `bench` take the result like any run."""
+    Quantized members make an EoQ, float ones an EoA.
+
+    eval, export (one ONNX graph: every member and the sum, verified as a single model) and bench take it."""
     from .ensemble import build_ensemble
     from .report import per_domain_table
 
@@ -249,7 +250,9 @@ def flatness(
 ):
     """Local flatness as SWAD measures it: training-domain loss along random unit directions in weight space.
 
-    Quantizer steps stay fixed; a quantized run's perturbed latent weights are re-quantized by its layers."""
+    Writes OUT/flatness.json (mean, std, every loss per run) and OUT/flatness.png (one curve per run).
+
+    Quantizer steps stay fixed: a quantized run's perturbed latent weights are re-quantized by its layers."""
     from .flatness import run_flatness
 
     r = run_flatness(run_dirs, out_dir, radius=radius, points=points, directions=directions, samples=samples,
@@ -280,6 +283,7 @@ def sweep(
     """Train every (method entry, held-out domain, seed) as its own process, N at a time; resumable.
 
     Finished runs (a valid metrics.json) are skipped; broken ones (killed, crashed) are removed and trained again.
+
     Each run logs to RUN_DIR/train.log. Then `qdg-deploy report OUT` prints the table."""
     from .sweep import run_sweep
 
@@ -301,8 +305,11 @@ def report_cmd(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Markdown file (default SWEEP_DIR/results.md); the "
                                             "JSON goes beside it (.json)."),
 ):
-    """DomainBed-style results table: a row per method label, a column per held-out domain (mean ± standard
-    error over seeds), Avg, size ×FP32; "<label> w/o SWAD" rows where runs hold a no_swad result."""
+    """DomainBed-style results table of a sweep: a row per method label (and ensemble), a column per held-out domain.
+
+    Cells: mean ± standard error (ddof 1) over seeds; Avg of the domain means; size ×FP32 (packed / one FP32 net).
+
+    Rows "<label> w/o SWAD" where the runs' metrics.json hold a no_swad result."""
     from rich.table import Table
 
     from .sweep_report import cells, write_report

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import __version__
 from .errors import QdgError
-from .runs import METRICS, Run, load_run, save_run
+from .runs import CONFIG, METRICS, Run, load_run, save_run
 
 # Which config entries must agree between members (what they mean: the same task and the same network).
 SAME_TASK = ("dataset", "domains", "test_env_index", "classes")
@@ -106,10 +106,14 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
     from .train.evaluate import domain_metrics
 
     out = Path(out)
-    if (out / METRICS).exists() and not overwrite:
-        raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise QdgError(f"{out} exists and is not a directory")
+    if out.exists():
+        if not out.is_dir():
+            raise QdgError(f"{out} exists and is not a directory")
+        is_run = (out / METRICS).exists() or (out / CONFIG).exists()
+        if is_run and not overwrite:
+            raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        if not is_run and any(out.iterdir()):
+            raise QdgError(f"{out} holds other files (not a run directory): choose another --out")
     runs = [load_run(p) for p in run_dirs]
     if len({r.path.resolve() for r in runs}) != len(runs):
         raise QdgError("a run directory is given twice")

@@ -101,3 +101,8 @@ def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path):
         assert not out.exists()
     with pytest.raises(QdgError, match="already holds a run"):
         build_ensemble([world["runs"][0], world["runs"][1]], world["ens"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(QdgError, match="other files"):
+        build_ensemble([world["runs"][0], world["runs"][1]], tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
