@@ -152,6 +152,10 @@ def export(
                    console=console)
     out.print(f"written {r.get('engine', r['path'])} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
               f"packed {r['packed_ratio']:.3f}×)")
+    if "ensemble" in r:
+        e = r["ensemble"]
+        out.print(f"{e['kind']}: one graph of {e['k']} members, each {e['member_packed_bytes']:,.0f} packed bytes "
+                  f"({e['packed_vs_one_fp32_member']:.3f}× one FP32 member in all)")
     if "top1_agreement" in r:
         out.print(f"top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} samples; max |Δlogit| "
                   f"{r['max_abs_diff']:.3g}; held-out acc onnx {r['onnx_acc']:.4f} / torch {r['torch_acc']:.4f}")
@@ -233,6 +237,117 @@ def bench(
             out.print(B.compare_table(rows, str(compare_path)))
         else:
             out.print(f"--compare: no (artifact, runtime, batch) in common with {compare_path}")
+
+
+@app.command()
+def ensemble(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories: one method, different seeds, the "
+                                          "same data set, held-out domain, architecture and quantization scheme."),
+    out_dir: Path = typer.Option(..., "--out", help="The ensemble run directory to write."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+):
+    """EoQ / EoA: one run directory whose network sums its members' logits (as EoA's code does).
+
+    Quantized members make an EoQ, float ones an EoA.
+
+    eval, export (one ONNX graph: every member and the sum, verified as a single model) and bench take it."""
+    from .ensemble import build_ensemble
+    from .tables import per_domain_table
+
+    m = build_ensemble(run_dirs, out_dir, overwrite=overwrite)
+    out.print(per_domain_table({m["method"]: m}))
+    for mem in m["members"]:
+        out.print(f"member seed {mem['seed']}: held-out acc {100 * mem['test_acc']:.1f}  ({mem['run']})")
+    out.print(f"{m['method']}: held-out acc {100 * m['test_acc']:.1f}, members' mean {100 * m['members_mean_test_acc']:.1f} "
+              f"({100 * m['gain_over_members_mean']:+.1f} points)")
+    out.print(f"ensemble written to {out_dir}")
+
+
+@app.command()
+def flatness(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (one curve each; ensembles too)."),
+    radius: str = typer.Option("0..1", help="Radii from 0 to R: 0..R (or START..R); the L2 norm of the weight change."),
+    points: int = typer.Option(11, help="Radii evaluated, evenly spaced."),
+    directions: int = typer.Option(5, help="Random directions per radius (mean ± std over them)."),
+    samples: int = typer.Option(512, help="Items per training domain's `in` split (a fixed random subset; 0: all)."),
+    seed: int = typer.Option(0, help="Seed of the directions and the subset."),
+    out_dir: Path = typer.Option(Path("flatness"), "--out", help="Writes OUT/flatness.json and OUT/flatness.png."),
+):
+    """Local flatness as SWAD measures it: training-domain loss along random unit directions in weight space.
+
+    Writes OUT/flatness.json (mean, std, every loss per run) and OUT/flatness.png (one curve per run).
+
+    Quantizer steps stay fixed: a quantized run's perturbed latent weights are re-quantized by its layers."""
+    from .flatness import run_flatness
+
+    r = run_flatness(run_dirs, out_dir, radius=radius, points=points, directions=directions, samples=samples,
+                     seed=seed)
+    for label, c in r["runs"].items():
+        out.print(f"{label}: loss {c['mean'][0]:.4f} at r={r['radii'][0]:g} → {c['mean'][-1]:.4f} ± {c['std'][-1]:.4f} "
+                  f"at r={r['radii'][-1]:g} ({c['n_params_moved']:,} weights moved)")
+    out.print(f"written {out_dir / 'flatness.json'} and {out_dir / 'flatness.png'}")
+
+
+@app.command()
+def sweep(
+    dataset: str = typer.Option("rotated-mnist", help="Data set, as for train."),
+    methods: str = typer.Option("erm,qtdog", help="Comma-separated entries METHOD[:key=value[:key=value...]], e.g. "
+                                "\"erm,qtdog,qtdog:scheme=ort,qtdog:freeze_after_swap=true\"; each entry is one row, "
+                                "its label the entry text made file-system safe."),
+    test_envs: str = typer.Option("all", help="Held-out domains: all, or comma-separated names/indices."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for every entry (repeatable): becomes the "
+                                             "train flag --key value (_ → -; true/false → --key/--no-key)."),
+    out_dir: Path = typer.Option(Path("sweeps/sweep"), "--out", help="Sweep directory: OUT/<label>/<test_env>/seed<k>/."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at a time (each gets cores/N torch threads unless --set "
+                             "threads=...)."),
+    ensembles: Optional[str] = typer.Option(None, help="eoq and/or eoa: per (entry, held-out domain), an ensemble of "
+                                            "its seeds (quantized entries: eoq, float ones: eoa) in OUT/<label>+ens/."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the train commands (finished runs marked)."),
+):
+    """Train every (method entry, held-out domain, seed) as its own process, N at a time; resumable.
+
+    Finished runs (a valid metrics.json) are skipped; broken ones (killed, crashed) are removed and trained again.
+
+    Each run logs to RUN_DIR/train.log. Then `qdg-deploy report OUT` prints the table."""
+    from .sweep import run_sweep
+
+    r = run_sweep(dataset, methods, test_envs, seeds, set_ or [], out_dir, parallel=jobs, ensembles=ensembles,
+                  dry_run=dry_run, console=console, echo=lambda s: out.print(s, highlight=False, soft_wrap=True))
+    if dry_run:
+        return
+    out.print(f"{len(r['done'])} trained, {len(r['skipped'])} already finished, {len(r['failed'])} failed")
+    for e in r.get("ensembles", []):
+        out.print(f"ensemble {e['run']}" + (" (kept)" if e.get("kept") else f": {e['method']} {100 * e['test_acc']:.1f}"))
+    if r["failed"]:
+        raise QdgError(f"{len(r['failed'])} run(s) failed; see their train.log: " + ", ".join(r["failed"]))
+    out.print(f"next: qdg-deploy report {out_dir}")
+
+
+@app.command("report")
+def report_cmd(
+    sweep_dir: Path = typer.Argument(..., help="A sweep directory written by `qdg-deploy sweep`."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Markdown file (default SWEEP_DIR/results.md); the "
+                                            "JSON goes beside it (.json)."),
+):
+    """DomainBed-style results table of a sweep: a row per method label (and ensemble), a column per held-out domain.
+
+    Cells: mean ± standard error (ddof 1) over seeds; Avg of the domain means; size ×FP32 (packed / one FP32 net).
+
+    Rows "<label> w/o SWAD" where the runs' metrics.json hold a no_swad result."""
+    from rich.table import Table
+
+    from .sweep_report import cells, write_report
+
+    table, md, js = write_report(sweep_dir, out_path)
+    header, rows = cells(table)
+    t = Table(title=f"Held-out accuracy (%), mean ± SE over seeds — {sweep_dir}")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
+    out.print(f"written {md} and {js}")
 
 
 @app.command()

@@ -53,9 +53,14 @@ def model_record(arch: str, input_shape, num_classes: int, scheme: Scheme | None
             "scheme": scheme.to_dict() if scheme else None}
 
 
-def build_run_model(record: dict) -> nn.Module:
+def build_run_model(record: dict, float_only: bool = False) -> nn.Module:
+    """The network a model record describes (an ensemble record: each member as its own record says, wrapped in
+    `ensemble.Ensemble`); float_only leaves every layer float."""
+    if record.get("ensemble"):
+        from .ensemble import Ensemble
+        return Ensemble([build_run_model(r, float_only) for r in record["ensemble"]])
     net = build_model(record["arch"], record["input_shape"][0], record["num_classes"])
-    if record.get("scheme"):
+    if record.get("scheme") and not float_only:
         quantize_model(net, Scheme.from_dict(record["scheme"]))
     return net
 

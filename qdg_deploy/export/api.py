@@ -153,6 +153,9 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
               "size_ratio": round(ex.file_bytes / ex.fp32_bytes, 4),
               "packed_ratio": round(ex.packed_bytes / ex.fp32_bytes, 4)}
     report.update(graph_notes(ex.low, ex.fusion))
+    from ..ensemble import export_note
+    if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
+        report["ensemble"] = note
     if verify:
         report.update(verify_model(model, ex.low.proto, ex.low.probes, verify_sets(run, max_samples),
                                    console=console))
