@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .tables import per_domain_table
+from .tables import models_table
 from .runs import load_run
 from .train import resolve_hparams, train_one
 from .evaluation import make_progress
@@ -23,33 +23,49 @@ def w8a8_scheme() -> str:
 
 
 def demo_models() -> dict[str, dict]:
-    """Label → training overrides for each model the demo trains."""
+    """Directory name → (label, training overrides) of each model the demo trains. Every run averages with SWAD and
+    keeps its result without averaging too; the two QT-DoG W7 seeds make the EoQ."""
     w8 = w8a8_scheme()
-    return {"ERM": dict(method="erm"),
-            "QT-DoG (W7)": dict(method="qtdog", scheme="paper"),
-            f"QT-DoG W8A8 ({w8})": dict(method="qtdog", scheme=w8)}
+    return {"erm": ("ERM", dict(method="erm", swad=True)),
+            "qtdog-w7": ("QT-DoG W7", dict(method="qtdog", scheme="paper")),
+            "qtdog-w7-seed1": ("QT-DoG W7 (seed+1)", dict(method="qtdog", scheme="paper", seed_offset=1)),
+            "qtdog-w8a8": (f"QT-DoG W8A8 ({w8})", dict(method="qtdog", scheme=w8))}
+
+
+def train_step(out_dir: Path, steps: int | None, seed: int, test_env: str, console=None) -> tuple[dict, dict]:
+    """Train the demo's models; returns (label → run dir, label → metrics) with a "+ SWAD" row and a plain row per
+    run, and the EoQ of the two QT-DoG W7 seeds."""
+    from .ensemble import build_ensemble
+
+    dirs, results = {}, {}
+    with make_progress(console) as progress:
+        for name, (label, overrides) in demo_models().items():
+            overrides = dict(overrides)
+            run_seed = seed + overrides.pop("seed_offset", 0)
+            hp = resolve_hparams("rotated-mnist", steps=steps, seed=run_seed, test_env=test_env, **overrides)
+            m = train_one(hp, Path(out_dir) / name, console=console, overwrite=True, progress=progress)
+            dirs[name] = Path(out_dir) / name
+            if m.get("no_swad"):
+                results[label] = {**m["no_swad"], "test_env": m["test_env"]}
+            results[f"{label} + SWAD"] = m
+    dirs["eoq"] = Path(out_dir) / "eoq"
+    results["EoQ(2) W7 + SWAD"] = build_ensemble([dirs["qtdog-w7"], dirs["qtdog-w7-seed1"]], dirs["eoq"], overwrite=True)
+    return dirs, results
 
 
 def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env: str = "75",
              console: Console | None = None, out: Console | None = None) -> dict:
     out = out or Console()
     start = time.perf_counter()
-    results, sizes, dirs = {}, {}, {}
-    with make_progress(console) as progress:
-        for label, overrides in demo_models().items():
-            hp = resolve_hparams("rotated-mnist", steps=steps, seed=seed, test_env=test_env, **overrides)
-            run_dir = Path(out_dir) / label.split(" (")[0].lower().replace(" ", "-").replace("-(", "-")
-            results[label] = train_one(hp, run_dir, console=console, overwrite=True, progress=progress)
-            sizes[label] = load_run(run_dir).config["size"]
-            dirs[label] = run_dir
-    out.print(per_domain_table(results, sizes, title=f"rotated-MNIST (embedded), seed {seed}: accuracy (%) per "
-                               f"domain, held-out {test_env}°"))
-    exports = export_step(dirs, console=console, out=out)
+    dirs, results = train_step(Path(out_dir), steps, seed, test_env, console)
+    out.print(models_table(results, title=f"rotated-MNIST (embedded), held-out {test_env}°, seed {seed}"))
+    shipped = {"ERM + SWAD": dirs["erm"], "QT-DoG W7 + SWAD": dirs["qtdog-w7"],
+               demo_models()["qtdog-w8a8"][0] + " + SWAD": dirs["qtdog-w8a8"], "EoQ(2) W7 + SWAD": dirs["eoq"]}
+    exports = export_step(shipped, console=console, out=out)
     from .bench.demo import bench_demo  # bench each exported model, one final table
-    bench = bench_demo(dirs, out_dir, console=console, out=out)
+    bench = bench_demo(shipped, out_dir, console=console, out=out)
     out.print(f"runs in {out_dir}; {time.perf_counter() - start:.0f} s in all")
-    return {"results": results, "sizes": sizes, "dirs": {k: str(v) for k, v in dirs.items()}, "exports": exports,
-            "bench": bench}
+    return {"results": results, "dirs": {k: str(v) for k, v in dirs.items()}, "exports": exports, "bench": bench}
 
 
 def export_step(dirs: dict[str, Path], *, console: Console | None = None, out: Console | None = None) -> dict:

@@ -29,6 +29,17 @@ def per_domain_table(results: dict[str, dict], sizes: dict[str, dict] | None = N
     return table
 
 
+def models_table(results: dict[str, dict], title: str | None = None) -> Table:
+    """One row per model (fits 80 columns however many models): held-out accuracy and validation accuracy."""
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("held-out %", justify="right")
+    table.add_column("val % (mean of out)", justify="right")
+    for label, r in results.items():
+        table.add_row(label, pct(r["test_acc"]), pct(r["val_acc"]))
+    return table
+
+
 def with_unaveraged(results: dict[str, dict]) -> dict[str, dict]:
     """Each result, preceded by its run's figures without weight averaging where the run kept them (`no_swad` /
     `no_sma`), labelled "LABEL w/o SWAD" / "LABEL w/o SMA"."""
