@@ -166,11 +166,11 @@ def finish(algo, hp: dict, setup: Setup, result: Fit, streams) -> dict:
     """Load the model the run keeps into algo.network and return its metrics: the weight average where one was
     made (BatchNorm statistics recomputed for it), else the best checkpoint. With an average, the best checkpoint's
     figures are kept too (`no_swad` / `no_sma`): the same run without averaging."""
-    last = copy.deepcopy(algo.network.state_dict())
+    avg = result.averaging.average()
+    last = copy.deepcopy(algo.network.state_dict()) if avg is not None else None  # the average's buffers
     algo.network.load_state_dict(result.best_state)
     scored = score(algo, setup)
     selected = {"val_acc": result.best_val, "selected_step": result.best_step}
-    avg = result.averaging.average()
     extra = {"averaging": {**result.averaging.record(), "used": avg is not None}} if result.averaging.kind else {}
     if avg is None:
         return {**scored, **selected, **extra}

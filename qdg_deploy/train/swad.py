@@ -30,19 +30,17 @@ class RunningAverage:
     def __init__(self):
         self.sum: dict[str, torch.Tensor] = {}
         self.count = 0
-        self.start_step: int | None = None
         self.end_step: int | None = None
 
-    def add(self, net: nn.Module, step: int | None = None, weight: int = 1) -> None:
+    @torch.no_grad()
+    def add(self, net: nn.Module, step: int | None = None) -> None:
+        """Add one iterate (called every training step: accumulates in place, no new tensor after the first)."""
         for name, p in net.named_parameters():
-            t = p.detach().double() * weight
             if name in self.sum:
-                self.sum[name] += t
+                self.sum[name].add_(p)
             else:
-                self.sum[name] = t.clone()
-        self.count += weight
-        if self.start_step is None:
-            self.start_step = step
+                self.sum[name] = p.detach().double()  # a float64 copy
+        self.count += 1
         self.end_step = step
 
     def merge(self, other: "RunningAverage") -> None:
@@ -50,7 +48,6 @@ class RunningAverage:
         for name, t in other.sum.items():
             self.sum[name] = self.sum[name] + t if name in self.sum else t.clone()
         self.count += other.count
-        self.start_step = other.start_step if self.start_step is None else self.start_step
         self.end_step = other.end_step
 
     def state(self) -> dict[str, torch.Tensor]:
