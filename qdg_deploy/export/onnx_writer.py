@@ -22,6 +22,7 @@ from ..errors import QdgError
 from ..quant import Quantizer, quant_layers
 from ..quant.norms import ExportMatchedAvgPool
 from ..quant.ort_fusion import pool_quant
+from ..quant.pool import QAvgPool
 from ..quant.tracing import conv_bn_pairs, trace
 from . import lower_add, lower_norm, lower_pool
 from .graph_builder import INPUT, OUTPUT, GraphBuilder, Settings
@@ -117,6 +118,9 @@ class _Lowering:
         if isinstance(m, nn.MaxPool2d):
             pre = None if fp32 else pool_quant(n, self.mods)
             return lower_pool.max_pool(g, x, p, m, pre), pre is None
+        if isinstance(m, QAvgPool) and not fp32:  # the last block's output, quantized before the pool
+            x, rec = lower_add.residual_quant(g, x, f"{p}.act_quant", m.act_quant)
+            self.residual_quant.append(rec)
         if isinstance(m, nn.AdaptiveAvgPool2d) and lower_pool.pair(m.output_size) == [1, 1]:
             return lower_pool.global_avg_pool(g, x, p, float64=isinstance(m, ExportMatchedAvgPool) and not fp32), True
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
