@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import torch
 from torch import nn
 
 from ..errors import QdgError
@@ -18,6 +19,7 @@ from ..quant.plan import add_plans
 from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_model
 from .records import LayerRecord
 from .report import OrtFusion, graph_notes
+from .variants import graph_comparison, ort_latency_ms, other_graph
 from .verify import verify_model, verify_sets
 
 FORMATS = ("onnx", "onnx-fp32", "tensorrt")
@@ -87,10 +89,10 @@ class Exported:
 
 def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort",
                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, fp32: bool = False,
-                 residual_qdq: bool | None = None, int_bias: bool | None = None) -> Exported:
+                 residual_qdq: bool | None = None, int_bias: bool | None = None, graph: str = "exact") -> Exported:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`."""
     low = lower_model(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias)
+                      residual_qdq=residual_qdq, int_bias=int_bias, graph=graph)
     file_bytes = save_onnx(low.proto, Path(path))
     fp32_bytes = file_bytes if fp32 else len(lower_model(model, input_shape, target=target, opset=opset,
                                                           dynamic_batch=dynamic_batch, fp32=True)
@@ -104,14 +106,14 @@ def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str
 
 def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool | None = None) -> dict:
+                int_bias: bool | None = None, graph: str = "exact") -> dict:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`.
 
     Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
     layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto".
     """
     return export_model(model, input_shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch,
-                        fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias).info()
+                        fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias, graph=graph).info()
 
 
 def _bits(scheme) -> tuple[int, int]:
@@ -123,7 +125,7 @@ def _bits(scheme) -> tuple[int, int]:
 def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
                residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
-               console=None) -> dict:
+               graph: str = "exact", console=None) -> dict:
     """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report."""
     from ..runs import load_run
 
@@ -142,11 +144,11 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
     model = strip_quantizers(run.model) if fp32 else run.model
     shape = run.config["model"]["input_shape"]
-    ex = export_model(model, shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias)
+    kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq, int_bias=int_bias)
+    ex = export_model(model, shape, path, fp32=fp32, graph=graph, **kw)
     bits, act_bits = (32, 32) if fp32 else _bits(scheme)
     report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
-              "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"],
+              "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"], "graph": graph,
               "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
               "int_bias": ex.low.settings.int_bias if target == "ort" and not fp32 else None,
               "file_bytes": ex.file_bytes, "fp32_bytes": ex.fp32_bytes, "packed_bytes": ex.packed_bytes,
@@ -157,8 +159,14 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
         report["ensemble"] = note
     if verify:
-        report.update(verify_model(model, ex.low.proto, ex.low.probes, verify_sets(run, max_samples),
-                                   console=console))
+        sets = verify_sets(run, max_samples)
+        report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console))
+        if not fp32:  # the other graph (--graph), verified and timed beside this one
+            alt = lower_model(model, shape, graph=other_graph(graph), **kw)
+            alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console)
+            threads = torch.get_num_threads()
+            lat = ort_latency_ms({graph: ex.low.proto, other_graph(graph): alt.proto}, shape, threads=threads)
+            report["graphs"] = graph_comparison(graph, report, alt_v, lat, threads)
     if fmt == "tensorrt":
         from .tensorrt import build_engine
         engine = Path(out) if out else Path(run_dir) / "model.engine"
