@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from ..io import write_json
-from ..tables import human_bytes, pct
+from ..tables import FitTable, human_bytes, pct
 from .artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
 from .core import bench
 from .results import write_plots
@@ -58,9 +57,9 @@ def bench_demo(runs: dict[str, str | Path], out_dir: str | Path, *, batches=(1, 
     return result
 
 
-def final_table(result: dict, arts: dict[str, Path]) -> Table:
+def final_table(result: dict, arts: dict[str, Path]) -> FitTable:
     """Rows: per-domain accuracy of the deployed artifact (held-out marked), latency, throughput, size;
-    one column per (model, runtime)."""
+    one column per (model, runtime), stacked in as many tables as the terminal's width needs."""
     cols = []
     for label, path in arts.items():
         recs = [r for r in result["records"] if r["artifact_path"] == str(path)]
@@ -69,11 +68,8 @@ def final_table(result: dict, arts: dict[str, Path]) -> Table:
             cols.append((f"{label}\n{Path(path).name} · {rt}", by_batch))
     env = result["environment"]
     threads = result["settings"]["threads"] or env["torch_threads"]
-    t = Table(title=f"Deployed models — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
-              + f", {threads} threads")
-    t.add_column("")
-    for name, _ in cols:
-        t.add_column(name, justify="right")
+    t = FitTable(f"Deployed models — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
+                 + f", {threads} threads", [("", "left")] + [(name, "right") for name, _ in cols])
     if not cols:
         return t
     first = next(iter(cols[0][1].values()))
