@@ -517,6 +517,14 @@ def test_bench_demo_final_table(world, tmp_path):
                      warmup_ms=5, threads=1, out=con)
     text = con.export_text()
     assert "ERM" in text and "QAT" in text and "d1 (held-out) %" in text and "latency b1" in text
+    # against the FP32 model (ERM's onnx-fp32 export) on the same runtime, and the export's measured agreement
+    rec = {(Path(r["artifact_path"]).parent.name, r["batch"]): r for r in res["records"] if r["runtime"] == "ort-cpu"}
+    f, q = rec[(world["frun"].name, 1)], rec[(world["qrun"].name, 1)]
+    speed = f["latency_ms"]["mean"] / q["latency_ms"]["mean"]
+    row = next(line for line in text.splitlines() if "speed vs FP32 b1" in line)
+    assert "1.00×" in row and f"{speed:.2f}×" in row, row
+    row = next(line for line in text.splitlines() if "agreement with torch" in line)
+    assert "—" in row, row  # these ONNX files have no export report: nothing measured, nothing shown
     from qdg_deploy.bench.demo import final_table
     from qdg_deploy.tables import human_bytes, pct
     narrow = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
