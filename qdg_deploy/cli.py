@@ -143,13 +143,22 @@ def export(
                                             "run them in float (--float-bias: slower, and for those runs no longer "
                                             "exact; for comparison)."),
     max_samples: Optional[int] = typer.Option(None, help="Verify at most N samples per split (default: all)."),
+    graph: str = typer.Option("exact", help="exact: each quantized layer snapped to its integer accumulator, "
+                              "norm and pooling in float64: ONNX Runtime gives the trained model's logits bit for "
+                              "bit. lean: plain Q/DQ as other exporters write it (float32 norm and pooling, no "
+                              "snap ops): fewer ops, not bit-exact. With --verify the report measures both."),
+    min_agreement: float = typer.Option(0.999, help="Refuse the export (exit 2, nothing written, any earlier file "
+                                        "kept) when its top-1 agreement with torch is below this fraction in "
+                                        "[0, 1]. --no-verify measures nothing and skips this check."),
+    force: bool = typer.Option(False, "--force", help="Write an export below --min-agreement anyway (the report "
+                               "records below_min_agreement: true)."),
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch."""
     from .export import export_run, report_name
 
     r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
-                   console=console)
+                   graph=graph, min_agreement=min_agreement, force=force, console=console)
     out.print(f"written {r.get('engine', r['path'])} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
               f"packed {r['packed_ratio']:.3f}×)")
     if "ensemble" in r:
@@ -161,6 +170,16 @@ def export(
                   f"{r['max_abs_diff']:.3g}; held-out acc onnx {r['onnx_acc']:.4f} / torch {r['torch_acc']:.4f}")
         if "layer_divergence" in r:
             out.print(f"first divergence: {r['layer_divergence']['first_divergence']}")
+        if r["below_min_agreement"]:
+            console.print(f"[bold yellow]warning:[/] below --min-agreement {r['min_agreement']:g}; written because "
+                      f"of --force", highlight=False)
+    else:
+        out.print("not verified (--no-verify): agreement not measured, --min-agreement not checked")
+    if "graphs" in r:
+        gs = r["graphs"]
+        out.print("; ".join(f"{g} graph{' (written)' if g == gs['written'] else ''}: ORT CPU "
+                            f"{gs[g]['ort_cpu_ms_batch1']:.3f} ms at batch 1, agreement {gs[g]['top1_agreement']:.4f}"
+                            for g in ("exact", "lean")))
     out.print(f"report {report_name(Path(r.get('engine', r['path'])))}")
 
 

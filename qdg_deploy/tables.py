@@ -1,8 +1,12 @@
-"""Rich tables shared by train, eval and demo."""
+"""Rich tables shared by train, eval, bench and demo."""
 
 from __future__ import annotations
 
+import textwrap
+
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 
 
 def pct(x: float | None) -> str:
@@ -29,12 +33,9 @@ def per_domain_table(results: dict[str, dict], sizes: dict[str, dict] | None = N
     return table
 
 
-def models_table(results: dict[str, dict], title: str | None = None) -> Table:
+def models_table(results: dict[str, dict], title: str | None = None) -> FitTable:
     """One row per model (fits 80 columns however many models): held-out accuracy and validation accuracy."""
-    table = Table(title=title)
-    table.add_column("model")
-    table.add_column("held-out %", justify="right")
-    table.add_column("val % (mean of out)", justify="right")
+    table = FitTable(title, [("model", "left"), ("held-out %", "right"), ("val % (mean of out)", "right")])
     for label, r in results.items():
         table.add_row(label, pct(r["test_acc"]), pct(r["val_acc"]))
     return table
@@ -71,3 +72,70 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+class FitTable:
+    """A table that stays legible however narrow the terminal: when its columns do not fit the width it is drawn
+    as several tables one under the other, each repeating the `keys` first columns (what a row is) with as many
+    of the other columns as fit. No cell is cut short or wrapped, so every figure appears whole.
+
+        t = FitTable("Latency", [("runtime", "left"), ("batch", "right"), ("mean ms", "right"), ...], keys=2)
+        t.add_row("ort-cpu", "1", "0.412", ...)
+        console.print(t)
+    """
+
+    def __init__(self, title: str | None, columns: list[tuple[str, str]], keys: int = 1):
+        self.title, self.columns, self.keys = title, columns, keys
+        self.rows: list[tuple[list[str], bool]] = []
+
+    def add_row(self, *cells: str, end_section: bool = False) -> None:
+        self.rows.append((list(cells), end_section))
+
+    def headers(self, wrap: bool) -> list[str]:
+        """The column headers; wrap=True breaks each at spaces to its column's cells' width (never inside a word)."""
+        if not wrap:
+            return [h for h, _ in self.columns]
+        out = []
+        for i, (h, _) in enumerate(self.columns):
+            width = max([_cells(c[i]) for c, _ in self.rows] + [_cells(word) for word in h.split()], default=1)
+            lines = [textwrap.wrap(line, width, break_on_hyphens=False) or [""] for line in h.split("\n")]
+            out.append("\n".join(part for parts in lines for part in parts))
+        return out
+
+    def parts(self, width: int, headers: list[str]) -> list[list[int]]:
+        """Column indices of each stacked table: the keys, then the next value columns that fit in `width`
+        (a heavy-head box: 3 cells per column, padding and rule, plus the closing rule)."""
+        widths = [max([_cells(h)] + [_cells(c[i]) for c, _ in self.rows]) for i, h in enumerate(headers)]
+        keys = list(range(self.keys))
+        base = 1 + sum(widths[i] + 3 for i in keys)
+        parts, cur, used = [], list(keys), base
+        for i in range(self.keys, len(self.columns)):
+            if len(cur) > self.keys and used + widths[i] + 3 > width:
+                parts.append(cur)
+                cur, used = list(keys), base
+            cur.append(i)
+            used += widths[i] + 3
+        return parts + [cur] if len(cur) > self.keys or not parts else parts
+
+    def table(self, cols: list[int], headers: list[str], title: str | None) -> Table:
+        t = Table(title=title)
+        for i in cols:
+            t.add_column(headers[i], justify=self.columns[i][1], no_wrap=True, overflow="fold")
+        for cells, end in self.rows:
+            t.add_row(*[cells[i] for i in cols], end_section=end)
+        return t
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        headers = self.headers(wrap=False)
+        parts = self.parts(options.max_width, headers)
+        if len(parts) > 1:  # too wide: headers over several lines where that saves tables
+            headers = self.headers(wrap=True)
+            parts = self.parts(options.max_width, headers)
+        for k, cols in enumerate(parts):
+            title = self.title if len(parts) == 1 or not self.title else f"{self.title} ({k + 1}/{len(parts)})"
+            yield self.table(cols, headers, title)
+
+
+def _cells(s: str) -> int:
+    """Terminal cells of the widest line of `s` (rich markup not counted)."""
+    return max(Text.from_markup(line).cell_len for line in s.split("\n"))

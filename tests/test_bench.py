@@ -395,6 +395,84 @@ def test_cli_json_plots_compare(world, tmp_path, monkeypatch):
     assert "New / old" in res.output and "ort-cpu" in res.output
 
 
+# Every key of `bench --json` as it was before the tables were made to fit 80 columns: the JSON must not change.
+JSON_KEYS = {"created", "environment", "records", "schema", "settings", "skipped"}
+SETTINGS_KEYS = {"accuracy", "batches", "copies", "duration_s", "input", "latency", "min_iters", "threads",
+                 "warmup_ms"}
+RECORD_KEYS = {"accuracy", "accuracy_skipped", "artifact", "artifact_kind", "artifact_path", "batch", "copies",
+               "input_shape", "iterations", "latency_ms", "run_dir", "runtime", "runtime_info", "size", "threads",
+               "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations"}
+LATENCY_KEYS = {"max", "mean", "min", "p50", "p90", "p95", "p99", "std"}
+ACCURACY_KEYS = {"dataset", "per_domain", "seconds", "test_acc", "test_env", "val_acc"}
+ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson_power_mode", "platform", "threads_requested", "torch_threads",
+            "versions"}
+
+
+def assert_whole(text: str, values, width: int = 80):
+    """Every value appears whole in `text` (not cut, not ellipsized, not folded) and no line is wider than `width`."""
+    import re
+    from rich.cells import cell_len
+    assert "…" not in text
+    assert max(cell_len(line) for line in text.splitlines()) <= width
+    for v in values:
+        assert re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", text), f"{v!r} not whole in the table"
+
+
+def test_cli_bench_tables_legible_at_80_columns_json_unchanged(world, tmp_path, monkeypatch):
+    from rich.console import Console
+    import qdg_deploy.cli as cli
+    from qdg_deploy.bench.results import _count, _ms, _short
+    from qdg_deploy.tables import human_bytes, pct
+    con = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
+    monkeypatch.setattr(cli, "out", con)
+    js = tmp_path / "b.json"
+    res = CliRunner().invoke(app, ["bench", str(world["qrun"]), str(world["frun"]), "-r", "ort-cpu", "-r", "torch-fq",
+                                   "-r", "torch-fp32", "--batch", "1,2", "--duration-s", "0.02", "--warmup-ms", "2",
+                                   "--min-iters", "3", "--threads", "1", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(js.read_text())
+    assert set(data) == JSON_KEYS and set(data["settings"]) == SETTINGS_KEYS and set(data["environment"]) == ENV_KEYS
+    assert len(data["records"]) == 2 * 5  # qrun on 3 runtimes, frun on 2, two batch sizes each
+    for r in data["records"]:
+        assert set(r) == RECORD_KEYS and set(r["latency_ms"]) == LATENCY_KEYS
+        assert set(r["accuracy"]) == ACCURACY_KEYS and set(r["size"]) >= {"file_bytes", "packed_bytes", "params"}
+    text = con.export_text()
+    values = {"d0 (val)", "d1 (held-out)", "d2 (val)"}
+    for r in data["records"]:
+        lat, size, acc = r["latency_ms"], r["size"], r["accuracy"]
+        values |= {_short(r["artifact"]), r["runtime"], _ms(lat["mean"]), _ms(lat["p50"]), _ms(lat["p99"]),
+                   f"{r['throughput_ips']:.0f}", human_bytes(size["file_bytes"]), human_bytes(size["packed_bytes"]),
+                   _count(size["params"]), pct(acc["test_acc"]), pct(acc["val_acc"])}
+        values |= {pct(d["acc"]) for d in acc["per_domain"].values()}
+    assert_whole(text, values)
+    for r in data["records"]:  # a latency row holds its batch's figures side by side
+        lat = r["latency_ms"]
+        figures = [str(r["batch"]), _ms(lat["mean"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{r['throughput_ips']:.0f}"]
+        assert any(line.split("│")[3:8] == [f" {v} ".rjust(len(c)) for v, c in zip(figures, line.split("│")[3:8])]
+                   for line in text.splitlines() if line.count("│") == 8), figures
+
+
+def test_fit_table_stacks_to_the_width_and_keeps_every_cell_whole():
+    from rich.console import Console
+    from qdg_deploy.tables import FitTable
+    cols = [("model", "left")] + [(f"figure number {i} of the long header", "right") for i in range(9)]
+    t = FitTable("Wide", cols, keys=1)
+    rows = [[f"model-{k}"] + [f"{1000 * k + i}.{i}{i}" for i in range(9)] for k in range(3)]
+    for r in rows:
+        t.add_row(*r)
+    for width in (40, 80):
+        con = Console(width=width, record=True, file=open("/dev/null", "w"))
+        con.print(t)
+        text = con.export_text()
+        assert_whole(text, {c for r in rows for c in r} | {"number"}, width)
+        n = text.count("Wide (")
+        assert n > 1 and f"Wide ({n}/{n})" in text and text.count("model-0") == n  # the key in every part
+    con = Console(width=400, record=True, file=open("/dev/null", "w"))
+    con.print(t)
+    wide = con.export_text()
+    assert "Wide (" not in wide and "figure number 8 of the long header" in wide  # one table, headers on one line
+
+
 def test_compare_ratios_and_single_artifact_matching(world):
     base = {"latency_ms": {"mean": 2.0, "p99": 4.0}, "throughput_ips": 500.0, "runtime": "ort-cpu", "batch": 1,
             "size": {"file_bytes": 100, "packed_bytes": 80}, "accuracy": {"test_acc": 0.5}}
@@ -439,6 +517,25 @@ def test_bench_demo_final_table(world, tmp_path):
                      warmup_ms=5, threads=1, out=con)
     text = con.export_text()
     assert "ERM" in text and "QAT" in text and "d1 (held-out) %" in text and "latency b1" in text
+    # against the FP32 model (ERM's onnx-fp32 export) on the same runtime, and the export's measured agreement
+    rec = {(Path(r["artifact_path"]).parent.name, r["batch"]): r for r in res["records"] if r["runtime"] == "ort-cpu"}
+    f, q = rec[(world["frun"].name, 1)], rec[(world["qrun"].name, 1)]
+    speed = f["latency_ms"]["mean"] / q["latency_ms"]["mean"]
+    row = next(line for line in text.splitlines() if "speed vs FP32 b1" in line)
+    assert "1.00×" in row and f"{speed:.2f}×" in row, row
+    row = next(line for line in text.splitlines() if "agreement with torch" in line)
+    assert "—" in row, row  # these ONNX files have no export report: nothing measured, nothing shown
+    from qdg_deploy.bench.demo import final_table
+    from qdg_deploy.tables import human_bytes, pct
+    narrow = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
+    narrow.print(final_table(res, {"QT-DoG W8A8 (ort) + SWAD": world["frun"] / "model.onnx",
+                                   "EoQ(2) W7 + SWAD": world["qrun"] / "model.onnx"}))
+    values = {"QT-DoG", "W8A8", "(ort)", "EoQ(2)", "model.onnx", "ort-cpu", "latency b2 mean / p99 ms"}
+    for r in res["records"]:
+        lat = r["latency_ms"]
+        values |= {f"{lat['mean']:.2f} / {lat['p99']:.2f}", f"{r['throughput_ips']:.0f}" if r["batch"] == 2 else "",
+                   human_bytes(r["size"]["file_bytes"])} | {pct(d["acc"]) for d in r["accuracy"]["per_domain"].values()}
+    assert_whole(narrow.export_text(), values - {""})
     assert {r["artifact_path"] for r in res["records"]} == {str(world["frun"] / "model.onnx"),
                                                            str(world["qrun"] / "model.onnx")}
     assert json.loads((tmp_path / "bench.json").read_text())["schema"] == B.SCHEMA

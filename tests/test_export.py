@@ -313,29 +313,39 @@ def test_check_rules(kwargs, needle):
 
 
 # --- CLI --------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A run directory as `train` writes it (mnist-cnn, trt scheme W4A4), quantizers calibrated on real digits."""
+def _calibrated_run(out, scheme_name: str):
+    """A run directory as `train` writes it (mnist-cnn, W4A4 of `scheme_name`), quantizers calibrated on real digits."""
     from qdg_deploy.data import get_dataset, split_domains
     from qdg_deploy.models import build_model
     from qdg_deploy.quant import model_size
     from qdg_deploy.runs import model_record, save_run
     from qdg_deploy.train import resolve_hparams
 
-    out = tmp_path_factory.mktemp("run") / "trt"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="trt", bits=4, act_bits=4, test_env="0")
+    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme=scheme_name, bits=4, act_bits=4, test_env="0")
     ds = get_dataset("rotated-mnist")
     splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
     torch.manual_seed(0)
-    scheme = get_scheme("trt", bits=4, act_bits=4)
+    scheme = get_scheme(scheme_name, bits=4, act_bits=4)
     m = quantize_model(build_model("mnist-cnn", 1, ds.num_classes), scheme).eval()
     with torch.no_grad():
         m(torch.stack([splits[1].train[i][0] for i in range(32)]))
     config = {"hparams": hp, "dataset": hp["dataset"], "domains": ds.domains, "test_env_index": 0,
               "classes": ds.classes, "model": model_record("mnist-cnn", ds.input_shape, ds.num_classes, scheme),
               "size": model_size(m)}
-    save_run(out, config, m.state_dict(), {"method": "qtdog", "bits": 4, "scheme": "trt"})
+    save_run(out, config, m.state_dict(), {"method": "qtdog", "bits": 4, "scheme": scheme_name})
     return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """trt scheme W4A4: exact on both targets."""
+    return _calibrated_run(tmp_path_factory.mktemp("run") / "trt", "trt")
+
+
+@pytest.fixture(scope="module")
+def ort_run(tmp_path_factory):
+    """ort scheme W4A4: its uint8 zero points are requantized for --target tensorrt (measured 235 of 240 agree)."""
+    return _calibrated_run(tmp_path_factory.mktemp("run") / "ort", "ort")
 
 
 REPORT_KEYS = {"top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples", "onnx_acc", "torch_acc", "bits",
@@ -418,3 +428,70 @@ def test_layer_divergence_names_the_first_wrong_layer_in_the_rows_asked_for():
     bn2 = next(row for row in r["layers"] if row["tensor"] == "bn2 (output)")
     assert 0 < bn2["mismatch_fraction"] <= 1 / 8 + 1e-9  # one of 8 channels
     assert layer_divergence(m, proto, info["probes"], x, samples=[1, 4])["n_samples"] == 2
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_run, tmp_path):
+    """ort-scheme W4A4 exported for TensorRT is measurably inexact: exit 2, one line naming the cause and the
+    figures; the target path and its report stay byte for byte what an earlier export left there."""
+    out, report = tmp_path / "m.onnx", tmp_path / "m.export.json"
+    args = ("export", ort_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: export refused: top-1 agreement with torch 0.979167 (235 of 240 samples) "
+                           "< --min-agreement 0.999")
+    assert "trained with scheme ort: asymmetric zero points; TensorRT needs zero point 0" in line
+    assert "retrain with --scheme trt" in line and "worst split out:60: 0.925" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no report, no temporary file
+
+    from qdg_deploy.export import export_run
+    kw = dict(target="tensorrt", out=out, max_samples=40)
+    export_run(ort_run, target="ort", out=out, max_samples=40)  # an earlier, exact export at the same path
+    before = out.read_bytes(), report.read_bytes()
+    assert json.loads(before[1])["below_min_agreement"] is False and json.loads(before[1])["verified"] is True
+    with pytest.raises(QdgError, match=r"^export refused: .*retrain with --scheme trt; .*m\.onnx not written"):
+        export_run(ort_run, **kw)
+    assert (out.read_bytes(), report.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.export.json", "m.onnx"]
+
+    r = run_cli(*args, "--force")
+    assert r.returncode == 0, r.stderr
+    assert "below --min-agreement 0.999; written because of --force" in r.stderr
+    forced = json.loads(report.read_text())
+    assert forced["target"] == "tensorrt" and forced["requantized"]
+    assert forced["min_agreement"] == 0.999 and forced["below_min_agreement"] is True
+    assert forced["top1_agreement"] == pytest.approx(235 / 240) and forced["file_bytes"] == out.stat().st_size
+    onnx.checker.check_model(onnx.load(str(out)))
+
+    lower = export_run(ort_run, min_agreement=0.95, **kw)  # above a lower bar: written, and not below it
+    assert lower["below_min_agreement"] is False and lower["min_agreement"] == 0.95
+
+
+def test_min_agreement_is_a_fraction(ort_run, tmp_path):
+    from qdg_deploy.export import export_run
+    r = run_cli("export", ort_run, "--out", tmp_path / "m.onnx", "--min-agreement", "1.5")
+    assert r.returncode == 2 and _error_lines(r.stderr) == [
+        "error: --min-agreement takes a fraction in [0, 1], e.g. 0.999 (got 1.5)"], r.stderr
+    for bad in (-0.1, float("nan"), True, "0.9"):
+        with pytest.raises(QdgError, match="--min-agreement takes a fraction in"):
+            export_run(ort_run, out=tmp_path / "m.onnx", min_agreement=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refusal_causes_named_from_the_report():
+    from pathlib import Path
+    from qdg_deploy.export.api import refusal
+    base = {"top1_agreement": 0.75, "min_agreement": 0.9, "n_samples": 8, "scheme": "trt", "requantized": [],
+            "residual_qdq": [], "splits": {"heldout:0": {"top1_agreement": 0.5}, "out:15": {"top1_agreement": 1.0}}}
+    generic = refusal({**base, "layer_divergence": {"first_divergence": "conv2 (output)"}}, Path("m.onnx"))
+    assert generic.startswith("export refused: top-1 agreement with torch 0.75 (6 of 8 samples) < --min-agreement 0.9 "
+                              "(worst split heldout:0: 0.5); cause: ONNX Runtime and the torch model disagree; "
+                              "first divergence: conv2 (output)")
+    assert "m.onnx not written" in generic
+    residual = refusal({**base, "residual_qdq": [{"add": "add"}, {"add": "add_1"}]}, Path("m.onnx"))
+    assert "cause: --residual-qdq put Q/DQ on 2 residual Add input(s)" in residual
+    assert "export without --residual-qdq" in residual

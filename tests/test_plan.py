@@ -41,8 +41,8 @@ def test_ort_scheme_plans_integer_kernels_and_qlinearadds():
     assert plans["conv1"].out_quant is m.layer1[0].conv1.act_quant and "layer1.0.conv2" in kernels
     assert plans["fc"].mode is Mode.SNAPPED  # the logits go to no quantizer
     adds = add_plans(m)
-    assert len(adds) == 7 and all(a.main.learned_zp for a in adds)  # every block but the last feeds a quantizer
-    assert m.layer4[1].add_plan is None and m.layer1[0].add_plan.identity is m.layer1[0].conv1.act_quant
+    assert len(adds) == 8 and all(a.main.learned_zp for a in adds)  # the last feeds the pool's quantizer
+    assert m.layer4[1].add_plan.out is m.avgpool.act_quant and m.layer1[0].add_plan.identity is m.layer1[0].conv1.act_quant
 
 
 def test_alignq_scheme_keeps_the_image_float_and_snaps_daq_layers():

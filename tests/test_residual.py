@@ -69,7 +69,8 @@ def test_resnet18_residual_quantizers_and_state_dict():
 def test_resnet18_ort_fuses_every_conv_and_stays_exact(tmp_path):
     m = resnet("ort")
     proto, info = build_onnx(m, SHAPE, target="ort")
-    assert len(info["residual_quantizers"]) == 11 + 5  # 8 main branches, 3 downsample outputs, 5 shared identities
+    # 8 main branches, 3 downsample outputs, 5 shared identities, the global pool's input (scheme pool)
+    assert len(info["residual_quantizers"]) == 11 + 5 + 1
     assert all(e["exact"] for e in info["residual_quantizers"])
     pool = next(n for n in proto.graph.node if n.op_type == "MaxPool")
     assert pool.input[0].endswith(".dq")  # the stem's Q sits before the MaxPool, so conv1 fuses
@@ -82,7 +83,26 @@ def test_resnet18_ort_fuses_every_conv_and_stays_exact(tmp_path):
             None, {"input": x.numpy()})[0]
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 31 / 32, level
     ops = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
-    assert ops["QLinearConv"] >= 19 and ops["QLinearAdd"] >= 7, ops
+    # every conv and every residual Add, the last one too (its output is quantized for the pool)
+    assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8, ops
+
+
+def test_pool_quantizer_old_configs_and_strip():
+    """Scheme pool: the global pool reads the last block's output through an unsigned zp-0 quantizer; a config
+    written before the key loads without it (its state dict has none); strip_quantizers gives the float pool."""
+    from qdg_deploy.quant import strip_quantizers
+    from qdg_deploy.quant.pool import QAvgPool
+
+    m = resnet("ort")
+    assert isinstance(m.avgpool, QAvgPool) and m.avgpool.act_quant.zero_point_int() == 0
+    assert not m.avgpool.act_quant.spec.signed
+    d = get_scheme("ort").to_dict()
+    d.pop("pool")
+    old = quantize_model(build_model("resnet18", 3, 7), Scheme.from_dict(d))
+    assert type(old.avgpool) is not QAvgPool and not any(k.startswith("avgpool.") for k in old.state_dict())
+    f = strip_quantizers(m)
+    assert type(f.avgpool) is torch.nn.AdaptiveAvgPool2d and not any(k.startswith("avgpool.") for k in f.state_dict())
+    assert not isinstance(quantize_model(build_model("mnist-cnn", 1, 10), get_scheme("ort")).avgpool, QAvgPool)
 
 
 @pytest.mark.parametrize("scheme", ["trt", "ort"])

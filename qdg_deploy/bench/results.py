@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Group
 from rich.table import Table
 
 from ..errors import QdgError
 from ..io import atomic_path, read_json
-from ..tables import human_bytes, pct
+from ..tables import FitTable, human_bytes, pct
 from .core import SCHEMA
 
 
@@ -27,34 +28,36 @@ def runtimes_table(rows: list[dict]) -> Table:
     return t
 
 
-def results_table(result: dict, title: str | None = None) -> Table:
+def results_table(result: dict, title: str | None = None) -> Group:
+    """Two tables (each stacked further where the terminal is narrow, tables.FitTable): latency and throughput, a
+    row per (artifact, runtime, batch); size and accuracy, a row per (artifact, runtime)."""
     env = result["environment"]
     copies = sorted({r["copies"] for r in result["records"]})
     one_copies = len(copies) == 1
-    t = Table(title=title or f"{env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
-              + f", {result['settings']['threads'] or env['torch_threads']} threads"
-              + (f"; host↔device copies: {copies[0]}" if one_copies else ""))
-    cols = ["artifact", "runtime", "batch", "mean ms", "p50", "p99", "img/s"] + ([] if one_copies else ["copies"])
-    cols += ["file", "packed", "params", "held-out %", "val %"]
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("artifact", "runtime", "copies") else "right")
-    prev = None
-    for r in result["records"]:
-        lat, size, acc = r["latency_ms"], r["size"], r.get("accuracy")
+    lat = FitTable(title or f"Latency per batch — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
+                   + f", {result['settings']['threads'] or env['torch_threads']} threads"
+                   + (f"; host↔device copies: {copies[0]}" if one_copies else ""),
+                   [("artifact", "left"), ("runtime", "left"), ("batch", "right"), ("mean ms", "right"),
+                    ("p50", "right"), ("p99", "right"), ("img/s", "right")] + ([] if one_copies else [("copies", "left")]),
+                   keys=3)
+    sizes = FitTable("Size and accuracy (%): held-out domain, validation", [
+        ("artifact", "left"), ("runtime", "left"), ("file", "right"), ("packed", "right"), ("params", "right"),
+        ("held-out %", "right"), ("val %", "right")], keys=2)
+    recs = result["records"]
+    for i, r in enumerate(recs):
+        lat_ms, size, acc = r["latency_ms"], r["size"], r.get("accuracy")
         key = (r["artifact"], r["runtime"])
-        same = key == prev
-        cells = ["" if same else _short(r["artifact"]), "" if same else r["runtime"], str(r["batch"]),
-                 _ms(lat["mean"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{r['throughput_ips']:.0f}"]
-        if not one_copies:
-            cells.append(r["copies"])
-        cells += ["" if same else human_bytes(size["file_bytes"]),
-                  "" if same or size.get("packed_bytes") is None else human_bytes(size["packed_bytes"]),
-                  "" if same or size.get("params") is None else _count(size["params"]),
-                  "" if same else (pct(acc["test_acc"]) if acc else "—"),
-                  "" if same else (pct(acc["val_acc"]) if acc else "—")]
-        t.add_row(*cells, end_section=False)
-        prev = key
-    return t
+        first = i == 0 or key != (recs[i - 1]["artifact"], recs[i - 1]["runtime"])
+        last = i == len(recs) - 1 or key != (recs[i + 1]["artifact"], recs[i + 1]["runtime"])
+        lat.add_row(_short(r["artifact"]) if first else "", r["runtime"] if first else "", str(r["batch"]),
+                    _ms(lat_ms["mean"]), _ms(lat_ms["p50"]), _ms(lat_ms["p99"]), f"{r['throughput_ips']:.0f}",
+                    *([] if one_copies else [r["copies"]]), end_section=last)
+        if first:
+            sizes.add_row(_short(r["artifact"]), r["runtime"], human_bytes(size["file_bytes"]),
+                          "—" if size.get("packed_bytes") is None else human_bytes(size["packed_bytes"]),
+                          "—" if size.get("params") is None else _count(size["params"]),
+                          pct(acc["test_acc"]) if acc else "—", pct(acc["val_acc"]) if acc else "—")
+    return Group(lat, sizes)
 
 
 def _ms(x: float) -> str:
@@ -65,7 +68,7 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.0f}k" if n >= 1e4 else str(n))
 
 
-def accuracy_table(result: dict) -> Table | None:
+def accuracy_table(result: dict) -> FitTable | None:
     """Rows: domains (held-out marked); columns: each (artifact, runtime) with accuracy."""
     cols = {}
     for r in result["records"]:
@@ -77,11 +80,8 @@ def accuracy_table(result: dict) -> Table | None:
     if not cols:
         return None
     first = next(iter(cols.values()))
-    t = Table(title=f"Accuracy (%) per domain of {first['dataset']} — training domains: validation split; "
-                    f"held-out domain: all of it")
-    t.add_column("domain")
-    for c in cols:
-        t.add_column(c, justify="right")
+    t = FitTable(f"Accuracy (%) per domain of {first['dataset']} — training domains: validation split; "
+                 f"held-out domain: all of it", [("domain", "left")] + [(c, "right") for c in cols])
     for d, info in first["per_domain"].items():
         label = f"[bold]{d} (held-out)[/]" if info["held_out"] else f"{d} (val)"
         t.add_row(label, *[pct(a["per_domain"].get(d, {}).get("acc")) for a in cols.values()])
@@ -149,13 +149,13 @@ def compare(new: dict, old: dict) -> list[dict]:
     return rows
 
 
-def compare_table(rows: list[dict], old_path: str) -> Table:
-    t = Table(title=f"New / old ({old_path}); latency < 1 and throughput > 1 mean faster")
-    for col in ("artifact", "vs", "runtime", "batch", "mean lat ×", "p99 lat ×", "throughput ×", "file ×",
-                "packed ×", "held-out Δ pts"):
-        t.add_column(col, justify="left" if col in ("artifact", "vs", "runtime") else "right")
+def compare_table(rows: list[dict], old_path: str) -> FitTable:
+    t = FitTable(f"New / old ({old_path}); latency < 1 and throughput > 1 mean faster",
+                 [(col, "left" if col in ("artifact", "runtime", "vs") else "right")
+                  for col in ("artifact", "runtime", "batch", "vs", "mean lat ×", "p99 lat ×", "throughput ×",
+                              "file ×", "packed ×", "held-out Δ pts")], keys=3)
     for r in rows:
-        t.add_row(_short(r["artifact"]), _short(r["old_artifact"]), r["runtime"], str(r["batch"]),
+        t.add_row(_short(r["artifact"]), r["runtime"], str(r["batch"]), _short(r["old_artifact"]),
                   f"{r['mean_ratio']:.3f}", f"{r['p99_ratio']:.3f}", f"{r['throughput_ratio']:.3f}",
                   f"{r['file_ratio']:.3f}", "—" if r["packed_ratio"] is None else f"{r['packed_ratio']:.3f}",
                   "—" if r["test_acc_delta"] is None else f"{100 * r['test_acc_delta']:+.1f}")

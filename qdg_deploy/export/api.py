@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import torch
 from torch import nn
 
 from ..errors import QdgError
@@ -18,9 +19,11 @@ from ..quant.plan import add_plans
 from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_model
 from .records import LayerRecord
 from .report import OrtFusion, graph_notes
+from .variants import graph_comparison, ort_latency_ms, other_graph
 from .verify import verify_model, verify_sets
 
 FORMATS = ("onnx", "onnx-fp32", "tensorrt")
+DEFAULT_MIN_AGREEMENT = 0.999  # top-1 agreement below which export refuses to write
 FUSED_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd"}
 
 
@@ -87,10 +90,10 @@ class Exported:
 
 def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort",
                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, fp32: bool = False,
-                 residual_qdq: bool | None = None, int_bias: bool | None = None) -> Exported:
+                 residual_qdq: bool | None = None, int_bias: bool | None = None, graph: str = "exact") -> Exported:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`."""
     low = lower_model(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias)
+                      residual_qdq=residual_qdq, int_bias=int_bias, graph=graph)
     file_bytes = save_onnx(low.proto, Path(path))
     fp32_bytes = file_bytes if fp32 else len(lower_model(model, input_shape, target=target, opset=opset,
                                                           dynamic_batch=dynamic_batch, fp32=True)
@@ -104,14 +107,14 @@ def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str
 
 def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool | None = None) -> dict:
+                int_bias: bool | None = None, graph: str = "exact") -> dict:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`.
 
     Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
     layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto".
     """
     return export_model(model, input_shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch,
-                        fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias).info()
+                        fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias, graph=graph).info()
 
 
 def _bits(scheme) -> tuple[int, int]:
@@ -123,12 +126,18 @@ def _bits(scheme) -> tuple[int, int]:
 def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
                residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
+               graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
                console=None) -> dict:
-    """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report."""
+    """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report.
+
+    The file is written beside PATH under a temporary name and verified there; below `min_agreement` (top-1
+    agreement with the torch model) the export is refused (QdgError naming the cause) and PATH and its report are
+    left as they were, unless `force`. verify=False measures nothing and so checks nothing ("verified": false)."""
     from ..runs import load_run
 
     if fmt not in FORMATS:
         raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_min_agreement(min_agreement)
     if fmt == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt()
@@ -137,32 +146,75 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     fp32 = fmt == "onnx-fp32"
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
+    engine = (Path(out) if out else Path(run_dir) / "model.engine") if fmt == "tensorrt" else None
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
     model = strip_quantizers(run.model) if fp32 else run.model
     shape = run.config["model"]["input_shape"]
-    ex = export_model(model, shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias)
-    bits, act_bits = (32, 32) if fp32 else _bits(scheme)
-    report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
-              "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"],
-              "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
-              "int_bias": ex.low.settings.int_bias if target == "ort" and not fp32 else None,
-              "file_bytes": ex.file_bytes, "fp32_bytes": ex.fp32_bytes, "packed_bytes": ex.packed_bytes,
-              "size_ratio": round(ex.file_bytes / ex.fp32_bytes, 4),
-              "packed_ratio": round(ex.packed_bytes / ex.fp32_bytes, 4)}
-    report.update(graph_notes(ex.low, ex.fusion))
-    from ..ensemble import export_note
-    if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
-        report["ensemble"] = note
-    if verify:
-        report.update(verify_model(model, ex.low.proto, ex.low.probes, verify_sets(run, max_samples),
-                                   console=console))
-    if fmt == "tensorrt":
-        from .tensorrt import build_engine
-        engine = Path(out) if out else Path(run_dir) / "model.engine"
-        report["engine"] = str(engine)
-        report["engine_bytes"] = build_engine(path, engine, shape, dynamic_batch=dynamic_batch)
-    write_json(report_name(Path(report.get("engine", path))), report)
+    # both files reach their names only once the model is verified (and, for TensorRT, its engine built)
+    with atomic_path(report_name(engine or path)) as tmp_report, atomic_path(path) as tmp_model:
+        kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
+                  int_bias=int_bias)
+        ex = export_model(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
+        bits, act_bits = (32, 32) if fp32 else _bits(scheme)
+        report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
+                  "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"], "graph": graph,
+                  "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
+                  "int_bias": ex.low.settings.int_bias if target == "ort" and not fp32 else None,
+                  "file_bytes": ex.file_bytes, "fp32_bytes": ex.fp32_bytes, "packed_bytes": ex.packed_bytes,
+                  "size_ratio": round(ex.file_bytes / ex.fp32_bytes, 4),
+                  "packed_ratio": round(ex.packed_bytes / ex.fp32_bytes, 4)}
+        report.update(graph_notes(ex.low, ex.fusion))
+        from ..ensemble import export_note
+        if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
+            report["ensemble"] = note
+        report["verified"] = verify
+        if verify:
+            sets = verify_sets(run, max_samples)
+            report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console))
+            if not fp32:  # the other graph (--graph), verified and timed beside this one
+                alt = lower_model(model, shape, graph=other_graph(graph), **kw)
+                alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console)
+                threads = torch.get_num_threads()
+                lat = ort_latency_ms({graph: ex.low.proto, other_graph(graph): alt.proto}, shape, threads=threads)
+                report["graphs"] = graph_comparison(graph, report, alt_v, lat, threads)
+            below = report["top1_agreement"] < min_agreement
+            report["min_agreement"], report["below_min_agreement"] = min_agreement, below
+            if below and not force:
+                raise QdgError(refusal(report, path))
+        if engine is not None:
+            from .tensorrt import build_engine
+            report["engine"] = str(engine)
+            report["engine_bytes"] = build_engine(tmp_model, engine, shape, dynamic_batch=dynamic_batch)
+        write_json(tmp_report, report)
     return report
+
+
+def check_min_agreement(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise QdgError(f"--min-agreement takes a fraction in [0, 1], e.g. 0.999 (got {value!r})")
+
+
+def refusal(report: dict, path: Path) -> str:
+    """The one line that refuses an export below --min-agreement: the figures, the worst split, the cause."""
+    a, m, n = report["top1_agreement"], report["min_agreement"], report["n_samples"]
+    worst = min(report["splits"], key=lambda k: report["splits"][k]["top1_agreement"])
+    return (f"export refused: top-1 agreement with torch {a:.6g} ({round(a * n)} of {n} samples) < --min-agreement "
+            f"{m:g} (worst split {worst}: {report['splits'][worst]['top1_agreement']:.6g}); cause: "
+            f"{refusal_cause(report)}; {path} not written (--force writes it anyway)")
+
+
+def refusal_cause(report: dict) -> str:
+    """Why the export is inexact, from what the report says of its graph."""
+    if report.get("requantized"):
+        return (f"trained with scheme {report['scheme']}: asymmetric zero points; TensorRT needs zero point 0 "
+                f"({len(report['requantized'])} activation quantizer(s) requantized to symmetric int8) — retrain "
+                f"with --scheme trt")
+    if report.get("residual_qdq"):
+        return (f"--residual-qdq put Q/DQ on {len(report['residual_qdq'])} residual Add input(s) the trained model "
+                f"adds in float — export without --residual-qdq (or train with --scheme trt/ort, whose residual "
+                f"quantizers make that placement exact)")
+    first = (report.get("layer_divergence") or {}).get("first_divergence")
+    return ("ONNX Runtime and the torch model disagree" + (f"; first divergence: {first}" if first else "")
+            + " (--force writes the report, with its per-layer comparison)")

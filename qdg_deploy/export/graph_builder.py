@@ -23,6 +23,11 @@ class Settings:
     fp32: bool  # the float network: quantizers not written
     residual_qdq: bool  # TensorRT's placement: Adds read quantized tensors
     int_bias: bool  # biases inside the convs ORT runs as integer kernels
+    graph: str = "exact"  # "exact": snapped layers, float64 norm/pool; "lean": plain Q/DQ (export/variants.py)
+
+    @property
+    def exact(self) -> bool:
+        return self.graph == "exact"
 
 
 @dataclass

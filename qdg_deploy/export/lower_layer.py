@@ -42,7 +42,7 @@ def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.
     if fw.codes is not None:
         rec.weight_bits, rec.weight_only, rec.weight_codes = fw.bits, aq is None, f"{name}.weight_q"
     out_node = bn_node or n
-    if quant and is_exact(m) and not ort_kernel(g, m):
+    if quant and is_exact(m) and not ort_kernel(g, m) and g.settings.exact:
         y = _snapped(g, m, name, x, w, rec)
     else:
         y = _float_or_kernel(g, m, name, x, w, fw, rec, kernel=quant and is_exact(m))
@@ -58,14 +58,15 @@ def ort_kernel(g: GraphBuilder, m: nn.Module) -> bool:
 
 
 def _float_or_kernel(g: GraphBuilder, m, name: str, x: str, w: str, fw, rec: LayerRecord, kernel: bool) -> str:
-    """Float layers, weight-only layers, and layers ORT runs as integer kernels (QLinearConv/QGemm into the next
+    """Float layers, weight-only layers, layers of a lean graph, and layers ORT runs as integer kernels (QLinearConv/QGemm into the next
     quantizer), which the model's eval forward computes as those kernels do (quant/kernels.py). Such a kernel holds
     the bias as int32 in units of s_x·s_w; these layers were trained with integer biases (quant/bias.py), so
     theirs is on that grid already and ORT's rounding changes nothing. A gamma-0 channel outputs its BN shift,
     which is not on the grid: that layer keeps a float Add (and ORT does not fuse it; the report's
     ort_kernel_mismatch names it)."""
     kernel = kernel and ort_kernel(g, m)
-    inside = fw.bias is not None and (fw.codes is None or (kernel and not fw.zero_factor))
+    # a lean graph keeps every bias in its op, as other exporters write it
+    inside = fw.bias is not None and (fw.codes is None or (kernel and not fw.zero_factor) or not g.settings.exact)
     if fw.bias is not None:
         rec.bias = Bias.FLOAT_ADD if not inside else Bias.INT32_GRID if fw.codes is not None else Bias.IN_OP
     rec.lowered, rec.zero_factor = (Lowered.ORT_KERNEL if kernel else Lowered.FLOAT_OP), fw.zero_factor

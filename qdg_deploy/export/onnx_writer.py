@@ -22,6 +22,7 @@ from ..errors import QdgError
 from ..quant import Quantizer, quant_layers
 from ..quant.norms import ExportMatchedAvgPool
 from ..quant.ort_fusion import pool_quant
+from ..quant.pool import QAvgPool
 from ..quant.tracing import conv_bn_pairs, trace
 from . import lower_add, lower_norm, lower_pool
 from .graph_builder import INPUT, OUTPUT, GraphBuilder, Settings
@@ -29,6 +30,7 @@ from .lower_layer import lower_layer
 from .records import LayerRecord, ResidualQdqRecord, ResidualQuantRecord
 
 TARGETS = ("tensorrt", "ort")
+GRAPHS = ("exact", "lean")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 
@@ -48,7 +50,7 @@ class LoweredGraph:
     def info(self) -> dict:
         """build_onnx's info dict (JSON-ready records, probes, code bit-widths)."""
         s = self.settings
-        return {"target": s.target, "opset": s.opset, "dynamic_batch": self.dynamic_batch, "fp32": s.fp32,
+        return {"target": s.target, "graph": s.graph, "opset": s.opset, "dynamic_batch": self.dynamic_batch, "fp32": s.fp32,
                 "int_bias": s.int_bias, "layers": [r.as_json() for r in self.layers],
                 "residual_qdq": [r.as_json() for r in self.residual_qdq],
                 "residual_quantizers": [r.as_json() for r in self.residual_quantizers], "probes": self.probes,
@@ -117,14 +119,18 @@ class _Lowering:
         if isinstance(m, nn.MaxPool2d):
             pre = None if fp32 else pool_quant(n, self.mods)
             return lower_pool.max_pool(g, x, p, m, pre), pre is None
+        if isinstance(m, QAvgPool) and not fp32:  # the last block's output, quantized before the pool
+            x, rec = lower_add.residual_quant(g, x, f"{p}.act_quant", m.act_quant)
+            self.residual_quant.append(rec)
         if isinstance(m, nn.AdaptiveAvgPool2d) and lower_pool.pair(m.output_size) == [1, 1]:
-            return lower_pool.global_avg_pool(g, x, p, float64=isinstance(m, ExportMatchedAvgPool) and not fp32), True
+            float64 = isinstance(m, ExportMatchedAvgPool) and not fp32 and g.settings.exact
+            return lower_pool.global_avg_pool(g, x, p, float64=float64), True
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return g.add("Flatten", [x], g.uid(p), axis=1), True
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x, True
         if isinstance(m, nn.GroupNorm):
-            return lower_norm.group_norm(g, n, m), True
+            return lower_norm.group_norm(g, n, m, float64=g.settings.exact), True
         raise QdgError(f"cannot export module {p!r} of type {type(m).__name__}")
 
     def function(self, n: torch.fx.Node) -> str:
@@ -160,7 +166,9 @@ def trained_for_ort(model: nn.Module) -> bool:
     return bool(acts) and all(not a.spec.signed for a in acts)
 
 
-def _settings(model, target, opset, fp32, residual_qdq, int_bias) -> Settings:
+def _settings(model, target, opset, fp32, residual_qdq, int_bias, graph) -> Settings:
+    if graph not in GRAPHS:
+        raise QdgError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
     if target not in TARGETS:
         raise QdgError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if opset < MIN_OPSET:
@@ -173,14 +181,14 @@ def _settings(model, target, opset, fp32, residual_qdq, int_bias) -> Settings:
     # `Scheme.residual`) has them as fx nodes: their Q/DQ are always written and exact, and this flag then finds
     # nothing left to add.
     return Settings(target, opset, fp32, bool(residual_qdq) and not fp32,
-                    trained_for_ort(model) if int_bias is None else int_bias)
+                    trained_for_ort(model) if int_bias is None else int_bias, graph)
 
 
 def lower_model(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool | None = None) -> LoweredGraph:
+                int_bias: bool | None = None, graph: str = "exact") -> LoweredGraph:
     """The model's ONNX graph and the lowering records; arguments as build_onnx's."""
-    settings = _settings(model, target, opset, fp32, residual_qdq, int_bias)
+    settings = _settings(model, target, opset, fp32, residual_qdq, int_bias, graph)
     was_training = model.training
     model.eval()
     try:
@@ -201,7 +209,7 @@ def lower_model(model: nn.Module, input_shape, *, target: str = "ort", opset: in
 
 def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-               int_bias: bool | None = None) -> tuple[onnx.ModelProto, dict]:
+               int_bias: bool | None = None, graph: str = "exact") -> tuple[onnx.ModelProto, dict]:
     """The ONNX model and what the writer did (layers, clips, requantizations, probes).
 
     int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to

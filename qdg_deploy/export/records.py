@@ -80,7 +80,8 @@ class LayerRecord:
 
 @dataclass
 class ResidualQuantRecord:
-    """A trained residual-Add quantizer (add_quant / id_quant) written as exact Q/DQ."""
+    """A trained standalone activation quantizer written as exact Q/DQ: a residual Add's input (add_quant /
+    id_quant) or the global pool's input (the last Add's output, scheme pool=True)."""
     quantizer: str
     act: ActRecord
 

@@ -10,6 +10,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
 from .plan import build_plan
+from .pool import QAvgPool, quantize_global_pools
 from .residual import QBasicBlock, QBottleneck, quantize_residual_blocks
 from .schemes import Scheme
 from .swap import recast, replace_module
@@ -42,7 +43,8 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
         replace_module(model, name, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
                                                                          after_relu=name in after_relu))
     if scheme.residual and scheme.act is not None:
-        quantize_residual_blocks(model, scheme.act)
+        if quantize_residual_blocks(model, scheme.act) and scheme.pool:
+            quantize_global_pools(model, scheme.act)
     for name, m in list(model.named_modules()):  # eval arithmetic as the exported graph's (same state dict)
         if type(m) in EVAL_MATCHED:
             replace_module(model, name, recast(m, EVAL_MATCHED[type(m)]))
@@ -53,7 +55,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 # quantized module class -> the float class it was made from
 _FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
              FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
-             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d}
+             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d}
 _QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "plan", "shared_input", "add_plan")
 
 

@@ -14,15 +14,16 @@ import torch.fx
 from torch import nn
 
 from .layers import QConv2d, QLinear
+from .pool import QAvgPool
 from .quantizers import Quantizer
 from .tracing import is_relu
 
 
 def user_quant(u: torch.fx.Node, mods) -> Quantizer | None:
-    """The activation quantizer fx node u applies to its input (a quantized layer's, or a standalone residual
-    quantizer), or None; transform (DAQ) and per-channel quantizers do not count."""
+    """The activation quantizer fx node u applies to its input (a quantized layer's or pool's, or a standalone
+    residual quantizer), or None; transform (DAQ) and per-channel quantizers do not count."""
     m = mods.get(u.target) if u.op == "call_module" else None
-    aq = m if isinstance(m, Quantizer) else m.act_quant if isinstance(m, (QConv2d, QLinear)) else None
+    aq = m if isinstance(m, Quantizer) else m.act_quant if isinstance(m, (QConv2d, QLinear, QAvgPool)) else None
     if aq is None or aq.transform or aq.scale().numel() != 1:
         return None
     return aq

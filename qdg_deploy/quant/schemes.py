@@ -25,6 +25,10 @@ class Scheme:
     # True: biases (BatchNorm folded) sit on the int32 grid s_x·s_w in eval mode, as ONNX Runtime's integer
     # kernels hold them (quant/bias.py). Old config.json files lack the key: False, as they were trained.
     int_bias: bool = False
+    # True (with residual): the global average pool after the last ResNet block reads its input through an
+    # activation quantizer too, so that block's Add has a quantizer after it and runs as an integer Add like the
+    # others (quant/pool.py). Old config.json files lack the key: False, which matches their state dicts.
+    pool: bool = False
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -47,10 +51,11 @@ SCHEMES: dict[str, Scheme] = {
     "paper": Scheme("paper", ("conv",), QuantSpec(bits=7, signed=True, narrow=False, per_channel=True), None,
                     note="weight-only: buys size, not speed"),
     # TensorRT explicit quantization: symmetric narrow-range per-channel weights, int8 zp-0 activations.
-    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True),
+    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True,
+                  pool=True),
     # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
     "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu"),
-                  residual=True, int_bias=True),
+                  residual=True, int_bias=True, pool=True),
     # AlignQ's placement: DAQ on conv weights and conv inputs (not the image), classifier float, same bits for both.
     "alignq": Scheme("alignq", ("conv",), QuantSpec(bits=4, signed=True, quantizer="daq"),
                      QuantSpec(bits=4, signed=True, quantizer="daq"), act_first=False,
