@@ -29,7 +29,8 @@ def train(
                                 "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
     data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders (PACS/, office_home/, ...)."),
     test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
-    arch: Optional[str] = typer.Option(None, help="mnist-cnn, resnet18, resnet50 (default by data set)."),
+    arch: Optional[str] = typer.Option(None, help="digits-resnet (rotated-mnist's default), mnist-cnn, "
+                                      "resnet18, resnet50 (default by data set)."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default by data set)."),
     q_steps: Optional[int] = typer.Option(None, help="QT-DoG: float steps before the network is quantized."),
