@@ -7,6 +7,8 @@ random data; quantize_static calibrates on the same random data (QDQ, per-channe
 medians over interleaved rounds (the machine may be shared); each round runs every model for a block of
 `--block` consecutive runs and drops the block's first: ORT's worker threads spin for a while after a run, and
 right after a switch they would still be spinning for the previous session, on the same two cores.
+
+`paper` (W7 weight-only) should run at FP32's latency: ORT folds its codes into float weights at load.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def main(argv=None) -> dict:
         paths, infos = {}, {}
         for label, scheme, target in (("ours_ort_scheme_target_ort", "ort", "ort"),
                                       ("ours_trt_scheme_target_ort", "trt", "ort"),
-                                      ("ours_trt_scheme_target_tensorrt", "trt", "tensorrt")):
+                                      ("ours_trt_scheme_target_tensorrt", "trt", "tensorrt"),
+                                      ("ours_paper_scheme_target_ort", "paper", "ort")):  # W7 weight-only
             info = export_onnx(model_for(scheme, calib), shape, d / f"{label}.onnx", target=target)
             paths[label], infos[label] = d / f"{label}.onnx", info
         fp32 = strip_quantizers(model_for(None, calib))
@@ -111,7 +114,8 @@ def main(argv=None) -> dict:
             "file_bytes": {k: p.stat().st_size for k, p in paths.items()},
             "ort_ops_after_fusion": {k: fused_ops(p, d) for k, p in paths.items()},
             "ours_unfused_layers": {k: i.get("ort_unfused_layers") for k, i in infos.items()},
-            "targets": {"speedup_vs_fp32_min": 1.8, "ratio_vs_quantize_static_max": 1.0},
+            "targets": {"speedup_vs_fp32_min": 1.8, "ratio_vs_quantize_static_max": 1.0,
+                        "paper_latency_vs_fp32_max": 1.05},  # weight-only: computes in float, as fast as FP32
         }
     print(json.dumps(result, indent=1))
     return result
