@@ -21,7 +21,7 @@ from ..data import get_dataset, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
-from ..runs import METRICS, WEIGHTS, model_record, save_run
+from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
 from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
@@ -52,9 +52,9 @@ def apply_init(hp: dict) -> dict | None:
     if not hp.get("init"):
         return None
     from ..io import read_json
-    from ..runs import CONFIG, check_run_dir
+    from ..runs import CONFIG, check_run_dir, read_run_json
     run = check_run_dir(hp["init"], (CONFIG, WEIGHTS), role="--init ")
-    model = read_json(run / CONFIG).get("model", {})
+    model = read_run_json(run / CONFIG).get("model", {})
     if model.get("arch") and model["arch"] != hp["arch"]:
         raise QdgError(f"--init {run} holds a {model['arch']} but this run trains a {hp['arch']}")
     hp["weights"] = str(run / WEIGHTS)
@@ -82,9 +82,7 @@ def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0):
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / WEIGHTS).exists() or (out / METRICS).exists():
-        if not overwrite:
-            raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    check_out_dir(out, overwrite)
 
 
 @dataclass
@@ -233,6 +231,8 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
     domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size")).domains
+    for d in domains:  # every output folder, before the first domain trains
+        prepare_out(out / d, overwrite)
     runs = {}
     with make_progress(console) as progress:
         for d in domains:
