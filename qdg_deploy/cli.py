@@ -5,6 +5,7 @@ past 60 lines by its parameter list alone; its body is a few lines.)"""
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Optional
@@ -383,14 +384,70 @@ def demo(
 
 
 def main() -> None:
+    """The one error policy: an expected failure (QdgError, an OS error on a named file) is one line, `error: …`,
+    exit 2; Ctrl-C is one line, exit 130; anything else is a bug: its traceback and a line asking to report it."""
     try:
         app()
     except QdgError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(worker_message(str(e)))
+    except OSError as e:
+        fail(os_error_line(e))
+    except SystemExit as e:
+        if e.code == 130 and interrupted(e):  # typer turns Ctrl-C into exit 130 before it reaches us
+            console.print("interrupted (Ctrl-C): nothing half-written was kept", highlight=False)
+        raise
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console.print("interrupted (Ctrl-C): nothing half-written was kept", highlight=False)
         sys.exit(130)
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        console.print("[bold red]internal error[/] (a bug in qdg-deploy): please report it with the command line and "
+                      "the traceback above", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is somewhere in the chain of exceptions behind `e`."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def worker_message(message: str) -> str:
+    """A DataLoader worker's error arrives wrapped ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."): its own last line, without the class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in head and " " not in head else last
+
+
+OS_ADVICE = {errno.ENOSPC: "no space left on the device: free some space or write elsewhere",
+             errno.EROFS: "read-only file system: write elsewhere",
+             errno.EACCES: "permission denied: write elsewhere or fix the permissions",
+             errno.EPERM: "operation not permitted: write elsewhere or fix the permissions",
+             errno.EISDIR: "is a directory: give a file path",
+             errno.ENOTDIR: "a part of the path is not a directory",
+             errno.ENOENT: "no such file or directory",
+             errno.EDQUOT: "disk quota exceeded: free some space or write elsewhere"}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path, what happened and what to do."""
+    path = e.filename if e.filename is not None else "?"
+    what = OS_ADVICE.get(e.errno, e.strerror or str(e))
+    return f"{path}: {what}"
 
 
 if __name__ == "__main__":
