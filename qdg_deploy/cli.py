@@ -236,9 +236,14 @@ def bench(
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise QdgError(f"--batch takes comma-separated integers, e.g. 1,8,32 (got {batch!r})") from None
-    old = B.load_result(compare_path) if compare_path else None
+    check_threads(threads)
+    old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
                      min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+    if not result["records"]:
+        why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}"
+                                      for s in sorted(result["skipped"], key=lambda s: s["artifact"] is None))) or "no (artifact, runtime) pair applies"
+        raise QdgError(f"nothing was measured: {why}")
     out.print(B.results_table(result))
     acc = B.accuracy_table(result)
     if acc is not None:
@@ -381,6 +386,11 @@ def demo(
     from .demo import run_demo
 
     run_demo(out_dir, steps=steps, seed=seed, test_env=test_env, console=console, out=out)
+
+
+def check_threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise QdgError(f"--threads takes an integer >= 1 (got {threads}); leave it out for the default")
 
 
 def main() -> None:

@@ -138,6 +138,9 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     if fmt not in FORMATS:
         raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_min_agreement(min_agreement)
+    check_opset(opset)
+    if max_samples is not None and max_samples < 1:
+        raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     if fmt == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt()
@@ -157,6 +160,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
                   int_bias=int_bias)
         ex = export_model(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
+        ort_session(tmp_model, level="none")  # ORT loads the file itself before it replaces anything
         bits, act_bits = (32, 32) if fp32 else _bits(scheme)
         report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
                   "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"], "graph": graph,
@@ -189,6 +193,19 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
             report["engine_bytes"] = build_engine(tmp_model, engine, shape, dynamic_batch=dynamic_batch)
         write_json(tmp_report, report)
     return report
+
+
+def check_opset(opset: int) -> None:
+    """--opset within what both this onnx package writes and this ONNX Runtime runs (its Q/DQ kernels)."""
+    from ..ort_session import ort_max_opset
+    from .onnx_writer import MIN_OPSET
+
+    top = ort_max_opset()
+    if not MIN_OPSET <= opset <= top:
+        import onnxruntime
+        raise QdgError(f"--opset {opset} is outside {MIN_OPSET}..{top}: onnx {onnx.__version__} writes up to "
+                       f"{onnx.defs.onnx_opset_version()}, ONNX Runtime {onnxruntime.__version__} runs Q/DQ up to "
+                       f"{top}; nothing was written")
 
 
 def check_min_agreement(value) -> None:

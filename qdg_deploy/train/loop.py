@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 import os
@@ -26,6 +27,7 @@ from .algorithms import scheme_from_hparams
 from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 from .swad import WeightAveraging, recompute_bn
+from .validate import check_applicable, check_ranges
 
 DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
 
@@ -33,6 +35,8 @@ DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
 def resolve_hparams(dataset: str, **overrides) -> dict:
     """Defaults for the data set and the method, overridden by every value that is not None."""
     hp = default_hparams(dataset)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    check_applicable(given.get("method") or hp["method"], given)
     hp.update(METHOD_DEFAULTS.get(overrides.get("method") or hp["method"], {}))
     hp.update({k: v for k, v in overrides.items() if v is not None})
     hp["dataset"] = dataset
@@ -42,6 +46,7 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         raise QdgError("--swad and --sma are two kinds of weight averaging: choose one")
     if hp["method"] == "alignq" and hp.get("act_bits") is None:
         hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
+    check_ranges(hp)
     return hp
 
 
@@ -139,6 +144,9 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
         algo.train()
         unlabeled = next(target_stream)[0] if target_stream is not None else None
         losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
+        if not math.isfinite(losses["loss"]):
+            raise QdgError(f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "
+                           f"lower --lr; nothing was written")
         result.averaging.observe(algo.network, step + 1)
         if (step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]:
             algo.eval()
