@@ -29,6 +29,8 @@ def train(
     dataset: str = typer.Option("rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, "
                                 "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
     data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders (PACS/, office_home/, ...)."),
+    class_map: Optional[Path] = typer.Option(None, help="Folder data sets: JSON {domain: {folder: class}} mapping "
+                                             "differently named class folders onto one label space."),
     test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
     arch: Optional[str] = typer.Option(None, help="mnist-cnn, resnet18, resnet50 (default by data set)."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
@@ -97,7 +99,7 @@ def train(
                          freeze_after_swap=freeze_after_swap, swad=swad, swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
-                         mixstyle_alpha=mixstyle_alpha)
+                         mixstyle_alpha=mixstyle_alpha, class_map=class_map)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
     if len(runs) == 1:

@@ -18,7 +18,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from .. import __version__
-from ..data import get_dataset, run_splits
+from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
@@ -47,6 +47,8 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
     if hp["method"] == "alignq" and hp.get("act_bits") is None:
         hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
     check_ranges(hp)
+    if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
+        hp["class_map"] = load_class_map(str(hp["class_map"]))
     return hp
 
 
@@ -201,6 +203,9 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds
+    notes = getattr(ds, "notes", [])
+    for note in notes:  # e.g. a domain lacking classes: it trains; its accuracy is over the classes it has
+        (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     workers = 0 if isinstance(setup.train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
     streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
@@ -224,6 +229,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
               "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
         config["init"] = init
+    if notes:
+        config["data_notes"] = notes
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
         config["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
                                        "selection": "source out accuracy"}
@@ -238,7 +245,8 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
         return {"runs": {str(hp.get("target")): train_one(hp, out, console=console, overwrite=overwrite)}}
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
-    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size")).domains
+    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
+                          class_map=hp.get("class_map")).domains
     for d in domains:  # every output folder, before the first domain trains
         prepare_out(out / d, overwrite)
     runs = {}
