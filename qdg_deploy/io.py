@@ -20,7 +20,7 @@ def atomic_path(path: str | Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise renamed(e, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -28,12 +28,26 @@ def atomic_path(path: str | Path):
             os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is not None and str(e.filename) == tmp:  # name the artifact, not its temporary name
-            raise type(e)(e.errno, e.strerror, str(path)) from None
+        if e.filename is None or str(e.filename) == tmp:  # name the artifact, not its temporary name
+            raise renamed(e, path) from None
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def renamed(e: OSError, path: str | Path) -> OSError:
+    """The same OS error about `path` (a failed write names no file, or a temporary one)."""
+    return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+def writable_folder(path: str | Path) -> Path | None:
+    """The nearest existing folder above `path` where it cannot be created (read-only, not permitted, a file in
+    the way); None where it can."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK) else parent
 
 
 def current_umask() -> int:

@@ -7,6 +7,7 @@ anything stored in the run (safetensors only).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import QdgError
-from .io import atomic_path, current_umask, read_json, write_json
+from .io import atomic_path, current_umask, read_json, renamed, writable_folder, write_json
 from .models import build_model
 from .quant import Scheme, quantize_model
 
@@ -40,7 +41,13 @@ class Run:
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        except Exception as e:  # safetensors reports an I/O error (ENOSPC, ...) as its own type: make it an OSError
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 KEPT_FILES = ("train.log",)  # files of the run being written (sweep's log, still open) that survive its replacement
@@ -57,9 +64,12 @@ def save_run(out: Path, config: dict, state: dict, metrics: dict) -> None:
     old = None
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
-        write_json(tmp / CONFIG, config)
-        save_weights(tmp / WEIGHTS, state)
-        write_json(tmp / METRICS, metrics)
+        try:
+            write_json(tmp / CONFIG, config)
+            save_weights(tmp / WEIGHTS, state)
+            write_json(tmp / METRICS, metrics)
+        except OSError as e:  # name the run directory, not the temporary one
+            raise renamed(e, out) from None
         if out.exists():
             for name in KEPT_FILES:
                 if (out / name).is_file():
@@ -91,14 +101,9 @@ def check_out_dir(out: str | Path, overwrite: bool, option: str = "--out") -> Pa
         elif any(p.name not in KEPT_FILES for p in out.iterdir()):
             raise QdgError(f"{option} {out} holds other files (not a run directory) and would be replaced whole: "
                            f"choose another {option}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise QdgError(f"{option} {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):  # the run is built in a sibling folder (EROFS, EACCES)
-        raise QdgError(f"{option} {out}: cannot write in {parent} (read-only or not permitted); choose another "
-                       f"{option}")
+    if (blocked := writable_folder(out)) is not None:  # the run is built in a sibling folder (EROFS, EACCES)
+        raise QdgError(f"{option} {out}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+                       f"choose another {option}")
     return out
 
 

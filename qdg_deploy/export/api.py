@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import QdgError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, writable_folder, write_json
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
 from ..quant.plan import add_plans
@@ -150,6 +150,12 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
     engine = (Path(out) if out else Path(run_dir) / "model.engine") if fmt == "tensorrt" else None
+    for p in (path, engine):  # where the files go, checked before any work
+        if p is not None and p.is_dir():
+            raise QdgError(f"--out {p} is a directory: give a file path, e.g. {p / default_name}")
+        if p is not None and (blocked := writable_folder(p)) is not None:
+            raise QdgError(f"--out {p}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+                           f"choose another --out")
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")

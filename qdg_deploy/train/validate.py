@@ -46,6 +46,13 @@ def check_ranges(hp: dict) -> None:
             raise QdgError(f"{flag(name)} must be {rng} (got {v!r})")
 
 
+def applies(method: str, key: str, quant: bool) -> bool:
+    """Whether option `key` means anything to `method` (quantizing when `quant`, or always for qtdog / alignq)."""
+    if key in QUANT_OPTIONS and not (quant or method in ALWAYS_QUANTIZED):
+        return False
+    return key not in METHOD_OPTIONS or method in METHOD_OPTIONS[key]
+
+
 def check_applicable(method: str, given: dict) -> None:
     """QdgError for an option the method would silently ignore: quantization options on a float run, another
     method's options."""
@@ -54,11 +61,11 @@ def check_applicable(method: str, given: dict) -> None:
         raise QdgError("--no-quant contradicts --method qtdog (QT-DoG is erm --quant): use --method erm for a "
                        "float run")
     if not quantizes:
-        used = [flag(k) for k in QUANT_OPTIONS if given.get(k) is not None]
+        used = [flag(k) for k in QUANT_OPTIONS if given.get(k) is not None and not applies(method, k, False)]
         if used:
             raise QdgError(f"{', '.join(used)} only appl{'y' if len(used) > 1 else 'ies'} to quantized training, and --method {method} trains a float "
                            f"network: add --quant (or use --method qtdog), or leave {'them' if len(used) > 1 else 'it'}"
                            f" out")
     for k, methods in METHOD_OPTIONS.items():
-        if given.get(k) is not None and method not in methods:
+        if given.get(k) is not None and not applies(method, k, quantizes):
             raise QdgError(f"{flag(k)} applies to --method {' or '.join(methods)} only, not {method}: leave it out")
