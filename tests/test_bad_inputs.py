@@ -185,6 +185,18 @@ def daq_8bit_run(ws, world):
     return {"bad": ws / "daq8"}
 
 
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def pickled_object(ws, world):
+    """A torch file whose pickle would call print() if it were unpickled."""
+    import torch
+    torch.save({"conv1.weight": Evil()}, ws / "w.pt")
+    return {}
+
+
 def nothing(ws, world):
     return {}
 
@@ -219,6 +231,8 @@ ROWS = [
         ["--scheme, --act-bits only apply to quantized training"]),
     Row("train-erm-quantizer", [*T, "--method", "erm", "--quantizer", "dorefa", *OUT], ["--quantizer only applies"]),
     Row("train-qtdog-no-quant", [*T, "--method", "qtdog", "--no-quant", *OUT], ["--no-quant contradicts"]),
+    Row("train-weights-pickle-not-a-state-dict", [*T, "--method", "erm", "--weights", "{ws}/w.pt", *OUT],
+        ["not a plain tensor state dict", "never unpickles"], pickled_object, absent=["weights_only", "pwned"]),
     Row("train-erm-coral-weight", [*T, "--method", "erm", "--coral-weight", "2", *OUT],
         ["--coral-weight applies to --method coral only"]),
     # train: output folders, all of them before any work
