@@ -243,9 +243,9 @@ def bench(
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
                      min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
     if not result["records"]:
-        why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}"
-                                      for s in sorted(result["skipped"], key=lambda s: s["artifact"] is None))) or "no (artifact, runtime) pair applies"
-        raise QdgError(f"nothing was measured: {why}")
+        skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
+        why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))
+        raise QdgError(f"nothing was measured: {why or 'no (artifact, runtime) pair applies'}")
     out.print(B.results_table(result))
     acc = B.accuracy_table(result)
     if acc is not None:

@@ -34,7 +34,8 @@ def make_tree(root: Path, spec: dict[str, tuple[str, ...]]) -> Path:
         for k, c in enumerate(classes):
             (root / d / c).mkdir(parents=True)
             for i in range(4):
-                Image.new("RGB", (20, 20), (60 * k + 5 * i, 100 if d == "art" else 30, 20)).save(root / d / c / f"{i}.png")
+                color = (60 * k + 5 * i, 100 if d == "art" else 30, 20)
+                Image.new("RGB", (20, 20), color).save(root / d / c / f"{i}.png")
     return root
 
 
@@ -399,3 +400,30 @@ def test_read_only_out(world, tmpfs, capsys):
     assert code == 2, err
     one_error_line(code, err, [str(mnt / "m.onnx"), "cannot write in"], [])
     assert list(mnt.iterdir()) == []
+
+
+# ---------------------------------------------------------------- folder data sets whose domains differ
+
+def test_domains_lacking_classes_train_with_one_note(tmp_path, capsys):
+    tree = make_tree(tmp_path / "tree", {"art": ("cat", "dog"), "photo": ("dog", "fox"), "sketch": ("cat", "fox")})
+    code, _, err = cli(capsys, "train", "--dataset", f"folder:{tree}", *TRAIN, "--method", "erm",
+                       "--out", tmp_path / "run")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "'art' lacks fox" in notes[0] and "'photo' lacks cat" in notes[0], err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classes"] == ["cat", "dog", "fox"] and config["model"]["num_classes"] == 3
+    assert config["data_notes"] == [notes[0][len("note: "):]]
+
+
+def test_class_map_joins_differently_named_folders(tmp_path, capsys):
+    tree = make_tree(tmp_path / "tree", {"art": ("cat", "dog"), "photo": ("Dog", "kitty")})
+    (tmp_path / "map.json").write_text(json.dumps({"photo": {"Dog": "dog", "kitty": "cat"}}))
+    code, _, err = cli(capsys, "train", "--dataset", f"folder:{tree}", *TRAIN, "--method", "erm",
+                       "--class-map", tmp_path / "map.json", "--out", tmp_path / "run")
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classes"] == ["cat", "dog"] and "data_notes" not in config
+    assert config["hparams"]["class_map"] == {"photo": {"Dog": "dog", "kitty": "cat"}}
+    code, _, err = cli(capsys, "eval", tmp_path / "run")  # eval rebuilds the same labels from the stored map
+    assert code == 0, err

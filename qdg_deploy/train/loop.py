@@ -205,7 +205,7 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     ds = setup.ds
     notes = getattr(ds, "notes", [])
     for note in notes:  # e.g. a domain lacking classes: it trains; its accuracy is over the classes it has
-        (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False)
+        (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     workers = 0 if isinstance(setup.train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
     streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)

@@ -63,9 +63,10 @@ def check_applicable(method: str, given: dict) -> None:
     if not quantizes:
         used = [flag(k) for k in QUANT_OPTIONS if given.get(k) is not None and not applies(method, k, False)]
         if used:
-            raise QdgError(f"{', '.join(used)} only appl{'y' if len(used) > 1 else 'ies'} to quantized training, and --method {method} trains a float "
-                           f"network: add --quant (or use --method qtdog), or leave {'them' if len(used) > 1 else 'it'}"
-                           f" out")
+            many = len(used) > 1
+            raise QdgError(f"{', '.join(used)} only appl{'y' if many else 'ies'} to quantized training, and --method "
+                           f"{method} trains a float network: add --quant (or use --method qtdog), or leave "
+                           f"{'them' if many else 'it'} out")
     for k, methods in METHOD_OPTIONS.items():
         if given.get(k) is not None and not applies(method, k, quantizes):
             raise QdgError(f"{flag(k)} applies to --method {' or '.join(methods)} only, not {method}: leave it out")
