@@ -58,7 +58,6 @@ def apply_init(hp: dict) -> dict | None:
     Sets hp["weights"] to that run's model file; returns a short record for config.json."""
     if not hp.get("init"):
         return None
-    from ..io import read_json
     from ..runs import CONFIG, check_run_dir, read_run_json
     run = check_run_dir(hp["init"], (CONFIG, WEIGHTS), role="--init ")
     model = read_run_json(run / CONFIG).get("model", {})
