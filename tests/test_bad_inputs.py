@@ -298,14 +298,18 @@ def test_bad_input(row, world, tmp_path, capsys):
 # ---------------------------------------------------------------- Ctrl-C, umask
 
 def test_ctrl_c_is_one_line(world, tmp_path):
-    cmd = [sys.executable, "-c", "from qdg_deploy.cli import main; main()", "train", "--dataset",
-           f"folder:{world['tree']}", *TRAIN[:-2], "--steps", "100000", "--out", str(tmp_path / "out")]
+    # "ready" once the imports are done (a signal during them would come before main), then main() as installed
+    code = "import sys; from qdg_deploy.cli import main; print('ready', file=sys.stderr, flush=True); main()"
+    cmd = [sys.executable, "-c", code, "train", "--dataset", f"folder:{world['tree']}", *TRAIN[:-2],
+           "--steps", "100000", "--out", str(tmp_path / "out")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # imports, data, the first steps
+    assert p.stderr.readline().strip() == "ready"
+    time.sleep(3)  # into the data loading or the first steps
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines and lines[-1].startswith("interrupted"), err
     assert not (tmp_path / "out").exists()
     assert [p for p in tmp_path.iterdir()] == []  # no temporary folder left either
 
