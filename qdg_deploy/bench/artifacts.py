@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import QdgError
 from ..io import read_json
-from ..runs import CONFIG, WEIGHTS, missing_run_files
+from ..runs import CONFIG, WEIGHTS, missing_run_files, read_run_json
 
 ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME = "model.onnx", "model.fp32.onnx", "model.engine"
 
@@ -29,7 +29,7 @@ class Artifact:
 
     @cached_property
     def config(self) -> dict | None:
-        return read_json(self.run_dir / CONFIG) if self.run_dir else None
+        return read_run_json(self.run_dir / CONFIG) if self.run_dir else None
 
     @property
     def onnx_path(self) -> Path | None:
