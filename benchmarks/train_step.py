@@ -1,4 +1,5 @@
-"""ms per training step, float vs quantized (QT-DoG schemes), for mnist-cnn at 28 px and resnet18 at 64 px.
+"""ms per training step, float vs quantized (QT-DoG schemes), for mnist-cnn and digits-resnet at 28 px and resnet18
+at 64 px.
 
 Prints JSON. Target: quantized ≤ 1.3× float. Each step is forward + backward + Adam on one batch;
 the median of `--iters` steps after `--warmup` is reported, variants interleaved.
@@ -21,7 +22,7 @@ from qdg_deploy.quant import get_scheme, quantize_model
 
 # arch, channels, px, batch. 80 = the demo's 16 per domain × 5 domains; 96 = the QT-DoG protocol's 32 per
 # domain × 3 training domains. Weight fake-quant costs the same at any batch, so the ratio falls as batch grows.
-CASES = [("mnist-cnn", 1, 28, 80), ("resnet18", 3, 64, 32), ("resnet18", 3, 64, 96)]
+CASES = [("mnist-cnn", 1, 28, 80), ("digits-resnet", 1, 28, 80), ("resnet18", 3, 64, 32), ("resnet18", 3, 64, 96)]
 
 
 VARIANTS = (None, "paper", "trt", "ort")

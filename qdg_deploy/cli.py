@@ -32,7 +32,8 @@ def train(
     class_map: Optional[Path] = typer.Option(None, help="Folder data sets: JSON {domain: {folder: class}} mapping "
                                              "differently named class folders onto one label space."),
     test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
-    arch: Optional[str] = typer.Option(None, help="mnist-cnn, resnet18, resnet50 (default by data set)."),
+    arch: Optional[str] = typer.Option(None, help="digits-resnet (rotated-mnist's default), mnist-cnn, "
+                                      "resnet18, resnet50 (default by data set)."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default by data set)."),
     q_steps: Optional[int] = typer.Option(None, help="QT-DoG: float steps before the network is quantized."),

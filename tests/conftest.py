@@ -12,6 +12,19 @@ def run_cli(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(run dir, metrics) of a tiny QT-DoG `ort` run on rotated-MNIST's default network (test_train.py,
+    test_digits_resnet.py); read-only."""
+    from qdg_deploy.train import resolve_hparams, train_one
+
+    out = tmp_path_factory.mktemp("runs") / "qt"
+    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="ort", steps=6, q_steps=2, checkpoint_freq=2,
+                         batch_size=8, test_env="75", swad=False)  # selection by validation (SWAD: test_swad.py)
+    metrics = train_one(hp, out)
+    return out, metrics
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     """A DomainBed-layout folder: two domains × three classes × 4 small PNGs."""

@@ -157,7 +157,7 @@ def test_alignq_scheme_placement():
 def test_alignq_update_reshapes_gradients_and_runs_admm():
     torch.manual_seed(0)
     hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", q_steps=0, steps=10,
-                         act_range=1.5)
+                         act_range=1.5, arch="mnist-cnn")  # its layer names below
     algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
     layers = quant_layers(algo.network)
     assert layers["conv2"].act_quant.act_range.item() == 1.5
@@ -186,7 +186,7 @@ def test_alignq_update_reshapes_gradients_and_runs_admm():
 
 def test_alignq_without_crp_or_grad_approx():
     hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", q_steps=0, crp=False,
-                         grad_approx=False)
+                         grad_approx=False, arch="mnist-cnn")
     algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
     assert algo.crp == {}
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
@@ -202,7 +202,8 @@ def test_da_baselines_float_and_quantized(method):
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
     for quant in (False, True):
         qopts = dict(q_steps=0, bits=4, act_bits=4) if quant else {}  # a float run refuses quantization options
-        hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", quant=quant, **qopts)
+        hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", quant=quant, arch="mnist-cnn",
+                             **qopts)
         algo = get_algorithm(method)((1, 28, 28), 10, 1, hp)
         info = algo.update([(xs, ys)], 0, unlabeled=xt)
         assert math.isfinite(info["loss"])

@@ -351,7 +351,8 @@ def _calibrated_run(out, scheme_name: str):
     from qdg_deploy.runs import model_record, save_run
     from qdg_deploy.train import resolve_hparams
 
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme=scheme_name, bits=4, act_bits=4, test_env="0")
+    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme=scheme_name, bits=4, act_bits=4, test_env="0",
+                         arch="mnist-cnn")
     ds = get_dataset("rotated-mnist")
     splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
     torch.manual_seed(0)

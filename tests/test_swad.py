@@ -179,7 +179,7 @@ def test_mixstyle_mixes_in_training_and_is_the_identity_in_eval():
     torch.manual_seed(0)
     hp = resolve_hparams("rotated-mnist", method="mixstyle", mixstyle_p=1.0)
     algo = get_algorithm("mixstyle")((1, 28, 28), 10, 2, hp)
-    plain = build_model("mnist-cnn", 1, 10)
+    plain = build_model(hp["arch"], 1, 10)  # mixes after layer1 and layer2 (mnist-cnn: bn0, bn1)
     plain.load_state_dict(algo.network.state_dict())
     x = torch.rand(8, 1, 28, 28)
     algo.eval()

@@ -7,7 +7,7 @@ import torch
 
 from qdg_deploy.quant import is_quantized, quant_layers
 from qdg_deploy.runs import load_run
-from qdg_deploy.train import get_algorithm, resolve_hparams, train_one
+from qdg_deploy.train import get_algorithm, resolve_hparams
 from qdg_deploy.evaluation import predictions
 
 from conftest import run_cli
@@ -42,15 +42,6 @@ def test_qtdog_trains_quantized_weights_and_steps_after_q_steps(scheme):
         w0, s0 = before[n]
         assert not torch.equal(m.weight, w0), f"{n}: weights stopped training"
         assert not torch.equal(m.weight_quant.step, s0), f"{n}: step sizes stopped training"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "qt"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="ort", steps=6, q_steps=2, checkpoint_freq=2,
-                         batch_size=8, test_env="75", swad=False)  # selection by validation (SWAD: test_swad.py)
-    metrics = train_one(hp, out)
-    return out, metrics
 
 
 def test_run_directory_and_metrics_keys(tiny_run):

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from ..errors import QdgError
+from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
 
 
@@ -23,6 +24,7 @@ def _resnet(depth: int):
 
 
 MODELS = {
+    "digits-resnet": lambda in_channels, num_classes: DigitsResNet(in_channels, num_classes),
     "mnist-cnn": lambda in_channels, num_classes: MnistCNN(in_channels, num_classes),
     "resnet18": _resnet(18),
     "resnet50": _resnet(50),
