@@ -9,7 +9,7 @@ from rich.console import Console
 
 from .tables import models_table
 from .runs import load_run
-from .train import resolve_hparams, train_one
+from .train import default_hparams, resolve_hparams, train_one
 from .evaluation import make_progress
 
 
@@ -58,7 +58,8 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env
     out = out or Console()
     start = time.perf_counter()
     dirs, results = train_step(Path(out_dir), steps, seed, test_env, console)
-    out.print(models_table(results, title=f"rotated-MNIST (embedded), held-out {test_env}°, seed {seed}"))
+    arch = default_hparams("rotated-mnist")["arch"]
+    out.print(models_table(results, title=f"rotated-MNIST (embedded), {arch}, held-out {test_env}°, seed {seed}"))
     shipped = {"ERM + SWAD": dirs["erm"], "QT-DoG W7 + SWAD": dirs["qtdog-w7"],
                demo_models()["qtdog-w8a8"][0] + " + SWAD": dirs["qtdog-w8a8"], "EoQ(2) W7 + SWAD": dirs["eoq"]}
     exports = export_step(shipped, console=console, out=out)
