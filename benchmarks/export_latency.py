@@ -92,6 +92,27 @@ def write_models(group: str, d: Path) -> dict[str, Path]:
     return paths
 
 
+def op_time_share(path: Path, shape, batch: int, threads: int, runs: int = 20) -> dict[str, float]:
+    """Share of ORT's kernel time per op type (ORT's own profiler, `runs` runs): for quantize_static's model,
+    QLinearConv's share bounds how far any graph running the same QLinearConv kernels can get below it."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.enable_profiling, so.log_severity_level = threads, True, 3
+    so.profile_file_prefix = str(path.with_suffix(""))
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = {"input": np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
+    for _ in range(runs):
+        s.run(None, x)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    by_op = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(by_op.values())
+    return {op: round(t / total, 4) for op, t in by_op.most_common()}
+
+
 def interleaved_ms(paths: dict[str, Path], shape, batch: int, threads: int, runs: int, block: int) -> dict:
     sessions = {k: ort_session(str(p), threads=threads, level="all") for k, p in paths.items()}
     x = {"input": np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
@@ -132,7 +153,11 @@ def run_group(group: str, d: Path, a) -> dict:
     med = {b: interleaved_ms(paths, g["shape"], b, a.threads, a.runs, a.block) for b in g["batches"]}
     lean = {b: {k.removesuffix("_lean"): round(m[k] / m[k.removesuffix("_lean") + "_exact"], 3)
                 for k in m if k.endswith("_lean")} for b, m in med.items()}
-    return {"arch": g["arch"], "input": list(g["shape"]), "classes": g["classes"],
+    extra = {}
+    if group == "resnet18":  # where the time goes in both models (ORT's profiler, batch 1)
+        extra["kernel_time_share_batch1"] = {k: op_time_share(paths[k], g["shape"], 1, a.threads)
+                                             for k in ("quantize_static", "ours_ort_exact")}
+    return {**extra, "arch": g["arch"], "input": list(g["shape"]), "classes": g["classes"],
             "median_ms": {f"batch{b}": m for b, m in med.items()},
             "speedup_vs_fp32": {f"batch{b}": {k: round(m["fp32"] / v, 3) for k, v in m.items()} for b, m in med.items()},
             "lean_vs_exact_latency": {f"batch{b}": v for b, v in lean.items()},

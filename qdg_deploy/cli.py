@@ -5,6 +5,7 @@ past 60 lines by its parameter list alone; its body is a few lines.)"""
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,8 @@ def train(
     dataset: str = typer.Option("rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, "
                                 "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
     data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders (PACS/, office_home/, ...)."),
+    class_map: Optional[Path] = typer.Option(None, help="Folder data sets: JSON {domain: {folder: class}} mapping "
+                                             "differently named class folders onto one label space."),
     test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
     arch: Optional[str] = typer.Option(None, help="digits-resnet (rotated-mnist's default), mnist-cnn, "
                                       "resnet18, resnet50 (default by data set)."),
@@ -97,7 +100,7 @@ def train(
                          freeze_after_swap=freeze_after_swap, swad=swad, swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
-                         mixstyle_alpha=mixstyle_alpha)
+                         mixstyle_alpha=mixstyle_alpha, class_map=class_map)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
     if len(runs) == 1:
@@ -236,9 +239,14 @@ def bench(
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise QdgError(f"--batch takes comma-separated integers, e.g. 1,8,32 (got {batch!r})") from None
-    old = B.load_result(compare_path) if compare_path else None
+    check_threads(threads)
+    old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
                      min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+    if not result["records"]:
+        skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
+        why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))
+        raise QdgError(f"nothing was measured: {why or 'no (artifact, runtime) pair applies'}")
     out.print(B.results_table(result))
     acc = B.accuracy_table(result)
     if acc is not None:
@@ -383,15 +391,76 @@ def demo(
     run_demo(out_dir, steps=steps, seed=seed, test_env=test_env, console=console, out=out)
 
 
+def check_threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise QdgError(f"--threads takes an integer >= 1 (got {threads}); leave it out for the default")
+
+
 def main() -> None:
+    """The one error policy: an expected failure (QdgError, an OS error on a named file) is one line, `error: …`,
+    exit 2; Ctrl-C is one line, exit 130; anything else is a bug: its traceback and a line asking to report it."""
     try:
         app()
     except QdgError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(worker_message(str(e)))
+    except OSError as e:
+        fail(os_error_line(e))
+    except SystemExit as e:
+        if e.code == 130 and interrupted(e):  # typer turns Ctrl-C into exit 130 before it reaches us
+            console.print("interrupted (Ctrl-C): nothing half-written was kept", highlight=False)
+        raise
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console.print("interrupted (Ctrl-C): nothing half-written was kept", highlight=False)
         sys.exit(130)
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        console.print("[bold red]internal error[/] (a bug in qdg-deploy): please report it with the command line and "
+                      "the traceback above", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is somewhere in the chain of exceptions behind `e`."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def worker_message(message: str) -> str:
+    """A DataLoader worker's error arrives wrapped ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."): its own last line, without the class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in head and " " not in head else last
+
+
+OS_ADVICE = {errno.ENOSPC: "no space left on the device: free some space or write elsewhere",
+             errno.EROFS: "read-only file system: write elsewhere",
+             errno.EACCES: "permission denied: write elsewhere or fix the permissions",
+             errno.EPERM: "operation not permitted: write elsewhere or fix the permissions",
+             errno.EISDIR: "is a directory: give a file path",
+             errno.ENOTDIR: "a part of the path is not a directory",
+             errno.ENOENT: "no such file or directory",
+             errno.EDQUOT: "disk quota exceeded: free some space or write elsewhere"}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path, what happened and what to do."""
+    path = e.filename if e.filename is not None else "?"
+    what = OS_ADVICE.get(e.errno, e.strerror or str(e))
+    return f"{path}: {what}"
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ input_shape, num_classes, scheme) plus "ensemble": [one model record per member]
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .errors import QdgError
-from .runs import CONFIG, METRICS, Run, load_run, save_run
+from .runs import check_out_dir, Run, load_run, save_run
 
 # Which config entries must agree between members (what they mean: the same task and the same network).
 SAME_TASK = ("dataset", "domains", "test_env_index", "classes")
@@ -105,15 +102,7 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
     from .quant import model_size
     from .evaluation import domain_metrics
 
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise QdgError(f"{out} exists and is not a directory")
-        is_run = (out / METRICS).exists() or (out / CONFIG).exists()
-        if is_run and not overwrite:
-            raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
-        if not is_run and any(out.iterdir()):
-            raise QdgError(f"{out} holds other files (not a run directory): choose another --out")
+    out = check_out_dir(out, overwrite)
     runs = [load_run(p) for p in run_dirs]
     if len({r.path.resolve() for r in runs}) != len(runs):
         raise QdgError("a run directory is given twice")
@@ -144,25 +133,8 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
               "ensemble": {"kind": kind, "k": k, "members": [m["run"] for m in members],
                            "seeds": [m["seed"] for m in members],
                            "combine": "sum of the members' logits, arg-max (as EoA's code); no softmax"}}
-    _write_atomic(out, config, net.state_dict(), metrics)
+    save_run(out, config, net.state_dict(), metrics)
     return metrics
-
-
-def _write_atomic(out: Path, config: dict, state: dict, metrics: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        save_run(tmp, config, state, metrics)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_note(run: Run, report: dict) -> dict | None:

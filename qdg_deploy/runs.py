@@ -6,6 +6,10 @@ anything stored in the run (safetensors only).
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import QdgError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, current_umask, read_json, renamed, writable_folder, write_json
 from .models import build_model
 from .quant import Scheme, quantize_model
 
@@ -37,14 +41,78 @@ class Run:
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        except Exception as e:  # safetensors reports an I/O error (ENOSPC, ...) as its own type: make it an OSError
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+KEPT_FILES = ("train.log",)  # files of the run being written (sweep's log, still open) that survive its replacement
 
 
 def save_run(out: Path, config: dict, state: dict, metrics: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, config)
-    save_weights(out / WEIGHTS, state)
-    write_json(out / METRICS, metrics)
+    """Write the run directory `out` as a whole: every file goes into a temporary sibling folder, which is renamed
+    into place; a run already there is moved aside first and removed only once the new one has its name (a failure
+    at any point leaves the old run as it was). Files of an earlier run beside its three (exports, eval.json) go
+    with it: they describe weights that no longer exist; KEPT_FILES are carried over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        try:
+            write_json(tmp / CONFIG, config)
+            save_weights(tmp / WEIGHTS, state)
+            write_json(tmp / METRICS, metrics)
+        except OSError as e:  # name the run directory, not the temporary one
+            raise renamed(e, out) from None
+        if out.exists():
+            for name in KEPT_FILES:
+                if (out / name).is_file():
+                    _carry(out / name, tmp / name)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:  # put the old run back
+                os.replace(old / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def check_out_dir(out: str | Path, overwrite: bool, option: str = "--out") -> Path:
+    """Refuse, before any work, an output run directory `save_run` could not or should not replace: a file, a run
+    without --overwrite, a folder of other files (it would be replaced whole), a place where nothing can be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QdgError(f"{option} {out} is a file, not a directory: choose a folder for the run")
+    if out.is_dir():
+        if (out / WEIGHTS).exists() or (out / METRICS).exists() or (out / CONFIG).exists():
+            if not overwrite:
+                raise QdgError(f"{out} already holds a run; choose another {option} or pass --overwrite")
+        elif any(p.name not in KEPT_FILES for p in out.iterdir()):
+            raise QdgError(f"{option} {out} holds other files (not a run directory) and would be replaced whole: "
+                           f"choose another {option}")
+    if (blocked := writable_folder(out)) is not None:  # the run is built in a sibling folder (EROFS, EACCES)
+        raise QdgError(f"{option} {out}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+                       f"choose another {option}")
+    return out
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (an open log keeps writing into the new run), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def model_record(arch: str, input_shape, num_classes: int, scheme: Scheme | None) -> dict:
@@ -78,14 +146,38 @@ def check_run_dir(path: str | Path, files: tuple[str, ...] = RUN_FILES, role: st
     return Path(path)
 
 
+def read_run_json(path: Path) -> dict:
+    """A run's JSON file as a dict, or a QdgError naming it (unreadable, not JSON, not an object)."""
+    try:
+        data = read_json(path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise QdgError(f"{path} is not valid JSON ({e}); the run is damaged: train it again") from None
+    if not isinstance(data, dict):
+        raise QdgError(f"{path} holds a JSON {type(data).__name__}, not an object; the run is damaged: train it again")
+    return data
+
+
 def load_run(path: str | Path) -> Run:
     path = check_run_dir(path)
-    config = read_json(path / CONFIG)
-    net = build_run_model(config["model"])
-    state = load_file(str(path / WEIGHTS))
+    config = read_run_json(path / CONFIG)
+    metrics = read_run_json(path / METRICS)
+    try:
+        net = build_run_model(config["model"])
+    except QdgError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise QdgError(f"{path / CONFIG} does not describe a model ({type(e).__name__}: {e}); the run is damaged: "
+                       f"train it again") from None
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        raise QdgError(f"{path / WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]}); the run is "
+                       f"damaged: train it again") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise QdgError(f"{path / WEIGHTS} does not match the model in {CONFIG}: {str(e).splitlines()[0]}") from None
     net.eval()
-    return Run(path, config, read_json(path / METRICS), net)
+    return Run(path, config, metrics, net)

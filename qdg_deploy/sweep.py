@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import QdgError
 from .io import read_json, write_json
+from .train.validate import applies
 from .runs import CONFIG, METRICS, WEIGHTS
 
 RESERVED = {"method", "dataset", "test_env", "seed", "out", "overwrite"}
@@ -134,7 +135,10 @@ def plan(dataset: str, entries: list[Entry], test_envs: list[str], seeds: list[i
     base = [sys.executable, "-m", "qdg_deploy.cli", "train", "--dataset", dataset]
     todo = []
     for e in entries:
-        merged = {**settings, **e.overrides}
+        quant = str(e.overrides.get("quant", settings.get("quant", ""))).lower() == "true"
+        # a --set option for every entry goes to the entries it means something to (quantization options to the
+        # quantizing ones); an entry's own option always goes (train refuses it where it does not apply)
+        merged = {**{k: v for k, v in settings.items() if applies(e.method, k, quant)}, **e.overrides}
         if jobs > 1 and "threads" not in merged:  # share the cores between the parallel runs
             merged["threads"] = str(max(1, (os.cpu_count() or 1) // jobs))
         for te in test_envs:

@@ -201,8 +201,9 @@ def test_alignq_without_crp_or_grad_approx():
 def test_da_baselines_float_and_quantized(method):
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
     for quant in (False, True):
-        hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", q_steps=0, quant=quant,
-                             bits=4, act_bits=4, arch="mnist-cnn")
+        qopts = dict(q_steps=0, bits=4, act_bits=4) if quant else {}  # a float run refuses quantization options
+        hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", quant=quant, arch="mnist-cnn",
+                             **qopts)
         algo = get_algorithm(method)((1, 28, 28), 10, 1, hp)
         info = algo.update([(xs, ys)], 0, unlabeled=xt)
         assert math.isfinite(info["loss"])

@@ -306,7 +306,9 @@ def test_non_image_file(tmp_path):
 def test_classes_differ(tmp_path):
     root = make_tree(tmp_path / "tree", per_class=1)
     os.rename(tmp_path / "tree" / "sketch" / "horse", tmp_path / "tree" / "sketch" / "zebra")
-    expect_error(["classes differ", "'sketch'", "'art'", "horse", "zebra"], get_dataset, f"folder:{root}")
+    # horse and zebra each in one domain only (issue 17: a class two domains share trains, even if others lack it)
+    expect_error(["one domain only", "'horse' (only in 'art')", "'zebra' (only in 'sketch')", "--class-map"],
+                 get_dataset, f"folder:{root}")
 
 
 def test_corrupt_image(tmp_path):
@@ -317,3 +319,30 @@ def test_corrupt_image(tmp_path):
     good = ds.domain_dataset("sketch", train=False)
     assert good[0][0].shape == (3, 8, 8)
     expect_error([str(bad), "cannot read image"], good.__getitem__, 1)
+
+
+def _domains_tree(root, spec):
+    for d, classes in spec.items():
+        for c in classes:
+            (root / d / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(root / d / c / f"{i}.png")
+    return root
+
+
+def test_folder_union_of_classes_and_class_map(tmp_path):
+    # Every class in 2 of 3 domains: the label space is the union, each domain keeps its own labels, one note.
+    root = _domains_tree(tmp_path / "sub", {"a": ["cat", "dog"], "b": ["dog", "fox"], "c": ["cat", "fox"]})
+    ds = get_dataset(f"folder:{root}", image_size=8)
+    assert ds.classes == ["cat", "dog", "fox"]
+    assert [sorted({y for _, y in s}) for s in ds.samples] == [[0, 1], [1, 2], [0, 2]]
+    assert len(ds.notes) == 1 and "'a' lacks fox" in ds.notes[0] and "'c' lacks dog" in ds.notes[0]
+    # A class in one domain only is refused, naming it and --class-map; the map renames folders per domain.
+    root = _domains_tree(tmp_path / "named", {"a": ["cat", "dog"], "b": ["dog", "kitty"]})
+    with pytest.raises(DataError, match=r"'kitty' \(only in 'b'\).*--class-map FILE\.json"):
+        get_dataset(f"folder:{root}", image_size=8)
+    ds = get_dataset(f"folder:{root}", image_size=8, class_map={"b": {"kitty": "cat"}})
+    assert ds.classes == ["cat", "dog"] and ds.notes == []
+    assert sorted({y for _, y in ds.samples[1]}) == [0, 1]
+    with pytest.raises(DataError, match=r"folder\(s\) \['nope'\] that domain 'b'"):
+        get_dataset(f"folder:{root}", image_size=8, class_map={"b": {"nope": "cat"}})

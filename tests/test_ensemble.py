@@ -18,8 +18,9 @@ from tests.test_bench import IMAGE, write_folder_dataset
 
 
 def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"):
-    hp = resolve_hparams(f"folder:{data}", method=method, scheme=scheme, arch="mnist-cnn", image_size=IMAGE,
-                         steps=4, q_steps=2, checkpoint_freq=2, batch_size=4, test_env=test_env, seed=seed, threads=1)
+    quant = dict(scheme=scheme, q_steps=2) if method != "erm" else {}  # erm refuses quantization options
+    hp = resolve_hparams(f"folder:{data}", method=method, arch="mnist-cnn", image_size=IMAGE, steps=4,
+                         checkpoint_freq=2, batch_size=4, test_env=test_env, seed=seed, threads=1, **quant)
     train_one(hp, out)
     return out
 

@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from qdg_deploy.bench.artifacts import onnx_size
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, ort_session
 from qdg_deploy.export.fold import fold_layer
@@ -233,6 +234,35 @@ def test_sizes_paper_w7(tmp_path):
     assert info["file_bytes"] == (tmp_path / "m.onnx").stat().st_size
     assert info["packed_bytes"] < info["file_bytes"] < info["fp32_bytes"]
     assert all(e["weight_only"] for e in info["layers"])
+
+
+def test_paper_weights_fold_when_ort_loads_them_and_stay_int8_codes_in_the_file(tmp_path):
+    """Weight-only W7 on target ort: the file holds the int8 codes (packed as TensorRT's DequantizeLinear export);
+    ORT's optimized graph has no DequantizeLinear and nothing reading codes or scales: constant folding made them
+    float weights, equal bit for bit to code × scale (what DequantizeLinear computes), which the Conv pre-packs."""
+    m = tiny("paper")
+    info = export_onnx(m, (3, 8, 8), tmp_path / "m.onnx", target="ort")
+    trt = export_onnx(m, (3, 8, 8), tmp_path / "trt.onnx", target="tensorrt")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    names = list(quant_layers(m))
+    for name in names:
+        codes = inits[f"{name}.weight_q"]
+        assert codes.dtype == np.int8 and codes.min() >= -64 and codes.max() <= 63 and f"{name}.weight" not in inits
+    assert info["packed_bytes"] == trt["packed_bytes"] < info["file_bytes"]
+    assert sum(n.op_type == "DequantizeLinear" for n in trt["proto"].graph.node) == len(names)  # TensorRT's pattern
+    assert onnx_size(tmp_path / "m.onnx")["params"] == onnx_size(tmp_path / "trt.onnx")["params"]  # scales: no params
+    for level in ("basic", "all"):
+        opt = tmp_path / f"{level}.onnx"
+        ort_session(tmp_path / "m.onnx", level=level, optimized_path=str(opt))
+        g = onnx.load(str(opt)).graph
+        assert not [n.name for n in g.node if n.op_type == "DequantizeLinear"
+                    or any(i.endswith((".weight_q", ".weight_scale")) for i in n.input)]
+        if level == "basic":  # NCHWc (level all) reorders the folded weights
+            folded = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+            convs = {n.name: n for n in g.node if n.op_type == "Conv"}
+            for name in names:
+                want = inits[f"{name}.weight_q"].astype(np.float32) * inits[f"{name}.weight_scale"]
+                assert np.array_equal(folded[convs[f"{name}.conv"].input[1]], want)
 
 
 def test_unsupported_op_is_named():

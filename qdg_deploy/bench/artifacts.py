@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import QdgError
 from ..io import read_json
-from ..runs import CONFIG, WEIGHTS, missing_run_files
+from ..runs import CONFIG, WEIGHTS, missing_run_files, read_run_json
 
 ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME = "model.onnx", "model.fp32.onnx", "model.engine"
 
@@ -29,7 +29,7 @@ class Artifact:
 
     @cached_property
     def config(self) -> dict | None:
-        return read_json(self.run_dir / CONFIG) if self.run_dir else None
+        return read_run_json(self.run_dir / CONFIG) if self.run_dir else None
 
     @property
     def onnx_path(self) -> Path | None:
@@ -120,8 +120,8 @@ def onnx_input_dims(path: Path) -> list:
 def onnx_size(path: Path) -> dict:
     """Parameter count and stored weight bytes of an ONNX file (initializers, at their stored type).
 
-    Quantization scales and zero points (inputs 1 and 2 of Quantize/DequantizeLinear) count in the
-    bytes but not in the parameter count.
+    Quantization scales and zero points (inputs 1 and 2 of Quantize/DequantizeLinear, and the scales an
+    exporter's Cast of integer codes is multiplied by) count in the bytes but not in the parameter count.
     """
     import numpy as np
     import onnx
@@ -129,9 +129,12 @@ def onnx_size(path: Path) -> dict:
 
     model = onnx.load(str(path), load_external_data=False)
     qparams = set()
+    casts = {n.output[0] for n in model.graph.node if n.op_type == "Cast"}
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             qparams.update(node.input[1:])
+        elif node.op_type == "Mul" and node.input[0] in casts and node.name.endswith(".weight_dq"):
+            qparams.update(node.input[1:])  # codes ─ Cast ─ Mul(scales): export/lower_qdq.weight_dq
     params = stored = 0
     for init in model.graph.initializer:
         n = int(np.prod(init.dims)) if len(init.dims) else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.progress import Progress
 
 from ..errors import QdgError
 from ..evaluation import domain_counts, make_progress
-from .artifacts import Artifact, resolve_artifact
+from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
 from .harness import measure
 from .runtimes import RUNTIMES, Session, get_runtime
@@ -67,9 +68,23 @@ def _check_args(artifacts, batches, duration_s: float, warmup_ms: float, min_ite
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise QdgError(f"batch sizes must be positive integers, got {batches}")
-    if duration_s < 0 or warmup_ms < 0 or min_iters < 1:
-        raise QdgError("--duration-s and --warmup-ms must be >= 0 and --min-iters >= 1")
+    for name, v in (("--duration-s", duration_s), ("--warmup-ms", warmup_ms)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise QdgError(f"{name} takes a finite number >= 0 (got {v!r})")
+    if min_iters < 1:
+        raise QdgError(f"--min-iters takes an integer >= 1 (got {min_iters})")
     return batches
+
+
+def onnx_shape_mismatch(art: Artifact, shape) -> list | None:
+    """An .onnx file's fixed input [C, H, W] where it differs from its run directory's (None: they agree, or the
+    file's dims are symbolic)."""
+    if art.kind != "onnx" or not art.config:
+        return None
+    dims = onnx_input_dims(art.path)[1:]
+    if all(isinstance(d, int) and d > 0 for d in dims) and list(dims) != list(shape):
+        return list(dims)
+    return None
 
 
 def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple], list[dict]]:
@@ -156,6 +171,10 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
             if shape is None:
                 skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
                                 "reason": "input shape unknown (no run directory and a dynamic ONNX input)"})
+            elif (other := onnx_shape_mismatch(art, shape)) is not None:
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
+                                "reason": f"the ONNX input is {other} but its run's images are {list(shape)}: "
+                                          f"export it again from its run"})
             elif session.fixed_batch and b != session.fixed_batch:
                 skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
                                 "reason": f"the artifact has a fixed batch of {session.fixed_batch}"})
@@ -179,6 +198,8 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
             progress.update(task, info="accuracy")
             if art.run_dir is None:
                 acc_reason = "no run directory around the artifact (parent with config.json): data set unknown"
+            elif shape is not None and onnx_shape_mismatch(art, shape) is not None:
+                acc_reason = "accuracy skipped: the ONNX input differs from its run's images"
             else:
                 start = time.perf_counter()
                 try:

@@ -116,7 +116,31 @@ def load_result(path: str | Path) -> dict:
         raise QdgError(f"--compare: {p} is not JSON: {e}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise QdgError(f"--compare: {p} is not a `qdg-deploy bench --json` file ({SCHEMA})")
+    records = data.get("records")
+    if not isinstance(records, list):
+        raise QdgError(f"--compare: {p} has no list of records: write it again with `qdg-deploy bench --json`")
+    for i, r in enumerate(records):
+        if (why := _record_problem(r)) is not None:
+            raise QdgError(f"--compare: {p} record {i}: {why}; write it again with `qdg-deploy bench --json`")
     return data
+
+
+def _record_problem(r) -> str | None:
+    """What makes `r` unusable by `compare` (None: nothing)."""
+    def num(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    if not isinstance(r, dict):
+        return "not an object"
+    for key, ok in (("artifact", lambda v: isinstance(v, str)), ("runtime", lambda v: isinstance(v, str)),
+                    ("batch", lambda v: isinstance(v, int)), ("throughput_ips", num),
+                    ("latency_ms", lambda v: isinstance(v, dict) and num(v.get("mean")) and num(v.get("p99"))),
+                    ("size", lambda v: isinstance(v, dict) and num(v.get("file_bytes"))),
+                    ("accuracy", lambda v: v is None or (isinstance(v, dict) and num(v.get("test_acc"))))):
+        if key == "accuracy" and key not in r:
+            continue
+        if key not in r or not ok(r[key]):
+            return f"{key!r} missing or of the wrong type"
+    return None
 
 
 def compare(new: dict, old: dict) -> list[dict]:

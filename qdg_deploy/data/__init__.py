@@ -25,31 +25,51 @@ def available_datasets() -> list[str]:
     return ["rotated-mnist", *DOMAINBED_FOLDERS, "office31", "digits", FOLDER_PREFIX + "PATH"]
 
 
-def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | None = None) -> DGDataset:
+def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | None = None,
+                class_map: dict | None = None) -> DGDataset:
     """Build a data set by name (case-insensitive).
 
     rotated-mnist ignores data_dir; image_size, when given and not 28, resizes its
-    digits. Folder data sets default to 224 x 224 (digits: 32 x 32).
+    digits. Folder data sets default to 224 x 224 (digits: 32 x 32); class_map ({domain: {folder: class}})
+    renames their class folders onto one label space.
     """
+    if class_map and (name.lower() == "rotated-mnist"):
+        raise DataError("--class-map applies to folder data sets, not rotated-mnist")
     if name.startswith(FOLDER_PREFIX):
         path = name[len(FOLDER_PREFIX):]
         if not path:
             raise DataError("folder: needs a path, e.g. folder:/data/my_dataset")
-        return build_folder(path, image_size)
+        return build_folder(path, image_size, class_map=class_map)
     key = name.lower()
     if key == "rotated-mnist":
         return build_rotated_mnist(image_size)
     if key == "office31":
-        return build_office31(data_dir, image_size)
+        return build_office31(data_dir, image_size, class_map)
     if key == "digits":
-        return build_digits(data_dir, image_size)
+        return build_digits(data_dir, image_size, class_map)
     for canonical in DOMAINBED_FOLDERS:
         if key == canonical.lower():
-            return build_domainbed(canonical, data_dir, image_size)
+            return build_domainbed(canonical, data_dir, image_size, class_map)
     raise DataError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
+
+
+def load_class_map(path: str) -> dict:
+    """The --class-map FILE.json: {domain: {folder name: class name}}; DataError naming the file otherwise."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--class-map {p} not found (a JSON file: {{\"domain\": {{\"folder\": \"class\"}}}})")
+    try:
+        data = json.loads(p.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"--class-map {p} is not valid JSON ({e})") from None
+    return data  # its shape is checked against the data set's domains when the data set is read
 
 
 def run_splits(hp: dict) -> tuple[DGDataset, list[DomainSplit]]:
     """The data set and per-domain splits that a run's hyperparameters describe (train, eval, export, bench)."""
-    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"))
+    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
+                     class_map=hp.get("class_map"))
     return ds, split_domains(ds, hp["holdout_fraction"], hp["seed"])

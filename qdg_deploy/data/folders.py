@@ -51,27 +51,58 @@ def _scan_class(path: str) -> list[str]:
     return files
 
 
-def _scan_domains(root: str, domain_dirs: dict[str, str]):
-    """Return (classes, {domain: [(path, label), ...]}) for domain name -> class-root path."""
+def _scan_domains(root: str, domain_dirs: dict[str, str], class_map: dict | None = None):
+    """Return (classes, {domain: [(path, label), ...]}, notes) for domain name -> class-root path.
+
+    The label space is the union of the domains' classes (class folders, renamed per domain by `class_map`:
+    {domain: {folder: class}}); a domain may lack some classes (a note says which), but a class found in one
+    domain only cannot be learnt and tested apart: an error naming it."""
     if len(domain_dirs) < 2:
         found = ", ".join(domain_dirs) or "none"
         raise DataError(f"{root}: found {len(domain_dirs)} domain folder(s) ({found}); need at least 2")
-    classes, first = None, None
-    samples = {}
+    class_map = check_class_map(class_map or {}, domain_dirs)
+    folders = {}  # domain -> {class name: [folders]}
     for domain, path in domain_dirs.items():
         names = _visible_dirs(path)
         if not names:
             raise DataError(f"domain folder {path} has no class folders")
-        if classes is None:
-            classes, first = names, domain
-        elif names != classes:
-            missing = sorted(set(classes) - set(names))
-            extra = sorted(set(names) - set(classes))
-            raise DataError(f"classes differ between domains in {root}: {domain!r} vs {first!r}: "
-                            f"missing {missing}, extra {extra}")
-        samples[domain] = [(f, label) for label, c in enumerate(names)
-                           for f in _scan_class(os.path.join(path, c))]
-    return classes, samples
+        unknown = sorted(set(class_map.get(domain, {})) - set(names))
+        if unknown:
+            raise DataError(f"--class-map names folder(s) {unknown} that domain {domain!r} ({path}) does not have")
+        folders[domain] = {}
+        for n in names:
+            folders[domain].setdefault(class_map.get(domain, {}).get(n, n), []).append(n)
+    classes = sorted(set().union(*(set(f) for f in folders.values())))
+    alone = {c: [d for d in folders if c in folders[d]] for c in classes}
+    alone = {c: ds[0] for c, ds in alone.items() if len(ds) == 1}
+    if alone:
+        listed = ", ".join(f"{c!r} (only in {d!r})" for c, d in alone.items())
+        raise DataError(f"classes found in one domain only in {root}: {listed}; if other domains name them "
+                        f"differently, map the folders onto one label space with --class-map FILE.json "
+                        f"({{\"domain\": {{\"folder\": \"class\"}}}}), else remove those folders")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = {d: [(f, index[c]) for c in sorted(folders[d]) for n in folders[d][c]
+                   for f in _scan_class(os.path.join(domain_dirs[d], n))] for d in folders}
+    lacking = [f"{d!r} lacks {', '.join(sorted(set(classes) - set(folders[d])))}" for d in folders
+               if set(classes) - set(folders[d])]
+    notes = [f"not every domain has every class ({'; '.join(lacking)}): each trains on what it has, and its "
+             f"accuracy counts only its own classes"] if lacking else []
+    return classes, samples, notes
+
+
+def check_class_map(class_map, domain_dirs: dict[str, str]) -> dict:
+    """A --class-map as {domain: {folder: class}}, every domain known; DataError naming what is wrong."""
+    shape = 'an object {"domain": {"folder name": "class name"}}'
+    if not isinstance(class_map, dict) or not all(isinstance(m, dict) for m in class_map.values()):
+        raise DataError(f"--class-map must be {shape}")
+    unknown = sorted(set(class_map) - set(domain_dirs))
+    if unknown:
+        raise DataError(f"--class-map names domain(s) {unknown} not in the data set ({', '.join(domain_dirs)})")
+    for d, m in class_map.items():
+        bad = [k for k, v in m.items() if not isinstance(v, str) or not v]
+        if bad:
+            raise DataError(f"--class-map: domain {d!r}: folder(s) {bad} must map to a class name (a string)")
+    return class_map
 
 
 class ImageList(Dataset):
@@ -97,8 +128,8 @@ class ImageList(Dataset):
 
 class FolderDGDataset(DGDataset):
     def __init__(self, name: str, root: str, domain_dirs: dict[str, str], size: int,
-                 train_tf, eval_tf, augments: bool = True):
-        classes, samples = _scan_domains(root, domain_dirs)
+                 train_tf, eval_tf, augments: bool = True, class_map: dict | None = None):
+        classes, samples, self.notes = _scan_domains(root, domain_dirs, class_map)
         super().__init__(name, list(samples), classes, (3, size, size))
         self.root = root
         self.samples = [samples[d] for d in self.domains]
@@ -141,20 +172,23 @@ def _need_data_dir(name: str, data_dir: str | None, folder: str) -> str:
     return _require_dir(os.path.abspath(os.path.expanduser(data_dir)), "data directory")
 
 
-def build_folder(path: str, image_size: int | None = None, name: str | None = None) -> FolderDGDataset:
+def build_folder(path: str, image_size: int | None = None, name: str | None = None,
+                 class_map: dict | None = None) -> FolderDGDataset:
     """Any PATH/<domain>/<class>/<image> tree; every visible sub-folder is a domain."""
     root = _require_dir(os.path.abspath(os.path.expanduser(path)), "data set folder")
     size = _check_size(image_size, 224)
     dirs = {d: os.path.join(root, d) for d in _visible_dirs(root)}
-    return FolderDGDataset(name or f"folder:{path}", root, dirs, size, *domainbed_transforms(size))
+    return FolderDGDataset(name or f"folder:{path}", root, dirs, size, *domainbed_transforms(size),
+                           class_map=class_map)
 
 
-def build_domainbed(name: str, data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+def build_domainbed(name: str, data_dir: str | None, image_size: int | None = None,
+                    class_map: dict | None = None) -> FolderDGDataset:
     folder = DOMAINBED_FOLDERS[name]
     base = _need_data_dir(name, data_dir, folder)
     root = os.path.join(base, folder)
     _require_dir(root, f"expected the {name} folder {folder!r} inside {base}")
-    return build_folder(root, image_size, name=name)
+    return build_folder(root, image_size, name=name, class_map=class_map)
 
 
 def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tuple[str, ...]) -> str:
@@ -169,7 +203,8 @@ def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tup
                     f"{', '.join(known)} inside {base})")
 
 
-def build_office31(data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+def build_office31(data_dir: str | None, image_size: int | None = None,
+                   class_map: dict | None = None) -> FolderDGDataset:
     root = _known_domains_root("office31", data_dir, "office31", OFFICE31_DOMAINS)
     size = _check_size(image_size, 224)
     dirs = {}
@@ -181,16 +216,17 @@ def build_office31(data_dir: str | None, image_size: int | None = None) -> Folde
         if _visible_dirs(path) == ["images"]:
             path = os.path.join(path, "images")
         dirs[d] = path
-    return FolderDGDataset("office31", root, dirs, size, *domainbed_transforms(size))
+    return FolderDGDataset("office31", root, dirs, size, *domainbed_transforms(size), class_map=class_map)
 
 
-def build_digits(data_dir: str | None, image_size: int | None = None) -> FolderDGDataset:
+def build_digits(data_dir: str | None, image_size: int | None = None,
+                 class_map: dict | None = None) -> FolderDGDataset:
     root = _known_domains_root("digits", data_dir, "digits", DIGITS_DOMAINS)
     size = _check_size(image_size, 32)
     dirs = {d: os.path.join(root, d) for d in DIGITS_DOMAINS if os.path.isdir(os.path.join(root, d))}
     # Small digit images: no augmentation, so train and eval share one transform.
     tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    ds = FolderDGDataset("digits", root, dirs, size, tf, tf, augments=False)
+    ds = FolderDGDataset("digits", root, dirs, size, tf, tf, augments=False, class_map=class_map)
     if ds.classes != [str(c) for c in range(10)]:
         raise DataError(f"digits classes in {root} must be the folders 0-9, found {ds.classes}")
     return ds

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import QdgError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, writable_folder, write_json
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
 from ..quant.plan import add_plans
@@ -138,6 +138,9 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     if fmt not in FORMATS:
         raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_min_agreement(min_agreement)
+    check_opset(opset)
+    if max_samples is not None and max_samples < 1:
+        raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     if fmt == "tensorrt":
         from .tensorrt import require_tensorrt
         require_tensorrt()
@@ -147,6 +150,12 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
     engine = (Path(out) if out else Path(run_dir) / "model.engine") if fmt == "tensorrt" else None
+    for p in (path, engine):  # where the files go, checked before any work
+        if p is not None and p.is_dir():
+            raise QdgError(f"--out {p} is a directory: give a file path, e.g. {p / default_name}")
+        if p is not None and (blocked := writable_folder(p)) is not None:
+            raise QdgError(f"--out {p}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+                           f"choose another --out")
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
@@ -157,6 +166,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
                   int_bias=int_bias)
         ex = export_model(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
+        ort_session(tmp_model, level="none")  # ORT loads the file itself before it replaces anything
         bits, act_bits = (32, 32) if fp32 else _bits(scheme)
         report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
                   "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"], "graph": graph,
@@ -189,6 +199,19 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
             report["engine_bytes"] = build_engine(tmp_model, engine, shape, dynamic_batch=dynamic_batch)
         write_json(tmp_report, report)
     return report
+
+
+def check_opset(opset: int) -> None:
+    """--opset within what both this onnx package writes and this ONNX Runtime runs (its Q/DQ kernels)."""
+    from ..ort_session import ort_max_opset
+    from .onnx_writer import MIN_OPSET
+
+    top = ort_max_opset()
+    if not MIN_OPSET <= opset <= top:
+        import onnxruntime
+        raise QdgError(f"--opset {opset} is outside {MIN_OPSET}..{top}: onnx {onnx.__version__} writes up to "
+                       f"{onnx.defs.onnx_opset_version()}, ONNX Runtime {onnxruntime.__version__} runs Q/DQ up to "
+                       f"{top}; nothing was written")
 
 
 def check_min_agreement(value) -> None:

@@ -44,6 +44,10 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
         return FoldedWeight(None, None, wf.astype(np.float32), bias32)
     if wq.zero_point_int() != 0:
         raise QdgError(f"weight zero point {wq.zero_point_int()} is not supported for export (weights must be symmetric)")
+    if wq.qmin < -128 or wq.qmax > 127:  # e.g. 8-bit DAQ: codes [-255, 255] (k + 1 signed bits)
+        raise QdgError(f"{type(layer).__name__} weights quantized by {wq.spec.quantizer or 'its quantizer'} at "
+                       f"{wq.spec.bits} bits take codes [{wq.qmin}, {wq.qmax}], more than int8 holds (ONNX Q/DQ "
+                       f"weights are int8): train with --bits {wq.spec.bits - 1} or fewer")
     codes = wq.integer_codes(w).numpy().astype(np.int64)
     scale = weight_scale(layer)
     sign, scales32, zero = fold_scales(scale, factor)

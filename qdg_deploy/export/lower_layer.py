@@ -2,6 +2,7 @@
 
     x ─[activation Q/DQ]─┐
     int8 codes ─ DequantizeLinear(axis=0) ─┴─ Conv / Gemm ─ ...
+    (weight-only layers on target ort: int8 codes ─ Cast ─ Mul(scales), which ORT folds: lower_qdq.weight_dq)
 
 then, by the layer's lowering: a float op with its bias inside, or a float Add (weight-only, fake-quant, and
 layers whose bias an integer kernel would round); the integer accumulator snapped (Div, Round, Mul by the folded
@@ -38,7 +39,7 @@ def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.
         x, rec.act = act_qdq_shared(g, x, name, aq)
         g.quantized_inputs.setdefault(g.arg(n.args[0]), x)
     fw = fold_layer(m, bn, quant)
-    w = weight_dq(g, name, fw)
+    w = weight_dq(g, name, fw, weight_only=aq is None)
     if fw.codes is not None:
         rec.weight_bits, rec.weight_only, rec.weight_codes = fw.bits, aq is None, f"{name}.weight_q"
     out_node = bn_node or n

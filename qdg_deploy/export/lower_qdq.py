@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import QdgError
 from ..quant import Quantizer
@@ -85,12 +86,23 @@ def _int8_qdq(g: GraphBuilder, x: str, p: str, aq: Quantizer, s: np.float32, rec
     return q, sc, zpn
 
 
-def weight_dq(g: GraphBuilder, name: str, fw: FoldedWeight) -> str:
-    """The layer's weights: int8 codes and per-channel scales into DequantizeLinear(axis 0), or float weights."""
+def weight_dq(g: GraphBuilder, name: str, fw: FoldedWeight, weight_only: bool = False) -> str:
+    """The layer's weights: int8 codes and per-channel scales into DequantizeLinear(axis 0), or float weights.
+
+    A weight-only layer on target ort: codes ─ Cast(float) ─ Mul(scales [C, 1, ...]) instead, the same float32
+    values (each code times its scale, one rounding) from ordinary ops, which ORT's constant folding computes
+    once at session creation; the Conv then reads constant float weights that ORT pre-packs (NCHWc) as in the
+    FP32 export. ORT's ConstantFolding skips DequantizeLinear while its QDQ optimizations are on (its default;
+    session.disable_quant_qdq=1 turns both off), so a DequantizeLinear'd weight is dequantized on every run and
+    its Conv is not pre-packed. TensorRT keeps DequantizeLinear on weights, its explicit-quantization pattern."""
     if fw.codes is None:
         return g.const(f"{name}.weight", fw.weight)
     codes = g.const(f"{name}.weight_q", fw.codes)
     g.weight_bits[codes] = fw.bits
+    if weight_only and g.target == "ort":
+        scales = fw.scales.reshape((-1,) + (1,) * (fw.codes.ndim - 1))
+        w = g.add("Cast", [codes], f"{name}.weight_cast", to=TensorProto.FLOAT)
+        return g.add("Mul", [w, g.const(f"{name}.weight_scale", scales)], f"{name}.weight_dq")
     return g.add("DequantizeLinear", [codes, g.const(f"{name}.weight_scale", fw.scales),
                                       g.const(f"{name}.weight_zero_point", np.zeros(len(fw.scales), np.int8))],
                  f"{name}.weight_dq", axis=0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 
 class Lowered(enum.Enum):
     """How a quantized layer was written: the plan's mode (quant/plan.py) as this target runs it."""
-    FLOAT_OP = "float op"  # weight-only or fake-quant: DequantizeLinear'd codes into a float Conv / Gemm
+    FLOAT_OP = "float op"  # weight-only or fake-quant: dequantized codes (lower_qdq.weight_dq) into a float Conv / Gemm
     SNAPPED = "integer accumulator snapped (Div, Round, Mul), bias a float Add"
     ORT_KERNEL = "computes as ORT's integer kernel into the next quantizer (QLinearConv / QGemm)"
 

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from .onnx_writer import LoweredGraph
 from .records import Bias, Lowered
 
-WEIGHT_ONLY_NOTE = ("weight-only layers: integer codes + DequantizeLinear into a float Conv; they shrink the file "
-                    "but compute in float (TensorRT runs a convolution in INT8 only when its input is quantized too)")
+WEIGHT_ONLY_NOTE = {
+    "ort": ("weight-only layers: int8 codes ─ Cast ─ Mul(per-channel float32 scales) into a float Conv, the same "
+            "float32 weights as DequantizeLinear gives; ONNX Runtime folds Cast and Mul into constant weights when "
+            "it creates the session (it does not fold a DequantizeLinear while its QDQ optimizations are on), so "
+            "these layers run at the FP32 export's speed: they shrink the file but compute in float"),
+    "tensorrt": ("weight-only layers: integer codes + DequantizeLinear into a float Conv; they shrink the file "
+                 "but compute in float (TensorRT runs a convolution in INT8 only when its input is quantized too)")}
 INT32_GRID_NOTE = ("trained with integer biases (scheme int_bias): each bias already sits on the int32 grid s_x·s_w "
                    "in the torch model's eval mode, so ONNX Runtime's QLinearConv holds it exactly")
 SNAPPED_NOTE = ("each of these layers' output is snapped to its integer accumulator (Conv, then Div/Round/Mul by the "
@@ -55,7 +60,7 @@ def graph_notes(low: LoweredGraph, fusion: OrtFusion | None) -> dict:
                                       if k in ("quantizer", "type", "zero_point", "exact", "shared")}
                                      for r in low.residual_quantizers]}
     for listed, key, note in (("residual_quantizers", "residual_quantizers_note", RESIDUAL_QUANTIZERS_NOTE),
-                              ("weight_only_layers", "weight_only_note", WEIGHT_ONLY_NOTE),
+                              ("weight_only_layers", "weight_only_note", WEIGHT_ONLY_NOTE[low.settings.target]),
                               ("requantized", "requantized_note", REQUANTIZED_NOTE)):
         if notes[listed]:
             notes[key] = note

@@ -56,6 +56,10 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if "Weights only load failed" in str(e):  # not torch's advice to unpickle arbitrary objects: never done here
+            raise QdgError(f"cannot read weights {path}: not a plain tensor state dict (or damaged); qdg-deploy never "
+                           f"unpickles arbitrary objects: give a .safetensors file or torch.save(model.state_dict())"
+                           ) from None
         raise QdgError(f"cannot read weights {path}: {e}".splitlines()[0]) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

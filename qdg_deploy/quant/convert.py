@@ -46,6 +46,10 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
         if quantize_residual_blocks(model, scheme.act) and scheme.pool:
             quantize_global_pools(model, scheme.act)
     for name, m in list(model.named_modules()):  # eval arithmetic as the exported graph's (same state dict)
+        # A weight-only model has no quantizer after its pool whose rounding a float32 sum's order could move: its
+        # pool stays float32 (GlobalAveragePool, as fast as the FP32 export's) rather than a float64 mean.
+        if type(m) is nn.AdaptiveAvgPool2d and scheme.act is None:
+            continue
         if type(m) in EVAL_MATCHED:
             replace_module(model, name, recast(m, EVAL_MATCHED[type(m)]))
     build_plan(model, int_bias=scheme.int_bias and scheme.act is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 import os
@@ -17,15 +18,16 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from .. import __version__
-from ..data import get_dataset, run_splits
+from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
-from ..runs import METRICS, WEIGHTS, model_record, save_run
+from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
 from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 from .swad import WeightAveraging, recompute_bn
+from .validate import check_applicable, check_ranges
 
 DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
 
@@ -33,6 +35,8 @@ DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
 def resolve_hparams(dataset: str, **overrides) -> dict:
     """Defaults for the data set and the method, overridden by every value that is not None."""
     hp = default_hparams(dataset)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    check_applicable(given.get("method") or hp["method"], given)
     hp.update(METHOD_DEFAULTS.get(overrides.get("method") or hp["method"], {}))
     hp.update({k: v for k, v in overrides.items() if v is not None})
     hp["dataset"] = dataset
@@ -42,6 +46,9 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         raise QdgError("--swad and --sma are two kinds of weight averaging: choose one")
     if hp["method"] == "alignq" and hp.get("act_bits") is None:
         hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
+    check_ranges(hp)
+    if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
+        hp["class_map"] = load_class_map(str(hp["class_map"]))
     return hp
 
 
@@ -51,10 +58,9 @@ def apply_init(hp: dict) -> dict | None:
     Sets hp["weights"] to that run's model file; returns a short record for config.json."""
     if not hp.get("init"):
         return None
-    from ..io import read_json
-    from ..runs import CONFIG, check_run_dir
+    from ..runs import CONFIG, check_run_dir, read_run_json
     run = check_run_dir(hp["init"], (CONFIG, WEIGHTS), role="--init ")
-    model = read_json(run / CONFIG).get("model", {})
+    model = read_run_json(run / CONFIG).get("model", {})
     if model.get("arch") and model["arch"] != hp["arch"]:
         raise QdgError(f"--init {run} holds a {model['arch']} but this run trains a {hp['arch']}")
     hp["weights"] = str(run / WEIGHTS)
@@ -82,9 +88,7 @@ def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0):
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / WEIGHTS).exists() or (out / METRICS).exists():
-        if not overwrite:
-            raise QdgError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    check_out_dir(out, overwrite)
 
 
 @dataclass
@@ -141,6 +145,9 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
         algo.train()
         unlabeled = next(target_stream)[0] if target_stream is not None else None
         losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
+        if not math.isfinite(losses["loss"]):
+            raise QdgError(f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "
+                           f"lower --lr; nothing was written")
         result.averaging.observe(algo.network, step + 1)
         if (step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]:
             algo.eval()
@@ -195,6 +202,9 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds
+    notes = getattr(ds, "notes", [])
+    for note in notes:  # e.g. a domain lacking classes: it trains; its accuracy is over the classes it has
+        (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     workers = 0 if isinstance(setup.train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
     streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
@@ -218,6 +228,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
               "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
         config["init"] = init
+    if notes:
+        config["data_notes"] = notes
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
         config["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
                                        "selection": "source out accuracy"}
@@ -232,7 +244,10 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
         return {"runs": {str(hp.get("target")): train_one(hp, out, console=console, overwrite=overwrite)}}
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
-    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size")).domains
+    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
+                          class_map=hp.get("class_map")).domains
+    for d in domains:  # every output folder, before the first domain trains
+        prepare_out(out / d, overwrite)
     runs = {}
     with make_progress(console) as progress:
         for d in domains:
