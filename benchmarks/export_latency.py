@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import onnx
 import torch
 
 from qdg_deploy.export import export_onnx, ort_session
+from qdg_deploy.export.variants import ort_latency_ms
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model, strip_quantizers
 
@@ -113,23 +112,6 @@ def op_time_share(path: Path, shape, batch: int, threads: int, runs: int = 20) -
     return {op: round(t / total, 4) for op, t in by_op.most_common()}
 
 
-def interleaved_ms(paths: dict[str, Path], shape, batch: int, threads: int, runs: int, block: int) -> dict:
-    sessions = {k: ort_session(str(p), threads=threads, level="all") for k, p in paths.items()}
-    x = {"input": np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, x)
-    times = {k: [] for k in sessions}
-    while min(len(v) for v in times.values()) < runs:
-        for k, s in sessions.items():
-            for i in range(block):
-                t0 = time.perf_counter()
-                s.run(None, x)
-                if i:
-                    times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: round(statistics.median(v), 4) for k, v in times.items()}
-
-
 def verdicts(group: str, med: dict[int, dict]) -> dict:
     """Each acceptance target of issue 16 with the measured ratio and whether it holds."""
     out = {}
@@ -150,7 +132,10 @@ def verdicts(group: str, med: dict[int, dict]) -> dict:
 def run_group(group: str, d: Path, a) -> dict:
     g = GROUPS[group]
     paths = write_models(group, d)
-    med = {b: interleaved_ms(paths, g["shape"], b, a.threads, a.runs, a.block) for b in g["batches"]}
+    rounds = -(-a.runs // (a.block - 1))  # each block's first run is dropped
+    files = {k: str(p) for k, p in paths.items()}
+    med = {b: ort_latency_ms(files, g["shape"], threads=a.threads, batch=b, rounds=rounds, block=a.block)
+           for b in g["batches"]}
     lean = {b: {k.removesuffix("_lean"): round(m[k] / m[k.removesuffix("_lean") + "_exact"], 3)
                 for k in m if k.endswith("_lean")} for b, m in med.items()}
     extra = {}
