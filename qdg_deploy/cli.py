@@ -112,6 +112,88 @@ def train(
         out.print(f"runs written under {out_dir}")
 
 
+_PTQ_HELP = dict(
+    method="Activation ranges (per tensor): minmax, percentile (--percentile of |x|), entropy (TensorRT's KL "
+           "calibration), mse (least rounding-and-clipping error).",
+    scheme="ort (W8A8, uint8 activations: ONNX Runtime's integer kernels), trt (W8A8 int8, zero point 0: "
+           "TensorRT) or paper (weight-only).",
+)
+
+
+@app.command()
+def calibrate(
+    source: Path = typer.Argument(..., help="A float run directory (from `train`), or a local weights file "
+                                  "(.safetensors / .pt, read without executing code) with --arch."),
+    dataset: Optional[str] = typer.Option(None, help="Data set of a weights file (rotated-mnist, folder:PATH, ...; "
+                                          "a run directory's own by default)."),
+    data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders."),
+    class_map: Optional[Path] = typer.Option(None, help="Folder data sets: JSON {domain: {folder: class}}."),
+    test_env: Optional[str] = typer.Option(None, help="Held-out domain (never read for calibration); a run "
+                                           "directory's own by default, 0 for a weights file."),
+    arch: Optional[str] = typer.Option(None, help="The network a weights file holds: digits-resnet, mnist-cnn, "
+                                       "resnet18, resnet50."),
+    image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
+    method: str = typer.Option("percentile", help=_PTQ_HELP["method"]),
+    percentile: float = typer.Option(99.99, help="--method percentile: the percentile of |x| kept unclipped."),
+    weight_method: str = typer.Option("minmax", help="Weight ranges (per output channel): minmax or mse."),
+    num_batches: int = typer.Option(16, help="Calibration batches of 64 images from the training domains' `in` "
+                                    "splits."),
+    scheme: str = typer.Option("ort", help=_PTQ_HELP["scheme"]),
+    bits: Optional[int] = typer.Option(None, help="Weight bits 2..8 (default: the scheme's, 8)."),
+    act_bits: Optional[int] = typer.Option(None, help="Activation bits 2..8; 0 keeps activations float."),
+    keep_float: int = typer.Option(0, help="Keep the K layers whose quantization alone costs the most validation "
+                                   "accuracy in float (per-layer sensitivity on the training domains' `out` splits)."),
+    keep_float_layers: Optional[str] = typer.Option(None, help="Keep these layers float: comma-separated module "
+                                                    "names (see `qdg-deploy sensitivity`)."),
+    seed: int = typer.Option(0, help="Which calibration images are drawn (and, for a weights file, the split)."),
+    out_dir: Path = typer.Option(Path("runs/ptq"), "--out", help="Run directory to write."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+):
+    """Post-training quantization: a float model in, a quantized run directory out (eval, export and bench take it).
+
+    Calibration images come from the training domains only; the held-out domain is scored, never read."""
+    from .calibrate.run import PtqOptions, calibrate_run
+    from .tables import per_domain_table
+
+    layers = tuple(n.strip() for n in keep_float_layers.split(",") if n.strip()) if keep_float_layers else ()
+    opts = PtqOptions(method=method, percentile=percentile, weight_method=weight_method, num_batches=num_batches,
+                      scheme=scheme, bits=bits, act_bits=act_bits, keep_float=keep_float, keep_float_layers=layers)
+    m = calibrate_run(source, out_dir, opts, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
+                      image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console)
+    out.print(per_domain_table({f"ptq {scheme} ({method})": m}))
+    f = m["float"]
+    out.print(f"held-out acc {100 * m['test_acc']:.1f} (float {100 * f['test_acc']:.1f}); val {100 * m['val_acc']:.1f} "
+              f"(float {100 * f['val_acc']:.1f})")
+    out.print(f"run written to {out_dir}")
+
+
+@app.command()
+def sensitivity(
+    run_dir: Path = typer.Argument(..., help="A run directory: a quantized run as it is, a float run after a "
+                                   "calibration with the options below."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default "
+                                             "RUN_DIR/sensitivity.json)."),
+    plot: Optional[Path] = typer.Option(None, help="Bar chart PNG (default RUN_DIR/sensitivity.png)."),
+    method: str = typer.Option("percentile", help="Float runs: " + _PTQ_HELP["method"]),
+    scheme: str = typer.Option("ort", help="Float runs: " + _PTQ_HELP["scheme"]),
+    bits: Optional[int] = typer.Option(None, help="Float runs: weight bits."),
+    act_bits: Optional[int] = typer.Option(None, help="Float runs: activation bits."),
+):
+    """Per-layer sensitivity: each layer quantized alone (the rest float), its validation accuracy drop, sorted."""
+    from .calibrate.run import PtqOptions, sensitivity_run
+    from .tables import FitTable, pct
+
+    r = sensitivity_run(run_dir, json_path=json_path, plot_path=plot,
+                        opts=PtqOptions(method=method, scheme=scheme, bits=bits, act_bits=act_bits), console=console)
+    table = FitTable(f"Layer sensitivity — validation (training domains' out) accuracy, float {pct(r['float_acc'])} %, "
+                     f"all quantized {pct(r['quantized_acc'])} %",
+                     [("layer", "left"), ("kind", "left"), ("acc %", "right"), ("drop (points)", "right")])
+    for row in r["layers"]:
+        table.add_row(row["layer"], row["kind"], pct(row["acc"]), f"{100 * row['drop']:+.2f}")
+    out.print(table)
+    out.print(f"written {r['json']} and {r['plot']}")
+
+
 @app.command("eval")
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),

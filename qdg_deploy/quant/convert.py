@@ -24,7 +24,7 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
     layers = [(name, m) for name, m in model.named_modules() if type(m) in _LAYER_KIND]
     keep = []
     for i, (name, m) in enumerate(layers):
-        if _LAYER_KIND[type(m)] not in scheme.layers:
+        if _LAYER_KIND[type(m)] not in scheme.layers or name in scheme.float_layers:
             continue
         if (i == 0 and not scheme.quantize_first) or (i == len(layers) - 1 and not scheme.quantize_last):
             continue

@@ -75,6 +75,9 @@ class Quantizer(nn.Module):
     learn_zero_point = True  # False: the zero point stays 0 whatever the spec says (fixed-grid quantizers)
     qdq_activations = True  # False: non-uniform levels, which QuantizeLinear/DequantizeLinear cannot express
     transform: str | None = None  # "daq": a fixed nonlinearity (the normal CDF) precedes the uniform rounding
+    # Set only inside calibrate.float_pass: the quantizer then passes its input through unchanged and shows it to
+    # this callable, so the network computes in float and each quantizer sees the float tensor it will quantize.
+    observe = None
 
     def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
                  after_relu: bool = False):
@@ -124,6 +127,9 @@ class Quantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observe is not None:
+            self.observe(x)
+            return x
         if not self.initialized:
             self.init_from(x)
         return self.fake_quant(x)

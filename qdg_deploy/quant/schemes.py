@@ -29,6 +29,9 @@ class Scheme:
     # activation quantizer too, so that block's Add has a quantizer after it and runs as an integer Add like the
     # others (quant/pool.py). Old config.json files lack the key: False, which matches their state dicts.
     pool: bool = False
+    # Layers (module names) left float whatever `layers` says: a mixed-precision model (calibrate --keep-float).
+    # Old config.json files lack the key: none.
+    float_layers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -38,6 +41,7 @@ class Scheme:
     def from_dict(cls, d: dict) -> "Scheme":
         d = dict(d)
         d["layers"] = tuple(d["layers"])
+        d["float_layers"] = tuple(d.get("float_layers", ()))
         d["weight"] = QuantSpec(**d["weight"])
         d["act"] = QuantSpec(**d["act"]) if d.get("act") else None
         return cls(**d)

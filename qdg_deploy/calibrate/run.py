@@ -1,0 +1,213 @@
+"""`qdg-deploy calibrate` and `qdg-deploy sensitivity`: post-training quantization of a float run or weights file
+into a run directory that `eval`, `export` and `bench` take as they take a trained one."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import Subset
+
+from .. import __version__
+from ..data import get_dataset, load_class_map, run_splits
+from ..errors import QdgError
+from ..evaluation import domain_metrics, iter_batches, make_progress
+from ..io import atomic_path, write_json
+from ..quant import get_scheme, model_size, quantize_model
+from ..quant.convert import eligible_layers
+from ..runs import check_out_dir, load_run, missing_run_files, model_record, save_run
+from ..train.hparams import default_hparams
+from .core import calibrate_model, check_method
+from .sensitivity import layer_sensitivity, most_sensitive, plot_sensitivity
+from .source import float_from_file
+
+CALIBRATION_BATCH = 64
+
+
+@dataclass
+class Source:
+    """The float network and the data it belongs to: hyperparameters as a run records them, the held-out index."""
+    net: nn.Module
+    hp: dict
+    test: int
+    domains: list[str]
+    classes: list[str]
+    input_shape: list[int]
+    origin: dict
+
+
+def load_source(source: str | Path, *, arch: str | None, dataset: str | None, data_dir: str | None,
+                test_env: str | None, image_size: int | None, class_map: str | None, seed: int) -> Source:
+    source = Path(source)
+    if source.is_dir():
+        return _run_source(source, dataset, test_env, arch)
+    if not source.is_file():
+        raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file")
+    if not arch:
+        raise QdgError(f"SOURCE {source} is a weights file: say which network it holds with --arch")
+    dataset = dataset or "rotated-mnist"
+    hp = {**default_hparams(dataset), "dataset": dataset, "arch": arch, "seed": seed, "method": "ptq",
+          "test_env": "0" if test_env is None else test_env}
+    hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
+    if class_map:
+        hp["class_map"] = load_class_map(str(class_map))
+    ds = get_dataset(dataset, hp.get("data_dir"), image_size=hp.get("image_size"), class_map=hp.get("class_map"))
+    net = float_from_file(source, arch, ds.input_shape[0], ds.num_classes)
+    return Source(net, hp, ds.domain_index(hp["test_env"]), ds.domains, ds.classes, list(ds.input_shape),
+                  {"weights": str(source), "arch": arch})
+
+
+def _run_source(path: Path, dataset, test_env, arch) -> Source:
+    if missing_run_files(path):
+        raise QdgError(f"SOURCE {path} is a directory but not a run directory "
+                       f"({', '.join(missing_run_files(path))} missing)")
+    run = load_run(path)
+    if run.config["model"].get("ensemble"):
+        raise QdgError(f"SOURCE {path} is an ensemble run: calibrate each member's float run")
+    if run.scheme is not None:
+        raise QdgError(f"SOURCE {path} is already quantized (scheme {run.scheme.name}): export it as it is, or "
+                       f"calibrate its float run")
+    hp, test = dict(run.config["hparams"]), run.config["test_env_index"]
+    if dataset and dataset != run.config["dataset"]:
+        raise QdgError(f"SOURCE {path} was trained on {run.config['dataset']}, not --dataset {dataset}")
+    if arch and arch != run.config["model"]["arch"]:
+        raise QdgError(f"SOURCE {path} holds a {run.config['model']['arch']}, not --arch {arch}")
+    domains = run.config["domains"]
+    if test_env is not None and domains[_index(domains, test_env)] != domains[test]:
+        raise QdgError(f"SOURCE {path} held out {domains[test]!r}; calibrating for another held-out domain would "
+                       f"score it on data the float model trained on")
+    return Source(run.model, hp, test, domains, run.config["classes"], run.config["model"]["input_shape"],
+                  {"run": str(path), "method": run.metrics.get("method"), "test_acc": run.metrics.get("test_acc")})
+
+
+def _index(domains: list[str], name_or_index: str) -> int:
+    if name_or_index in domains:
+        return domains.index(name_or_index)
+    if str(name_or_index).isdigit() and int(name_or_index) < len(domains):
+        return int(name_or_index)
+    raise QdgError(f"unknown domain {name_or_index!r}; domains: {', '.join(domains)}")
+
+
+def calibration_batches(splits, test: int, num_batches: int, seed: int,
+                        batch_size: int = CALIBRATION_BATCH) -> list[torch.Tensor]:
+    """`num_batches` batches drawn evenly from the training domains' `in` splits (eval transform); the held-out
+    domain is never read."""
+    train = [s.in_eval for i, s in enumerate(splits) if i != test]
+    per_domain = -(-num_batches * batch_size // len(train))
+    rng = np.random.default_rng(seed)
+    parts = [Subset(d, rng.permutation(len(d))[:per_domain].tolist()) for d in train]
+    images = torch.cat([x for p in parts for x, _ in iter_batches(p, 256)])
+    images = images[torch.from_numpy(rng.permutation(len(images)))][:num_batches * batch_size]
+    return list(images.split(batch_size))
+
+
+@dataclass(frozen=True)
+class PtqOptions:
+    method: str = "entropy"
+    percentile: float = 99.99
+    weight_method: str = "minmax"
+    num_batches: int = 16
+    scheme: str = "ort"
+    bits: int | None = None
+    act_bits: int | None = None
+    keep_float: int = 0
+    keep_float_layers: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        check_method(self.method, self.weight_method, self.percentile)
+        if self.num_batches < 1:
+            raise QdgError(f"--num-batches must be >= 1 (got {self.num_batches})")
+        if self.keep_float < 0:
+            raise QdgError(f"--keep-float must be >= 0 (got {self.keep_float})")
+        if self.keep_float and self.keep_float_layers:
+            raise QdgError("--keep-float K and --keep-float-layers name the float layers two ways: choose one")
+        for name, v in (("--bits", self.bits), ("--act-bits", self.act_bits)):
+            if v is not None and not (2 if name == "--bits" else 0) <= v <= 8:
+                raise QdgError(f"{name} must be in {2 if name == '--bits' else 0}..8 (got {v})")
+
+
+def quantize_calibrated(net: nn.Module, scheme, batches, opts: PtqOptions, progress=None):
+    model = quantize_model(copy.deepcopy(net), scheme)
+    info = calibrate_model(model, batches, opts.method, percentile=opts.percentile,
+                           weight_method=opts.weight_method, progress=progress)
+    return model.eval(), info
+
+
+def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOptions(), *, arch=None, dataset=None,
+                  data_dir=None, test_env=None, image_size=None, class_map=None, seed: int = 0,
+                  overwrite: bool = False, console: Console | None = None) -> dict:
+    """Quantize and calibrate SOURCE's float network; write the run directory `out`; returns its metrics."""
+    opts.check()
+    out = check_out_dir(out, overwrite)
+    start = time.perf_counter()
+    src = load_source(source, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
+                      image_size=image_size, class_map=class_map, seed=seed)
+    scheme = get_scheme(opts.scheme, bits=opts.bits, act_bits=opts.act_bits, quantizer="lsq")
+    eligible = eligible_layers(src.net, scheme)
+    unknown = [n for n in opts.keep_float_layers if n not in eligible]
+    if unknown:
+        raise QdgError(f"--keep-float-layers: {', '.join(unknown)} not a quantized layer of this network; "
+                       f"layers: {', '.join(eligible)}")
+    if opts.keep_float > len(eligible):
+        raise QdgError(f"--keep-float {opts.keep_float}: the network has only {len(eligible)} quantized layers")
+    _, splits = run_splits(src.hp)
+    batches = calibration_batches(splits, src.test, opts.num_batches, seed)
+    val_sets = [s.out_eval for i, s in enumerate(splits) if i != src.test]
+    sensitivity = None
+    with make_progress(console) as progress:
+        float_layers = opts.keep_float_layers
+        if opts.keep_float:  # the K layers whose quantization alone costs the most validation accuracy stay float
+            model, _ = quantize_calibrated(src.net, scheme, batches, opts, progress)
+            sensitivity = layer_sensitivity(model, val_sets, progress)
+            float_layers = most_sensitive(sensitivity, opts.keep_float)
+        scheme = replace(scheme, float_layers=tuple(float_layers))
+        model, info = quantize_calibrated(src.net, scheme, batches, opts, progress)
+    scored = domain_metrics(model, splits, src.test)
+    float_scored = domain_metrics(src.net.eval(), splits, src.test)
+    metrics = {**scored, "bits": scheme.weight.bits, "scheme": scheme.name, "method": "ptq",
+               "float": {"test_acc": float_scored["test_acc"], "val_acc": float_scored["val_acc"]}}
+    info.update(source=src.origin, float_layers=list(float_layers), test_env_read=False,
+                calibration_domains=[d for i, d in enumerate(src.domains) if i != src.test])
+    if sensitivity is not None:
+        info["sensitivity"] = sensitivity
+    hp = {**src.hp, "scheme": opts.scheme, "bits": opts.bits, "act_bits": opts.act_bits, "quantizer": "lsq"}
+    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": src.domains,
+              "test_env_index": src.test, "classes": src.classes,
+              "model": model_record(hp["arch"], src.input_shape, len(src.classes), scheme),
+              "size": model_size(model), "calibration": info,
+              "calibrate_seconds": round(time.perf_counter() - start, 1)}
+    save_run(out, config, model.state_dict(), metrics)
+    return metrics
+
+
+def sensitivity_run(run_dir: str | Path, *, json_path=None, plot_path=None, opts: PtqOptions = PtqOptions(),
+                    console: Console | None = None) -> dict:
+    """Per-layer sensitivity of a run (a quantized run as it is; a float run calibrated first with `opts`); writes
+    the JSON and the bar chart (default RUN_DIR/sensitivity.json, .png) and returns the report."""
+    opts.check()
+    run = load_run(run_dir)
+    _, splits = run_splits(run.config["hparams"])
+    test = run.config["test_env_index"]
+    val_sets = [s.out_eval for i, s in enumerate(splits) if i != test]
+    with make_progress(console) as progress:
+        model, calibrated = run.model, None
+        if run.scheme is None:
+            scheme = get_scheme(opts.scheme, bits=opts.bits, act_bits=opts.act_bits, quantizer="lsq")
+            batches = calibration_batches(splits, test, opts.num_batches, run.config["hparams"]["seed"])
+            model, calibrated = quantize_calibrated(model, scheme, batches, opts, progress)
+        report = layer_sensitivity(model, val_sets, progress)
+    report = {"run": str(run_dir), "scheme": (run.scheme or scheme).name, "calibrated": calibrated,
+              "validation": [f"out:{s.name}" for i, s in enumerate(splits) if i != test], **report}
+    json_path = Path(json_path) if json_path else Path(run_dir) / "sensitivity.json"
+    plot_path = Path(plot_path) if plot_path else Path(run_dir) / "sensitivity.png"
+    with atomic_path(plot_path) as tmp:
+        plot_sensitivity(report, tmp)
+    write_json(json_path, report)
+    report["json"], report["plot"] = str(json_path), str(plot_path)
+    return report
