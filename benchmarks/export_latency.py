@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import torch
 
+from qdg_deploy.bench.ort_static import ort_quantize_static
 from qdg_deploy.export import export_onnx, ort_session
 from qdg_deploy.export.variants import ort_latency_ms
 from qdg_deploy.models import build_model
@@ -48,20 +49,6 @@ def model_for(arch: str, shape, classes: int, scheme: str | None, calib: torch.T
     with torch.no_grad():
         m(calib)
     return m
-
-
-def ort_quantize_static(fp32_path: Path, out: Path, calib: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def fused_ops(path: Path, d: Path) -> dict:

@@ -152,7 +152,7 @@ def calibrate(
     """Post-training quantization: a float model in, a quantized run directory out (eval, export and bench take it).
 
     Calibration images come from the training domains only; the held-out domain is scored, never read."""
-    from .calibrate.run import PtqOptions, calibrate_run
+    from .ptq.run import PtqOptions, calibrate_run
     from .tables import per_domain_table
 
     layers = tuple(n.strip() for n in keep_float_layers.split(",") if n.strip()) if keep_float_layers else ()
@@ -180,7 +180,7 @@ def sensitivity(
     act_bits: Optional[int] = typer.Option(None, help="Float runs: activation bits."),
 ):
     """Per-layer sensitivity: each layer quantized alone (the rest float), its validation accuracy drop, sorted."""
-    from .calibrate.run import PtqOptions, sensitivity_run
+    from .ptq.run import PtqOptions, sensitivity_run
     from .tables import FitTable, pct
 
     r = sensitivity_run(run_dir, json_path=json_path, plot_path=plot,

@@ -2,9 +2,11 @@
 
 Rules: zero points 0 and int8 type; scales constant and positive; activation scales per-tensor; weight
 (constant) DequantizeLinear per-channel only on axis 0; in a graph that quantizes activations, every
-Conv/Gemm/MatMul reads its data and weight inputs through DequantizeLinear (a weight-only graph, with no
+Conv/Gemm/MatMul that is quantized reads both its data and weight inputs through DequantizeLinear (a weight-only graph, with no
 activation QuantizeLinear at all, is allowed: those layers run in float); no Q/DQ between a Conv and its
-BatchNormalization.
+BatchNormalization. A layer neither of whose inputs is dequantized is a float layer, which TensorRT's explicit
+quantization runs in high precision (a mixed-precision model, `calibrate --keep-float`): allowed; one with only one
+of them dequantized is a violation.
 """
 
 from __future__ import annotations
@@ -77,10 +79,12 @@ def check_tensorrt_rules(model) -> list[str]:
             out.append(f"{what}: weight quantization axis {attr(n, 'axis', 1)} (TensorRT needs axis 0)")
     for n in g.node:
         if n.op_type in WEIGHTED and has_act_q:
-            for i, role in ((0, "data"), (1, "weight")):
-                src = producer.get(n.input[i]) if i < len(n.input) else None
-                if src is None or src.op_type != "DequantizeLinear":
-                    out.append(f"{n.op_type} {n.name or n.output[0]!r}: {role} input {n.input[i]!r} has no DequantizeLinear")
+            dq = [(role, n.input[i]) for i, role in ((0, "data"), (1, "weight"))
+                  if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) == "DequantizeLinear"]
+            if len(dq) == 1:  # a layer with neither input quantized is a float layer (mixed precision: allowed)
+                role, name = next((r, n.input[i]) for i, r in ((0, "data"), (1, "weight")) if r != dq[0][0])
+                out.append(f"{n.op_type} {n.name or n.output[0]!r}: {role} input {name!r} has no DequantizeLinear "
+                           f"while its {dq[0][0]} input has one (half-quantized: TensorRT runs it in float)")
         if n.op_type == "BatchNormalization":
             src = producer.get(n.input[0])
             if src is not None and src.op_type in QDQ:

@@ -75,7 +75,7 @@ class Quantizer(nn.Module):
     learn_zero_point = True  # False: the zero point stays 0 whatever the spec says (fixed-grid quantizers)
     qdq_activations = True  # False: non-uniform levels, which QuantizeLinear/DequantizeLinear cannot express
     transform: str | None = None  # "daq": a fixed nonlinearity (the normal CDF) precedes the uniform rounding
-    # Set only inside calibrate.float_pass: the quantizer then passes its input through unchanged and shows it to
+    # Set only inside ptq.float_pass: the quantizer then passes its input through unchanged and shows it to
     # this callable, so the network computes in float and each quantizer sees the float tensor it will quantize.
     observe = None
 

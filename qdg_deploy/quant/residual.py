@@ -37,8 +37,8 @@ class QBlock:
     def identity(self, x):
         if self.downsample is not None:
             return self.id_quant(self.downsample(x))
-        if self.conv1.act_quant is not None:
-            return self.conv1.act_quant(x)  # the tensor conv1 reads (same quantizer, same input: same values)
+        if (q := input_quant(self.conv1)) is not None:
+            return q(x)  # the tensor conv1 reads (same quantizer, same input: same values)
         return self.id_quant(x)
 
     def add(self, out, x):
@@ -58,6 +58,11 @@ class QBottleneck(QBlock, Bottleneck):
         return self.add(self.bn3(self.conv3(out)), x)
 
 
+def input_quant(layer: nn.Module | None):
+    """A layer's input quantizer; None for a float layer (calibrate --keep-float leaves some float)."""
+    return layer.act_quant if isinstance(layer, QuantMixin) else None
+
+
 Q_BLOCKS = {BasicBlock: QBasicBlock, Bottleneck: QBottleneck}
 
 
@@ -68,14 +73,14 @@ def quantize_residual_blocks(model: nn.Module, act: QuantSpec) -> int:
         m = replace_module(model, name, recast(old, Q_BLOCKS[type(old)]))
         m.add_quant = build_quantizer(act, after_relu=False)
         ds = m.downsample[0] if isinstance(m.downsample, nn.Sequential) and len(m.downsample) else None
-        q1, qd = m.conv1.act_quant, ds.act_quant if isinstance(ds, QuantMixin) else None
+        q1, qd = input_quant(m.conv1), input_quant(ds)
         if q1 is not None and qd is not None and q1.learned_zp == qd.learned_zp and type(q1) is type(qd):
             # conv1 and the downsample conv read the same tensor: one quantizer for both, so that tensor has a
             # single Q, which the previous block's Add (→ ReLU) needs to fuse into an integer Add. Shared, not
             # owned: the state dict then holds the quantizer once (conv1's), as safetensors requires.
             ds.act_quant = None
             ds.shared_input = SharedInput(q1)
-        if m.downsample is not None or m.conv1.act_quant is None:
+        if m.downsample is not None or q1 is None:
             m.id_quant = build_quantizer(act, after_relu=False)
     return len(blocks)
 

@@ -1,4 +1,4 @@
-"""Post-training quantization: observers, calibration of a quantized network, per-layer sensitivity."""
+"""Post-training quantization (`qdg-deploy calibrate`): observers, calibration of a quantized network, per-layer sensitivity."""
 
 from .core import calibrate_model, float_pass
 from .observers import ACT_METHODS, WEIGHT_METHODS

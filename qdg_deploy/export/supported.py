@@ -1,0 +1,42 @@
+"""Which of a float network's operations the QDQ writer (export/onnx_writer.py) can lower, asked before any work:
+the Python API's `quantize` refuses a network with anything else, naming the op, instead of failing at export."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import QdgError
+from ..quant.tracing import trace
+
+MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
+           nn.Identity, nn.Dropout, nn.GroupNorm)
+FUNCTIONS = {operator.add: "add", torch.add: "torch.add", F.relu: "relu", torch.relu: "torch.relu",
+             torch.flatten: "torch.flatten"}
+METHODS = ("flatten", "relu", "relu_")
+
+
+def unsupported_op(model: nn.Module) -> str | None:
+    """A description of the first operation the writer cannot lower, or None when every one is supported."""
+    mods = dict(model.named_modules())
+    for n in trace(model).graph.nodes:
+        if n.op == "call_module":
+            m = mods[n.target]
+            if not isinstance(m, MODULES):
+                return f"module {n.target!r} of type {type(m).__name__}"
+            if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1), [1, 1]):
+                return f"module {n.target!r}: AdaptiveAvgPool2d to {m.output_size} (only global pooling, to 1)"
+        elif n.op == "call_function" and n.target not in FUNCTIONS:
+            return f"function {getattr(n.target, '__name__', n.target)!r} (fx node {n.name})"
+        elif n.op == "call_method" and n.target not in METHODS:
+            return f"tensor method .{n.target}() (fx node {n.name})"
+    return None
+
+
+def check_supported(model: nn.Module) -> None:
+    if (op := unsupported_op(model)) is not None:
+        raise QdgError(f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
+                       f"ReLU, max and global average pooling, flatten and residual adds")
