@@ -49,6 +49,9 @@ def train(
                                          "test domain."),
     quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="erm/coral/mixstyle/dann/dsan: quantize "
                                          "(--scheme, --bits, --quantizer) after --q-steps, or from the start with --init."),
+    q_init: Optional[str] = typer.Option(None, help="Where LSQ step sizes start when the network is quantized: lsq "
+                                         "(default: 2·mean|x|/√Qp), or a calibrated range on that step's batch: "
+                                         "minmax, percentile, mse."),
     q_lr: Optional[float] = typer.Option(None, help="Learning rate of the quantizers' step sizes and zero points "
                                          "(their own Adam group, no weight decay; default: see README)."),
     freeze_after_swap: Optional[bool] = typer.Option(None, "--freeze-after-swap/--no-freeze-after-swap",
@@ -97,7 +100,7 @@ def train(
                          checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
                          threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
                          grad_approx=grad_approx, act_range=act_range, lam=lam, lam2=lam2, da=da, q_lr=q_lr,
-                         freeze_after_swap=freeze_after_swap, swad=swad, swad_n_converge=swad_n_converge,
+                         freeze_after_swap=freeze_after_swap, q_init=q_init, swad=swad, swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
                          mixstyle_alpha=mixstyle_alpha, class_map=class_map)

@@ -87,6 +87,7 @@ class ERM(Algorithm):
     """
 
     name = "erm"
+    calibrate_pending = False  # --q-init other than lsq: calibrate the quantizers at the next update
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -97,6 +98,7 @@ class ERM(Algorithm):
 
     def quantize(self):
         quantize_model(self.network, self.scheme)
+        self.calibrate_pending = self.hparams.get("q_init", "lsq") != "lsq"
         if self.hparams.get("freeze_after_swap"):
             for m in quant_layers(self.network).values():
                 for p in m.parameters():
@@ -116,6 +118,12 @@ class ERM(Algorithm):
 
     def update(self, minibatches, step, unlabeled=None):
         self.maybe_quantize(step)
+        if self.calibrate_pending:  # --q-init: the fresh quantizers' ranges from this step's images
+            from ..ptq.core import calibrate_model
+            q_init = self.hparams["q_init"]
+            calibrate_model(self.network, [torch.cat([x for x, _ in minibatches])], q_init,
+                            weight_method="mse" if q_init == "mse" else "minmax")
+            self.calibrate_pending = False
         loss, info = self.loss(minibatches)
         self.step_optimizer(loss)
         return {"loss": loss.item(), **info}

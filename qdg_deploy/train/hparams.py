@@ -23,6 +23,10 @@ COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer=
               # chosen on the embedded set by training-domain validation); freeze_after_swap trains only
               # what the reference's optimizer still holds after the swap (see train/algorithms.py ERM).
               freeze_after_swap=False,
+              # QT-DoG: where LSQ step sizes start. "lsq": LSQ's 2·mean|x|/√Qp from the first tensor each quantizer
+              # sees; minmax / percentile / mse: a calibration (ptq/) on the batch of the step the network is
+              # quantized at (training domains only), weights per channel (mse weights for mse, else max |w|).
+              q_init="lsq",
               # Weight averaging: SWAD (None: on for quantizing DG methods, off otherwise; LossValley's defaults),
               # or EoA's simple moving average from step `sma`.
               swad=None, swad_n_converge=3, swad_n_tolerance=6, swad_tolerance_ratio=0.3, swad_bn_steps=100,

@@ -20,10 +20,11 @@ RANGES = {
 }
 
 # Options that only a quantizing run reads, and options only some methods read.
-QUANT_OPTIONS = ("scheme", "bits", "act_bits", "quantizer", "q_steps", "q_lr", "freeze_after_swap")
+QUANT_OPTIONS = ("scheme", "bits", "act_bits", "quantizer", "q_steps", "q_lr", "freeze_after_swap", "q_init")
+Q_INITS = ("lsq", "minmax", "percentile", "mse")
 METHOD_OPTIONS = {"coral_weight": ("coral",), "mixstyle_p": ("mixstyle",), "mixstyle_alpha": ("mixstyle",),
                   "crp": ("alignq",), "grad_approx": ("alignq",), "act_range": ("alignq",), "lam": ("alignq",),
-                  "lam2": ("alignq",), "da": ("alignq",)}
+                  "lam2": ("alignq",), "da": ("alignq",), "q_init": ("erm", "qtdog", "coral", "mixstyle")}
 ALWAYS_QUANTIZED = ("qtdog", "alignq")
 
 
@@ -70,3 +71,8 @@ def check_applicable(method: str, given: dict) -> None:
     for k, methods in METHOD_OPTIONS.items():
         if given.get(k) is not None and not applies(method, k, quantizes):
             raise QdgError(f"{flag(k)} applies to --method {' or '.join(methods)} only, not {method}: leave it out")
+    q_init = given.get("q_init")
+    if q_init is not None and q_init not in Q_INITS:
+        raise QdgError(f"--q-init {q_init!r}: choose one of {', '.join(Q_INITS)}")
+    if q_init not in (None, "lsq") and given.get("quantizer") not in (None, "lsq"):
+        raise QdgError(f"--q-init {q_init} calibrates LSQ step sizes; --quantizer {given['quantizer']} has none")
