@@ -277,12 +277,16 @@ def check(
     model: Path = typer.Argument(..., help="An ONNX file."),
     target: str = typer.Option("tensorrt", help="Rules to check: tensorrt."),
 ):
-    """List every violation of TensorRT's explicit-quantization rules; exit 1 when there is any."""
-    from .export import check_tensorrt_rules
+    """List every violation of TensorRT's explicit-quantization rules; exit 1 when there is any.
+
+    Layers TensorRT will run in float (no Q/DQ on an input: a mixed-precision model) are listed as notes."""
+    from .export import check_tensorrt_rules, float_layers
 
     if target != "tensorrt":
         raise QdgError(f"check knows the rules of --target tensorrt only, not {target!r}")
     problems = check_tensorrt_rules(model)
+    for note in float_layers(model):
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
     for p in problems:
         out.print(p, highlight=False, soft_wrap=True)
     if problems:

@@ -1,8 +1,8 @@
 """Post-training quantization (`calibrate`, `sensitivity`, the Python API): observers against hand-worked examples,
 calibration that never reads the held-out domain, exact exports of calibrated, mixed-precision and user networks."""
 
+import copy
 import json
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from torch import nn
 
 import qdg_deploy
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import check_tensorrt_rules, export_run
+from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
 from qdg_deploy.ptq import observers as ob
 from qdg_deploy.ptq.core import calibrate_model, float_pass, set_activation_grid
 from qdg_deploy.ptq.run import PtqOptions, calibrate_run, calibration_batches
@@ -147,19 +147,10 @@ def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_pat
     rep = export_run(out, target="tensorrt", out=tmp_path / "kf.onnx", max_samples=200)
     assert rep["top1_agreement"] == 1.0
     assert check_tensorrt_rules(tmp_path / "kf.onnx") == []
-
-
-def test_check_still_flags_a_half_quantized_layer(float_run, tmp_path):
-    import onnx
-    out = tmp_path / "q"
-    calibrate_run(float_run, out, PtqOptions(scheme="trt", num_batches=1))
-    export_run(out, target="tensorrt", out=tmp_path / "q.onnx", verify=False)
-    proto = onnx.load(str(tmp_path / "q.onnx"))
-    conv = next(n for n in proto.graph.node if n.op_type == "Conv" and "layer2" in n.name)
-    dq = next(n for n in proto.graph.node if n.output[0] == conv.input[1])
-    conv.input[1] = dq.input[0] + "_float"  # weight read as a float initializer, data still through DequantizeLinear
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1,), np.float32), conv.input[1]))
-    assert any("half-quantized" in v for v in check_tensorrt_rules(proto))
+    notes = float_layers(tmp_path / "kf.onnx")  # the kept layers, and only they, run in float
+    assert len(notes) == 2 and all(any(k in n for n in notes) for k in kept)
+    r = run_cli("check", tmp_path / "kf.onnx")
+    assert r.returncode == 0 and r.stdout.count("note:") == 2
 
 
 def test_sensitivity_cli_writes_table_json_and_chart(float_run, tmp_path):
@@ -261,3 +252,26 @@ def test_bad_sources(tiny_run, tmp_path):
     r = run_cli("calibrate", tmp_path / "w.pt", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--arch" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ---- QT-DoG's --q-init -----------------------------------------------------------------------------------------
+
+def test_q_init_starts_lsq_steps_from_a_calibration_of_the_first_quantized_batch():
+    from qdg_deploy.train import resolve_hparams
+    from qdg_deploy.train.methods import get_algorithm
+
+    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="ort", q_steps=0, q_init="minmax", lr=1e-12,
+                         q_lr=1e-12)
+    torch.manual_seed(0)
+    algo = get_algorithm("qtdog")((1, 28, 28), 10, 5, hp)
+    batch = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(5)]
+    ref = copy.deepcopy(algo.network)
+    calibrate_model(ref, [torch.cat([x for x, _ in batch])], "minmax")
+    assert algo.calibrate_pending
+    algo.update(batch, step=0)  # calibrates, then one optimizer step at a negligible rate
+    assert not algo.calibrate_pending
+    got = {n: p for n, p in algo.network.named_parameters() if n.endswith(".step")}
+    want = dict(ref.named_parameters())
+    assert got and all(torch.allclose(p, want[n], rtol=1e-5) for n, p in got.items())
+    lsq = get_algorithm("qtdog")((1, 28, 28), 10, 5, {**hp, "q_init": "lsq"})
+    assert not lsq.calibrate_pending

@@ -1,12 +1,10 @@
 """`qdg-deploy check MODEL.onnx --target tensorrt`: every violation of TensorRT's explicit-quantization rules.
 
 Rules: zero points 0 and int8 type; scales constant and positive; activation scales per-tensor; weight
-(constant) DequantizeLinear per-channel only on axis 0; in a graph that quantizes activations, every
-Conv/Gemm/MatMul that is quantized reads both its data and weight inputs through DequantizeLinear (a weight-only graph, with no
-activation QuantizeLinear at all, is allowed: those layers run in float); no Q/DQ between a Conv and its
-BatchNormalization. A layer neither of whose inputs is dequantized is a float layer, which TensorRT's explicit
-quantization runs in high precision (a mixed-precision model, `calibrate --keep-float`): allowed; one with only one
-of them dequantized is a violation.
+(constant) DequantizeLinear per-channel only on axis 0; no Q/DQ between a Conv and its BatchNormalization.
+A Conv/Gemm/MatMul without DequantizeLinear on its data or weight input is no violation: TensorRT's explicit
+quantization runs it in high precision (a mixed-precision model: AlignQ's first conv and classifier,
+`calibrate --keep-float`); `float_layers` lists them as notes.
 """
 
 from __future__ import annotations
@@ -35,6 +33,24 @@ def _load(model) -> onnx.ModelProto:
         raise QdgError(f"cannot read {path} as ONNX: {str(e).splitlines()[0]}") from None
 
 
+def float_layers(model) -> list[str]:
+    """A note per Conv/Gemm/MatMul that TensorRT will run in float: one of its data and weight inputs is not read
+    through DequantizeLinear (AlignQ's first conv and classifier, `calibrate --keep-float` layers). Explicit
+    quantization runs such a layer in high precision: legal, but not INT8, which is worth knowing."""
+    g = _load(model).graph
+    producer = {o: n for n in g.node for o in n.output}
+    notes = []
+    for n in g.node:
+        if n.op_type not in WEIGHTED:
+            continue
+        plain = [role for i, role in ((0, "data"), (1, "weight"))
+                 if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) != "DequantizeLinear"]
+        if plain:
+            notes.append(f"{n.op_type} {n.name or n.output[0]!r} runs in float (no DequantizeLinear on its "
+                         f"{' and '.join(plain)} input{'s' if len(plain) > 1 else ''})")
+    return notes
+
+
 def check_tensorrt_rules(model) -> list[str]:
     """One line per violation; empty when the graph follows the rules."""
     g = _load(model).graph
@@ -51,7 +67,6 @@ def check_tensorrt_rules(model) -> list[str]:
                 return onnx.helper.get_attribute_value(a)
         return default
 
-    has_act_q = False
     for n in g.node:
         if n.op_type not in QDQ:
             continue
@@ -71,20 +86,11 @@ def check_tensorrt_rules(model) -> list[str]:
             out.append(f"{what}: type {zp.dtype} (TensorRT takes int8 Q/DQ for activations and weights)")
         is_weight = n.op_type == "DequantizeLinear" and n.input[0] in consts
         per_axis = scale is not None and np.asarray(scale).size > 1
-        if n.op_type == "QuantizeLinear" and n.input[0] not in consts:
-            has_act_q = True
         if per_axis and not is_weight:
             out.append(f"{what}: per-axis activation scale ({np.asarray(scale).size} values)")
         if per_axis and is_weight and attr(n, "axis", 1) != 0:
             out.append(f"{what}: weight quantization axis {attr(n, 'axis', 1)} (TensorRT needs axis 0)")
     for n in g.node:
-        if n.op_type in WEIGHTED and has_act_q:
-            dq = [(role, n.input[i]) for i, role in ((0, "data"), (1, "weight"))
-                  if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) == "DequantizeLinear"]
-            if len(dq) == 1:  # a layer with neither input quantized is a float layer (mixed precision: allowed)
-                role, name = next((r, n.input[i]) for i, r in ((0, "data"), (1, "weight")) if r != dq[0][0])
-                out.append(f"{n.op_type} {n.name or n.output[0]!r}: {role} input {name!r} has no DequantizeLinear "
-                           f"while its {dq[0][0]} input has one (half-quantized: TensorRT runs it in float)")
         if n.op_type == "BatchNormalization":
             src = producer.get(n.input[0])
             if src is not None and src.op_type in QDQ:

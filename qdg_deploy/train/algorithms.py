@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build_model
+from ..ptq.core import calibrate_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
 
 def scheme_from_hparams(hp: dict):
@@ -119,7 +120,6 @@ class ERM(Algorithm):
     def update(self, minibatches, step, unlabeled=None):
         self.maybe_quantize(step)
         if self.calibrate_pending:  # --q-init: the fresh quantizers' ranges from this step's images
-            from ..ptq.core import calibrate_model
             q_init = self.hparams["q_init"]
             calibrate_model(self.network, [torch.cat([x for x, _ in minibatches])], q_init,
                             weight_method="mse" if q_init == "mse" else "minmax")
