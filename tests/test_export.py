@@ -15,7 +15,7 @@ from torch import nn
 
 from qdg_deploy.bench.artifacts import onnx_size
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, ort_session
+from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, float_layers, ort_session
 from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.plan import Mode
@@ -329,8 +329,6 @@ def _graph(act_zp=0, act_scale=0.1, act_scale_const=True, act_axis_scale=False, 
     ({"act_scale_const": False}, "not a constant"),
     ({"act_axis_scale": True}, "per-axis activation scale"),
     ({"w_axis": 1}, "axis 1"),
-    ({"x_dq": False}, "data input 'x' has no DequantizeLinear"),
-    ({"w_dq": False}, "weight input 'w_f' has no DequantizeLinear"),
     ({"bn_after_qdq": True}, "between Conv"),
     ({"act_type": np.uint8}, "type uint8"),
 ])
@@ -340,6 +338,16 @@ def test_check_rules(kwargs, needle):
         assert problems == []
     else:
         assert any(needle in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kwargs,note", [({"x_dq": False}, "on its data input"), ({"w_dq": False}, "on its weight input"),
+                                         ({}, None)])
+def test_check_notes_float_layers_without_calling_them_violations(kwargs, note):
+    """TensorRT's explicit quantization runs a layer without Q/DQ on an input in float: a note, not a violation."""
+    proto = _graph(**kwargs)
+    assert check_tensorrt_rules(proto) == []
+    notes = float_layers(proto)
+    assert (notes == []) if note is None else (len(notes) == 1 and note in notes[0] and "'conv'" in notes[0])
 
 
 # --- CLI --------------------------------------------------------------------------------------------------------
