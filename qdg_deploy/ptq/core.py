@@ -158,7 +158,7 @@ def set_activation_grid(q: Quantizer, t: float, lo: float, hi: float) -> None:
     q.initialized.fill_(True)
 
 
-def calibrate_model(model: nn.Module, batches: list[torch.Tensor], method: str = "entropy", *,
+def calibrate_model(model: nn.Module, batches: list[torch.Tensor], method: str = "percentile", *,
                     percentile: float = 99.99, weight_method: str = "minmax", progress=None) -> dict:
     """Calibrate a quantized model in place (weights, then activations on `batches`); returns what was done."""
     check_method(method, weight_method, percentile)

@@ -109,7 +109,7 @@ def calibration_batches(splits, test: int, num_batches: int, seed: int,
 
 @dataclass(frozen=True)
 class PtqOptions:
-    method: str = "entropy"
+    method: str = "percentile"
     percentile: float = 99.99
     weight_method: str = "minmax"
     num_batches: int = 16
