@@ -24,10 +24,12 @@ def max_pool(g: GraphBuilder, x: str, p: str, m: nn.MaxPool2d, pre_quant) -> str
                  ceil_mode=int(m.ceil_mode))
 
 
-def global_avg_pool(g: GraphBuilder, x: str, p: str, float64: bool) -> str:
-    """GlobalAveragePool, or (float64) the mean in float64 and one cast to float32."""
+def global_avg_pool(g: GraphBuilder, x: str, p: str, float64: bool, post_quant=None) -> str:
+    """GlobalAveragePool, or (float64) the mean in float64 and one cast to float32; `post_quant`: the quantizer
+    that reads the pooled tensor, written right after the pool (ORT's QLinearGlobalAveragePool)."""
     if not float64:
-        return g.add("GlobalAveragePool", [x], g.uid(p))
+        y = g.add("GlobalAveragePool", [x], g.uid(p))
+        return y if post_quant is None else act_qdq(g, y, f"{p}.post", post_quant, probe=False)[0]
     axes = reduce_axes(g, p)
     xd = g.add("Cast", [x], f"{p}.to_double", to=TensorProto.DOUBLE)
     mean = g.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import QdgError
 from ..quant import Quantizer, quant_layers
 from ..quant.norms import ExportMatchedAvgPool
-from ..quant.ort_fusion import pool_quant
+from ..quant.ort_fusion import flatten_quant, pool_quant
 from ..quant.pool import QAvgPool
 from ..quant.tracing import conv_bn_pairs, trace
 from . import lower_add, lower_norm, lower_pool
@@ -124,7 +124,10 @@ class _Lowering:
             self.residual_quant.append(rec)
         if isinstance(m, nn.AdaptiveAvgPool2d) and lower_pool.pair(m.output_size) == [1, 1]:
             float64 = isinstance(m, ExportMatchedAvgPool) and not fp32 and g.settings.exact
-            return lower_pool.global_avg_pool(g, x, p, float64=float64), True
+            # lean: the classifier's Q right after the pool (not after Flatten), so ORT fuses DQ → pool → Q into
+            # QLinearGlobalAveragePool as it does for quantize_static's graphs; not bit-exact (ORT's integer mean)
+            post = None if fp32 or g.settings.exact or not isinstance(m, QAvgPool) else flatten_quant(n, self.mods)
+            return lower_pool.global_avg_pool(g, x, p, float64=float64, post_quant=post), post is None
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return g.add("Flatten", [x], g.uid(p), axis=1), True
         if isinstance(m, (nn.Identity, nn.Dropout)):

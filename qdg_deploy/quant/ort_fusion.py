@@ -10,6 +10,7 @@ graph ORT fuses.
 
 from __future__ import annotations
 
+import torch
 import torch.fx
 from torch import nn
 
@@ -34,6 +35,20 @@ def pool_quant(n: torch.fx.Node, mods) -> Quantizer | None:
     if n.op != "call_module" or not isinstance(mods.get(n.target), nn.MaxPool2d) or not n.users:
         return None
     return _one_quant(n.users, mods, pools=False)
+
+
+def flatten_quant(n: torch.fx.Node, mods) -> Quantizer | None:
+    """For a node read only by a flatten that only quantizers read (a global pool before the classifier): the one
+    quantizer they apply (flatten commutes with a per-tensor quantizer), or None."""
+    users = list(n.users)
+    if len(users) != 1 or not _is_flatten(users[0], mods) or not users[0].users:
+        return None
+    return _one_quant(users[0].users, mods, pools=False)
+
+
+def _is_flatten(u: torch.fx.Node, mods) -> bool:
+    return ((u.op == "call_module" and isinstance(mods.get(u.target), nn.Flatten))
+            or (u.op == "call_function" and u.target is torch.flatten) or (u.op == "call_method" and u.target == "flatten"))
 
 
 def _one_quant(users, mods, pools: bool = True) -> Quantizer | None:
