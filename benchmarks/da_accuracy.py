@@ -30,7 +30,7 @@ for b in (4, 2):
     for name, opts in (("DANN + LSQ", {"method": "dann", "quant": True, "quantizer": "lsq"}),
                        ("DANN + DoReFa", {"method": "dann", "quant": True, "quantizer": "dorefa"}),
                        ("AlignQ", {"method": "alignq", "crp": False}),
-                       ("AlignQ + CRP", {"method": "alignq", "crp": True})):
+                       ("AlignQ + CRP", {"method": "alignq", "crp": True})):  # lam: --lam below
         ROWS[f"{name} W{b}A{b}"] = ({**opts, "bits": b}, FLOAT if b == 4 else f"{name} W4A4")
 
 
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lam", type=float, default=10.0,
+                    help="AlignQ's lambda (10: chosen from 1, 4, 10 by source validation, 0->15, seed 0, W4A4 no CRP)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -59,7 +61,7 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     write_json(out / SWEEP_FILE, {"dataset": "rotated-mnist", "methods": list(ROWS),
                                   "labels": {safe_label(t): t for t in ROWS}, "pairs": a.pairs, "seeds": seeds,
-                                  "set": {"steps": a.steps, "threads": a.threads}})
+                                  "set": {"steps": a.steps, "threads": a.threads, "alignq_lam": a.lam}})
     for seed in seeds:  # seed-major, so a stopped benchmark leaves whole seeds
         for source, tgt in pairs:
             for label, (opts, init) in ROWS.items():
@@ -67,8 +69,9 @@ def main() -> None:
                 if run_state(run) == "done":
                     continue
                 start = {"init": str(out / safe_label(init) / tgt / f"seed{seed}")} if init else {}
+                lam = {"lam": a.lam} if opts["method"] == "alignq" else {}
                 hp = resolve_hparams("rotated-mnist", source=source, target=tgt, seed=seed, steps=a.steps,
-                                     threads=a.threads, **opts, **start)
+                                     threads=a.threads, **opts, **lam, **start)
                 metrics = train_one(hp, run, overwrite=True)
                 print(json.dumps({"row": label, "pair": f"{source}->{tgt}", "seed": seed,
                                   "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"]}), flush=True)

@@ -2,8 +2,8 @@
 
 One row per method label (plus "<label> w/o SWAD" where the runs' metrics.json hold a "no_swad" result, and one
 row per ensemble label), one column per held-out domain (per "source→target" pair for domain-adaptation runs,
-whose target is the held-out domain) with the mean ± standard error over seeds of the held-out accuracy, the Avg of those per-domain means (only when the row has every domain), and size ×FP32:
-packed bytes over the float32 bytes of ONE member network (config["size"]; an ensemble of K members counts K
+whose target is the held-out domain) with the mean ± standard error over seeds of the held-out accuracy, the
+Avg of those per-domain means (only when the row has every domain), and size ×FP32: packed bytes over the float32 bytes of ONE member network (config["size"]; an ensemble of K members counts K
 members' packed bytes, as QT-DoG's README counts EoQ at 1×).
 
 Standard error: sample standard deviation (ddof=1) / sqrt(n); none for a single value. (DomainBed's

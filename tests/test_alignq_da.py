@@ -116,10 +116,9 @@ def test_chain_is_the_straight_through_gradient_with_round_derivative_replaced_a
     grads = {}
     for name, fn, up in (("chain", approx_round(1.0, 4.0), c), ("ste", None, None)):
         w = w0.clone().requires_grad_(True)
-        x = None
         if fn is None:  # straight-through, with the upstream scaled by the approximated derivative at each x
             z = (w0 - w0.mean()) / w0.std()
-            x = 15 * 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+            x = 0.5 * (1 + torch.erf(z / math.sqrt(2))) / torch.tensor(1 / 15)  # as daq rounds: Phi / float32(1/n)
             up = c * approx_round_derivative(x, 15, 1.0, 4.0)
         (daq_weight(w, 4, fn) * up).sum().backward()
         grads[name] = w.grad
