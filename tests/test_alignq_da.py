@@ -129,10 +129,10 @@ def test_chain_is_the_straight_through_gradient_with_round_derivative_replaced_a
     assert not torch.allclose(legacy, grads["chain"], rtol=0.1)
 
 
-def test_alignq_modes_set_the_rounding_and_legacy_multiplies():
+def test_alignq_modes_set_the_rounding_of_all_convs_but_the_first():
     for mode, chain in (("chain", True), ("legacy", False), ("off", False), (True, True), (False, False)):
         hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", arch="mnist-cnn",
-                             grad_approx=mode)
+                             grad_approx=mode, q_steps=0)
         algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
         layers = quant_layers(algo.network)
         assert (layers["conv2"].weight_quant.round_fn is not None) == chain
@@ -145,7 +145,7 @@ def test_cli_grad_approx_forms(tmp_path):
                        (["--no-grad-approx"], "off")):
         out = tmp_path / mode
         r = run_cli("train", "--method", "alignq", "--source", "0", "--target", "15", "--arch", "mnist-cnn",
-                    *args, "--steps", "1", "--batch-size", "2", "--threads", "1", "--no-crp", "--out", out)
+                    *args, "--steps", "1", "--q-steps", "0", "--batch-size", "2", "--threads", "1", "--no-crp", "--out", out)
         assert r.returncode == 0, r.stderr
         assert json.loads((out / "config.json").read_text())["hparams"]["grad_approx"] == mode
 
