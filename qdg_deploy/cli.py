@@ -72,14 +72,20 @@ def train(
     init: Optional[str] = typer.Option(None, help="Start from this run directory's weights (progressive 8→4→3→2 bits); "
                                        "quantizes from the first step."),
     crp: Optional[bool] = typer.Option(None, "--crp/--no-crp", help="AlignQ: contrastive relation preservation (ADMM)."),
-    grad_approx: Optional[bool] = typer.Option(None, "--grad-approx/--no-grad-approx",
-                                               help="AlignQ: reshape DAQ weight gradients (on by default)."),
+    grad_approx: Optional[str] = typer.Option(None, "--grad-approx", help="AlignQ's gradient approximation: chain "
+                                              "(default; in round's derivative), legacy (the old multiply of the "
+                                              "gradient), off; a bare --grad-approx is chain."),
+    no_grad_approx: bool = typer.Option(False, "--no-grad-approx", help="AlignQ: --grad-approx off."),
     act_range: Optional[float] = typer.Option(None, help="AlignQ: DAQ activation range (default 2)."),
     lam: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda (default 1)."),
     lam2: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda2 (default 4)."),
     da: Optional[str] = typer.Option(None, help="AlignQ's network: dann (default) or dsan."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per training domain."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default by data set and optimizer)."),
+    optimizer: Optional[str] = typer.Option(None, help="adam (default) or sgd (default for dann, dsan, alignq)."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum (0.9)."),
+    lr_schedule: Optional[str] = typer.Option(None, help="none (default) or step: the rate x0.1 from 80% of --steps "
+                                              "(AlignQ's reference schedule)."),
     weight_decay: Optional[float] = typer.Option(None),
     checkpoint_freq: Optional[int] = typer.Option(None, help="Evaluate (and maybe select) every N steps."),
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
@@ -99,8 +105,10 @@ def train(
                          quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
                          threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
-                         grad_approx=grad_approx, act_range=act_range, lam=lam, lam2=lam2, da=da, q_lr=q_lr,
-                         freeze_after_swap=freeze_after_swap, q_init=q_init, swad=swad, swad_n_converge=swad_n_converge,
+                         grad_approx="off" if no_grad_approx else grad_approx, optimizer=optimizer,
+                         momentum=momentum, lr_schedule=lr_schedule, act_range=act_range, lam=lam, lam2=lam2, da=da,
+                         q_lr=q_lr, freeze_after_swap=freeze_after_swap, q_init=q_init, swad=swad,
+                         swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
                          mixstyle_alpha=mixstyle_alpha, class_map=class_map)
@@ -489,7 +497,7 @@ def main() -> None:
     """The one error policy: an expected failure (QdgError, an OS error on a named file) is one line, `error: …`,
     exit 2; Ctrl-C is one line, exit 130; anything else is a bug: its traceback and a line asking to report it."""
     try:
-        app()
+        app(args=bare_flag_values(sys.argv[1:]))
     except QdgError as e:
         fail(worker_message(str(e)))
     except OSError as e:
@@ -507,6 +515,21 @@ def main() -> None:
         console.print("[bold red]internal error[/] (a bug in qdg-deploy): please report it with the command line and "
                       "the traceback above", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+# Options that take a value but may stand bare, meaning this value (typer has no optional-value options):
+# `--grad-approx` was an on/off flag before it took a mode.
+BARE_VALUES = {"--grad-approx": "chain"}
+
+
+def bare_flag_values(args: list[str]) -> list[str]:
+    """args with the implied value after each bare BARE_VALUES option (last, or followed by another option)."""
+    out_args = []
+    for i, a in enumerate(args):
+        out_args.append(a)
+        if a in BARE_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out_args.append(BARE_VALUES[a])
+    return out_args
 
 
 def fail(message: str) -> None:

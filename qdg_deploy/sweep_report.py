@@ -1,9 +1,9 @@
 """`qdg-deploy report SWEEP_DIR`: DomainBed collect_results-style table of a sweep.
 
 One row per method label (plus "<label> w/o SWAD" where the runs' metrics.json hold a "no_swad" result, and one
-row per ensemble label), one column per held-out domain with the mean ± standard error over seeds of the
-held-out accuracy, the Avg of those per-domain means (only when the row has every domain), and size ×FP32:
-packed bytes over the float32 bytes of ONE member network (config["size"]; an ensemble of K members counts K
+row per ensemble label), one column per held-out domain (per "source→target" pair for domain-adaptation runs,
+whose target is the held-out domain) with the mean ± standard error over seeds of the held-out accuracy, the
+Avg of those per-domain means (only when the row has every domain), and size ×FP32: packed bytes over the float32 bytes of ONE member network (config["size"]; an ensemble of K members counts K
 members' packed bytes, as QT-DoG's README counts EoQ at 1×).
 
 Standard error: sample standard deviation (ddof=1) / sqrt(n); none for a single value. (DomainBed's
@@ -72,18 +72,29 @@ def collect(root: str | Path) -> dict:
             m, cfg = read_json(run / METRICS), read_json(run / CONFIG)
             domains = domains or list(cfg.get("domains", []))
             label = f"{m.get('method')} · {text}" if ens else text
+            col = column(m, cfg)
             if "no_swad" in m and not ens:
                 rows.setdefault(f"{text} w/o SWAD", _Row(f"{text} w/o SWAD", "no_swad")).add(
-                    m["test_env"], m["no_swad"]["test_acc"], cfg, run)
-            rows.setdefault(label, _Row(label, "ensemble" if ens else "runs")).add(m["test_env"], m["test_acc"], cfg, run)
+                    col, m["no_swad"]["test_acc"], cfg, run)
+            rows.setdefault(label, _Row(label, "ensemble" if ens else "runs")).add(col, m["test_acc"], cfg, run)
     if not rows:
         raise QdgError(f"{root}: no finished run (OUT/<label>/<test_env>/seed<k>/metrics.json) to report")
     seen = {te for r in rows.values() for te in r.values}
-    columns = [d for d in domains if d in seen] + sorted(seen - set(domains))
+    rank = {d: i for i, d in enumerate(domains)}
+    columns = sorted(seen, key=lambda c: (rank.get(c.split(PAIR)[-1], len(rank)), c))  # by (target) domain
     return {"sweep": str(root), "dataset": info.get("dataset"), "domains": columns,
             "rows": [_row_json(r, columns) for r in rows.values()],
             "se": "sample standard deviation (ddof=1) / sqrt(n) over seeds",
             "size_note": "packed bytes / float32 bytes of one member network"}
+
+
+PAIR = "→"
+
+
+def column(metrics: dict, config: dict) -> str:
+    """A run's column: its held-out domain, or "source→target" for a domain-adaptation run."""
+    da = config.get("domain_adaptation")
+    return f"{da['source']}{PAIR}{da['target']}" if da else metrics["test_env"]
 
 
 def _rank(name: str, labels: dict, order: list[str]):
@@ -121,7 +132,8 @@ def markdown(table: dict) -> str:
     header, rows = cells(table)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    note = (f"Held-out domain accuracy (%), mean ± standard error over seeds ({table['se']}); Avg: mean of the "
+    what = "Target-domain" if any(PAIR in d for d in table["domains"]) else "Held-out domain"
+    note = (f"{what} accuracy (%), mean ± standard error over seeds ({table['se']}); Avg: mean of the "
             f"per-domain means; size: {table['size_note']}.")
     return "\n".join([f"# {table.get('dataset') or 'sweep'}: {table['sweep']}", "", *lines, "", note, ""])
 

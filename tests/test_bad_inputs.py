@@ -225,7 +225,12 @@ ROWS = [
     Row("train-checkpoint-freq-zero", [*T, "--checkpoint-freq", "0", *OUT], ["--checkpoint-freq must be >= 1"]),
     Row("train-threads-negative", [*T, "--threads", "-1", *OUT], ["--threads must be >= 1"]),
     Row("train-steps-zero", [*T, "--steps", "0", *OUT], ["--steps must be >= 1"]),
+    Row("train-optimizer-unknown", [*T, "--optimizer", "rmsprop", *OUT], ["--optimizer takes one of sgd, adam"]),
+    Row("train-grad-approx-unknown", [*T, "--method", "alignq", "--grad-approx", "twice", *OUT],
+        ["--grad-approx takes one of chain, legacy, off"]),
     # train: options the method would ignore (before: silence)
+    Row("train-momentum-with-adam", [*T, "--method", "erm", "--momentum", "0.5", *OUT],
+        ["--momentum applies to --optimizer sgd only"]),
     Row("train-erm-bits", [*T, "--method", "erm", "--bits", "4", *OUT],
         ["--bits only applies to quantized training", "--quant"]),
     Row("train-erm-scheme-act-bits", [*T, "--method", "erm", "--scheme", "trt", "--act-bits", "8", *OUT],

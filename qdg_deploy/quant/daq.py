@@ -7,7 +7,8 @@ With n = 2^k - 1 and Phi the standard normal CDF:
                 mean and (unbiased) std at every forward: 2^k levels evenly spaced over [-1, 1];
 * activations:  a_q = (2 * round(n * Phi(a)) / n - 1) * act_range (standard normal, act_range 2).
 
-Rounding has an identity backward (STE); the CDF (and mu, sigma) are differentiated normally.
+Rounding has an identity backward (STE) unless AlignQ's gradient approximation replaces it (a weight quantizer's
+`round_fn`); the CDF (and mu, sigma) are differentiated normally.
 
 Integer codes. w_q = c / n with c = 2 * round(n * Phi) - n, an odd integer in [-n, n] when n is odd:
 n codes per side, so a k-bit DAQ layer needs k + 1 signed bits (4-bit: [-15, 15], int8; 8-bit:
@@ -50,10 +51,11 @@ def levels(bits: int) -> int:
     return 2**bits - 1
 
 
-def _round_cdf(phi: torch.Tensor, n: int) -> torch.Tensor:
-    """round(n * Phi) with STE, computed as Phi / float32(1/n) like ONNX QuantizeLinear does."""
+def _round_cdf(phi: torch.Tensor, n: int, round_fn=None) -> torch.Tensor:
+    """round(n * Phi), computed as Phi / float32(1/n) like ONNX QuantizeLinear does; `round_fn(x, n)` rounds
+    (default: with a straight-through backward)."""
     inv = torch.tensor(1.0 / n, dtype=torch.float32, device=phi.device).to(phi.dtype)
-    return round_ste(phi / inv)
+    return round_ste(phi / inv) if round_fn is None else round_fn(phi / inv, n)
 
 
 def weight_stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +69,11 @@ def _codes_times_step(r: torch.Tensor, n: int, step: torch.Tensor) -> torch.Tens
     return (2.0 * r - n) * step
 
 
-def daq_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+def daq_weight(w: torch.Tensor, bits: int, round_fn=None) -> torch.Tensor:
     n = levels(bits)
     mu, sigma = weight_stats(w)
     step = torch.tensor(1.0 / n, dtype=w.dtype, device=w.device)
-    return _codes_times_step(_round_cdf(normal_cdf((w - mu) / sigma), n), n, step)
+    return _codes_times_step(_round_cdf(normal_cdf((w - mu) / sigma), n, round_fn), n, step)
 
 
 def daq_act(a: torch.Tensor, bits: int, act_range: float | torch.Tensor = 2.0) -> torch.Tensor:
@@ -87,6 +89,9 @@ class DaqQuantizer(Quantizer):
     """
 
     learn_step = False
+    # A weight quantizer's rounding backward during training (AlignQ's gradient approximation sets it,
+    # train/alignq_terms.py); None: straight-through. Not saved: the forward is the same either way.
+    round_fn = None
     learn_zero_point = False
     transform = "daq"  # tells an exporter that a CDF transform precedes the activation's Q/DQ
 
@@ -120,7 +125,7 @@ class DaqQuantizer(Quantizer):
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_weight:
-            return daq_weight(x, self.spec.bits)
+            return daq_weight(x, self.spec.bits, self.round_fn)
         return daq_act(x, self.spec.bits, self.act_range)
 
     def scale(self) -> torch.Tensor:

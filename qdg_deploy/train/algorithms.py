@@ -15,6 +15,12 @@ def scheme_from_hparams(hp: dict):
                       quantizer=hp.get("quantizer"))
 
 
+def lr_scale(hp: dict, step: int) -> float:
+    """`lr_schedule` "step": the AlignQ reference's MultiStepLR (gamma 0.1 at epochs 80 and 120 of 100) as fractions
+    of the run, i.e. x0.1 from 80 % of `steps` (120 % lies past the end); "none": 1."""
+    return 0.1 if hp.get("lr_schedule") == "step" and step >= 0.8 * hp["steps"] else 1.0
+
+
 def quantizer_params(module: nn.Module) -> list[nn.Parameter]:
     """The parameters the quantizers own (LSQ step sizes, learned zero points)."""
     return [p for m in module.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)]
@@ -34,15 +40,24 @@ class Algorithm(nn.Module):
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """Adam; the quantizers' step sizes and zero points in a group of their own at `q_lr` (Adam moves every
-        parameter by about its learning rate per step, whatever the gradient's scale, so step sizes of ~1e-3
-        need a smaller rate than the weights), without weight decay."""
+        """Adam, or SGD with momentum (`optimizer`); the quantizers' step sizes and zero points in a group of their
+        own at `q_lr` (Adam moves every parameter by about its learning rate per step, whatever the gradient's
+        scale, so step sizes of ~1e-3 need a smaller rate than the weights), without weight decay."""
         hp = self.hparams
         qids = {id(p) for p in quantizer_params(self)}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in qids]
-        opt = torch.optim.Adam(rest, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        if hp.get("optimizer") == "sgd":
+            opt = torch.optim.SGD(rest, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+        else:
+            opt = torch.optim.Adam(rest, lr=hp["lr"], weight_decay=hp["weight_decay"])
         self.add_quantizer_group(opt)
         return opt
+
+    def schedule_lr(self, step: int) -> None:
+        """Set every group's rate for `step` (`lr_scale`), from the rate it was created with."""
+        scale = lr_scale(self.hparams, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * scale
 
     def add_quantizer_group(self, opt: torch.optim.Optimizer) -> None:
         params = [p for p in quantizer_params(self) if p.requires_grad]

@@ -12,9 +12,10 @@
   the classifier stays float. Weights and activations use the same bits (act_bits defaults to bits);
   activation range `act_range` (2) is stored in each activation quantizer's buffer, so `load_run`
   rebuilds the exact network.
-* Gradient approximation: after backward, the gradient of every DAQ-quantized conv weight except the
-  first conv's is multiplied by lam * s'(2 lam2 frac(n (Phi + 0.5))) * 2 phi (lam 1, lam2 4), and the
-  optimizer steps with that reshaped gradient (`grad_approx=False` for the ablation).
+* Gradient approximation (`grad_approx`), on every DAQ-quantized conv weight except the first conv's: "chain"
+  (default) replaces round's straight-through derivative by lam * s'(2 lam2 frac(n (Phi + 0.5))) (lam 1,
+  lam2 4) inside the chain rule, so the CDF's density phi appears once; "legacy" multiplies the finished
+  gradient by that factor times 2 phi (phi twice in all; kept for comparison); "off" for the ablation.
 * CRP: for each CRP activation quantizer, D = R(Phi(X)) - R(X) on the source batch and on the target
   batch, loss mu mean|A| + rho/2 sqrt(mean((D - A)^2)) + mean(Gamma |D - A|) added to the task loss
   (mu 0.2, rho 0.3); after the optimizer step A and Gamma get their closed-form update from the step's
@@ -33,7 +34,7 @@ from torch import nn
 from ..quant import quant_layers
 from ..quant.daq import is_daq
 from ..quant.layers import QuantMixin
-from .alignq_terms import CrpTerm, grad_approx_factor
+from .alignq_terms import CrpTerm, approx_round, grad_approx_factor
 from .da import DomainAdaptation
 
 
@@ -58,6 +59,12 @@ class AlignQ(DomainAdaptation):
     def wants_quant(self) -> bool:
         return True
 
+    @property
+    def grad_approx(self) -> str:
+        """chain, legacy or off (hparams; a Python True / False from before the modes: chain / off)."""
+        mode = self.hparams.get("grad_approx", "chain")
+        return mode if isinstance(mode, str) else ("chain" if mode else "off")
+
     def quantize(self) -> None:
         super().quantize()
         hp = self.hparams
@@ -69,6 +76,9 @@ class AlignQ(DomainAdaptation):
         first = next(n for n, m in self.network.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         self.approx_layers = [m for n, m in layers.items()
                               if n != first and isinstance(m, nn.Conv2d) and is_daq(m.weight_quant)]
+        if self.grad_approx == "chain":
+            for m in self.approx_layers:
+                m.weight_quant.round_fn = approx_round(hp.get("lam", 1.0), hp.get("lam2", 4.0))
         self.crp = {}
         if hp.get("crp", True):
             for name, q in crp_quantizers(self.network).items():
@@ -86,7 +96,7 @@ class AlignQ(DomainAdaptation):
     def step_optimizer(self, loss):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.hparams.get("grad_approx", True):
+        if self.grad_approx == "legacy":
             self.reshape_gradients()
         self.optimizer.step()
         for term in self.crp.values():

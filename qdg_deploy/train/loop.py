@@ -27,9 +27,10 @@ from .algorithms import scheme_from_hparams
 from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 from .swad import WeightAveraging, recompute_bn
-from .validate import check_applicable, check_ranges
+from .validate import check_applicable, check_choices, check_ranges
 
 DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
+DA_METHODS = ("dann", "dsan", "alignq")
 
 
 def resolve_hparams(dataset: str, **overrides) -> dict:
@@ -44,9 +45,20 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["swad"] = bool(hp.get("quant")) and hp["method"] in DG_METHODS and hp.get("sma") is None
     if hp.get("swad") and hp.get("sma") is not None:
         raise QdgError("--swad and --sma are two kinds of weight averaging: choose one")
-    if hp["method"] == "alignq" and hp.get("act_bits") is None:
-        hp["act_bits"] = hp.get("bits")  # AlignQ: weights and activations share the bit-width
+    if isinstance(hp.get("grad_approx"), bool):  # the Python API's True / False
+        hp["grad_approx"] = "chain" if hp["grad_approx"] else "off"
     check_ranges(hp)
+    check_choices(hp, given)
+    if hp["optimizer"] == "sgd":  # SGD's own rates where none was given (hparams.py)
+        hp["lr"] = given.get("lr", hp["sgd_lr"])
+        hp["q_lr"] = given.get("q_lr", hp["lr"])
+    if hp["method"] in DA_METHODS and (hp["method"] == "alignq" or hp.get("quant")):
+        # Quantized domain adaptation (AlignQ and its DANN / DSAN baselines): activations take --bits unless
+        # --act-bits says otherwise, so every row compares one width; both effective widths go to config.json.
+        if hp.get("act_bits") is None:
+            hp["act_bits"] = hp.get("bits")
+        scheme = scheme_from_hparams(hp)
+        hp["bits"], hp["act_bits"] = scheme.weight.bits, scheme.act.bits if scheme.act else 0
     if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
         hp["class_map"] = load_class_map(str(hp["class_map"]))
     return hp
@@ -144,6 +156,7 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
     for step in range(hp["steps"]):
         algo.train()
         unlabeled = next(target_stream)[0] if target_stream is not None else None
+        algo.schedule_lr(step)
         losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
         if not math.isfinite(losses["loss"]):
             raise QdgError(f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "

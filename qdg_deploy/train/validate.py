@@ -17,7 +17,11 @@ RANGES = {
     "swad_bn_steps": (0, None, True), "sma": (0, None, True), "coral_weight": (0, None, True),
     "mixstyle_p": (0, 1, True), "mixstyle_alpha": (0, None, False), "act_range": (0, None, False),
     "lam": (0, None, True), "lam2": (0, None, True), "bits": (1, 8, True), "act_bits": (0, 8, True),
+    "momentum": (0, 1, True),
 }
+
+# option: the values it takes (`grad_approx` also takes True / False from Python: "chain" / "off").
+CHOICES = {"optimizer": ("sgd", "adam"), "lr_schedule": ("none", "step"), "grad_approx": ("chain", "legacy", "off")}
 
 # Options that only a quantizing run reads, and options only some methods read.
 QUANT_OPTIONS = ("scheme", "bits", "act_bits", "quantizer", "q_steps", "q_lr", "freeze_after_swap", "q_init")
@@ -45,6 +49,15 @@ def check_ranges(hp: dict) -> None:
             rng = (f"in [{low}, {high}]" if high is not None
                    else f"{'>=' if inclusive else '>'} {low}")
             raise QdgError(f"{flag(name)} must be {rng} (got {v!r})")
+
+
+def check_choices(hp: dict, given: dict) -> None:
+    """QdgError naming the first option whose value is not one it takes, or --momentum without SGD."""
+    for name, values in CHOICES.items():
+        if hp.get(name) is not None and hp[name] not in values:
+            raise QdgError(f"{flag(name)} takes one of {', '.join(values)} (got {hp[name]!r})")
+    if given.get("momentum") is not None and hp.get("optimizer") != "sgd":
+        raise QdgError(f"--momentum applies to --optimizer sgd only, not {hp.get('optimizer')}: leave it out")
 
 
 def applies(method: str, key: str, quant: bool) -> bool:
