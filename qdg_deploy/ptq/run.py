@@ -15,13 +15,14 @@ from torch import nn
 from torch.utils.data import Subset
 
 from .. import __version__
-from ..data import get_dataset, load_class_map, run_splits
+from ..data import load_class_map, run_splits
+from ..data.base import DGDataset, DomainSplit
 from ..errors import QdgError
 from ..evaluation import domain_metrics, iter_batches, make_progress
 from ..io import atomic_path, write_json
 from ..quant import get_scheme, model_size, quantize_model
 from ..quant.convert import eligible_layers
-from ..runs import check_out_dir, load_run, missing_run_files, model_record, save_run
+from ..runs import check_out_dir, check_run_dir, load_run, model_record, save_run
 from ..train.hparams import default_hparams
 from .core import calibrate_model, check_method
 from .sensitivity import layer_sensitivity, most_sensitive, plot_sensitivity
@@ -32,13 +33,13 @@ CALIBRATION_BATCH = 64
 
 @dataclass
 class Source:
-    """The float network and the data it belongs to: hyperparameters as a run records them, the held-out index."""
+    """The float network and the data it belongs to: hyperparameters as a run records them, the data set and its
+    per-domain splits (loaded once), the held-out index."""
     net: nn.Module
     hp: dict
+    ds: DGDataset
+    splits: list[DomainSplit]
     test: int
-    domains: list[str]
-    classes: list[str]
-    input_shape: list[int]
     origin: dict
 
 
@@ -57,17 +58,13 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
     if class_map:
         hp["class_map"] = load_class_map(str(class_map))
-    ds = get_dataset(dataset, hp.get("data_dir"), image_size=hp.get("image_size"), class_map=hp.get("class_map"))
+    ds, splits = run_splits(hp)
     net = float_from_file(source, arch, ds.input_shape[0], ds.num_classes)
-    return Source(net, hp, ds.domain_index(hp["test_env"]), ds.domains, ds.classes, list(ds.input_shape),
-                  {"weights": str(source), "arch": arch})
+    return Source(net, hp, ds, splits, ds.domain_index(hp["test_env"]), {"weights": str(source), "arch": arch})
 
 
 def _run_source(path: Path, dataset, test_env, arch) -> Source:
-    if missing_run_files(path):
-        raise QdgError(f"SOURCE {path} is a directory but not a run directory "
-                       f"({', '.join(missing_run_files(path))} missing)")
-    run = load_run(path)
+    run = load_run(check_run_dir(path, role="SOURCE "))
     if run.config["model"].get("ensemble"):
         raise QdgError(f"SOURCE {path} is an ensemble run: calibrate each member's float run")
     if run.scheme is not None:
@@ -78,20 +75,12 @@ def _run_source(path: Path, dataset, test_env, arch) -> Source:
         raise QdgError(f"SOURCE {path} was trained on {run.config['dataset']}, not --dataset {dataset}")
     if arch and arch != run.config["model"]["arch"]:
         raise QdgError(f"SOURCE {path} holds a {run.config['model']['arch']}, not --arch {arch}")
-    domains = run.config["domains"]
-    if test_env is not None and domains[_index(domains, test_env)] != domains[test]:
-        raise QdgError(f"SOURCE {path} held out {domains[test]!r}; calibrating for another held-out domain would "
+    ds, splits = run_splits(hp)
+    if test_env is not None and ds.domain_index(test_env) != test:
+        raise QdgError(f"SOURCE {path} held out {ds.domains[test]!r}; calibrating for another held-out domain would "
                        f"score it on data the float model trained on")
-    return Source(run.model, hp, test, domains, run.config["classes"], run.config["model"]["input_shape"],
+    return Source(run.model, hp, ds, splits, test,
                   {"run": str(path), "method": run.metrics.get("method"), "test_acc": run.metrics.get("test_acc")})
-
-
-def _index(domains: list[str], name_or_index: str) -> int:
-    if name_or_index in domains:
-        return domains.index(name_or_index)
-    if str(name_or_index).isdigit() and int(name_or_index) < len(domains):
-        return int(name_or_index)
-    raise QdgError(f"unknown domain {name_or_index!r}; domains: {', '.join(domains)}")
 
 
 def calibration_batches(splits, test: int, num_batches: int, seed: int,
@@ -156,7 +145,7 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
                        f"layers: {', '.join(eligible)}")
     if opts.keep_float > len(eligible):
         raise QdgError(f"--keep-float {opts.keep_float}: the network has only {len(eligible)} quantized layers")
-    _, splits = run_splits(src.hp)
+    splits = src.splits
     batches = calibration_batches(splits, src.test, opts.num_batches, seed)
     val_sets = [s.out_eval for i, s in enumerate(splits) if i != src.test]
     sensitivity = None
@@ -173,13 +162,13 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
     metrics = {**scored, "bits": scheme.weight.bits, "scheme": scheme.name, "method": "ptq",
                "float": {"test_acc": float_scored["test_acc"], "val_acc": float_scored["val_acc"]}}
     info.update(source=src.origin, float_layers=list(float_layers), test_env_read=False,
-                calibration_domains=[d for i, d in enumerate(src.domains) if i != src.test])
+                calibration_domains=[d for i, d in enumerate(src.ds.domains) if i != src.test])
     if sensitivity is not None:
         info["sensitivity"] = sensitivity
     hp = {**src.hp, "scheme": opts.scheme, "bits": opts.bits, "act_bits": opts.act_bits, "quantizer": "lsq"}
-    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": src.domains,
-              "test_env_index": src.test, "classes": src.classes,
-              "model": model_record(hp["arch"], src.input_shape, len(src.classes), scheme),
+    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": src.ds.domains,
+              "test_env_index": src.test, "classes": src.ds.classes,
+              "model": model_record(hp["arch"], src.ds.input_shape, src.ds.num_classes, scheme),
               "size": model_size(model), "calibration": info,
               "calibrate_seconds": round(time.perf_counter() - start, 1)}
     save_run(out, config, model.state_dict(), metrics)

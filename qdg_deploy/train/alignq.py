@@ -33,7 +33,7 @@ from torch import nn
 
 from ..quant import quant_layers
 from ..quant.daq import is_daq
-from ..quant.layers import QuantMixin
+from ..quant.residual import input_quant
 from .alignq_terms import CrpTerm, approx_round, grad_approx_factor
 from .da import DomainAdaptation
 
@@ -43,7 +43,7 @@ def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     blocks = [(n, m) for n, m in net.named_modules()
               if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck))]
     if blocks:
-        found = {f"{n}.conv1": m.conv1.act_quant if isinstance(m.conv1, QuantMixin) else None for n, m in blocks}
+        found = {f"{n}.conv1": input_quant(m.conv1) for n, m in blocks}
     else:
         found = {n: m.act_quant for n, m in quant_layers(net).items()}
     return {n: q for n, q in found.items() if is_daq(q)}

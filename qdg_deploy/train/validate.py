@@ -21,11 +21,11 @@ RANGES = {
 }
 
 # option: the values it takes (`grad_approx` also takes True / False from Python: "chain" / "off").
-CHOICES = {"optimizer": ("sgd", "adam"), "lr_schedule": ("none", "step"), "grad_approx": ("chain", "legacy", "off")}
+CHOICES = {"optimizer": ("sgd", "adam"), "lr_schedule": ("none", "step"), "grad_approx": ("chain", "legacy", "off"),
+           "q_init": ("lsq", "minmax", "percentile", "mse")}
 
 # Options that only a quantizing run reads, and options only some methods read.
 QUANT_OPTIONS = ("scheme", "bits", "act_bits", "quantizer", "q_steps", "q_lr", "freeze_after_swap", "q_init")
-Q_INITS = ("lsq", "minmax", "percentile", "mse")
 METHOD_OPTIONS = {"coral_weight": ("coral",), "mixstyle_p": ("mixstyle",), "mixstyle_alpha": ("mixstyle",),
                   "crp": ("alignq",), "grad_approx": ("alignq",), "act_range": ("alignq",), "lam": ("alignq",),
                   "lam2": ("alignq",), "da": ("alignq",), "q_init": ("erm", "qtdog", "coral", "mixstyle")}
@@ -52,12 +52,15 @@ def check_ranges(hp: dict) -> None:
 
 
 def check_choices(hp: dict, given: dict) -> None:
-    """QdgError naming the first option whose value is not one it takes, or --momentum without SGD."""
+    """QdgError naming the first option whose value is not one it takes; --momentum without SGD; --q-init on a
+    quantizer without LSQ steps."""
     for name, values in CHOICES.items():
         if hp.get(name) is not None and hp[name] not in values:
             raise QdgError(f"{flag(name)} takes one of {', '.join(values)} (got {hp[name]!r})")
     if given.get("momentum") is not None and hp.get("optimizer") != "sgd":
         raise QdgError(f"--momentum applies to --optimizer sgd only, not {hp.get('optimizer')}: leave it out")
+    if hp.get("q_init", "lsq") != "lsq" and hp.get("quantizer") != "lsq":
+        raise QdgError(f"--q-init {hp['q_init']} calibrates LSQ step sizes; --quantizer {hp['quantizer']} has none")
 
 
 def applies(method: str, key: str, quant: bool) -> bool:
@@ -84,8 +87,4 @@ def check_applicable(method: str, given: dict) -> None:
     for k, methods in METHOD_OPTIONS.items():
         if given.get(k) is not None and not applies(method, k, quantizes):
             raise QdgError(f"{flag(k)} applies to --method {' or '.join(methods)} only, not {method}: leave it out")
-    q_init = given.get("q_init")
-    if q_init is not None and q_init not in Q_INITS:
-        raise QdgError(f"--q-init {q_init!r}: choose one of {', '.join(Q_INITS)}")
-    if q_init not in (None, "lsq") and given.get("quantizer") not in (None, "lsq"):
-        raise QdgError(f"--q-init {q_init} calibrates LSQ step sizes; --quantizer {given['quantizer']} has none")
+
