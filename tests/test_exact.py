@@ -1,5 +1,5 @@
 """Exact eval arithmetic (quant/kernels.py) against ONNX Runtime CPU: snapped layers, and the integer kernels ORT
-fuses (QLinearConv, QLinearAdd) computed bit for bit — including the near-ties where a plain float computation
+fuses (QLinearConv, QLinearAdd, QLinearGlobalAveragePool) computed bit for bit — including the near-ties where a plain float computation
 of the same formula picks the other code."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from qdg_deploy.export import export_onnx, ort_session
 from qdg_deploy.quant import get_scheme, quantize_model
 from qdg_deploy.quant import strip_quantizers
-from qdg_deploy.quant.kernels import fused_add
+from qdg_deploy.quant.kernels import fused_add, fused_global_pool
 from qdg_deploy.quant.layers import is_exact
 from qdg_deploy.quant.norms import FoldedBatchNorm2d
 from qdg_deploy.quant.plan import Mode
@@ -33,6 +33,8 @@ def _x86_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
+x86_only = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                              reason="ORT's x86 kernel arithmetic (its ARM kernels requantize in fixed point)")
 kernels_measured = pytest.mark.skipif(not _x86_vnni(), reason="the integer-kernel arithmetic was measured on ORT's "
                                       "x86 VNNI kernels; this CPU runs other ones (AVX2 without VNNI can saturate)")
 
@@ -167,6 +169,65 @@ def test_fused_add_computes_as_ort_qlinearadd_over_every_code_pair():
         naive_bad += int((naive.astype(np.float32) != got).sum())
     assert bad == 0
     assert naive_bad > 0  # the test set holds near-ties the exact sum rounds differently
+
+
+def _qgap_graph(sx, zx, sy, zy):
+    inits = [numpy_helper.from_array(v, k) for k, v in (("sx", np.float32(sx)), ("sy", np.float32(sy)),
+                                                          ("zx", np.uint8(zx)), ("zy", np.uint8(zy)))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
+             helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
+             helper.make_node("GlobalAveragePool", ["dx"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "sy", "zy"], ["qy"]),
+             helper.make_node("DequantizeLinear", ["qy", "sy", "zy"], ["y"])]
+    g = helper.make_graph(nodes, "qgap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@x86_only
+def test_fused_global_pool_computes_as_ort_qlinearglobalaveragepool():
+    """Random codes over several image sizes (1×1, 5×5, 7×7, 14×14) and grids, half of them full of ties."""
+    rng = np.random.default_rng(1)
+    bad = naive_bad = total = 0
+    for hw in (1, 5, 7, 14):
+        for trial in range(12):
+            zx, zy = (int(v) for v in rng.integers(0, 40, 2))
+            sx, sy = np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(0.002, 0.05))
+            if trial % 2:  # s_y = 2·s_x / (H·W): every odd sum of codes is a tie, decided by the float rounding
+                sy = np.float32(2 * sx / (hw * hw))
+            k = rng.integers(0, 256, (16, 64, hw, hw))
+            x = torch.from_numpy(((k - zx).astype(np.float32) * sx).astype(np.float32))
+            proto = _qgap_graph(sx, zx, sy, zy)
+            got = ort_session(proto, level="all").run(None, {"x": x.numpy()})[0]
+            ours = fused_global_pool(_Q(sx, zx), _Q(sy, zy), x).numpy()
+            bad += int((ours != got).sum())
+            total += got.size
+            mean = x.double().mean(dim=(2, 3), keepdim=True).numpy()  # the float64 pool, then Q/DQ
+            naive = (np.clip(np.round(mean / np.float64(sy)) + zy, 0, 255) - zy) * sy
+            naive_bad += int((naive.astype(np.float32) != got).sum())
+    assert total == 4 * 12 * 16 * 64 and bad == 0
+    assert naive_bad > 0  # ORT's float32 requantization picks another code than the exact mean on some channels
+
+
+def test_pool_plan_fuses_resnet_pool_into_qlinearglobalaveragepool(tmp_path):
+    """Scheme ort on a ResNet: the pool before the classifier becomes ORT's QLinearGlobalAveragePool, the exact
+    graph writes DQ → GlobalAveragePool → Q (no float64 mean), and torch and ORT agree bit for bit."""
+    from qdg_deploy.models import build_model
+    from qdg_deploy.quant.plan import pool_plans
+
+    torch.manual_seed(3)
+    m = quantize_model(build_model("digits-resnet", 1, 10), get_scheme("ort"))
+    x = torch.rand(32, 1, 28, 28)
+    m.train()
+    m(x)  # LSQ init
+    m.eval()
+    assert [p.out for p in pool_plans(m)] == [m.fc.act_quant]
+    info = export_onnx(m, (1, 28, 28), tmp_path / "m.onnx", target="ort")
+    ops = [n.op_type for n in info["proto"].graph.node]
+    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
+    assert info["ort_fused_pools"] == info["ort_kernel_pools"] == 1
+    with torch.no_grad():
+        assert np.array_equal(m(x).numpy(), _run(info["proto"], x))
 
 
 def test_calibration_in_eval_mode_sees_the_float_path_before_the_next_quantizer_is_set():

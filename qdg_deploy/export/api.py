@@ -15,7 +15,7 @@ from ..errors import QdgError
 from ..io import atomic_path, writable_folder, write_json
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
-from ..quant.plan import add_plans
+from ..quant.plan import add_plans, pool_plans
 from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_model
 from .records import LayerRecord
 from .report import OrtFusion, graph_notes
@@ -53,7 +53,8 @@ def packed_bytes(proto: onnx.ModelProto, weight_bits: dict[str, int]) -> int:
     return total
 
 
-def ort_fusion(proto: onnx.ModelProto, layers: list[LayerRecord], kernel_adds: int | None = None) -> OrtFusion:
+def ort_fusion(proto: onnx.ModelProto, layers: list[LayerRecord], kernel_adds: int | None = None,
+               kernel_pools: int | None = None) -> OrtFusion:
     """Which quantized layers ONNX Runtime CPU turns into integer kernels (QLinearConv, QGemm, ...): a fused node
     reads the layer's weight codes or keeps its op's name (either may carry a suffix ORT adds)."""
     with tempfile.TemporaryDirectory() as d:
@@ -68,7 +69,8 @@ def ort_fusion(proto: onnx.ModelProto, layers: list[LayerRecord], kernel_adds: i
     for r in layers:
         own = tuple(s for s in (r.weight_codes, r.op_node) if s)
         (fused if any(ref.startswith(own) for ref in fused_refs) else unfused).append(r.layer)
-    return OrtFusion(fused, unfused, sum(n.op_type == "QLinearAdd" for n in g.node), kernel_adds)
+    count = lambda op: sum(n.op_type == op for n in g.node)  # noqa: E731
+    return OrtFusion(fused, unfused, count("QLinearAdd"), kernel_adds, count("QLinearGlobalAveragePool"), kernel_pools)
 
 
 @dataclass
@@ -100,8 +102,10 @@ def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str
                                              .proto.SerializeToString())
     fusion = None
     if not fp32:  # residual Adds the model computes as QLinearAdd (quant/kernels.py), where it has integer biases
-        kernel_adds = len(add_plans(model)) if target == "ort" and low.settings.int_bias else None
-        fusion = ort_fusion(low.proto, low.layers, kernel_adds)
+        kernels = target == "ort" and low.settings.int_bias
+        kernel_adds = len(add_plans(model)) if kernels else None
+        kernel_pools = len(pool_plans(model)) if kernels else None
+        fusion = ort_fusion(low.proto, low.layers, kernel_adds, kernel_pools)
     return Exported(low, file_bytes, fp32_bytes, packed_bytes(low.proto, low.weight_bits), fusion)
 
 

@@ -123,10 +123,12 @@ class _Lowering:
             x, rec = lower_add.residual_quant(g, x, f"{p}.act_quant", m.act_quant)
             self.residual_quant.append(rec)
         if isinstance(m, nn.AdaptiveAvgPool2d) and lower_pool.pair(m.output_size) == [1, 1]:
-            float64 = isinstance(m, ExportMatchedAvgPool) and not fp32 and g.settings.exact
-            # lean: the classifier's Q right after the pool (not after Flatten), so ORT fuses DQ → pool → Q into
-            # QLinearGlobalAveragePool as it does for quantize_static's graphs; not bit-exact (ORT's integer mean)
-            post = None if fp32 or g.settings.exact or not isinstance(m, QAvgPool) else flatten_quant(n, self.mods)
+            # the classifier's Q right after the pool (not after Flatten), so ORT fuses DQ → pool → Q into
+            # QLinearGlobalAveragePool: exact where the plan has the pool compute that kernel (quant/pool.py), else
+            # (lean only) as quantize_static's graphs do, not bit-exact
+            post = None if fp32 or not isinstance(m, QAvgPool) else (
+                m.pool_plan.out if ort_pool(g, m) else None if g.settings.exact else flatten_quant(n, self.mods))
+            float64 = isinstance(m, ExportMatchedAvgPool) and not fp32 and g.settings.exact and post is None
             return lower_pool.global_avg_pool(g, x, p, float64=float64, post_quant=post), post is None
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return g.add("Flatten", [x], g.uid(p), axis=1), True
@@ -155,6 +157,11 @@ class _Lowering:
         if n.target in ("relu", "relu_"):
             return g.add("Relu", [g.arg(n.args[0])], g.uid(n.name))
         raise QdgError(f"cannot export tensor method .{n.target}() (fx node {n.name})")
+
+
+def ort_pool(g: GraphBuilder, m: QAvgPool) -> bool:
+    """Whether the pool is written as the QLinearGlobalAveragePool its eval forward computes."""
+    return g.target == "ort" and g.settings.int_bias and m.pool_plan is not None
 
 
 def check_ready(model: nn.Module) -> None:

@@ -40,11 +40,17 @@ class OrtFusion:
     unfused_layers: list[str]
     fused_adds: int
     kernel_adds: int | None  # residual Adds the model computes as QLinearAdd (target ort with integer biases)
+    fused_pools: int = 0
+    kernel_pools: int | None = None  # global pools the model computes as QLinearGlobalAveragePool (likewise)
 
     def info(self) -> dict:
         out = {"ort_fused_layers": self.fused_layers, "ort_unfused_layers": self.unfused_layers,
                "ort_fused_adds": self.fused_adds}
-        return out if self.kernel_adds is None else {**out, "ort_kernel_adds": self.kernel_adds}
+        if self.kernel_adds is not None:
+            out["ort_kernel_adds"] = self.kernel_adds
+        if self.kernel_pools:
+            out["ort_fused_pools"], out["ort_kernel_pools"] = self.fused_pools, self.kernel_pools
+        return out
 
 
 def graph_notes(low: LoweredGraph, fusion: OrtFusion | None) -> dict:
@@ -87,6 +93,8 @@ def _lowering_notes(layers, fusion: OrtFusion | None) -> dict:
         missing = sorted(set(kernels) - set(fusion.fused_layers if fusion is not None else kernels))
         if fusion is not None and (fusion.kernel_adds or 0) > fusion.fused_adds:
             missing.append(f"{fusion.kernel_adds - fusion.fused_adds} residual Add(s)")
+        if fusion is not None and (fusion.kernel_pools or 0) > fusion.fused_pools:
+            missing.append(f"{fusion.kernel_pools - fusion.fused_pools} global pool(s)")
         if missing:  # the model computes these as integer kernels, but this ORT build runs them otherwise
             notes["ort_kernel_mismatch"] = missing
     return notes

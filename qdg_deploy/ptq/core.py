@@ -17,9 +17,8 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant import LsqQuantizer, Quantizer, quant_layers
-from ..quant.layers import QuantMixin
 from ..quant.norms import FoldedBatchNorm2d
-from ..quant.residual import QBlock
+from ..quant.plan import PLAN_ATTRS
 from ..quant.swap import recast, replace_module
 from .observers import ACT_METHODS, WEIGHT_METHODS, AbsHistogram, threshold, weight_thresholds
 
@@ -36,18 +35,16 @@ def float_pass(model: nn.Module, observers: dict[Quantizer, Callable] | None = N
     again. Everything is put back on exit."""
     observers, active = observers or {}, set(active)
     quantizers = [m for m in model.modules() if isinstance(m, Quantizer) and m not in active]
-    planned = [m for m in model.modules() if isinstance(m, QuantMixin) and "plan" in m.__dict__]
-    blocks = [m for m in model.modules() if isinstance(m, QBlock) and "add_plan" in m.__dict__]
+    # every plan a module holds (a layer's, a block's Add's, a pool's): unplanned, each computes in float
+    planned = [(m, a) for m in model.modules() for a in PLAN_ATTRS if a in m.__dict__]
     folded = [(name, m) for name, m in model.named_modules() if type(m) is FoldedBatchNorm2d]
-    saved = ([m.plan for m in planned], [m.add_plan for m in blocks])
+    saved = [getattr(m, a) for m, a in planned]
     was_training = model.training
     try:
         for q in quantizers:
             q.observe = observers.get(q, _ignore)
-        for m in planned:
-            m.plan = None
-        for m in blocks:
-            m.add_plan = None
+        for m, a in planned:
+            setattr(m, a, None)
         for name, m in folded:
             replace_module(model, name, recast(m, nn.BatchNorm2d))
         model.eval()
@@ -55,10 +52,8 @@ def float_pass(model: nn.Module, observers: dict[Quantizer, Callable] | None = N
     finally:
         for q in quantizers:
             q.observe = None
-        for m, p in zip(planned, saved[0]):
-            m.plan = p
-        for m, p in zip(blocks, saved[1]):
-            m.add_plan = p
+        for (m, a), p in zip(planned, saved):
+            setattr(m, a, p)
         for name, m in folded:
             replace_module(model, name, m)
         model.train(was_training)

@@ -9,7 +9,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
-from .plan import build_plan
+from .plan import PLAN_ATTRS, build_plan
 from .pool import QAvgPool, quantize_global_pools
 from .residual import QBasicBlock, QBottleneck, quantize_residual_blocks
 from .schemes import Scheme
@@ -60,7 +60,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 _FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
              FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
              ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d}
-_QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "plan", "shared_input", "add_plan")
+_QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "shared_input", *PLAN_ATTRS)
 
 
 def strip_quantizers(model: nn.Module) -> nn.Module:

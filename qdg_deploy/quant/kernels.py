@@ -136,6 +136,24 @@ def fused_add(qa: Quantizer, qb: Quantizer, qc: Quantizer, a: torch.Tensor, b: t
     return (code - zc) * torch.as_tensor(sc)
 
 
+def fused_global_pool(qx: Quantizer, qy: Quantizer, x: torch.Tensor) -> torch.Tensor:
+    """The global average of x (on qx's grid) as ONNX Runtime's QLinearGlobalAveragePool computes it (x86 MLAS),
+    quantized by qy, then dequantized (shape [N, C, 1, 1]).
+
+    The kernel sums the codes in int32 (exact), removes the zero point, and requantizes in float32 with one scale
+    computed in this order: m = float32(s_x / float32(s_y · float32(H·W))); code = saturate(round_half_even(
+    float32(acc) · m) + z_y). uint8 codes shift a signed grid by 128; the shift cancels in acc."""
+    f32 = np.float32
+    sx, sy = (f32(q.scale().reshape(()).item()) for q in (qx, qy))
+    hw = x.shape[-1] * x.shape[-2]
+    m = f32(sx / f32(sy * f32(hw)))
+    k = torch.round(x / float(sx))  # the codes minus the zero point: x sits on qx's grid
+    acc = k.double().sum(dim=(2, 3), keepdim=True).float()  # an integer below 2^24: exact in float32
+    zy = qy.zero_point_int()
+    code = torch.clamp(torch.round(acc * torch.tensor(m)) + zy, qy.qmin, qy.qmax)
+    return (code - zy) * torch.as_tensor(sy)
+
+
 def residual_add(add, training: bool, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """A ResNet block's residual Add: in eval mode as ORT's QLinearAdd where the plan has one (`add`, an AddPlan)."""
     if (add is None or training or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself

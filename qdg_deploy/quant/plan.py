@@ -11,6 +11,8 @@ the ONNX writer and the export report all read it there. Per layer:
 * int_bias: its bias sits on the int32 grid s_x·s_w in eval mode (quant/bias.py).
 
 Per residual block whose Add ORT runs as QLinearAdd: the Add's two input quantizers and its output quantizer.
+Per global pool ORT runs as QLinearGlobalAveragePool (a quantized pool read by one quantizer through a Flatten):
+that quantizer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from torch import nn
 from ..errors import QdgError
 from .layers import QConv2d, QLinear, QuantMixin
 from .norms import FoldedBatchNorm2d
-from .ort_fusion import output_quantizer
+from .ort_fusion import flatten_quant, output_quantizer
+from .pool import QAvgPool
 from .quantizers import Quantizer
 from .residual import QBlock
 from .swap import recast, replace_module
@@ -55,6 +58,7 @@ class LayerPlan:
 
 
 FLOAT = LayerPlan(Mode.FLOAT)
+PLAN_ATTRS = ("plan", "add_plan", "pool_plan")  # where modules hold their part of the plan
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ class AddPlan:
     main: Quantizer  # the main branch's quantizer (add_quant)
     identity: Quantizer  # the identity's (id_quant, or conv1's input quantizer)
     out: Quantizer  # the quantizer that alone reads the Add (through a droppable ReLU)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    out: Quantizer  # the quantizer that alone reads the pooled tensor (through a Flatten): the classifier's input
 
 
 def layer_plan(m: nn.Module) -> LayerPlan:
@@ -72,6 +81,11 @@ def layer_plan(m: nn.Module) -> LayerPlan:
 def add_plans(model: nn.Module) -> list[AddPlan]:
     """The residual Adds the model computes as ORT's QLinearAdd in eval mode."""
     return [m.add_plan for m in model.modules() if isinstance(m, QBlock) and m.add_plan is not None]
+
+
+def pool_plans(model: nn.Module) -> list[PoolPlan]:
+    """The global pools the model computes as ORT's QLinearGlobalAveragePool in eval mode."""
+    return [m.pool_plan for m in model.modules() if isinstance(m, QAvgPool) and m.pool_plan is not None]
 
 
 def _per_tensor_input(m: QuantMixin) -> bool:
@@ -108,8 +122,9 @@ def _bn_pairs(gm: torch.fx.GraphModule | None, mods) -> list[tuple[torch.fx.Node
 
 
 def build_plan(model: nn.Module, int_bias: bool) -> dict[str, LayerPlan]:
-    """Plan every quantized layer and residual Add of `model` (scheme int_bias: integer biases and ORT's kernels),
-    fold the snapped layers' BatchNorms, and hand each module its part. Returns the layers' plans by name."""
+    """Plan every quantized layer, residual Add and quantized global pool of `model` (scheme int_bias: integer
+    biases and ORT's kernels), fold the snapped layers' BatchNorms, and hand each module its part. Returns the
+    layers' plans by name."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
     if all(m.act_quant is None for m in layers.values()):  # weight-only: nothing to read from the graph
         for m in layers.values():
@@ -141,4 +156,6 @@ def build_plan(model: nn.Module, int_bias: bool) -> dict[str, LayerPlan]:
             found = _add_plan(n, mods)
             if found is not None:
                 mods[found[0]].add_plan = found[1]
+            if n.op == "call_module" and isinstance(mods[n.target], QAvgPool) and (q := flatten_quant(n, mods)):
+                mods[n.target].pool_plan = PoolPlan(q)
     return plans
