@@ -211,7 +211,8 @@ def test_fused_global_pool_computes_as_ort_qlinearglobalaveragepool():
 
 def test_pool_plan_fuses_resnet_pool_into_qlinearglobalaveragepool(tmp_path):
     """Scheme ort on a ResNet: the pool before the classifier becomes ORT's QLinearGlobalAveragePool, the exact
-    graph writes DQ → GlobalAveragePool → Q (no float64 mean), and torch and ORT agree bit for bit."""
+    graph writes DQ → GlobalAveragePool → Q (no float64 mean) and the classifier as the QGemm with float output
+    ORT runs (no snap ops), and torch and ORT agree bit for bit."""
     from qdg_deploy.models import build_model
     from qdg_deploy.quant.plan import pool_plans
 
@@ -225,6 +226,7 @@ def test_pool_plan_fuses_resnet_pool_into_qlinearglobalaveragepool(tmp_path):
     info = export_onnx(m, (1, 28, 28), tmp_path / "m.onnx", target="ort")
     ops = [n.op_type for n in info["proto"].graph.node]
     assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
+    assert "Round" not in ops and ops[-3:-1] == ["Gemm", "Add"] and "fc" in info["ort_fused_layers"]
     assert info["ort_fused_pools"] == info["ort_kernel_pools"] == 1
     with torch.no_grad():
         assert np.array_equal(m(x).numpy(), _run(info["proto"], x))

@@ -7,7 +7,9 @@
 then, by the layer's lowering: a float op with its bias inside, or a float Add (weight-only, fake-quant, and
 layers whose bias an integer kernel would round); the integer accumulator snapped (Div, Round, Mul by the folded
 unit, then the folded bias as an Add); or, where ORT runs the layer as QLinearConv / QGemm into its output
-quantizer, the bias on the int32 grid inside the op, which that kernel holds exactly.
+quantizer, the bias on the int32 grid inside the op, which that kernel holds exactly. A snapped classifier (a Gemm
+with float output, target ort) needs no snap ops: ORT runs it as QGemm, whose float output is float32(acc) times
+the float32 unit s_x·s_w, the very value the snap computes; its bias follows as an Add.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.
     if fw.codes is not None:
         rec.weight_bits, rec.weight_only, rec.weight_codes = fw.bits, aq is None, f"{name}.weight_q"
     out_node = bn_node or n
-    if quant and is_exact(m) and not ort_kernel(g, m) and g.settings.exact:
+    if quant and g.settings.exact and ort_float_gemm(g, m, bn):
+        y = _float_out_kernel(g, m, name, x, w, rec)
+    elif quant and is_exact(m) and not ort_kernel(g, m) and g.settings.exact:
         y = _snapped(g, m, name, x, w, rec)
     else:
         y = _float_or_kernel(g, m, name, x, w, fw, rec, kernel=quant and is_exact(m))
@@ -56,6 +60,24 @@ def ort_kernel(g: GraphBuilder, m: nn.Module) -> bool:
     """Whether ORT CPU runs this layer as an integer kernel into its output quantizer (quant/ort_fusion.py), as
     the model's eval forward computes it: target ort with integer biases (the default for such models)."""
     return g.target == "ort" and g.settings.int_bias and layer_plan(m).mode is Mode.ORT_KERNEL
+
+
+def ort_float_gemm(g: GraphBuilder, m: nn.Module, bn) -> bool:
+    """Whether ORT CPU runs this snapped Linear (no output quantizer, e.g. the classifier) as QGemm with float
+    output: target ort with integer biases, nothing folded into its unit."""
+    return (g.target == "ort" and g.settings.int_bias and isinstance(m, nn.Linear) and bn is None
+            and layer_plan(m).mode is Mode.SNAPPED)
+
+
+def _float_out_kernel(g: GraphBuilder, m, name: str, x: str, w: str, rec: LayerRecord) -> str:
+    """The snapped Linear as ORT's QGemm with float output (acc · unit, measured bit for bit against ORT 1.32),
+    then the float bias as an Add: the values of the snap, without its ops."""
+    y = op(g, m, name, [x, w], rec)
+    gr = grid(m)
+    if gr.bias is not None:
+        y = g.add("Add", [y, g.const(f"{name}.bias", gr.bias.numpy())], f"{name}.bias_add")
+    rec.lowered, rec.bias = Lowered.ORT_KERNEL, Bias.FLOAT_ADD if gr.bias is not None else None
+    return y
 
 
 def _float_or_kernel(g: GraphBuilder, m, name: str, x: str, w: str, fw, rec: LayerRecord, kernel: bool) -> str:

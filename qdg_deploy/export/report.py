@@ -20,7 +20,7 @@ SNAPPED_NOTE = ("each of these layers' output is snapped to its integer accumula
                 "float32 unit s_x·s_w, then the folded bias), in the graph and in the torch model's eval forward: "
                 "both hold the same float32 values whatever order their kernels sum in (quant/kernels.py)")
 ORT_KERNEL_NOTE = ("ONNX Runtime CPU runs these layers as integer kernels into the next quantizer (QLinearConv / "
-                   "QGemm), and the torch model's eval forward computes what those kernels compute (int32 sum, "
+                   "QGemm; a classifier as QGemm with float output), and the torch model's eval forward computes what those kernels compute (int32 sum, "
                    "float32 requantization; residual Adds as QLinearAdd), measured bit for bit against ORT 1.32's "
                    "x86 kernels on a CPU with VNNI (AVX2 without VNNI can saturate int16 pair sums)")
 RESIDUAL_QUANTIZERS_NOTE = ("the model trained quantizers on its residual Adds' inputs (scheme residual=True): their "
