@@ -64,9 +64,10 @@ def ort_kernel(g: GraphBuilder, m: nn.Module) -> bool:
 
 def ort_float_gemm(g: GraphBuilder, m: nn.Module, bn) -> bool:
     """Whether ORT CPU runs this snapped Linear (no output quantizer, e.g. the classifier) as QGemm with float
-    output: target ort with integer biases, nothing folded into its unit."""
-    return (g.target == "ort" and g.settings.int_bias and isinstance(m, nn.Linear) and bn is None
-            and layer_plan(m).mode is Mode.SNAPPED)
+    output: target ort, planned with integer biases (the ort scheme's kernels), nothing folded into its unit."""
+    p = layer_plan(m)
+    return (g.target == "ort" and g.settings.int_bias and p.int_bias and isinstance(m, nn.Linear) and bn is None
+            and p.mode is Mode.SNAPPED)
 
 
 def _float_out_kernel(g: GraphBuilder, m, name: str, x: str, w: str, rec: LayerRecord) -> str:
