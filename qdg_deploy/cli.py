@@ -351,6 +351,8 @@ def bench(
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="Per-domain accuracy of each artifact."),
     copies: bool = typer.Option(True, "--copies/--no-copies", help="GPU runtimes: time host↔device copies "
                                 "(trtexec's latency) or compute only."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="trt runtime: capture each batch shape's enqueue "
+                                    "once as a CUDA graph and time its replay (trtexec --useCudaGraph)."),
     compare_path: Optional[Path] = typer.Option(None, "--compare", help="An earlier --json: print new/old ratios."),
     list_runtimes: bool = typer.Option(False, "--list-runtimes", help="Show each runtime, available or not and why."),
 ):
@@ -370,7 +372,8 @@ def bench(
     check_threads(threads)
     old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
-                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console,
+                     cuda_graph=cuda_graph)
     if not result["records"]:
         skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
         why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))

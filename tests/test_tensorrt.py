@@ -225,3 +225,77 @@ def test_real_engine_build(exports, tmp_path):
     assert schema_errors(json.loads(engine_report_path(engine).read_text())) == []
     assert rep["tensorrt"] == trt.__version__ and rep["layers"] and rep["quantized_layers"] == 5
     assert any(r["precision"] == "INT8" for r in rep["layers"])
+
+
+# ---------------------------------------------------------------- runtimes' pure parts, Jetson facts
+
+def test_in_batches_chunks_within_the_profile():
+    from qdg_deploy.bench.session import in_batches
+    calls = []
+
+    def fn(b):
+        calls.append(len(b))
+        assert 2 <= len(b) <= 4
+        return b.reshape(len(b), -1).sum(1, keepdims=True)
+
+    x = np.arange(9 * 2, dtype=np.float32).reshape(9, 2)
+    out = in_batches(fn, x, (2, 4))
+    assert calls == [4, 4, 2] and out.shape == (9, 1)  # the last row padded to 2, the padding dropped
+    np.testing.assert_array_equal(out[:, 0], x.sum(1))
+    assert in_batches(lambda b: b, x, None) is not None
+
+
+def test_ort_trt_options_carry_the_profile_and_caches(tmp_path):
+    from qdg_deploy.bench.runtime_ort import engine_settings, ort_trt_options
+    o = ort_trt_options("input", [3, 32, 32], (1, 8, 32), tmp_path, int8=True, fp16=True, opt_level=4)
+    assert o["trt_profile_min_shapes"] == "input:1x3x32x32" and o["trt_profile_max_shapes"] == "input:32x3x32x32"
+    assert o["trt_profile_opt_shapes"] == "input:8x3x32x32" and o["trt_int8_enable"] and o["trt_fp16_enable"]
+    assert o["trt_engine_cache_enable"] and o["trt_timing_cache_path"] == str(tmp_path)
+    assert o["trt_builder_optimization_level"] == 4
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"")
+    assert engine_settings(onnx_path)["batch_range"] == (1, 8, 32)  # no engine report: the default range
+    rep = {"onnx": str(onnx_path), "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
+                                                "max": [16, 3, 32, 32]}],
+           "precision": {"fp16_flag": True}, "builder_optimization_level": 5}
+    (tmp_path / "model.engine.json").write_text(json.dumps(rep))
+    assert engine_settings(onnx_path) == {"batch_range": (2, 4, 16), "fp16": True, "opt_level": 5}
+
+
+def _jetson_tree(root: Path, *, clocks: bool) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
+    (root / "etc/nvpmodel.conf").write_text("< POWER_MODEL ID=0 NAME=MAXN >\n< POWER_MODEL ID=2 NAME=30W >\n")
+    (root / "var/lib/nvpmodel").mkdir(parents=True)
+    (root / "var/lib/nvpmodel/status").write_text("pmode:0002 fmode:quiet\n")
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    for i in range(2):
+        d = root / f"sys/devices/system/cpu/cpu{i}/cpufreq"
+        d.mkdir(parents=True)
+        (d / "scaling_max_freq").write_text("2201600\n")
+        (d / "scaling_min_freq").write_text("2201600\n" if clocks else "729600\n")
+    g = root / "sys/class/devfreq/17000000.ga10b"
+    g.mkdir(parents=True)
+    (g / "max_freq").write_text("1300500000\n")
+    (g / "min_freq").write_text("1300500000\n")
+    return root
+
+
+def test_jetson_facts_from_sysfs(tmp_path):
+    from qdg_deploy.bench.env import jetson_info
+    from qdg_deploy.bench.results import jetson_note
+    on = jetson_info(_jetson_tree(tmp_path / "a", clocks=True))
+    assert on == {"board": "NVIDIA Jetson AGX Orin Developer Kit", "nvpmodel_mode": "30W (2)", "jetson_clocks": True}
+    assert jetson_note(on) == "; NVIDIA Jetson AGX Orin Developer Kit, nvpmodel 30W (2), jetson_clocks on"
+    assert jetson_info(_jetson_tree(tmp_path / "b", clocks=False))["jetson_clocks"] is False
+
+
+def test_jetson_facts_absent_or_unreadable_refuse_nothing(tmp_path):
+    from qdg_deploy.bench.env import jetson_info
+    from qdg_deploy.bench.results import jetson_note
+    assert jetson_info(tmp_path) is None and jetson_note(None) == ""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("")
+    bare = jetson_info(tmp_path)  # a Jetson whose sysfs we cannot read: every fact None, no error
+    assert bare == {"board": None, "nvpmodel_mode": None, "jetson_clocks": None} and jetson_note(bare) == ""

@@ -17,7 +17,7 @@ from ..errors import QdgError
 from ..io import atomic_path, write_json
 from .check import float_layers, quantized_layers
 from .fp16 import convert_float_remainder
-from .trt_plan import build_plan, parse_batch_range
+from .trt_plan import DEFAULT_BATCH_RANGE, build_plan, parse_batch_range
 from .trt_report import engine_report
 
 INSTALL = ("pip install 'tensorrt-cu12>=10,<12' (or tensorrt-cu13) on a machine with an NVIDIA GPU; on a Jetson "
@@ -35,7 +35,7 @@ def require_tensorrt():
 @dataclass
 class TrtOptions:
     fp16: bool = True
-    batch_range: str = "1,8,32"
+    batch_range: str = DEFAULT_BATCH_RANGE
     workspace_gb: float = 2.0
     timing_cache: str | None = None
     opt_level: int | None = None

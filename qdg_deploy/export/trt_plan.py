@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from ..errors import QdgError
 
 SUPPORTED_MAJORS = (10, 11)
+DEFAULT_BATCH_RANGE = "1,8,32"  # MIN,OPT,MAX batch of the optimization profile (bench's default batches)
 
 # Each TensorRT Python call the builder and the `trt` runtime make, and the majors it exists in (checked against
 # the 10.x and 11.x Python API references and the 10.x → 11.x migration guide's list of removed APIs).
