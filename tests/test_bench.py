@@ -418,15 +418,15 @@ def test_cli_json_plots_compare(world, tmp_path, monkeypatch):
 
 # Every key of `bench --json` as it was before the tables were made to fit 80 columns: the JSON must not change.
 JSON_KEYS = {"created", "environment", "records", "schema", "settings", "skipped"}
-SETTINGS_KEYS = {"accuracy", "batches", "copies", "duration_s", "input", "latency", "min_iters", "threads",
-                 "warmup_ms"}
+SETTINGS_KEYS = {"accuracy", "batches", "copies", "cuda_graph", "duration_s", "input", "latency", "min_iters",
+                 "threads", "warmup_ms"}
 RECORD_KEYS = {"accuracy", "accuracy_skipped", "artifact", "artifact_kind", "artifact_path", "batch", "copies",
                "input_shape", "iterations", "latency_ms", "run_dir", "runtime", "runtime_info", "size", "threads",
                "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations"}
 LATENCY_KEYS = {"max", "mean", "min", "p50", "p90", "p95", "p99", "std"}
 ACCURACY_KEYS = {"dataset", "per_domain", "seconds", "test_acc", "test_env", "val_acc"}
-ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson_power_mode", "platform", "threads_requested", "torch_threads",
-            "versions"}
+ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson", "jetson_power_mode", "platform", "threads_requested",
+            "torch_threads", "versions"}
 
 
 def assert_whole(text: str, values, width: int = 80):
