@@ -299,3 +299,11 @@ def test_jetson_facts_absent_or_unreadable_refuse_nothing(tmp_path):
     (tmp_path / "etc/nv_tegra_release").write_text("")
     bare = jetson_info(tmp_path)  # a Jetson whose sysfs we cannot read: every fact None, no error
     assert bare == {"board": None, "nvpmodel_mode": None, "jetson_clocks": None} and jetson_note(bare) == ""
+
+
+def test_two_onnxruntime_packages_are_named_with_the_fix():
+    from qdg_deploy.bench.runtime_ort import installed_ort_packages, ort_conflict
+    assert ort_conflict(["onnxruntime-gpu"]) is None and ort_conflict([]) is None
+    line = ort_conflict(["onnxruntime", "onnxruntime-gpu"])
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in line
+    assert "onnxruntime" in installed_ort_packages()  # this machine: the CPU package only

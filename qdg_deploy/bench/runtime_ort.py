@@ -29,6 +29,32 @@ def onnx_file_size(path: Path, artifact: Artifact) -> dict:
     return size
 
 
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
+
+
+def installed_ort_packages() -> list[str]:
+    """The ONNX Runtime distributions pip installed here (each provides the one `onnxruntime` module)."""
+    from importlib import metadata
+    found = []
+    for name in ORT_PACKAGES:
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def ort_conflict(packages: list[str]) -> str | None:
+    """Why the GPU providers may be missing when several ORT distributions share the `onnxruntime` folder (the
+    last one installed wins, uninstalling one breaks the other), and the fix; None with one distribution."""
+    if len(packages) < 2:
+        return None
+    return (f"{' and '.join(packages)} are all installed and overwrite each other's onnxruntime module: "
+            f"pip uninstall -y {' '.join(packages)} && pip install onnxruntime-gpu")
+
+
 class OrtSession(Session):
     def __init__(self, runtime: str, path: Path, artifact: Artifact, providers: list, threads: int | None,
                  device: str, copies: bool):
@@ -94,7 +120,7 @@ class _OrtRuntime(Runtime):
         if self.provider not in provs:
             pkg = "onnxruntime-gpu" if self.device != "cpu" else "onnxruntime"
             return False, (f"onnxruntime {ort.__version__} has no {self.provider} (has {', '.join(provs)}); "
-                           f"install {pkg}")
+                           + (ort_conflict(installed_ort_packages()) or f"install {pkg}"))
         if self.device != "cpu":
             gpu = cuda_device_name()
             if gpu is None:
