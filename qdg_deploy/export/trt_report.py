@@ -6,7 +6,8 @@ JSON Output"): `get_engine_information(LayerInformationFormat.JSON)` returns {"L
 (11.x: "I/O Tensors" objects instead of "Bindings"). With ProfilingVerbosity.DETAILED each layer is an object with
 "Name", "LayerType", "Inputs"/"Outputs" (each {"Name", "Location", "Dimensions", "Format/Datatype"}; 11.x splits
 the last into "Format" and "DataType"), "TacticName" and, from the ONNX parser, "Metadata" naming the ONNX nodes
-("[ONNX Layer: NAME]", several joined by \\x1f when TensorRT fused them); fused layers' names join the parts
+("[ONNX Layer: NAME]" or, inside ONNX local functions, "[ONNX Layer: NAME | FUNCTION ...]", several joined by
+\\x1f when TensorRT fused them); fused layers' names join the parts
 with " + ". With less verbosity a layer is only its name.
 """
 
@@ -31,7 +32,7 @@ def tensor_precision(t: dict) -> str | None:
 def onnx_names(layer: dict) -> list[str]:
     """The ONNX node names a TensorRT layer came from: its metadata, else the parts of its (fused) name."""
     meta = str(layer.get("Metadata") or "")
-    found = re.findall(r"\[ONNX Layer: ([^\]]+)\]", meta)
+    found = [m.split(" | ")[0].strip() for m in re.findall(r"\[ONNX Layer: ([^\]]+)\]", meta)]
     return found or [p.strip() for p in str(layer.get("Name", "")).split(" + ") if p.strip()]
 
 
