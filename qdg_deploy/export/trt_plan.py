@@ -19,24 +19,21 @@ from ..errors import QdgError
 SUPPORTED_MAJORS = (10, 11)
 DEFAULT_BATCH_RANGE = "1,8,32"  # MIN,OPT,MAX batch of the optimization profile (bench's default batches)
 
-# Each TensorRT Python call the builder and the `trt` runtime make, and the majors it exists in (checked against
-# the 10.x and 11.x Python API references and the 10.x → 11.x migration guide's list of removed APIs).
-API_CALLS = {
-    "Logger, Builder, OnnxParser(network, logger).parse, Runtime.deserialize_cuda_engine": (10, 11),
-    "Builder.create_network(flags=0)": (10, 11),
-    "Builder.create_builder_config, create_optimization_profile, build_serialized_network": (10, 11),
-    "IOptimizationProfile.set_shape(name, min, opt, max)": (10, 11),
-    "IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)": (10, 11),
-    "IBuilderConfig.create_timing_cache / set_timing_cache / get_timing_cache, ITimingCache.serialize": (10, 11),
-    "IBuilderConfig.builder_optimization_level (0..5)": (10, 11),
-    "IBuilderConfig.profiling_verbosity = ProfilingVerbosity.DETAILED": (10, 11),
-    "IBuilderConfig.default_device_type = DeviceType.DLA, DLA_core; BuilderFlag.GPU_FALLBACK": (10, 11),
-    "IBuilderConfig.set_flag(BuilderFlag.INT8), set_flag(BuilderFlag.FP16)": (10,),
-    "ICudaEngine.create_engine_inspector, EngineInspector.get_engine_information(LayerInformationFormat.JSON)": (10, 11),
-    "ICudaEngine.num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_dtype, get_tensor_shape, "
-    "get_tensor_profile_shape": (10, 11),
-    "IExecutionContext.set_input_shape, get_tensor_shape, set_tensor_address, execute_async_v3(stream)": (10, 11),
-}
+# Each TensorRT Python call the builder (export/tensorrt.py) and the `trt` runtime (bench/runtime_trt.py) make, and
+# the majors it exists in, checked against the 10.x and 11.x Python API references and the 10.x → 11.x migration
+# guide's removed-API list:
+#   10 and 11: Logger, Builder, Builder.create_network(0), OnnxParser(network, logger).parse/num_errors/get_error,
+#     Builder.create_builder_config/create_optimization_profile/build_serialized_network,
+#     IOptimizationProfile.set_shape, IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, ...),
+#     .add_optimization_profile, .create_timing_cache/.set_timing_cache(cache, ignore_mismatch)/.get_timing_cache,
+#     ITimingCache.serialize, .builder_optimization_level, .profiling_verbosity = ProfilingVerbosity.DETAILED,
+#     .default_device_type = DeviceType.DLA, .DLA_core, set_flag(BuilderFlag.GPU_FALLBACK),
+#     Runtime.deserialize_cuda_engine, ICudaEngine.create_engine_inspector,
+#     EngineInspector.get_engine_information(LayerInformationFormat.JSON), ICudaEngine.num_io_tensors/
+#     get_tensor_name/get_tensor_mode/get_tensor_dtype/get_tensor_shape/get_tensor_profile_shape/
+#     create_execution_context, IExecutionContext.set_input_shape/get_tensor_shape/set_tensor_address/
+#     execute_async_v3(stream)
+#   10 only (removed in 11): set_flag(BuilderFlag.INT8), set_flag(BuilderFlag.FP16)
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
