@@ -262,9 +262,9 @@ def export(
     builder_opt_level: Optional[int] = typer.Option(None, help="--format tensorrt: builder optimization level 0..5 "
                                                     "(default TensorRT's, 3)."),
     dla_core: Optional[int] = typer.Option(None, help="--format tensorrt: run on this DLA core (Jetson)."),
-    gpu_fallback: Optional[bool] = typer.Option(None, "--gpu-fallback", help="--format tensorrt with --dla-core: "
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="--format tensorrt with --dla-core: "
                                                 "layers the DLA cannot run go to the GPU."),
-    strict_int8: Optional[bool] = typer.Option(None, "--strict-int8", help="--format tensorrt: refuse the engine "
+    strict_int8: bool = typer.Option(False, "--strict-int8", help="--format tensorrt: refuse the engine "
                                                "(exit 2) if a quantized Conv/Gemm did not run in INT8."),
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch; --format
@@ -274,7 +274,8 @@ def export(
 
     given = {k: v for k, v in dict(fp16=fp16, batch_range=batch_range, workspace_gb=workspace_gb,
                                    timing_cache=str(timing_cache) if timing_cache else None, opt_level=builder_opt_level,
-                                   dla_core=dla_core, gpu_fallback=gpu_fallback, strict_int8=strict_int8).items()
+                                   dla_core=dla_core, gpu_fallback=gpu_fallback or None,
+                                   strict_int8=strict_int8 or None).items()
              if v is not None}
     trt = TrtOptions(**given) if fmt == "tensorrt" or given else None
     r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
