@@ -249,14 +249,46 @@ def export(
                                         "[0, 1]. --no-verify measures nothing and skips this check."),
     force: bool = typer.Option(False, "--force", help="Write an export below --min-agreement anyway (the report "
                                "records below_min_agreement: true)."),
+    onnx_in: Optional[Path] = typer.Option(None, "--onnx", help="--format tensorrt: build the engine from this "
+                                           "ONNX instead of exporting the run."),
+    fp16: Optional[bool] = typer.Option(None, "--fp16/--no-fp16", help="--format tensorrt: layers without Q/DQ "
+                                        "in FP16 (default on; TensorRT 10: FP16 flag, 11: the ONNX's float "
+                                        "remainder converted to float16, Q/DQ untouched, I/O kept FP32)."),
+    batch_range: Optional[str] = typer.Option(None, help="--format tensorrt: MIN,OPT,MAX batch of the "
+                                              "optimization profile (default 1,8,32)."),
+    workspace_gb: Optional[float] = typer.Option(None, help="--format tensorrt: builder workspace in GiB (default 2)."),
+    timing_cache: Optional[Path] = typer.Option(None, help="--format tensorrt: timing cache file, read if present "
+                                                "and written back (faster rebuilds)."),
+    builder_opt_level: Optional[int] = typer.Option(None, help="--format tensorrt: builder optimization level 0..5 "
+                                                    "(default TensorRT's, 3)."),
+    dla_core: Optional[int] = typer.Option(None, help="--format tensorrt: run on this DLA core (Jetson)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="--format tensorrt with --dla-core: "
+                                                "layers the DLA cannot run go to the GPU."),
+    strict_int8: bool = typer.Option(False, "--strict-int8", help="--format tensorrt: refuse the engine "
+                                               "(exit 2) if a quantized Conv/Gemm did not run in INT8."),
 ):
-    """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch."""
+    """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch; --format
+    tensorrt also builds RUN_DIR/model.engine and model.engine.json (TensorRT 10.x or 11.x)."""
     from .export import export_run, report_name
+    from .export.tensorrt import TrtOptions
 
+    given = {k: v for k, v in dict(fp16=fp16, batch_range=batch_range, workspace_gb=workspace_gb,
+                                   timing_cache=str(timing_cache) if timing_cache else None, opt_level=builder_opt_level,
+                                   dla_core=dla_core, gpu_fallback=gpu_fallback or None,
+                                   strict_int8=strict_int8 or None).items()
+             if v is not None}
+    trt = TrtOptions(**given) if fmt == "tensorrt" or given else None
     r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
-                   graph=graph, min_agreement=min_agreement, force=force, console=console)
-    out.print(f"written {r.get('engine', r['path'])} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
+                   graph=graph, min_agreement=min_agreement, force=force, console=console, onnx_in=onnx_in, trt=trt)
+    if "engine" in r:
+        out.print(f"written {r['engine']} ({r['engine_bytes']:,} bytes, TensorRT {r['tensorrt']}, built in "
+                  f"{r['build_seconds']:.1f} s); report {r['engine_report']}")
+        if r["not_int8"]:
+            out.print(f"{r['not_int8']} quantized layer(s) did not run in INT8: see not_int8 in {r['engine_report']}")
+        if "file_bytes" not in r:  # --onnx: nothing was exported
+            return
+    out.print(f"written {r['path']} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
               f"packed {r['packed_ratio']:.3f}×)")
     if "ensemble" in r:
         e = r["ensemble"]
@@ -277,7 +309,7 @@ def export(
         out.print("; ".join(f"{g} graph{' (written)' if g == gs['written'] else ''}: ORT CPU "
                             f"{gs[g]['ort_cpu_ms_batch1']:.3f} ms at batch 1, agreement {gs[g]['top1_agreement']:.4f}"
                             for g in ("exact", "lean")))
-    out.print(f"report {report_name(Path(r.get('engine', r['path'])))}")
+    out.print(f"report {report_name(Path(r['path']))}")
 
 
 @app.command()
@@ -320,6 +352,8 @@ def bench(
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="Per-domain accuracy of each artifact."),
     copies: bool = typer.Option(True, "--copies/--no-copies", help="GPU runtimes: time host↔device copies "
                                 "(trtexec's latency) or compute only."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="trt runtime: capture each batch shape's enqueue "
+                                    "once as a CUDA graph and time its replay (trtexec --useCudaGraph)."),
     compare_path: Optional[Path] = typer.Option(None, "--compare", help="An earlier --json: print new/old ratios."),
     list_runtimes: bool = typer.Option(False, "--list-runtimes", help="Show each runtime, available or not and why."),
 ):
@@ -339,7 +373,8 @@ def bench(
     check_threads(threads)
     old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
-                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console,
+                     cuda_graph=cuda_graph)
     if not result["records"]:
         skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
         why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))

@@ -359,13 +359,34 @@ def test_gpu_onnx_runtimes(world, name):
     assert all(r["copies"] == "included" for r in res["records"])
 
 
-def test_trt_runtime(world):
+def test_trt_runtime(world, tmp_path):
+    """Where TensorRT and a GPU exist: build the engine (export --format tensorrt), bench it within and outside
+    its profile, with and without a CUDA graph, and compare its logits with ORT CPU's on the same ONNX."""
     ok, why = B.get_runtime("trt").available()
     if not ok:
-        pytest.skip(why)
-    ok, why = B.get_runtime("trt").applies(B.resolve_artifact(world["qrun"]))
-    if not ok:
-        pytest.skip(why)  # needs model.engine from the TensorRT export
+        pytest.skip(why)  # e.g. "the tensorrt Python package is not installed"
+    from qdg_deploy.export import export_run
+    from qdg_deploy.export.tensorrt import TrtOptions
+    from qdg_deploy.export.trt_report import schema_errors
+
+    run = tmp_path / "qrun"
+    shutil.copytree(world["qrun"], run)
+    export_run(run, fmt="tensorrt", verify=False, trt=TrtOptions(batch_range="1,2,4"))
+    rep = json.loads((run / "model.engine.json").read_text())
+    assert schema_errors(rep) == [] and rep["engine_bytes"] == (run / "model.engine").stat().st_size
+    assert rep["profiles"][0]["max"][0] == 4 and rep["layers"]
+    res = B.bench([run], ["trt"], [1, 4, 8], **FAST)
+    assert {r["batch"] for r in res["records"]} == {1, 4}
+    assert any("optimization profile" in s["reason"] for s in res["skipped"] if s["batch"] == 8)
+    assert res["records"][0]["accuracy"] is not None  # predict ran the data set in chunks of at most 4
+    g = B.bench([run], ["trt"], [2], cuda_graph=True, accuracy=False, **FAST)
+    assert g["records"][0]["runtime_info"]["cuda_graph"] and g["records"][0]["iterations"] >= 3
+    art = B.resolve_artifact(run)
+    x = np.random.default_rng(0).random((8, 3, IMAGE, IMAGE), dtype=np.float32)
+    a = B.get_runtime("ort-cpu").load(art, threads=1).predict(x)
+    b = B.get_runtime("trt").load(art).predict(x)
+    assert b.shape == a.shape and np.isfinite(b).all()
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.75  # INT8/FP16 kernels against ORT's float Q/DQ
 
 
 # ---------------------------------------------------------------- CLI: JSON, plots, compare, errors
@@ -397,15 +418,15 @@ def test_cli_json_plots_compare(world, tmp_path, monkeypatch):
 
 # Every key of `bench --json` as it was before the tables were made to fit 80 columns: the JSON must not change.
 JSON_KEYS = {"created", "environment", "records", "schema", "settings", "skipped"}
-SETTINGS_KEYS = {"accuracy", "batches", "copies", "duration_s", "input", "latency", "min_iters", "threads",
-                 "warmup_ms"}
+SETTINGS_KEYS = {"accuracy", "batches", "copies", "cuda_graph", "duration_s", "input", "latency", "min_iters",
+                 "threads", "warmup_ms"}
 RECORD_KEYS = {"accuracy", "accuracy_skipped", "artifact", "artifact_kind", "artifact_path", "batch", "copies",
                "input_shape", "iterations", "latency_ms", "run_dir", "runtime", "runtime_info", "size", "threads",
                "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations"}
 LATENCY_KEYS = {"max", "mean", "min", "p50", "p90", "p95", "p99", "std"}
 ACCURACY_KEYS = {"dataset", "per_domain", "seconds", "test_acc", "test_env", "val_acc"}
-ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson_power_mode", "platform", "threads_requested", "torch_threads",
-            "versions"}
+ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson", "jetson_power_mode", "platform", "threads_requested",
+            "torch_threads", "versions"}
 
 
 def assert_whole(text: str, values, width: int = 80):

@@ -108,10 +108,11 @@ def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple
 def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
           warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10, threads: int | None = None,
           accuracy: bool = True, copies: bool = True, console: Console | None = None,
-          progress: Progress | None = None, seed: int = 0) -> dict:
+          progress: Progress | None = None, seed: int = 0, cuda_graph: bool = False) -> dict:
     """Time, size and score each artifact on each runtime; returns the JSON-ready result.
 
     Records: one per (artifact, runtime, batch). `skipped`: every pair / batch not measured, with why.
+    `cuda_graph`: runtimes that can (trt) replay a captured CUDA graph per batch shape.
     """
     import torch
 
@@ -132,7 +133,8 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                 name = f"{Path(art.label).name} · {rt.name}"
                 progress.update(task, description=name, info="loading")
                 try:
-                    session = rt.load(art, threads=threads, copies=copies)
+                    graph = {"cuda_graph": cuda_graph} if getattr(rt, "cuda_graph", False) else {}
+                    session = rt.load(art, threads=threads, copies=copies, **graph)
                 except Exception as e:  # one artifact that cannot load must not end the whole bench
                     why = str(e) if isinstance(e, QdgError) else f"load failed: {type(e).__name__}: {e}"
                     skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
@@ -150,7 +152,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "environment": env,
             "settings": {"batches": batches, "warmup_ms": warmup_ms, "duration_s": duration_s,
-                         "min_iters": min_iters, "threads": threads, "accuracy": accuracy,
+                         "min_iters": min_iters, "threads": threads, "accuracy": accuracy, "cuda_graph": cuda_graph,
                          "copies": "included" if copies else "excluded", "input": "uniform [0, 1) float32, NCHW",
                          "latency": "per iteration, between consecutive perf_counter_ns readings (trtexec-style "
                                     "warm-up then timed duration)"},
@@ -178,6 +180,11 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
             elif session.fixed_batch and b != session.fixed_batch:
                 skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
                                 "reason": f"the artifact has a fixed batch of {session.fixed_batch}"})
+            elif session.batch_limits and not session.batch_limits[0] <= b <= session.batch_limits[1]:
+                lo, hi = session.batch_limits
+                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
+                                "reason": f"outside the TensorRT optimization profile's batch range {lo}..{hi} "
+                                          f"(rebuild with export --batch-range)"})
             else:
                 x = rng.random((b, *shape), dtype=np.float32)
                 stats = measure(session.run, x, b, warmup_ms=warmup_ms, duration_s=duration_s,

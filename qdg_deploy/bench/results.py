@@ -28,6 +28,15 @@ def runtimes_table(rows: list[dict]) -> Table:
     return t
 
 
+def jetson_note(j: dict | None) -> str:
+    """'; Jetson AGX Orin, nvpmodel MAXN (0), jetson_clocks on' (what was readable), or ''."""
+    if not j:
+        return ""
+    clocks = {True: "jetson_clocks on", False: "jetson_clocks off", None: None}[j.get("jetson_clocks")]
+    parts = [j.get("board"), f"nvpmodel {j['nvpmodel_mode']}" if j.get("nvpmodel_mode") else None, clocks]
+    return "; " + ", ".join(p for p in parts if p) if any(parts) else ""
+
+
 def results_table(result: dict, title: str | None = None) -> Group:
     """Two tables (each stacked further where the terminal is narrow, tables.FitTable): latency and throughput, a
     row per (artifact, runtime, batch); size and accuracy, a row per (artifact, runtime)."""
@@ -36,7 +45,7 @@ def results_table(result: dict, title: str | None = None) -> Group:
     one_copies = len(copies) == 1
     lat = FitTable(title or f"Latency per batch — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
                    + f", {result['settings']['threads'] or env['torch_threads']} threads"
-                   + (f"; host↔device copies: {copies[0]}" if one_copies else ""),
+                   + (f"; host↔device copies: {copies[0]}" if one_copies else "") + jetson_note(env.get("jetson")),
                    [("artifact", "left"), ("runtime", "left"), ("batch", "right"), ("mean ms", "right"),
                     ("p50", "right"), ("p99", "right"), ("img/s", "right")] + ([] if one_copies else [("copies", "left")]),
                    keys=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import QdgError
 from ..ort_session import ort_session
 from .artifacts import Artifact, onnx_input_dims, onnx_size
-from .session import COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, Runtime, Session, cuda_device_name
+from .session import COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, Runtime, Session, cuda_device_name, in_batches
 
 
 def _ort():
@@ -27,6 +27,32 @@ def onnx_file_size(path: Path, artifact: Artifact) -> dict:
             if isinstance(rep.get(k), (int, float)):
                 size[k] = int(rep[k])
     return size
+
+
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
+
+
+def installed_ort_packages() -> list[str]:
+    """The ONNX Runtime distributions pip installed here (each provides the one `onnxruntime` module)."""
+    from importlib import metadata
+    found = []
+    for name in ORT_PACKAGES:
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def ort_conflict(packages: list[str]) -> str | None:
+    """Why the GPU providers may be missing when several ORT distributions share the `onnxruntime` folder (the
+    last one installed wins, uninstalling one breaks the other), and the fix; None with one distribution."""
+    if len(packages) < 2:
+        return None
+    return (f"{' and '.join(packages)} are all installed and overwrite each other's onnxruntime module: "
+            f"pip uninstall -y {' '.join(packages)} && pip install onnxruntime-gpu")
 
 
 class OrtSession(Session):
@@ -75,7 +101,7 @@ class OrtSession(Session):
         return None
 
     def predict(self, x):
-        return self.sess.run([self.out_name], {self.in_name: x})[0]
+        return in_batches(lambda b: self.sess.run([self.out_name], {self.in_name: b})[0], x, self.batch_limits)
 
     def size(self):
         return onnx_file_size(self.file, self._artifact)
@@ -94,7 +120,7 @@ class _OrtRuntime(Runtime):
         if self.provider not in provs:
             pkg = "onnxruntime-gpu" if self.device != "cpu" else "onnxruntime"
             return False, (f"onnxruntime {ort.__version__} has no {self.provider} (has {', '.join(provs)}); "
-                           f"install {pkg}")
+                           + (ort_conflict(installed_ort_packages()) or f"install {pkg}"))
         if self.device != "cpu":
             gpu = cuda_device_name()
             if gpu is None:
@@ -140,19 +166,63 @@ def _has_qdq(path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
+def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int, int], cache: Path, *,
+                    int8: bool, fp16: bool, opt_level: int | None = None) -> dict:
+    """TensorRT EP options: engine and timing caches in `cache`, an explicit optimization profile over the batch
+    range (so the EP builds one engine for every benched batch, like `export --format tensorrt`), and the
+    precision flags TensorRT 10 needs (INT8 for Q/DQ graphs: explicit quantization runs in INT8 only with it)."""
+    shapes = ["x".join(str(d) for d in (b, *chw)) for b in batch_range]
+    opts = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+            "trt_int8_enable": int8, "trt_fp16_enable": fp16,
+            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}", "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
+            "trt_profile_max_shapes": f"{input_name}:{shapes[2]}"}
+    if opt_level is not None:
+        opts["trt_builder_optimization_level"] = opt_level
+    return opts
+
+
+def engine_settings(path: Path) -> dict:
+    """The batch range, FP16 choice and optimization level of the engine `export --format tensorrt` built from
+    this ONNX (its model.engine.json beside it), so ort-trt builds the same; defaults where there is none."""
+    from ..export.trt_plan import DEFAULT_BATCH_RANGE, parse_batch_range
+    from ..io import read_json
+
+    found = {"batch_range": parse_batch_range(DEFAULT_BATCH_RANGE), "fp16": False, "opt_level": None}
+    for rep_path in path.parent.glob("*.engine.json"):
+        try:
+            rep = read_json(rep_path)
+            if Path(rep["onnx"]).resolve() == path.resolve():
+                prof = rep["profiles"][0]
+                return {"batch_range": (prof["min"][0], prof["opt"][0], prof["max"][0]),
+                        "fp16": bool(rep["precision"]["fp16_flag"]), "opt_level": rep["builder_optimization_level"]}
+        except (ValueError, KeyError, IndexError, TypeError, OSError):
+            continue
+    return found
+
+
 class OrtTRT(_OrtRuntime):
     name, provider, device = "ort-trt", "TensorrtExecutionProvider", "cuda"
-    description = "ONNX Runtime, TensorRT execution provider with engine cache (IO binding)"
+    description = "ONNX Runtime, TensorRT execution provider with engine cache and profile (IO binding)"
 
     def providers(self, path):
+        import onnx
         cache = path.parent / "trt_cache"
         cache.mkdir(parents=True, exist_ok=True)
-        opts = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                "trt_fp16_enable": False,
-                # TensorRT 10 honours Q/DQ nodes only with the INT8 flag set (explicit quantization).
-                "trt_int8_enable": _has_qdq(path)}
+        g = onnx.load(str(path), load_external_data=False).graph
+        chw = [d if isinstance(d, int) else -1 for d in onnx_input_dims(path)[1:]]
+        es = engine_settings(path)
+        opts = ort_trt_options(g.input[0].name, chw, es["batch_range"], cache, int8=_has_qdq(path), fp16=es["fp16"],
+                               opt_level=es["opt_level"])
         return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", {"device_id": 0}),
                 "CPUExecutionProvider"]
+
+    def load(self, artifact, *, threads=None, copies=True):
+        session = super().load(artifact, threads=threads, copies=copies)
+        if session.fixed_batch is None:
+            lo, _, hi = engine_settings(artifact.onnx_path)["batch_range"]
+            session.batch_limits = (lo, hi)
+        return session
 
 
 # ---------------------------------------------------------------- native TensorRT

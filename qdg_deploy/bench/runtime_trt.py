@@ -8,14 +8,16 @@ import numpy as np
 
 from ..errors import QdgError
 from .artifacts import Artifact
-from .session import COPIES_EXCLUDED, COPIES_INCLUDED, Runtime, Session
+from .session import COPIES_EXCLUDED, COPIES_INCLUDED, Runtime, Session, in_batches
 
 
 class TrtSession(Session):
-    """A deserialized engine; buffers are torch CUDA tensors, execution is `execute_async_v3` on a torch
-    stream. With copies, the timed call copies pinned host input → device and output → pinned host."""
+    """A deserialized engine; buffers are torch CUDA tensors (torch's caching allocator), execution is
+    `execute_async_v3` on a torch stream. Any batch within the engine's optimization profile runs (one set of
+    buffers per shape). With copies, the timed call copies pinned host input → device and output → pinned host
+    (trtexec's H2D/D2H); with `cuda_graph`, each shape's enqueue is captured once and replayed."""
 
-    def __init__(self, path: Path, artifact: Artifact, copies: bool):
+    def __init__(self, path: Path, artifact: Artifact, copies: bool, cuda_graph: bool = False):
         import tensorrt as trt
         import torch
 
@@ -34,15 +36,21 @@ class TrtSession(Session):
         if len(ins) != 1 or len(outs) != 1:
             raise QdgError(f"{path}: expected one input and one output tensor, found {len(ins)} and {len(outs)}")
         self.in_name, self.out_name = ins[0], outs[0]
-        b = self.engine.get_tensor_shape(self.in_name)[0]
-        self.fixed_batch = int(b) if b > 0 else None
-        chw = [int(d) for d in self.engine.get_tensor_shape(self.in_name)[1:]]
+        dims = [int(d) for d in self.engine.get_tensor_shape(self.in_name)]  # -1: dynamic (Dims → list, no slicing)
+        self.fixed_batch = dims[0] if dims[0] > 0 else None
+        lo, _opt, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.in_name, 0))
+        if self.fixed_batch is None:
+            self.batch_limits = (int(lo[0]), int(hi[0]))
+        chw = dims[1:]
         if any(d <= 0 for d in chw):  # dynamic C/H/W: the largest shape of profile 0
-            chw = [int(d) for d in self.engine.get_tensor_profile_shape(self.in_name, 0)[2][1:]]
+            chw = [int(d) for d in hi[1:]]
         self.input_shape = chw
         self.stream = torch.cuda.Stream()
+        self.cuda_graph = cuda_graph
         self._buffers: dict[tuple, tuple] = {}
-        self.info = {"device": torch.cuda.get_device_name(0), "tensorrt": trt.__version__}
+        self._graphs: dict[tuple, object] = {}
+        self.info = {"device": torch.cuda.get_device_name(0), "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
+                     "profile_batch": list(self.batch_limits) if self.batch_limits else None}
         self.run = self._run_copies if copies else self._run_on_device
 
     def _dtype(self, name):
@@ -54,7 +62,7 @@ class TrtSession(Session):
         if shape not in self._buffers:
             torch = self._torch
             self.context.set_input_shape(self.in_name, shape)
-            out_shape = tuple(self.context.get_tensor_shape(self.out_name))
+            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.out_name))
             d_in = torch.empty(shape, dtype=self._dtype(self.in_name), device="cuda")
             d_out = torch.empty(out_shape, dtype=self._dtype(self.out_name), device="cuda")
             h_in = torch.empty(shape, dtype=d_in.dtype, pin_memory=True)
@@ -66,13 +74,30 @@ class TrtSession(Session):
         self.context.set_tensor_address(self.out_name, d_out.data_ptr())
         return d_in, d_out, h_in, h_out
 
+    def _enqueue(self, shape: tuple) -> None:
+        """The engine's work for `shape` on self.stream: a replayed CUDA graph, or execute_async_v3."""
+        if not self.cuda_graph:
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise QdgError("TensorRT execute_async_v3 failed")
+            return
+        torch = self._torch
+        if shape not in self._graphs:
+            # TensorRT asks for one enqueue after a shape change before capture (it updates its state then)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise QdgError("TensorRT execute_async_v3 failed")
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self.context.execute_async_v3(self.stream.cuda_stream)
+            self._graphs[shape] = graph
+        self._graphs[shape].replay()
+
     def _run_copies(self, x: np.ndarray):
         d_in, d_out, h_in, h_out = self._prepare(x.shape)
         h_in.numpy()[...] = x
         with self._torch.cuda.stream(self.stream):
             d_in.copy_(h_in, non_blocking=True)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise QdgError("TensorRT execute_async_v3 failed")
+            self._enqueue(x.shape)
             h_out.copy_(d_out, non_blocking=True)
         self.stream.synchronize()
         return h_out.numpy().astype(np.float32, copy=True)
@@ -82,13 +107,13 @@ class TrtSession(Session):
         if getattr(self, "_staged", None) is not x:  # stage each new input once, outside the timing loop
             d_in.copy_(self._torch.from_numpy(np.ascontiguousarray(x)).to(d_in.dtype))
             self._staged = x
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise QdgError("TensorRT execute_async_v3 failed")
+        with self._torch.cuda.stream(self.stream):
+            self._enqueue(x.shape)
         self.stream.synchronize()
         return None
 
     def predict(self, x):
-        return self._run_copies(x)
+        return in_batches(self._run_copies, x, self.batch_limits)
 
     def size(self):
         size = {"file": str(self.file), "file_bytes": self.file.stat().st_size, "packed_bytes": None, "params": None}
@@ -101,7 +126,8 @@ class TrtSession(Session):
 
 class TrtRuntime(Runtime):
     name = "trt"
-    description = "native TensorRT engine (execute_async_v3, torch CUDA buffers)"
+    description = "native TensorRT engine (execute_async_v3, torch CUDA buffers, optional CUDA graph)"
+    cuda_graph = True
 
     def available(self):
         try:
@@ -128,5 +154,5 @@ class TrtRuntime(Runtime):
             return False, f"trt takes an .engine file, not an .{artifact.kind} file"
         return True, ""
 
-    def load(self, artifact, *, threads=None, copies=True):
-        return TrtSession(artifact.engine_path, artifact, copies)
+    def load(self, artifact, *, threads=None, copies=True, cuda_graph=False):
+        return TrtSession(artifact.engine_path, artifact, copies, cuda_graph)

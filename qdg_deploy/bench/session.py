@@ -20,6 +20,7 @@ class Session:
     copies: str = COPIES_NONE
     file: Path | None = None
     fixed_batch: int | None = None   # the only batch size the artifact accepts, if it has one
+    batch_limits: tuple[int, int] | None = None  # (min, max) batch it accepts: a TensorRT optimization profile
     threads: int | None = None
     info: dict = {}
 
@@ -37,6 +38,22 @@ class Session:
         pass
 
 
+def in_batches(fn, x: np.ndarray, limits: tuple[int, int] | None) -> np.ndarray:
+    """`fn` over `x` in chunks within (min, max) batch (a TensorRT profile): the last chunk padded up to min with
+    zeros, the padding's rows dropped from the result."""
+    if limits is None or limits[0] <= len(x) <= limits[1]:
+        return np.asarray(fn(x))
+    lo, hi = limits
+    outs = []
+    for i in range(0, len(x), hi):
+        part = x[i:i + hi]
+        n = len(part)
+        if n < lo:
+            part = np.concatenate([part, np.zeros((lo - n, *part.shape[1:]), part.dtype)])
+        outs.append(np.asarray(fn(part))[:n])
+    return np.concatenate(outs)
+
+
 class Runtime:
     name: str = ""
     description: str = ""
@@ -50,6 +67,7 @@ class Runtime:
         raise NotImplementedError
 
     def load(self, artifact: Artifact, *, threads: int | None = None, copies: bool = True) -> Session:
+        """A session; a runtime with `cuda_graph = True` also takes `cuda_graph=` (replay a captured CUDA graph)."""
         raise NotImplementedError
 
     def versions(self) -> dict:

@@ -131,12 +131,17 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
                residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
                graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
-               console=None) -> dict:
+               console=None, onnx_in: str | Path | None = None, trt=None) -> dict:
     """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report.
 
     The file is written beside PATH under a temporary name and verified there; below `min_agreement` (top-1
     agreement with the torch model) the export is refused (QdgError naming the cause) and PATH and its report are
-    left as they were, unless `force`. verify=False measures nothing and so checks nothing ("verified": false)."""
+    left as they were, unless `force`. verify=False measures nothing and so checks nothing ("verified": false).
+
+    fmt "tensorrt": the ONNX export for --target tensorrt (RUN_DIR/model.onnx and its report), then the engine
+    (`out`, default RUN_DIR/model.engine) and its model.engine.json, built with `trt` (TrtOptions); with
+    `onnx_in` the engine is built from that ONNX and nothing is exported. Every file reaches its name only when
+    all of them are ready."""
     from ..runs import load_run
 
     if fmt not in FORMATS:
@@ -146,27 +151,30 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     if max_samples is not None and max_samples < 1:
         raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     if fmt == "tensorrt":
-        from .tensorrt import require_tensorrt
+        from .tensorrt import TrtOptions, build_engine, require_tensorrt
+        trt = trt or TrtOptions()
+        trt.check()
         require_tensorrt()
         target = "tensorrt"
+        if onnx_in is not None:
+            return build_given_onnx(run_dir, Path(onnx_in), out, trt)
+    elif onnx_in is not None or trt is not None:
+        raise QdgError("--onnx and the TensorRT build options go with --format tensorrt")
     run = load_run(run_dir)
     fp32 = fmt == "onnx-fp32"
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
     engine = (Path(out) if out else Path(run_dir) / "model.engine") if fmt == "tensorrt" else None
     for p in (path, engine):  # where the files go, checked before any work
-        if p is not None and p.is_dir():
-            raise QdgError(f"--out {p} is a directory: give a file path, e.g. {p / default_name}")
-        if p is not None and (blocked := writable_folder(p)) is not None:
-            raise QdgError(f"--out {p}: cannot write in {blocked} (read-only, not permitted or not a folder); "
-                           f"choose another --out")
+        if p is not None:
+            check_out_path(p, default_name)
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
     model = strip_quantizers(run.model) if fp32 else run.model
     shape = run.config["model"]["input_shape"]
     # both files reach their names only once the model is verified (and, for TensorRT, its engine built)
-    with atomic_path(report_name(engine or path)) as tmp_report, atomic_path(path) as tmp_model:
+    with atomic_path(report_name(path)) as tmp_report, atomic_path(path) as tmp_model:
         kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
                   int_bias=int_bias)
         ex = export_model(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
@@ -198,11 +206,38 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
             if below and not force:
                 raise QdgError(refusal(report, path))
         if engine is not None:
-            from .tensorrt import build_engine
-            report["engine"] = str(engine)
-            report["engine_bytes"] = build_engine(tmp_model, engine, shape, dynamic_batch=dynamic_batch)
+            report.update(engine_keys(engine, build_engine(tmp_model, engine, trt, onnx_label=str(path))))
         write_json(tmp_report, report)
     return report
+
+
+def build_given_onnx(run_dir, onnx_path: Path, out, trt) -> dict:
+    """`--format tensorrt --onnx PATH`: the engine from an ONNX already exported (checked, not re-verified)."""
+    from .tensorrt import build_engine
+
+    if not onnx_path.is_file():
+        raise QdgError(f"--onnx {onnx_path}: no such file")
+    engine = Path(out) if out else Path(run_dir) / "model.engine"
+    check_out_path(engine, "model.engine")
+    built = build_engine(onnx_path, engine, trt)
+    return {"path": str(onnx_path), "format": "tensorrt", **engine_keys(engine, built)}
+
+
+def engine_keys(engine: Path, built: dict) -> dict:
+    """What an export report says of the engine built beside it (the details are in model.engine.json)."""
+    from .tensorrt import engine_report_path
+    return {"engine": str(engine), "engine_bytes": built["engine_bytes"],
+            "engine_report": str(engine_report_path(engine)), "not_int8": len(built["not_int8"]),
+            "build_seconds": built["build_seconds"], "tensorrt": built["tensorrt"]}
+
+
+def check_out_path(p: Path, default_name: str) -> None:
+    """An output file path that can be written: not a directory, in a writable folder."""
+    if p.is_dir():
+        raise QdgError(f"--out {p} is a directory: give a file path, e.g. {p / default_name}")
+    if (blocked := writable_folder(p)) is not None:
+        raise QdgError(f"--out {p}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+                       f"choose another --out")
 
 
 def check_opset(opset: int) -> None:

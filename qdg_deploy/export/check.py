@@ -33,22 +33,28 @@ def _load(model) -> onnx.ModelProto:
         raise QdgError(f"cannot read {path} as ONNX: {str(e).splitlines()[0]}") from None
 
 
+def _plain_inputs(g: onnx.GraphProto):
+    """(node, roles) per Conv/Gemm/MatMul: which of its data and weight inputs are not read through DequantizeLinear."""
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.op_type in WEIGHTED:
+            yield n, [role for i, role in ((0, "data"), (1, "weight"))
+                      if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) != "DequantizeLinear"]
+
+
 def float_layers(model) -> list[str]:
     """A note per Conv/Gemm/MatMul that TensorRT will run in float: one of its data and weight inputs is not read
     through DequantizeLinear (AlignQ's first conv and classifier, `calibrate --keep-float` layers). Explicit
     quantization runs such a layer in high precision: legal, but not INT8, which is worth knowing."""
-    g = _load(model).graph
-    producer = {o: n for n in g.node for o in n.output}
-    notes = []
-    for n in g.node:
-        if n.op_type not in WEIGHTED:
-            continue
-        plain = [role for i, role in ((0, "data"), (1, "weight"))
-                 if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) != "DequantizeLinear"]
-        if plain:
-            notes.append(f"{n.op_type} {n.name or n.output[0]!r} runs in float (no DequantizeLinear on its "
-                         f"{' and '.join(plain)} input{'s' if len(plain) > 1 else ''})")
-    return notes
+    return [f"{n.op_type} {n.name or n.output[0]!r} runs in float (no DequantizeLinear on its "
+            f"{' and '.join(plain)} input{'s' if len(plain) > 1 else ''})"
+            for n, plain in _plain_inputs(_load(model).graph) if plain]
+
+
+def quantized_layers(model) -> list[tuple[str, str]]:
+    """(op type, node name) of each Conv/Gemm/MatMul with DequantizeLinear on both its data and weight inputs:
+    the layers TensorRT should run in INT8."""
+    return [(n.op_type, n.name or n.output[0]) for n, plain in _plain_inputs(_load(model).graph) if not plain]
 
 
 def check_tensorrt_rules(model) -> list[str]:

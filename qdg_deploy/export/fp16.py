@@ -1,0 +1,135 @@
+"""The float remainder of a QDQ graph in FP16, for TensorRT 11's strongly typed networks (pure onnx + numpy).
+
+TensorRT 11 takes each tensor's precision from the ONNX types (no FP16 builder flag), so `--fp16` rewrites the graph:
+every float32 op outside the Q/DQ chains becomes float16; the Q/DQ chains stay exactly as exported, because
+TensorRT fuses DequantizeLinear → Conv/Gemm → (pointwise ops) → QuantizeLinear into one INT8 kernel only when
+no Cast sits inside the chain, and the scales must keep their float32 values. Casts go on the boundaries between
+the two parts and, unless `keep_io=False`, on the graph's inputs and outputs so callers still feed and read FP32.
+
+A node is kept in float32 ("locked") when it is a Q/DQ node, reads a DequantizeLinear output, feeds a
+QuantizeLinear, or sits between locked nodes on both sides (the pointwise ops TensorRT fuses into the chain).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .check import QDQ
+
+FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+FLOAT_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}  # float32 whatever the data type (scales)
+
+
+def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
+    """Indices of the nodes that stay float32: the Q/DQ chains (with keep_io, the graph's float32 inputs and
+    outputs count as float32 neighbours, so a pass-through op next to them needs no Cast either)."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    ops = [n.op_type for n in graph.node]
+    locked = {i for i, n in enumerate(graph.node)
+              if ops[i] in QDQ
+              or any(ops[producer[t]] == "DequantizeLinear" for t in n.input if t in producer)
+              or any(ops[c] == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))}
+    boundary = {v.name for v in (*graph.input, *graph.output)} if keep_io else set()
+    changed = True
+    while changed:  # the pointwise ops between two locked nodes join the chain
+        changed = False
+        for i, n in enumerate(graph.node):
+            if i in locked:
+                continue
+            ins = [producer[t] in locked for t in n.input if t in producer] + [t in boundary for t in n.input]
+            outs = [c in locked for o in n.output for c in consumers.get(o, [])] + [True for o in n.output if o in boundary]
+            if any(ins) and outs and all(outs):
+                locked.add(i)
+                changed = True
+    return locked
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def _half_tensor(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), name)
+
+
+def convert_float_remainder(model: onnx.ModelProto, keep_io: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """(FP16 model, summary) — float32 tensors outside the Q/DQ chains in float16; Q/DQ nodes, their scales and
+    zero points, and the ops of each chain byte for byte as they were."""
+    types = _elem_types(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    locked = locked_nodes(g, keep_io)
+    n_before = len(g.node)
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    graph_inputs = {v.name for v in g.input}
+
+    def half_at_source(t: str) -> bool:
+        """Whether tensor `t` is float16 where it is made (after the rewrite)."""
+        if types.get(t) != FLOAT:
+            return False
+        if t in producer:
+            return producer[t] not in locked
+        return t in graph_inputs and not keep_io
+
+    new_nodes, half_inits, casts = [], {}, {}
+
+    def cast(t: str, to: int) -> str:
+        key = (t, to)
+        if key not in casts:
+            casts[key] = f"{t}__to_{'fp16' if to == HALF else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [t], [casts[key]], to=to, name=f"{casts[key]}_cast"))
+        return casts[key]
+
+    for i, n in enumerate(g.node):
+        half = i not in locked
+        for k, t in enumerate(n.input):
+            if not t or types.get(t) != FLOAT:
+                continue
+            want_half = half and (n.op_type, k) not in FLOAT_ONLY_INPUTS
+            if t in inits:  # a weight of a float op: a float16 copy (the float32 one may serve a locked node)
+                if want_half:
+                    half_inits.setdefault(t, _half_tensor(inits[t], f"{t}__fp16"))
+                    n.input[k] = half_inits[t].name
+            elif half_at_source(t) != want_half:
+                n.input[k] = cast(t, HALF if want_half else FLOAT)
+        if half:
+            for a in n.attribute:
+                if n.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
+                    a.i = HALF
+                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT:  # Constant, ConstantOfShape
+                    a.t.CopyFrom(_half_tensor(a.t, a.t.name))
+        new_nodes.append(n)
+    for o in g.output:  # float16 results leave as float32 (or, keep_io=False, as float16)
+        if half_at_source(o.name):
+            if keep_io:
+                inner = f"{o.name}__fp16"
+                for n in new_nodes:
+                    n.output[:] = [inner if x == o.name else x for x in n.output]
+                    n.input[:] = [inner if x == o.name else x for x in n.input]
+                new_nodes.append(helper.make_node("Cast", [inner], [o.name], to=FLOAT, name=f"{o.name}_cast"))
+            else:
+                o.type.tensor_type.elem_type = HALF
+    if not keep_io:
+        for v in g.input:
+            if v.type.tensor_type.elem_type == FLOAT:
+                v.type.tensor_type.elem_type = HALF
+    used = {t for n in new_nodes for t in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.node[:], g.initializer[:], g.value_info[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend([*kept, *half_inits.values()])
+    summary = {"fp16_nodes": n_before - len(locked), "fp32_nodes": len(locked),
+               "fp16_initializers": len(half_inits), "casts_added": len(new_nodes) - n_before, "io_fp32": keep_io}
+    return out, summary
