@@ -21,6 +21,9 @@ console = Console(stderr=True)
 out = Console()
 
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N."
+
+
 @app.command()
 def train(
     method: str = typer.Option("erm", help="Algorithm: erm, coral, mixstyle (each float, or quantized with --quant), "
@@ -91,11 +94,24 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics frozen."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help="Autocast of the float parts: bf16, fp16 (CUDA) or off (default: "
+                                      "bf16 on a CUDA device that supports it, off on the CPU); fake-quant stays "
+                                      "float32."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory layout (faster convs "
+                                       "on recent GPUs)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for folder data sets (default: "
+                                          "up to 4)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="torch's deterministic algorithms only."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.ckpt (written every "
+                                "--checkpoint-freq steps) where a killed run left one."),
     seed: int = typer.Option(0),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="Run directory to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
 ):
-    """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics."""
+    """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics.
+
+    Under `torchrun --nproc-per-node N` it trains data parallel (DistributedDataParallel); rank 0 writes."""
     from .train import resolve_hparams
     from .train import train as run_train
     from .tables import per_domain_table, runs_table, with_unaveraged
@@ -111,9 +127,12 @@ def train(
                          swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
-                         mixstyle_alpha=mixstyle_alpha, class_map=class_map)
+                         mixstyle_alpha=mixstyle_alpha, class_map=class_map, device=device, amp=amp,
+                         channels_last=channels_last, workers=workers, deterministic=deterministic, resume=resume)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
+    if None in runs.values():  # a torchrun rank other than 0: rank 0 reports
+        return
     if len(runs) == 1:
         (metrics,) = runs.values()
         out.print(per_domain_table(with_unaveraged({method: metrics})))
