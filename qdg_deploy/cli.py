@@ -448,17 +448,30 @@ def sweep(
     ensembles: Optional[str] = typer.Option(None, help="eoq and/or eoa: per (entry, held-out domain), an ensemble of "
                                             "its seeds (quantized entries: eoq, float ones: eoa) in OUT/<label>+ens/."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the train commands (finished runs marked)."),
+    launcher: str = typer.Option("local", help="local (processes here), torchrun (each run data parallel), submitit "
+                                 "(Slurm jobs through submitit), print (write the commands for another scheduler)."),
+    nproc_per_node: int = typer.Option(1, help="torchrun / submitit / print: processes (GPUs) per run."),
+    partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
+    gpus: Optional[int] = typer.Option(None, help="submitit: GPUs per job."),
+    time_min: int = typer.Option(240, "--time", help="submitit: time limit per job (minutes)."),
+    array_parallelism: Optional[int] = typer.Option(None, help="submitit: jobs of the array running at once."),
+    cluster: Optional[str] = typer.Option(None, help="submitit: slurm or local (default: Slurm where sbatch is, "
+                                          "else submitit's local executor)."),
 ):
-    """Train every (method entry, held-out domain, seed) as its own process, N at a time; resumable.
+    """Train every (method entry, held-out domain, seed) as its own process (or Slurm job), N at a time; resumable.
 
-    Finished runs (a valid metrics.json) are skipped; broken ones (killed, crashed) are removed and trained again.
+    Finished runs (a valid metrics.json) are skipped; killed ones continue from their last.ckpt; other broken ones
+    (crashed) are removed and trained again — with every --launcher.
 
     Each run logs to RUN_DIR/train.log. Then `qdg-deploy report OUT` prints the table."""
+    from .launchers import Launch
     from .sweep import run_sweep
 
+    launch = Launch(launcher, nproc_per_node, partition, gpus, time_min, array_parallelism, cluster)
     r = run_sweep(dataset, methods, test_envs, seeds, set_ or [], out_dir, parallel=jobs, ensembles=ensembles,
-                  dry_run=dry_run, console=console, echo=lambda s: out.print(s, highlight=False, soft_wrap=True))
-    if dry_run:
+                  dry_run=dry_run, console=console, echo=lambda s: out.print(s, highlight=False, soft_wrap=True),
+                  launch=launch)
+    if dry_run or launcher == "print":
         return
     out.print(f"{len(r['done'])} trained, {len(r['skipped'])} already finished, {len(r['failed'])} failed")
     for e in r.get("ensembles", []):
