@@ -176,6 +176,7 @@ def calibrate(
     keep_float_layers: Optional[str] = typer.Option(None, help="Keep these layers float: comma-separated module "
                                                     "names (see `qdg-deploy sensitivity`)."),
     seed: int = typer.Option(0, help="Which calibration images are drawn (and, for a weights file, the split)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     out_dir: Path = typer.Option(Path("runs/ptq"), "--out", help="Run directory to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
 ):
@@ -189,7 +190,8 @@ def calibrate(
     opts = PtqOptions(method=method, percentile=percentile, weight_method=weight_method, num_batches=num_batches,
                       scheme=scheme, bits=bits, act_bits=act_bits, keep_float=keep_float, keep_float_layers=layers)
     m = calibrate_run(source, out_dir, opts, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
-                      image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console)
+                      image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console,
+                      device=device)
     out.print(per_domain_table({f"ptq {scheme} ({method})": m}))
     f = m["float"]
     out.print(f"held-out acc {100 * m['test_acc']:.1f} (float {100 * f['test_acc']:.1f}); val {100 * m['val_acc']:.1f} "
@@ -228,12 +230,13 @@ def sensitivity(
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
     from .tables import per_domain_table
     from .evaluate_run import evaluate_run
 
-    result = evaluate_run(run_dir, json_path)
+    result = evaluate_run(run_dir, json_path, device=device)
     out.print(per_domain_table({result["method"]: result}))
     out.print(f"written {json_path or run_dir / 'eval.json'}")
 
@@ -268,13 +271,15 @@ def export(
                                         "[0, 1]. --no-verify measures nothing and skips this check."),
     force: bool = typer.Option(False, "--force", help="Write an export below --min-agreement anyway (the report "
                                "records below_min_agreement: true)."),
+    device: str = typer.Option("cpu", help="Where --verify runs the torch model: cpu (default: bit-for-bit with ONNX "
+                               "Runtime CPU), auto, cuda or cuda:N."),
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch."""
     from .export import export_run, report_name
 
     r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
-                   graph=graph, min_agreement=min_agreement, force=force, console=console)
+                   graph=graph, min_agreement=min_agreement, force=force, console=console, device=device)
     out.print(f"written {r.get('engine', r['path'])} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
               f"packed {r['packed_ratio']:.3f}×)")
     if "ensemble" in r:
@@ -333,6 +338,7 @@ def bench(
     duration_s: float = typer.Option(3.0, help="Timed duration per batch size (s)."),
     min_iters: int = typer.Option(10, help="Timed iterations at least, whatever the duration."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: theirs)."),
+    device: str = typer.Option("auto", help="Where the torch runtimes (torch-fp32, torch-fq) run: " + DEVICE_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records (one per artifact, runtime, batch)."),
     plot: Optional[Path] = typer.Option(None, help="PNG plots: DIR (DIR/latency.png, DIR/accuracy.png) or X.png "
                                         "(X-latency.png, X-accuracy.png)."),
@@ -344,6 +350,7 @@ def bench(
 ):
     """Latency (mean, p50/p90/p95/p99), throughput, size and per-domain accuracy on every runtime here."""
     from . import bench as B
+    from .device import resolve_device
     from .io import write_json
 
     if list_runtimes:
@@ -356,9 +363,11 @@ def bench(
     except ValueError:
         raise QdgError(f"--batch takes comma-separated integers, e.g. 1,8,32 (got {batch!r})") from None
     check_threads(threads)
+    resolve_device(device)  # a bad --device is refused before anything runs
     old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
-                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console)
+                     min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console,
+                     device=device)
     if not result["records"]:
         skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
         why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))

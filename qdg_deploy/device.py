@@ -72,12 +72,13 @@ def place_model(model: torch.nn.Module, device: torch.device, channels_last: boo
     return model
 
 
-def on_device_predict(model, device: torch.device, channels_last: bool = False):
-    """`predict(x)` for evaluation helpers that hand over CPU batches: x moves to the model's device, logits come
-    back to the CPU (where the labels are)."""
-    def predict(x):
-        return model(to_device(torch.as_tensor(x), device, channels_last)).cpu()
-    return predict
+def module_device(f) -> torch.device | None:
+    """The device of a module's parameters (where evaluation helpers move their CPU batches); None for a plain
+    callable, which takes care of its inputs itself."""
+    if isinstance(f, torch.nn.Module):
+        p = next(f.parameters(), None)
+        return p.device if p is not None else None
+    return None
 
 
 def pin(t: torch.Tensor, device: torch.device) -> torch.Tensor:
