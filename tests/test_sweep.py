@@ -165,3 +165,11 @@ def test_launcher_options_are_checked(tmp_path):
         r = run_cli("sweep", "--methods", "erm", "--out", tmp_path / "S", *extra)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and words in r.stderr, r.stderr
         assert not (tmp_path / "S").exists()
+
+
+def test_torchrun_launcher_commands(tmp_path):
+    r = run_cli("sweep", "--methods", "qtdog", "--test-envs", "75", "--seeds", "0", "--launcher", "torchrun",
+                "--nproc-per-node", "2", "--out", tmp_path / "S", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    (cmd,) = [ln for ln in r.stdout.splitlines() if "train" in ln]
+    assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m qdg_deploy.cli train" in cmd, cmd
