@@ -11,6 +11,7 @@ step (streams.IndexBatches skips the batches already drawn)."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -98,8 +99,10 @@ def save_checkpoint(path: Path, algo, fit, step: int, hp: dict) -> None:
              "scaler": algo.scaler.state_dict() if algo.scaler is not None else None,
              "best": {"val": fit.best_val, "step": fit.best_step, "state": fit.best_state},
              "history": json.dumps(fit.history), "averaging": averaging_state(fit.averaging), "rng": rng_state()}
+    buf = io.BytesIO()  # serialized in memory: torch.save reports a full disk as a RuntimeError, a write as OSError
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def read_checkpoint(path: Path, hp: dict) -> dict:
