@@ -132,7 +132,8 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                 name = f"{Path(art.label).name} · {rt.name}"
                 progress.update(task, description=name, info="loading")
                 try:
-                    session = rt.load(art, threads=threads, copies=copies, device=device)
+                    where = {"device": device} if getattr(rt, "takes_device", False) else {}  # torch runtimes
+                    session = rt.load(art, threads=threads, copies=copies, **where)
                 except Exception as e:  # one artifact that cannot load must not end the whole bench
                     why = str(e) if isinstance(e, QdgError) else f"load failed: {type(e).__name__}: {e}"
                     skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,

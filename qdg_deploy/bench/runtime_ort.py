@@ -116,7 +116,7 @@ class _OrtRuntime(Runtime):
     def providers(self, path: Path) -> list:
         return [self.provider]
 
-    def load(self, artifact, *, threads=None, copies=True, device=None):
+    def load(self, artifact, *, threads=None, copies=True):
         path = artifact.onnx_path
         return OrtSession(self.name, path, artifact, self.providers(path), threads, self.device, copies)
 

@@ -34,6 +34,7 @@ class TorchSession(Session):
 
 
 class _TorchRuntime(Runtime):
+    takes_device = True  # bench --device: where the model runs
     def available(self):
         try:
             import torch

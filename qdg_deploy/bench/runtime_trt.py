@@ -128,5 +128,5 @@ class TrtRuntime(Runtime):
             return False, f"trt takes an .engine file, not an .{artifact.kind} file"
         return True, ""
 
-    def load(self, artifact, *, threads=None, copies=True, device=None):
+    def load(self, artifact, *, threads=None, copies=True):
         return TrtSession(artifact.engine_path, artifact, copies)

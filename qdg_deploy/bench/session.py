@@ -49,8 +49,7 @@ class Runtime:
         """(True, "") when this runtime can run `artifact`, else (False, why not)."""
         raise NotImplementedError
 
-    def load(self, artifact: Artifact, *, threads: int | None = None, copies: bool = True,
-             device: str | None = None) -> Session:
+    def load(self, artifact: Artifact, *, threads: int | None = None, copies: bool = True) -> Session:
         raise NotImplementedError
 
     def versions(self) -> dict:
