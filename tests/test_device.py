@@ -20,6 +20,13 @@ def test_device_cuda_without_cuda_is_one_error(tmp_path):
     assert "CUDA is not available" in r.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("verb", ["eval", "calibrate", "export", "bench"])
+def test_every_torch_verb_refuses_a_bad_device_first(verb, tmp_path):
+    r = run_cli(verb, tmp_path / "no-run", "--device", "gpu:0")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: --device takes auto, cpu, cuda or cuda:N (got 'gpu:0')"], r.stderr
+
+
 def test_device_and_amp_values():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(QdgError, match="auto, cpu, cuda or cuda:N"):
