@@ -6,7 +6,11 @@ forward + backward + Adam on one batch; a DA step is the method's own `update()`
 discriminator, SGD, CRP's ADMM update) on 16 + 16 images. The median of `--iters` steps after `--warmup` is
 reported, variants interleaved.
 
-    python benchmarks/train_step.py [--iters 15] [--threads 2] [--only dg|da]
+    python benchmarks/train_step.py [--iters 15] [--threads 2] [--only dg|da] [--device auto|cpu|cuda[:N]]
+        [--amp bf16|fp16|off] [--channels-last] [--case resnet50:3:224:96 ...]
+
+On a GPU the step is timed to completion (torch.cuda.synchronize) and `--amp` autocasts the float parts as
+`train --amp` does (fake-quant stays float32); the images/s of each variant are reported beside the ms.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from qdg_deploy.device import autocast, place_model, resolve_amp, resolve_device
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model
 
@@ -28,6 +33,7 @@ CASES = [("mnist-cnn", 1, 28, 80), ("digits-resnet", 1, 28, 80), ("resnet18", 3,
 
 
 VARIANTS = (None, "paper", "trt", "ort")
+DEVICE, AMP, CHANNELS_LAST = torch.device("cpu"), "off", False  # set by main() from --device, --amp, --channels-last
 
 
 def make_step(arch, ch, px, batch, scheme):
@@ -38,11 +44,16 @@ def make_step(arch, ch, px, batch, scheme):
     y = torch.randint(0, 10, (batch,))
     if scheme:
         quantize_model(net, get_scheme(scheme))
+    place_model(net, DEVICE, CHANNELS_LAST)
+    x = x.to(DEVICE, memory_format=torch.channels_last if CHANNELS_LAST else torch.contiguous_format)
+    y = y.to(DEVICE)
+    if scheme:
         net(x)  # initialize activation steps from data, as training does at q_steps
     opt = torch.optim.Adam(net.parameters(), 1e-3)
 
     def step():
-        loss = F.cross_entropy(net(x), y)
+        with autocast(DEVICE, AMP):
+            loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -52,6 +63,11 @@ def make_step(arch, ch, px, batch, scheme):
 def measure(arch, ch, px, batch, iters, warmup):
     """Median ms per step for each variant (interleaved)."""
     return interleaved({v: make_step(arch, ch, px, batch, v) for v in VARIANTS}, iters, warmup)
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # DA: label -> (method, options); DANN + LSQ W4A4 is the reference of the ratios.
@@ -68,8 +84,10 @@ def make_da_step(arch, batch, method, opts):
     q = {"q_steps": 0} if method == "alignq" or opts.get("quant") else {}
     hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", arch=arch, **q, **opts)
     algo = get_algorithm(method)((1, 28, 28), 10, 1, hp)
+    algo.place(DEVICE, AMP, CHANNELS_LAST)
     algo.train()
-    xs, ys, xt = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,)), torch.rand(batch, 1, 28, 28)
+    xs, ys, xt = (t.to(DEVICE) for t in (torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,)),
+                                         torch.rand(batch, 1, 28, 28)))
     return lambda: algo.update([(xs, ys)], 1, unlabeled=xt)
 
 
@@ -78,8 +96,10 @@ def interleaved(steps: dict, iters: int, warmup: int) -> dict:
     times = {v: [] for v in steps}
     for i in range(warmup + iters):
         for v, step in steps.items():
+            sync()
             t = time.perf_counter()
             step()
+            sync()
             if i >= warmup:
                 times[v].append((time.perf_counter() - t) * 1000)
     return {v: statistics.median(ts) for v, ts in times.items()}
@@ -103,22 +123,34 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--only", choices=("dg", "da"), default=None, help="Only the DG schemes or the DA methods.")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--amp", default=None, help="bf16, fp16 or off (default: bf16 on CUDA, off on the CPU)")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--case", action="append", default=None, help="ARCH:CHANNELS:PX:BATCH (repeatable; default: "
+                    "the CPU cases)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE, AMP, CHANNELS_LAST
+    DEVICE = resolve_device(args.device)
+    AMP, CHANNELS_LAST = resolve_amp(args.amp, DEVICE), args.channels_last
+    cases = [(a, int(c), int(p), int(b)) for a, c, p, b in (s.split(":") for s in args.case)] if args.case else CASES
+    setup = {"threads": args.threads, "device": str(DEVICE), "amp": AMP, "channels_last": CHANNELS_LAST}
     if args.only == "da":
-        print(json.dumps({"threads": args.threads, "da": measure_da(args.iters, args.warmup)}, indent=2))
+        print(json.dumps({**setup, "da": measure_da(args.iters, args.warmup)}, indent=2))
         return
     results = []
-    for arch, ch, px, batch in CASES:
+    for arch, ch, px, batch in cases:
         ms = measure(arch, ch, px, batch, args.iters, args.warmup)
         base = ms[None]
-        row = {"arch": arch, "px": px, "batch": batch, "float_ms": round(base, 2)}
+        row = {"arch": arch, "px": px, "batch": batch, "float_ms": round(base, 2),
+               "float_img_s": round(batch * 1000 / base, 1)}
         for scheme in VARIANTS[1:]:
             row[f"{scheme}_ms"] = round(ms[scheme], 2)
+            row[f"{scheme}_img_s"] = round(batch * 1000 / ms[scheme], 1)
             row[f"{scheme}_ratio"] = round(ms[scheme] / base, 3)
         results.append(row)
     worst = max(r[f"{s}_ratio"] for r in results for s in ("paper", "trt", "ort"))
-    report = {"threads": args.threads, "target_ratio": 1.3, "worst_ratio": worst, "meets_target": worst <= 1.3,
+    report = {**setup, "target_ratio": 1.3, "worst_ratio": worst, "meets_target": worst <= 1.3,
               "results": results}
     if args.only is None:
         report["da"] = measure_da(args.iters, args.warmup)

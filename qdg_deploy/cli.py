@@ -21,6 +21,9 @@ console = Console(stderr=True)
 out = Console()
 
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N."
+
+
 @app.command()
 def train(
     method: str = typer.Option("erm", help="Algorithm: erm, coral, mixstyle (each float, or quantized with --quant), "
@@ -91,11 +94,24 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics frozen."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help="Autocast of the float parts: bf16, fp16 (CUDA) or off (default: "
+                                      "bf16 on a CUDA device that supports it, off on the CPU); fake-quant stays "
+                                      "float32."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory layout (faster convs "
+                                       "on recent GPUs)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for folder data sets (default: "
+                                          "up to 4)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="torch's deterministic algorithms only."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.ckpt (written every "
+                                "--checkpoint-freq steps) where a killed run left one."),
     seed: int = typer.Option(0),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="Run directory to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
 ):
-    """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics."""
+    """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics.
+
+    Under `torchrun --nproc-per-node N` it trains data parallel (DistributedDataParallel); rank 0 writes."""
     from .train import resolve_hparams
     from .train import train as run_train
     from .tables import per_domain_table, runs_table, with_unaveraged
@@ -111,9 +127,12 @@ def train(
                          swad_n_converge=swad_n_converge,
                          swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
                          swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
-                         mixstyle_alpha=mixstyle_alpha, class_map=class_map)
+                         mixstyle_alpha=mixstyle_alpha, class_map=class_map, device=device, amp=amp,
+                         channels_last=channels_last, workers=workers, deterministic=deterministic, resume=resume)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
+    if None in runs.values():  # a torchrun rank other than 0: rank 0 reports
+        return
     if len(runs) == 1:
         (metrics,) = runs.values()
         out.print(per_domain_table(with_unaveraged({method: metrics})))
@@ -157,6 +176,7 @@ def calibrate(
     keep_float_layers: Optional[str] = typer.Option(None, help="Keep these layers float: comma-separated module "
                                                     "names (see `qdg-deploy sensitivity`)."),
     seed: int = typer.Option(0, help="Which calibration images are drawn (and, for a weights file, the split)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     out_dir: Path = typer.Option(Path("runs/ptq"), "--out", help="Run directory to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
 ):
@@ -170,7 +190,8 @@ def calibrate(
     opts = PtqOptions(method=method, percentile=percentile, weight_method=weight_method, num_batches=num_batches,
                       scheme=scheme, bits=bits, act_bits=act_bits, keep_float=keep_float, keep_float_layers=layers)
     m = calibrate_run(source, out_dir, opts, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
-                      image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console)
+                      image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console,
+                      device=device)
     out.print(per_domain_table({f"ptq {scheme} ({method})": m}))
     f = m["float"]
     out.print(f"held-out acc {100 * m['test_acc']:.1f} (float {100 * f['test_acc']:.1f}); val {100 * m['val_acc']:.1f} "
@@ -209,12 +230,13 @@ def sensitivity(
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
     from .tables import per_domain_table
     from .evaluate_run import evaluate_run
 
-    result = evaluate_run(run_dir, json_path)
+    result = evaluate_run(run_dir, json_path, device=device)
     out.print(per_domain_table({result["method"]: result}))
     out.print(f"written {json_path or run_dir / 'eval.json'}")
 
@@ -266,6 +288,8 @@ def export(
                                                 "layers the DLA cannot run go to the GPU."),
     strict_int8: bool = typer.Option(False, "--strict-int8", help="--format tensorrt: refuse the engine "
                                                "(exit 2) if a quantized Conv/Gemm did not run in INT8."),
+    device: str = typer.Option("cpu", help="Where --verify runs the torch model: cpu (default: bit-for-bit with ONNX "
+                               "Runtime CPU), auto, cuda or cuda:N."),
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch; --format
     tensorrt also builds RUN_DIR/model.engine and model.engine.json (TensorRT 10.x or 11.x)."""
@@ -280,7 +304,8 @@ def export(
     trt = TrtOptions(**given) if fmt == "tensorrt" or given else None
     r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
-                   graph=graph, min_agreement=min_agreement, force=force, console=console, onnx_in=onnx_in, trt=trt)
+                   graph=graph, min_agreement=min_agreement, force=force, console=console, onnx_in=onnx_in, trt=trt,
+                   device=device)
     if "engine" in r:
         out.print(f"written {r['engine']} ({r['engine_bytes']:,} bytes, TensorRT {r['tensorrt']}, built in "
                   f"{r['build_seconds']:.1f} s); report {r['engine_report']}")
@@ -346,6 +371,7 @@ def bench(
     duration_s: float = typer.Option(3.0, help="Timed duration per batch size (s)."),
     min_iters: int = typer.Option(10, help="Timed iterations at least, whatever the duration."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: theirs)."),
+    device: str = typer.Option("auto", help="Where the torch runtimes (torch-fp32, torch-fq) run: " + DEVICE_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records (one per artifact, runtime, batch)."),
     plot: Optional[Path] = typer.Option(None, help="PNG plots: DIR (DIR/latency.png, DIR/accuracy.png) or X.png "
                                         "(X-latency.png, X-accuracy.png)."),
@@ -359,6 +385,7 @@ def bench(
 ):
     """Latency (mean, p50/p90/p95/p99), throughput, size and per-domain accuracy on every runtime here."""
     from . import bench as B
+    from .device import resolve_device
     from .io import write_json
 
     if list_runtimes:
@@ -371,10 +398,11 @@ def bench(
     except ValueError:
         raise QdgError(f"--batch takes comma-separated integers, e.g. 1,8,32 (got {batch!r})") from None
     check_threads(threads)
+    resolve_device(device)  # a bad --device is refused before anything runs
     old = B.load_result(compare_path) if compare_path else None  # its schema checked before anything runs
     result = B.bench(artifacts, runtime or None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
                      min_iters=min_iters, threads=threads, accuracy=accuracy, copies=copies, console=console,
-                     cuda_graph=cuda_graph)
+                     cuda_graph=cuda_graph, device=device)
     if not result["records"]:
         skipped = sorted(result["skipped"], key=lambda s: s["artifact"] is None)  # each artifact's reasons first
         why = "; ".join(dict.fromkeys(f"{s['artifact'] or 'all'} · {s['runtime']}: {s['reason']}" for s in skipped))
@@ -464,17 +492,30 @@ def sweep(
     ensembles: Optional[str] = typer.Option(None, help="eoq and/or eoa: per (entry, held-out domain), an ensemble of "
                                             "its seeds (quantized entries: eoq, float ones: eoa) in OUT/<label>+ens/."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the train commands (finished runs marked)."),
+    launcher: str = typer.Option("local", help="local (processes here), torchrun (each run data parallel), submitit "
+                                 "(Slurm jobs through submitit), print (write the commands for another scheduler)."),
+    nproc_per_node: int = typer.Option(1, help="torchrun / submitit / print: processes (GPUs) per run."),
+    partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
+    gpus: Optional[int] = typer.Option(None, help="submitit: GPUs per job."),
+    time_min: int = typer.Option(240, "--time", help="submitit: time limit per job (minutes)."),
+    array_parallelism: Optional[int] = typer.Option(None, help="submitit: jobs of the array running at once."),
+    cluster: Optional[str] = typer.Option(None, help="submitit: slurm or local (default: Slurm where sbatch is, "
+                                          "else submitit's local executor)."),
 ):
-    """Train every (method entry, held-out domain, seed) as its own process, N at a time; resumable.
+    """Train every (method entry, held-out domain, seed) as its own process (or Slurm job), N at a time; resumable.
 
-    Finished runs (a valid metrics.json) are skipped; broken ones (killed, crashed) are removed and trained again.
+    Finished runs (a valid metrics.json) are skipped; killed ones continue from their last.ckpt; other broken ones
+    (crashed) are removed and trained again — with every --launcher.
 
     Each run logs to RUN_DIR/train.log. Then `qdg-deploy report OUT` prints the table."""
+    from .launchers import Launch
     from .sweep import run_sweep
 
+    launch = Launch(launcher, nproc_per_node, partition, gpus, time_min, array_parallelism, cluster)
     r = run_sweep(dataset, methods, test_envs, seeds, set_ or [], out_dir, parallel=jobs, ensembles=ensembles,
-                  dry_run=dry_run, console=console, echo=lambda s: out.print(s, highlight=False, soft_wrap=True))
-    if dry_run:
+                  dry_run=dry_run, console=console, echo=lambda s: out.print(s, highlight=False, soft_wrap=True),
+                  launch=launch)
+    if dry_run or launcher == "print":
         return
     out.print(f"{len(r['done'])} trained, {len(r['skipped'])} already finished, {len(r['failed'])} failed")
     for e in r.get("ensembles", []):

@@ -10,6 +10,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .device import module_device
+
 
 def iter_batches(dataset: Dataset, batch_size: int = 256, workers: int = 0):
     """Yield (x, y) batches in order; in-memory TensorDatasets are sliced directly."""
@@ -23,10 +25,11 @@ def iter_batches(dataset: Dataset, batch_size: int = 256, workers: int = 0):
 
 @torch.no_grad()
 def predictions(predict, dataset: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) for the whole data set."""
+    """(logits, labels) for the whole data set, on the CPU; a module's batches go to its device."""
+    where = module_device(predict)
     outs, ys = [], []
     for x, y in iter_batches(dataset, batch_size):
-        outs.append(predict(x).float())
+        outs.append(predict(x if where is None else x.to(where, non_blocking=True)).float().cpu())
         ys.append(torch.as_tensor(y))
     return torch.cat(outs), torch.cat(ys)
 

@@ -8,8 +8,9 @@ file system. `--set key=value` applies to every entry (an entry's own value wins
 train flag `--key value` (underscores become dashes; true/false become `--key` / `--no-key`), so any flag
 `qdg-deploy train` has works here unchanged.
 
-Resuming: a run whose metrics.json is present and valid (with its config.json and weights) is skipped; any other
-existing run directory is a broken run (killed, crashed) and is removed before it is trained again.
+Resuming: a run whose metrics.json is present and valid (with its config.json and weights) is skipped; a killed run
+with a last.ckpt continues from it (`train --resume`); any other existing run directory is a broken run (crashed)
+and is removed before it is trained again. The same holds whatever the launcher (launchers.py).
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import QdgError
 from .io import read_json, write_json
+from .launchers import LOG, Launch, prepare, print_commands, submit
 from .train.validate import applies
 from .runs import CONFIG, METRICS, WEIGHTS
 
 RESERVED = {"method", "dataset", "test_env", "seed", "out", "overwrite"}
 ENSEMBLE_KINDS = ("eoq", "eoa")
-SWEEP_FILE, LOG = "sweep.json", "train.log"
+SWEEP_FILE = "sweep.json"
 
 
 @dataclass
@@ -130,9 +130,9 @@ def resolve_test_envs(dataset: str, spec: str, settings: dict) -> list[str]:
 
 
 def plan(dataset: str, entries: list[Entry], test_envs: list[str], seeds: list[int], settings: dict,
-         out: Path, jobs: int = 1) -> list[Job]:
+         out: Path, jobs: int = 1, launch: Launch = Launch()) -> list[Job]:
     """One job per (entry, test env, seed), with the command line that trains it."""
-    base = [sys.executable, "-m", "qdg_deploy.cli", "train", "--dataset", dataset]
+    base = [*launch.base(), "--dataset", dataset]
     todo = []
     for e in entries:
         quant = str(e.overrides.get("quant", settings.get("quant", ""))).lower() == "true"
@@ -229,13 +229,11 @@ def _interrupt(signum, frame):
 
 
 def _start(j: Job, env: dict):
-    if j.out.exists():  # a broken run: start it again from nothing
-        shutil.rmtree(j.out)
-    j.out.mkdir(parents=True)
-    log = open(j.out / LOG, "w")
-    log.write("$ " + shlex.join(j.cmd) + "\n")
+    cmd = prepare(j.cmd, j.out)  # a killed run continues from its checkpoint; other leftovers are removed
+    log = open(j.out / LOG, "a")
+    log.write("$ " + shlex.join(cmd) + "\n")
     log.flush()
-    return j, subprocess.Popen(j.cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
+    return j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
 def build_ensembles(out: Path, entries: list[Entry], test_envs: list[str], seeds: list[int],
@@ -273,10 +271,12 @@ def _ensemble_current(dest: Path, members: list[Path]) -> bool:
 
 def run_sweep(dataset: str, methods: str, test_envs: str, seeds: str, sets: list[str], out: Path, *,
               parallel: int = 1, ensembles: str | None = None, dry_run: bool = False, console=None,
-              echo=print) -> dict:
-    """The whole sweep; with dry_run only prints each command (and which runs it would skip)."""
+              echo=print, launch: Launch = Launch()) -> dict:
+    """The whole sweep; with dry_run only prints each command (and which runs it would skip). `launch` says how the
+    runs are started (launchers.py)."""
     if parallel < 1:
         raise QdgError("--jobs must be at least 1")
+    launch.check()
     kinds = [k.strip().lower() for k in (ensembles or "").split(",") if k.strip()]
     bad = [k for k in kinds if k not in ENSEMBLE_KINDS]
     if bad:
@@ -285,14 +285,19 @@ def run_sweep(dataset: str, methods: str, test_envs: str, seeds: str, sets: list
     settings = parse_pairs(sets, "--set")
     seed_list = parse_ints(seeds, "--seeds")
     envs = resolve_test_envs(dataset, test_envs, settings)
-    jobs = plan(dataset, entries, envs, seed_list, settings, Path(out), parallel)
+    jobs = plan(dataset, entries, envs, seed_list, settings, Path(out), parallel, launch)
     if dry_run:
         for j in jobs:
             tag = "# finished, skipped: " if run_state(j.out) == "done" else ""
             echo(tag + shlex.join(j.cmd))
         return {"jobs": len(jobs)}
+    if launch.launcher == "print":
+        return {"printed": print_commands(jobs, Path(out), echo)}
     _record(Path(out), dataset, entries, envs, seed_list, settings, kinds)
-    result = execute(jobs, parallel, console)
+    if launch.launcher == "submitit":
+        result = submit(jobs, launch, Path(out), child_env())
+    else:
+        result = execute(jobs, parallel, console)
     if kinds:
         result["ensembles"] = build_ensembles(Path(out), entries, envs, seed_list, kinds)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +133,43 @@ def test_report_mean_and_standard_error_on_known_numbers(tmp_path):
     assert r.returncode == 0 and "w/o SWAD" in r.stdout and (out / "results.md").is_file()
     r = run_cli("report", tmp_path / "nothing")
     assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+def test_submitit_local_executor_runs_a_two_run_sweep_resumable_across_launchers(tmp_path):
+    pytest.importorskip("submitit")
+    data = write_folder_dataset(tmp_path / "data")
+    out = tmp_path / "S"
+    seed0, seed1 = out / "erm" / "d2" / "seed0", out / "erm" / "d2" / "seed1"
+    r = run_cli(*_sweep_args(data, out, "--launcher", "submitit", "--cluster", "local", "--time", "10"), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 trained, 0 already finished, 0 failed" in r.stdout
+    assert run_state(seed0) == run_state(seed1) == "done"
+    assert list((out / ".submitit").glob("*/*_result.pkl"))  # each run went through a submitit job
+    # the same sweep printed for another scheduler: nothing left to do; then a broken run and a killed one
+    r = run_cli(*_sweep_args(data, out, "--launcher", "print"))
+    assert r.returncode == 0 and (out / "commands.sh").read_text() == "", r.stderr
+    (seed0 / "metrics.json").unlink()
+    shutil.rmtree(seed1)
+    seed1.mkdir()
+    (seed1 / "last.ckpt").write_bytes(b"")  # stands for a killed run's checkpoint
+    r = run_cli(*_sweep_args(data, out, "--launcher", "print"))
+    lines = (out / "commands.sh").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"rm -rf {seed0} && ") and "--seed 0" in lines[0], lines
+    assert "--seed 1" in lines[1] and lines[1].endswith("--resume") and "rm -rf" not in lines[1], lines
+
+
+def test_launcher_options_are_checked(tmp_path):
+    for extra, words in [(["--launcher", "slurm"], "--launcher takes one of"),
+                         (["--nproc-per-node", "2"], "needs --launcher torchrun"),
+                         (["--launcher", "submitit", "--cluster", "pbs"], "--cluster takes")]:
+        r = run_cli("sweep", "--methods", "erm", "--out", tmp_path / "S", *extra)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and words in r.stderr, r.stderr
+        assert not (tmp_path / "S").exists()
+
+
+def test_torchrun_launcher_commands(tmp_path):
+    r = run_cli("sweep", "--methods", "qtdog", "--test-envs", "75", "--seeds", "0", "--launcher", "torchrun",
+                "--nproc-per-node", "2", "--out", tmp_path / "S", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    (cmd,) = [ln for ln in r.stdout.splitlines() if "train" in ln]
+    assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m qdg_deploy.cli train" in cmd, cmd

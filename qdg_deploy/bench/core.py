@@ -108,7 +108,8 @@ def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple
 def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
           warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10, threads: int | None = None,
           accuracy: bool = True, copies: bool = True, console: Console | None = None,
-          progress: Progress | None = None, seed: int = 0, cuda_graph: bool = False) -> dict:
+          progress: Progress | None = None, seed: int = 0, cuda_graph: bool = False,
+          device: str | None = None) -> dict:
     """Time, size and score each artifact on each runtime; returns the JSON-ready result.
 
     Records: one per (artifact, runtime, batch). `skipped`: every pair / batch not measured, with why.
@@ -133,8 +134,10 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                 name = f"{Path(art.label).name} · {rt.name}"
                 progress.update(task, description=name, info="loading")
                 try:
-                    graph = {"cuda_graph": cuda_graph} if getattr(rt, "cuda_graph", False) else {}
-                    session = rt.load(art, threads=threads, copies=copies, **graph)
+                    kw = {"cuda_graph": cuda_graph} if getattr(rt, "cuda_graph", False) else {}
+                    if getattr(rt, "takes_device", False):  # torch runtimes
+                        kw["device"] = device
+                    session = rt.load(art, threads=threads, copies=copies, **kw)
                 except Exception as e:  # one artifact that cannot load must not end the whole bench
                     why = str(e) if isinstance(e, QdgError) else f"load failed: {type(e).__name__}: {e}"
                     skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,

@@ -11,25 +11,30 @@ from .session import Runtime, Session
 
 
 class TorchSession(Session):
-    def __init__(self, runtime: str, model, file: Path, size: dict, threads: int | None):
+    def __init__(self, runtime: str, model, file: Path, size: dict, threads: int | None, device=None):
         import torch
 
+        from ..device import resolve_device
+
         self.runtime, self.file, self._size, self.threads = runtime, file, size, threads
-        self.model = model.eval()
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._torch = torch
-        self.info = {"device": "cpu", "torch_threads": threads or torch.get_num_threads()}
+        self.info = {"device": str(self.device), "torch_threads": threads or torch.get_num_threads()}
 
     def run(self, x: np.ndarray):
+        # host -> device -> host for every call, as a deployed model is fed (the copy back also waits for the GPU)
         with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(x)).numpy()
+            return self.model(self._torch.from_numpy(x).to(self.device)).cpu().numpy()
 
     def size(self) -> dict:
         return dict(self._size)
 
 
 class _TorchRuntime(Runtime):
+    takes_device = True  # bench --device: where the model runs
     def available(self):
         try:
             import torch
@@ -46,7 +51,7 @@ class _TorchRuntime(Runtime):
             return False, f"{self.name} takes a run directory, not an .{artifact.kind} file"
         return True, ""
 
-    def _session(self, artifact, model, threads):
+    def _session(self, artifact, model, threads, device=None):
         import torch
 
         from ..quant import model_size
@@ -58,7 +63,7 @@ class _TorchRuntime(Runtime):
         sz = model_size(model)
         size = {"file": str(weights), "file_bytes": weights.stat().st_size, "packed_bytes": sz["packed_bytes"],
                 "params": sz["params"]}
-        return TorchSession(self.name, model, weights, size, threads)
+        return TorchSession(self.name, model, weights, size, threads, device)
 
 
 class TorchFP32(_TorchRuntime):
@@ -68,10 +73,10 @@ class TorchFP32(_TorchRuntime):
     def applies(self, artifact):
         return self._needs_run(artifact)
 
-    def load(self, artifact, *, threads=None, copies=True):
+    def load(self, artifact, *, threads=None, copies=True, device=None):
         from ..quant import strip_quantizers
         from ..runs import load_run
-        return self._session(artifact, strip_quantizers(load_run(artifact.run_dir).model), threads)
+        return self._session(artifact, strip_quantizers(load_run(artifact.run_dir).model), threads, device)
 
 
 class TorchFQ(_TorchRuntime):
@@ -84,9 +89,9 @@ class TorchFQ(_TorchRuntime):
             return False, "not applicable: the run is not quantized (its float network is torch-fp32)"
         return ok, why
 
-    def load(self, artifact, *, threads=None, copies=True):
+    def load(self, artifact, *, threads=None, copies=True, device=None):
         from ..runs import load_run
-        return self._session(artifact, load_run(artifact.run_dir).model, threads)
+        return self._session(artifact, load_run(artifact.run_dir).model, threads, device)
 
 
 # ---------------------------------------------------------------- ONNX Runtime

@@ -11,6 +11,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import QdgError
 from ..io import atomic_path, writable_folder, write_json
 from ..ort_session import ort_session
@@ -131,7 +132,8 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
                residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
                graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
-               console=None, onnx_in: str | Path | None = None, trt=None) -> dict:
+               console=None, onnx_in: str | Path | None = None, trt=None,
+               device: str = "cpu") -> dict:
     """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report.
 
     The file is written beside PATH under a temporary name and verified there; below `min_agreement` (top-1
@@ -148,6 +150,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_min_agreement(min_agreement)
     check_opset(opset)
+    torch_device = resolve_device(device)  # the torch side of --verify
     if max_samples is not None and max_samples < 1:
         raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     if fmt == "tensorrt":
@@ -194,10 +197,10 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         report["verified"] = verify
         if verify:
             sets = verify_sets(run, max_samples)
-            report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console))
+            report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console, device=torch_device))
             if not fp32:  # the other graph (--graph), verified and timed beside this one
                 alt = lower_model(model, shape, graph=other_graph(graph), **kw)
-                alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console)
+                alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console, device=torch_device)
                 threads = torch.get_num_threads()
                 lat = ort_latency_ms({graph: ex.low.proto, other_graph(graph): alt.proto}, shape, threads=threads)
                 report["graphs"] = graph_comparison(graph, report, alt_v, lat, threads)

@@ -32,14 +32,15 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def compare(model: nn.Module, session, batches, labels_known: bool = True, progress=None, task=None) -> dict:
-    """Run both over (x, y) batches; returns logits-level figures and per-sample arrays."""
+def compare(model: nn.Module, session, batches, labels_known: bool = True, progress=None, task=None,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """Run both over (x, y) batches (torch on `device`); returns logits-level figures and per-sample arrays."""
     model.eval()
     name = session.get_inputs()[0].name
     t_logits, o_logits, ys = [], [], []
     for x, y in batches:
         x = torch.as_tensor(x).float()
-        t_logits.append(model(x).numpy())
+        t_logits.append(model(x.to(device)).cpu().numpy())
         o_logits.append(session.run(None, {name: x.numpy()})[0])
         ys.append(np.asarray(y))
         if progress is not None:
@@ -157,8 +158,10 @@ def verify_sets(run, max_samples: int | None = None) -> dict:
 
 
 def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
-                 console=None) -> dict:
-    """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`."""
+                 console=None, device: torch.device = torch.device("cpu")) -> dict:
+    """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`, torch on
+    `device` (bit-for-bit agreement is a CPU property: GPU kernels sum in other orders)."""
+    model.to(device)
     sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
     raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
     per, all_t, all_o, all_r = {}, [], [], []
@@ -167,7 +170,7 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
         task = progress.add_task("verify (torch vs ORT)", total=total, info="")
         for name, data in sets.items():
             batches = list(iter_batches(data, batch_size))
-            r = compare(model, sess, batches, progress=progress, task=task)
+            r = compare(model, sess, batches, progress=progress, task=task, device=device)
             iname = raw.get_inputs()[0].name
             r_raw = {"onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
                                                     for x, _ in batches])}
@@ -203,8 +206,11 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
         k = int(np.searchsorted(ends, bad[0], side="right"))
         start = int(ends[k] - len(batches[k]))
         rows = [int(i - start) for i in bad if start <= i < ends[k]]
-        result["layer_divergence"] = layer_divergence(model, proto, probes, batches[k], level="all", samples=rows)
+        result["layer_divergence"] = layer_divergence(model.cpu(), proto, probes, batches[k], level="all",
+                                                      samples=rows)
     for v in per.values():
         v.pop("_inputs")
     result["splits"] = per
+    result["torch_device"] = str(device)
+    model.cpu()
     return result

@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from .. import __version__
 from ..data import load_class_map, run_splits
 from ..data.base import DGDataset, DomainSplit
+from ..device import resolve_device
 from ..errors import QdgError
 from ..evaluation import domain_metrics, iter_batches, make_progress
 from ..io import atomic_path, write_json
@@ -122,7 +123,8 @@ class PtqOptions:
 
 
 def quantize_calibrated(net: nn.Module, scheme, batches, opts: PtqOptions, progress=None):
-    model = quantize_model(copy.deepcopy(net), scheme)
+    """A quantized copy of `net`, calibrated on `batches`, on their device."""
+    model = quantize_model(copy.deepcopy(net), scheme).to(batches[0].device)
     info = calibrate_model(model, batches, opts.method, percentile=opts.percentile,
                            weight_method=opts.weight_method, progress=progress)
     return model.eval(), info
@@ -130,9 +132,11 @@ def quantize_calibrated(net: nn.Module, scheme, batches, opts: PtqOptions, progr
 
 def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOptions(), *, arch=None, dataset=None,
                   data_dir=None, test_env=None, image_size=None, class_map=None, seed: int = 0,
-                  overwrite: bool = False, console: Console | None = None) -> dict:
-    """Quantize and calibrate SOURCE's float network; write the run directory `out`; returns its metrics."""
+                  overwrite: bool = False, console: Console | None = None, device: str = "auto") -> dict:
+    """Quantize and calibrate SOURCE's float network on `device`; write the run directory `out`; returns its
+    metrics."""
     opts.check()
+    where = resolve_device(device)
     out = check_out_dir(out, overwrite)
     start = time.perf_counter()
     src = load_source(source, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
@@ -146,7 +150,8 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
     if opts.keep_float > len(eligible):
         raise QdgError(f"--keep-float {opts.keep_float}: the network has only {len(eligible)} quantized layers")
     splits = src.splits
-    batches = calibration_batches(splits, src.test, opts.num_batches, seed)
+    batches = [b.to(where) for b in calibration_batches(splits, src.test, opts.num_batches, seed)]
+    src.net.to(where)
     val_sets = [s.out_eval for i, s in enumerate(splits) if i != src.test]
     sensitivity = None
     with make_progress(console) as progress:

@@ -139,7 +139,7 @@ class DaqQuantizer(Quantizer):
         """2 * round(n * Phi) - n: odd codes in [-n, n] (n = 2^k - 1), zero point 0."""
         n = self.n
         z = (x - x.mean()) / x.std().clamp_min(1e-12) if self.is_weight else x
-        r = torch.round(normal_cdf(z) / torch.tensor(1.0 / n, dtype=torch.float32))
+        r = torch.round(normal_cdf(z) / torch.tensor(1.0 / n, dtype=torch.float32, device=x.device))
         return (2 * r - n).to(torch.int32)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import fp32_region
 from ..errors import QdgError
 
 
@@ -130,9 +131,13 @@ class Quantizer(nn.Module):
         if self.observe is not None:
             self.observe(x)
             return x
-        if not self.initialized:
-            self.init_from(x)
-        return self.fake_quant(x)
+        # Under autocast (--amp) the codes, the steps and their gradients stay float32: a bf16 x / s moves codes
+        # (8 significant bits cannot tell 100.5 from 101), and exported QDQ scales are float32.
+        with fp32_region(x):
+            x = x.float()
+            if not self.initialized:
+                self.init_from(x)
+            return self.fake_quant(x)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

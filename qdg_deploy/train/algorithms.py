@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import autocast, place_model, to_device
 from ..models import build_model
 from ..ptq.core import calibrate_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
+from .dist import SINGLE, Dist, wrap
 
 def scheme_from_hparams(hp: dict):
     return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"),
@@ -27,10 +31,16 @@ def quantizer_params(module: nn.Module) -> list[nn.Parameter]:
 
 
 class Algorithm(nn.Module):
-    """A network plus how it learns. `minibatches` is a list of (x, y), one per training domain."""
+    """A network plus how it learns. `minibatches` is a list of (x, y), one per training domain, on `device`."""
 
     name = "base"
     quantizes = False  # whether the selected model must be a quantized one
+    # Where it trains (`place`): the device, autocast (--amp), channels-last, the data-parallel group.
+    device = torch.device("cpu")
+    amp = "off"
+    channels_last = False
+    dist = SINGLE
+    scaler = None  # fp16: the gradient scaler
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()
@@ -65,11 +75,38 @@ class Algorithm(nn.Module):
             lr = self.hparams.get("q_lr") or self.hparams["lr"] / 100
             opt.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
 
+    def place(self, device: torch.device, amp: str = "off", channels_last: bool = False, dist: Dist = SINGLE):
+        """Move to `device` (parameters keep their identity, so the optimizer keeps them) and wrap the network in
+        DistributedDataParallel under torchrun."""
+        self.device, self.amp, self.channels_last, self.dist = device, amp, channels_last, dist
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        self.replaced()
+
+    def replaced(self) -> None:
+        """After `place` or a layer swap: every module on the device, and a DDP wrapper over the current parameters
+        (kept out of the module tree: the state dict stays the network's)."""
+        place_model(self, self.device, self.channels_last)
+        object.__setattr__(self, "ddp", wrap(self.network, self.dist, self.device))
+
+    def forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's training forward: through DDP (which all-reduces the gradients) when there is one."""
+        return (getattr(self, "ddp", None) or self.network)(x)
+
+    def autocast(self):
+        return autocast(self.device, self.amp)
+
     def update(self, minibatches, step: int, unlabeled=None) -> dict:
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return self.network(to_device(x, self.device, self.channels_last))
+
+    def extra_state(self) -> dict:
+        """State beyond the modules' state dict that a resumed run needs (tensors, numbers)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -88,10 +125,22 @@ class Algorithm(nn.Module):
         quantized iterates only."""
         return self.hparams.get("q_steps", 0) if self.quantizes and not self.hparams.get("init") else 0
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward() outside autocast; under fp16 the loss scaled (GradScaler)."""
+        with torch.autocast(self.device.type, enabled=False):
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips a step whose gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
     def step_optimizer(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward(loss)
+        self.optimizer_step()
 
 
 class ERM(Algorithm):
@@ -114,6 +163,7 @@ class ERM(Algorithm):
 
     def quantize(self):
         quantize_model(self.network, self.scheme)
+        self.replaced()
         self.calibrate_pending = self.hparams.get("q_init", "lsq") != "lsq"
         if self.hparams.get("freeze_after_swap"):
             for m in quant_layers(self.network).values():
@@ -129,19 +179,44 @@ class ERM(Algorithm):
     def loss(self, minibatches) -> tuple[torch.Tensor, dict]:
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
-        loss = F.cross_entropy(self.predict(x), y)
+        loss = F.cross_entropy(self.forward_train(x), y)
         return loss, {}
 
     def update(self, minibatches, step, unlabeled=None):
         self.maybe_quantize(step)
-        if self.calibrate_pending:  # --q-init: the fresh quantizers' ranges from this step's images
-            q_init = self.hparams["q_init"]
-            calibrate_model(self.network, [torch.cat([x for x, _ in minibatches])], q_init,
-                            weight_method="mse" if q_init == "mse" else "minmax")
-            self.calibrate_pending = False
-        loss, info = self.loss(minibatches)
+        if self.calibrate_pending or (self.dist.world > 1 and uninitialized(self.network)):
+            self.init_quantizers(self.dist.gather(torch.cat([x for x, _ in minibatches])))
+        with self.autocast():
+            loss, info = self.loss(minibatches)
         self.step_optimizer(loss)
         return {"loss": loss.item(), **info}
+
+    def init_quantizers(self, x: torch.Tensor) -> None:
+        """The fresh quantizers' ranges from this step's global batch `x`: --q-init's calibration, or (data parallel)
+        LSQ's init from a forward of the whole batch, so every rank starts from the steps one process would have;
+        rank 0's then broadcast, identical on every rank whatever the reduction order of their kernels."""
+        if self.calibrate_pending:
+            q_init = self.hparams["q_init"]
+            calibrate_model(self.network, [x], q_init, weight_method="mse" if q_init == "mse" else "minmax")
+            self.calibrate_pending = False
+        else:
+            with torch.no_grad(), keep_buffers(self.network):  # BatchNorm statistics: the training forward's only
+                self.network(x)
+        self.dist.broadcast(self.network)
+
+
+def uninitialized(net: nn.Module) -> bool:
+    return any(isinstance(m, Quantizer) and not m.initialized for m in net.modules())
+
+
+@contextmanager
+def keep_buffers(net: nn.Module):
+    """Undo, on exit, what a forward did to the buffers (BatchNorm statistics; quantizers keep their init flags)."""
+    saved = {n: b.clone() for n, b in net.named_buffers() if b.dtype != torch.bool}
+    yield
+    bufs = dict(net.named_buffers())
+    for n, b in saved.items():
+        bufs[n].copy_(b)
 
 
 class QTDoG(ERM):

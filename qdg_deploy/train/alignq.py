@@ -95,14 +95,23 @@ class AlignQ(DomainAdaptation):
 
     def step_optimizer(self, loss):
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         if self.grad_approx == "legacy":
             self.reshape_gradients()
-        self.optimizer.step()
+        self.optimizer_step()
         for term in self.crp.values():
             if term.relations:
                 term.state.update(term.relations[-1])
             term.relations.clear()
+
+    def extra_state(self) -> dict:
+        """The ADMM variables of each CRP term (not module state)."""
+        return {name: {"a": t.state.a, "gamma": t.state.gamma} for name, t in getattr(self, "crp", {}).items()}
+
+    def load_extra_state(self, state: dict) -> None:
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        for name, s in state.items():
+            self.crp[name].state.a, self.crp[name].state.gamma = move(s["a"]), move(s["gamma"])
 
     @torch.no_grad()
     def reshape_gradients(self):

@@ -95,7 +95,7 @@ def admm_update(d: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2, rho: floa
     """Closed form: V = D + Gamma / rho; A = max(0, 1 - (mu / rho) / ||V||_F) * V; Gamma += rho (D - A)."""
     v = d + gamma / rho
     norm = torch.linalg.norm(v)
-    shrink = torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype)
+    shrink = torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype, device=v.device)
     a = shrink * v
     return a, gamma + rho * (d - a)
 
@@ -110,7 +110,7 @@ class CrpState:
 
     def _ensure(self, b: int, like: torch.Tensor):
         if self.a is None or self.a.shape[0] < b:
-            a, g = torch.zeros(b, b, dtype=like.dtype), torch.zeros(b, b, dtype=like.dtype)
+            a, g = like.new_zeros(b, b), like.new_zeros(b, b)
             if self.a is not None:  # keep what was learned for the smaller batch
                 k = self.a.shape[0]
                 a[:k, :k], g[:k, :k] = self.a, self.gamma

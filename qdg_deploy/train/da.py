@@ -74,7 +74,7 @@ def lmmd(fs: torch.Tensor, ft: torch.Tensor, ys: torch.Tensor, pt: torch.Tensor,
     s = s / s.sum(0).clamp_min(1.0)
     t = pt.detach()
     t = t / t.sum(0).clamp_min(1e-12)
-    common = torch.zeros(num_classes)
+    common = torch.zeros(num_classes, device=fs.device)
     present = set(ys.tolist()) & set(pt.argmax(1).tolist())
     if not present:
         return fs.sum() * 0.0
@@ -95,8 +95,8 @@ class DannAligner(nn.Module):
         c = grl_coeff(progress)
         ds = self.disc(GradReverse.apply(fs, c))
         dt = self.disc(GradReverse.apply(ft, c))
-        loss_s = F.cross_entropy(ds, torch.zeros(len(fs), dtype=torch.long))
-        loss_t = F.cross_entropy(dt, torch.ones(len(ft), dtype=torch.long))
+        loss_s = F.cross_entropy(ds, torch.zeros(len(fs), dtype=torch.long, device=ds.device))
+        loss_t = F.cross_entropy(dt, torch.ones(len(ft), dtype=torch.long, device=dt.device))
         return loss_s + loss_t, {"dom_src": loss_s.item(), "dom_tgt": loss_t.item()}
 
 
@@ -139,6 +139,7 @@ class DomainAdaptation(Algorithm):
 
     def quantize(self) -> None:
         quantize_model(self.network, self.scheme)
+        self.replaced()
         self.featurize, self.head, _ = split_network(self.network)
         self.optimizer = self.make_optimizer()
 
@@ -155,15 +156,16 @@ class DomainAdaptation(Algorithm):
         xs = torch.cat([x for x, _ in minibatches])
         ys = torch.cat([y for _, y in minibatches])
         progress = step / max(self.hparams["steps"], 1)
-        fs = self.featurize(xs)
-        loss_cls = F.cross_entropy(self.head(fs), ys)
-        if unlabeled is None:  # single-domain / leave-one-domain-out training: no alignment term
-            loss_align, info = 0.0, {}
-        else:
-            ft = self.featurize(unlabeled)
-            loss_align, info = self.aligner(fs, ft, ys, self.head(ft), progress)
-        extra, extra_info = self.extra_loss()
-        loss = loss_cls + loss_align + extra
+        with self.autocast():
+            fs = self.featurize(xs)
+            loss_cls = F.cross_entropy(self.head(fs), ys)
+            if unlabeled is None:  # single-domain / leave-one-domain-out training: no alignment term
+                loss_align, info = 0.0, {}
+            else:
+                ft = self.featurize(unlabeled)
+                loss_align, info = self.aligner(fs, ft, ys, self.head(ft), progress)
+            extra, extra_info = self.extra_loss()
+            loss = loss_cls + loss_align + extra
         self.step_optimizer(loss)
         return {"loss": loss.item(), "cls": loss_cls.item(), **info, **extra_info}
 

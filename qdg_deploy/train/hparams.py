@@ -36,7 +36,11 @@ COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer=
               # methods below). Under SGD an unset --lr is the family's `sgd_lr` (the DANN digits value 0.01 on the
               # embedded set, the AlignQ Office-31 command's 1e-3 on image sets) and an unset --q-lr is --lr (LSQ
               # trains its step sizes at the weights' rate under SGD). lr_schedule "step": see algorithms.lr_scale.
-              optimizer="adam", momentum=0.9, lr_schedule="none")
+              optimizer="adam", momentum=0.9, lr_schedule="none",
+              # Where it runs (not what it computes; a resumed run may change them): the device (auto: CUDA when
+              # available), autocast (None: bf16 on a CUDA device that has it, else off), channels-last, DataLoader
+              # workers of folder data sets (None: up to 4), deterministic algorithms, resume from last.ckpt.
+              device="auto", amp=None, channels_last=False, workers=None, deterministic=False, resume=False)
 
 # Domain adaptation (DANN / DSAN / AlignQ): labelled --source, unlabelled --target. AlignQ's values are
 # the AlignQ README's (lam 1, lam2 4, act_range 2; ADMM mu 0.2, rho 0.3; DSAN --param 0.3).

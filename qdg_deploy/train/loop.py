@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -15,15 +16,19 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from .. import __version__
+from ..device import resolve_amp, resolve_device
 from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
+from .dist import check_distributed, close_dist, init_dist
+from .resume import LAST, read_checkpoint, restore, save_checkpoint
+from .streams import infinite_batches
 from .methods import get_algorithm
 from .hparams import METHOD_DEFAULTS, default_hparams
 from .swad import WeightAveraging, recompute_bn
@@ -49,6 +54,8 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["grad_approx"] = "chain" if hp["grad_approx"] else "off"
     check_ranges(hp)
     check_choices(hp, given)
+    resolve_amp(hp.get("amp"), resolve_device(hp.get("device")))  # --device cuda without CUDA: refused here
+    check_distributed(hp)
     if hp["optimizer"] == "sgd":  # SGD's own rates where none was given (hparams.py)
         hp["lr"] = given.get("lr", hp["sgd_lr"])
         hp["q_lr"] = given.get("q_lr", hp["lr"])
@@ -87,19 +94,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0):
-    """Endless random minibatches (with replacement across batches, like DomainBed's InfiniteDataLoader)."""
-    g = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors[:2]
-        while True:
-            idx = torch.randint(len(x), (batch_size,), generator=g)
-            yield x[idx], y[idx]
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=g)
-    yield from DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
-
-
-def prepare_out(out: Path, overwrite: bool) -> None:
+def prepare_out(out: Path, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an output directory the run may not write; with --resume, a killed run's (its last.ckpt) is fine."""
+    if resume and (out / LAST).is_file():
+        return
+    if (out / LAST).is_file() and not overwrite:
+        raise QdgError(f"{out} holds a killed run's {LAST}: continue it with --resume, or pass --overwrite to "
+                       f"start anew")
     check_out_dir(out, overwrite)
 
 
@@ -149,11 +150,14 @@ def validate(algo, train_splits) -> tuple[float, float]:
     return float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))
 
 
-def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress, label: str) -> Fit:
-    """The training loop: update, feed the weight averaging, evaluate and select every checkpoint_freq steps."""
-    result = Fit(WeightAveraging(hp, algo.averaging_start()))
-    task = progress.add_task(label, total=hp["steps"], info="")
-    for step in range(hp["steps"]):
+def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress, label: str, result: Fit,
+        start: int = 0, out: Path | None = None) -> Fit:
+    """The training loop from update `start` on: update, feed the weight averaging, evaluate and select every
+    checkpoint_freq steps (and write `out`/last.ckpt there). Under torchrun only rank 0 evaluates, averages and
+    writes; the other ranks update."""
+    main = algo.dist.main
+    task = progress.add_task(label, total=hp["steps"], completed=start, info="")
+    for step in range(start, hp["steps"]):
         algo.train()
         unlabeled = next(target_stream)[0] if target_stream is not None else None
         algo.schedule_lr(step)
@@ -161,8 +165,9 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
         if not math.isfinite(losses["loss"]):
             raise QdgError(f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "
                            f"lower --lr; nothing was written")
-        result.averaging.observe(algo.network, step + 1)
-        if (step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]:
+        if main:
+            result.averaging.observe(algo.network, step + 1)
+        if main and ((step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]):
             algo.eval()
             val, val_loss = validate(algo, setup.train_splits)
             result.averaging.checkpoint(val_loss)
@@ -170,9 +175,11 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
             if algo.is_selectable(step) and val > result.best_val:
                 result.best_val, result.best_step = val, step + 1
                 result.best_state = copy.deepcopy(algo.network.state_dict())
+            if out is not None and step + 1 < hp["steps"]:
+                save_checkpoint(out / LAST, algo, result, step + 1, hp)
         progress.update(task, advance=1, info=f"loss {losses['loss']:.3f}  val {result.best_val:.3f}")
     progress.remove_task(task)
-    if result.best_state is None:
+    if main and result.best_state is None:
         raise QdgError("no checkpoint was selectable: raise --steps above --q-steps")
     return result
 
@@ -205,31 +212,72 @@ def finish(algo, hp: dict, setup: Setup, result: Fit, streams) -> dict:
 
 
 def train_one(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False,
-              progress: Progress | None = None) -> dict:
-    """Train one leave-one-domain-out run into `out`; returns its metrics."""
+              progress: Progress | None = None) -> dict | None:
+    """Train one leave-one-domain-out run into `out`; returns its metrics (None on a torchrun rank other than 0).
+    With hp["resume"], continue from `out`/last.ckpt where a killed run left one."""
     out = Path(out)
-    prepare_out(out, overwrite)
+    device = resolve_device(hp.get("device"), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    amp = resolve_amp(hp.get("amp"), device)
+    dist = init_dist(device.type)
+    try:
+        return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
+    finally:
+        close_dist(dist)
+
+
+def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict | None:
+    if dist.main:
+        prepare_out(out, overwrite, hp.get("resume", False))
     seed_everything(hp["seed"])
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
+    if hp.get("deterministic"):
+        torch.use_deterministic_algorithms(True)
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds
     notes = getattr(ds, "notes", [])
-    for note in notes:  # e.g. a domain lacking classes: it trains; its accuracy is over the classes it has
+    for note in notes if dist.main else ():  # e.g. a domain lacking classes: it trains (accuracy over those it has)
         (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
-    workers = 0 if isinstance(setup.train_splits[0].train, TensorDataset) else min(4, os.cpu_count() or 1)
-    streams = [infinite_batches(s.train, hp["batch_size"], hp["seed"] * 1000 + i, workers)
-               for i, s in enumerate(setup.train_splits)]
-    target_stream = (infinite_batches(setup.splits[setup.test_env].train, hp["batch_size"], hp["seed"] * 1000 + 999,
-                                      workers) if setup.da else None)
+    algo.place(device, amp, bool(hp.get("channels_last")), dist)
+    result = Fit(WeightAveraging(hp, algo.averaging_start()))
+    ckpt = out / LAST
+    done = restore(read_checkpoint(ckpt, hp), algo, result) if hp.get("resume") and ckpt.is_file() else 0
+    workers = (0 if isinstance(setup.train_splits[0].train, TensorDataset)
+               else hp.get("workers") if hp.get("workers") is not None else min(4, os.cpu_count() or 1))
+    stream = functools.partial(infinite_batches, batch_size=hp["batch_size"], workers=workers, dist=dist,
+                               device=device, channels_last=algo.channels_last, skip=done)
+    streams = [stream(s.train, seed=hp["seed"] * 1000 + i) for i, s in enumerate(setup.train_splits)]
+    target_stream = stream(setup.splits[setup.test_env].train, seed=hp["seed"] * 1000 + 999) if setup.da else None
     label = (f"{hp['method']} · {ds.domains[setup.source]} → {ds.domains[setup.test_env]}" if setup.da
              else f"{hp['method']} · test env {ds.domains[setup.test_env]}")
+    fresh = not out.exists()
+    try:
+        return _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress,
+                             init, notes)
+    except BaseException:  # a failure or Ctrl-C ends the run: its checkpoint goes too (a SIGKILL leaves it to resume)
+        if dist.main and not hp.get("resume"):
+            discard_checkpoint(out, fresh)
+        raise
+
+
+def discard_checkpoint(out: Path, fresh: bool) -> None:
+    """Remove out/last.ckpt, and `out` itself when this run created it and nothing else is in it."""
+    (out / LAST).unlink(missing_ok=True)
+    if fresh and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress, init,
+                  notes) -> dict | None:
+    ds, dist = setup.ds, algo.dist
     start = time.perf_counter()
-    bar = progress or make_progress(console)
+    bar = progress or make_progress(console if dist.main else Console(stderr=True, quiet=True))
     with bar if progress is None else nullcontext():
-        result = fit(algo, hp, setup, streams, target_stream, bar, label)
+        result = fit(algo, hp, setup, streams, target_stream, bar, label, result, done, out)
+    if not dist.main:
+        return None
     scored = finish(algo, hp, setup, result, streams)
     scheme = scheme_from_hparams(hp) if algo.quantizes else None
     metrics = {**scored, "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
@@ -243,6 +291,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
         config["init"] = init
     if notes:
         config["data_notes"] = notes
+    config["device"] = {"device": str(algo.device), "amp": algo.amp, "channels_last": algo.channels_last,
+                        "world_size": dist.world, "resumed_at_step": done or None}
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
         config["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
                                        "selection": "source out accuracy"}
@@ -260,7 +310,7 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
     domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
                           class_map=hp.get("class_map")).domains
     for d in domains:  # every output folder, before the first domain trains
-        prepare_out(out / d, overwrite)
+        prepare_out(out / d, overwrite, hp.get("resume", False))
     runs = {}
     with make_progress(console) as progress:
         for d in domains:

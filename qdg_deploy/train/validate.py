@@ -17,7 +17,7 @@ RANGES = {
     "swad_bn_steps": (0, None, True), "sma": (0, None, True), "coral_weight": (0, None, True),
     "mixstyle_p": (0, 1, True), "mixstyle_alpha": (0, None, False), "act_range": (0, None, False),
     "lam": (0, None, True), "lam2": (0, None, True), "bits": (1, 8, True), "act_bits": (0, 8, True),
-    "momentum": (0, 1, True),
+    "momentum": (0, 1, True), "workers": (0, None, True),
 }
 
 # option: the values it takes (`grad_approx` also takes True / False from Python: "chain" / "off").

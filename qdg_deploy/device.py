@@ -1,0 +1,94 @@
+"""Where torch runs: `--device auto|cpu|cuda|cuda:N`, `--amp bf16|fp16|off`, `--channels-last`, batch moves.
+
+One resolver for every verb that runs a torch model (train, eval, export --verify, calibrate, bench's torch
+runtimes), so a bad value is the same one-line error everywhere, before any data is read."""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+
+import torch
+
+from .errors import QdgError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N' -> a torch.device; QdgError when CUDA is
+    asked for and absent. Under torchrun, 'auto' / 'cuda' take the process's LOCAL_RANK GPU."""
+    spec = (spec or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise QdgError(f"--device takes auto, cpu, cuda or cuda:N (got {spec!r})")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise QdgError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}, "
+                       f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu")
+    index = int(spec.split(":")[1]) if ":" in spec else (local_rank or 0)
+    if index >= torch.cuda.device_count():
+        raise QdgError(f"--device {spec}: there are {torch.cuda.device_count()} GPU(s) here (cuda:0..)")
+    return torch.device("cuda", index)
+
+
+def resolve_amp(spec: str | None, device: torch.device) -> str:
+    """'bf16', 'fp16' or 'off'; None: bf16 on a CUDA device that supports it, else off (CPU autocast is slower than
+    float32 for these networks on most CPUs, so it is only used when asked for)."""
+    if spec is None:
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    spec = spec.strip().lower()
+    if spec not in ("bf16", "fp16", "off"):
+        raise QdgError(f"--amp takes bf16, fp16 or off (got {spec!r})")
+    if spec == "fp16" and device.type != "cuda":
+        raise QdgError("--amp fp16 needs a CUDA device (CPU autocast computes in bf16): use --amp bf16 or off")
+    return spec
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of the float parts of a training step (a no-op context with amp 'off')."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def to_device(t: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Move a batch tensor; from pinned memory the copy is asynchronous (non_blocking). Image batches (4-D) take the
+    channels-last layout with `channels_last`."""
+    if channels_last and t.dim() == 4:
+        return t.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return t.to(device, non_blocking=True)
+
+
+def move_batch(batch, device: torch.device, channels_last: bool = False):
+    """(x, y, ...) onto the device."""
+    return tuple(to_device(t, device, channels_last) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def place_model(model: torch.nn.Module, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def module_device(f) -> torch.device | None:
+    """The device of a module's parameters (where evaluation helpers move their CPU batches); None for a plain
+    callable, which takes care of its inputs itself."""
+    if isinstance(f, torch.nn.Module):
+        p = next(f.parameters(), None)
+        return p.device if p is not None else None
+    return None
+
+
+def pin(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Page-locked memory for a host batch bound for a GPU (so its copy can be non_blocking); as is for the CPU."""
+    return t.pin_memory() if device.type == "cuda" else t
+
+
+def fp32_region(x: torch.Tensor):
+    """The context in which fake-quant arithmetic runs: autocast off where it is on (codes, steps and their
+    gradients are computed in float32 whatever the autocast of the layer around them)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return nullcontext()

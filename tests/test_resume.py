@@ -1,0 +1,69 @@
+"""Resume: a run killed with SIGKILL at three random steps, resumed each time, ends with the unbroken run's weights."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+# QT-DoG (quantized from step 4, SWAD with a short valley) so the checkpoint carries quantizer and SWAD state
+ARGS = ["train", "--method", "qtdog", "--test-env", "75", "--steps", "16", "--q-steps", "4", "--checkpoint-freq",
+        "2", "--batch-size", "8", "--swad-bn-steps", "3", "--swad-n-converge", "2", "--swad-n-tolerance", "2",
+        "--threads", "1", "--deterministic"]
+
+
+def ckpt_step(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["step"]  # no pickled code: weights_only
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return 0
+
+
+def kill_after(out: Path, step: int) -> None:
+    """Start (or resume) the run and SIGKILL it once its last.ckpt is at `step` or later."""
+    cmd = [sys.executable, "-c", "from qdg_deploy.cli import main; main()", *ARGS, "--out", str(out), "--resume"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while ckpt_step(out / "last.ckpt") < step:
+        assert p.poll() is None, p.stderr.read().decode()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_unbroken_weights(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    r = run_cli(*ARGS, "--out", whole)
+    assert r.returncode == 0, r.stderr
+    assert not (whole / "last.ckpt").exists()  # a finished run keeps no checkpoint
+    steps = sorted(random.Random(os.getpid()).sample(range(2, 15, 2), 3))
+    for step in steps:
+        kill_after(broken, step)
+        assert ckpt_step(broken / "last.ckpt") >= step, steps
+    r = run_cli(*ARGS, "--out", broken, "--resume")
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), (k, steps)  # exact: same arithmetic in the same order
+    ma, mb = (Path(p / "metrics.json").read_text() for p in (whole, broken))
+    assert ma == mb, steps
+
+
+def test_resume_refuses_other_options(tmp_path):
+    out = tmp_path / "run"
+    kill_after(out, 2)
+    r = run_cli(*ARGS[:-1], "--lr", "0.01", "--out", out, "--resume")  # --deterministic dropped: allowed
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --resume:") and "lr" in r.stderr, r.stderr
+    r = run_cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
+    assert (out / "last.ckpt").is_file()
