@@ -262,8 +262,9 @@ def export(
                                             "run them in float (--float-bias: slower, and for those runs no longer "
                                             "exact; for comparison)."),
     max_samples: Optional[int] = typer.Option(None, help="Verify at most N samples per split (default: all)."),
-    graph: str = typer.Option("exact", help="exact: each quantized layer snapped to its integer accumulator, "
-                              "norm and pooling in float64: ONNX Runtime gives the trained model's logits bit for "
+    graph: str = typer.Option("exact", help="exact: each quantized layer snapped to its integer accumulator (or "
+                              "written as the ORT integer kernel the model computes), norm and pooling in float64 "
+                              "where not an integer kernel: ONNX Runtime gives the trained model's logits bit for "
                               "bit. lean: plain Q/DQ as other exporters write it (float32 norm and pooling, no "
                               "snap ops): fewer ops, not bit-exact. With --verify the report measures both."),
     min_agreement: float = typer.Option(0.999, help="Refuse the export (exit 2, nothing written, any earlier file "

@@ -25,12 +25,15 @@ def other_graph(graph: str) -> str:
 def ort_latency_ms(protos: dict[str, onnx.ModelProto], input_shape, *, threads: int, batch: int = 1,
                    rounds: int = 6, block: int = 8) -> dict[str, float]:
     """Median ORT-CPU latency of each graph: rounds of `block` back-to-back runs per graph, each block's first
-    run dropped (ORT's worker threads still spin for the graph that ran before)."""
+    run dropped (ORT's worker threads still spin for the graph that ran before); each round starts one graph
+    later than the one before, so no graph always follows the same one."""
     sessions = {k: ort_session(p, threads=threads, level="all") for k, p in protos.items()}
     x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
+    keys = list(sessions)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            s = sessions[k]
             for i in range(block):
                 t0 = time.perf_counter()
                 s.run(None, {"input": x})
