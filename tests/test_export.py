@@ -534,3 +534,20 @@ def test_refusal_causes_named_from_the_report():
     residual = refusal({**base, "residual_qdq": [{"add": "add"}, {"add": "add_1"}]}, Path("m.onnx"))
     assert "cause: --residual-qdq put Q/DQ on 2 residual Add input(s)" in residual
     assert "export without --residual-qdq" in residual
+
+
+def test_nodes_are_written_breadth_first():
+    """Constant readers first, then each node as soon as its inputs exist, in the order they become ready; a
+    cycle is refused. (A ResNet block's downsample then sits between conv1 and conv2, as quantize_static writes it.)"""
+    from onnx import helper
+
+    from qdg_deploy.export.graph_builder import breadth_first
+
+    mk = lambda op, ins, out: helper.make_node(op, ins, [out], name=out)  # noqa: E731
+    # depth-first (fx) order: a, b1, b2 (main branch), d (identity), add; w is a weight DQ
+    nodes = [mk("Relu", ["x"], "a"), mk("Relu", ["a"], "b1"), mk("Relu", ["b1"], "b2"),
+             mk("DequantizeLinear", ["w_q", "w_s"], "w"), mk("Mul", ["a", "w"], "d"), mk("Add", ["b2", "d"], "y")]
+    order = [n.name for n in breadth_first(nodes, {"w_q", "w_s"})]
+    assert order == ["a", "w", "b1", "d", "b2", "y"]
+    with pytest.raises(QdgError, match="cycle"):
+        breadth_first([mk("Relu", ["q"], "p"), mk("Relu", ["p"], "q")], set())

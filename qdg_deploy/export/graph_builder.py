@@ -30,6 +30,33 @@ class Settings:
         return self.graph == "exact"
 
 
+def breadth_first(nodes: list[onnx.NodeProto], consts: set[str]) -> list[onnx.NodeProto]:
+    """The nodes in breadth-first topological order: first those that read only constants (weight DQs), then each
+    node once all its inputs exist, in the order they become ready. ONNX Runtime schedules a graph from the order
+    it is given; in the writer's depth-first order (the fx order) it ran a ResNet block's downsample first, which
+    kept the identity alive across the main branch and cost its kernels ~2 % (measured against quantize_static's
+    graph, which is written this way, with the same kernels)."""
+    made = {t for n in nodes for t in n.output}
+    ready = [n for n in nodes if all(t in consts or t not in made for t in n.input if t)]
+    waiting = {id(n): sum(1 for t in n.input if t in made) for n in nodes}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for t in dict.fromkeys(t for t in n.input if t in made):
+            readers.setdefault(t, []).append(n)
+    order, i = [], 0
+    order.extend(ready)
+    while i < len(order):
+        for t in order[i].output:
+            for r in readers.get(t, []):
+                waiting[id(r)] -= sum(1 for x in r.input if x == t)
+                if waiting[id(r)] == 0:
+                    order.append(r)
+        i += 1
+    if len(order) != len(nodes):
+        raise QdgError("the ONNX graph has a cycle")
+    return order
+
+
 @dataclass
 class GraphBuilder:
     settings: Settings
@@ -70,7 +97,7 @@ class GraphBuilder:
 
     def model(self, input_shape, out_shape, dynamic_batch: bool) -> onnx.ModelProto:
         batch = "batch" if dynamic_batch else 1
-        graph = helper.make_graph(self.nodes, "qdg_deploy",
+        graph = helper.make_graph(breadth_first(self.nodes, {t.name for t in self.inits}), "qdg_deploy",
                                   [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *input_shape])],
                                   [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, *out_shape])],
                                   self.inits)
