@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def execute(jobs: list[Job], parallel: int, console=None) -> dict:
             while pending or running:
                 while pending and len(running) < parallel:
                     j = pending.pop(0)
-                    running.append(_start(j, env))
+                    with _held():
+                        running.append(_start(j, env))
                 for item in list(running):
                     j, proc, log = item
                     if proc.poll() is None:
@@ -215,6 +217,9 @@ def execute(jobs: list[Job], parallel: int, console=None) -> dict:
     return result
 
 
+_HOLD = {"on": False, "pending": False}  # an interrupt that arrived while a child was being started
+
+
 def _terminate_on_sigterm() -> None:
     """SIGTERM ends the sweep as Ctrl-C does: its running children are terminated, not orphaned."""
     import signal
@@ -222,10 +227,28 @@ def _terminate_on_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def _interrupt(signum, frame):
+    if _HOLD["on"]:
+        _HOLD["pending"] = True
+        return
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _held():
+    """Hold an interrupt back while a child starts, so that it is in the running list (and gets terminated) when
+    the interrupt lands: one arriving between Popen and that list left an orphan that finished its run."""
+    _HOLD["on"] = True
+    try:
+        yield
+    finally:
+        _HOLD["on"] = False
+        if _HOLD["pending"]:
+            _HOLD["pending"] = False
+            raise KeyboardInterrupt
 
 
 def _start(j: Job, env: dict):

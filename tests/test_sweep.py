@@ -173,3 +173,25 @@ def test_torchrun_launcher_commands(tmp_path):
     assert r.returncode == 0, r.stderr
     (cmd,) = [ln for ln in r.stdout.splitlines() if "train" in ln]
     assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m qdg_deploy.cli train" in cmd, cmd
+
+
+def test_an_interrupt_while_a_child_starts_waits_until_it_is_tracked():
+    """SIGTERM between Popen and the running list used to orphan the child (it then finished its run): inside
+    `_held` the interrupt is held back and raised once the block is done."""
+    import os
+
+    from qdg_deploy import sweep as S
+
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    S._terminate_on_sigterm()
+    tracked = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with S._held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here and must not raise
+                tracked.append("child")
+        assert tracked == ["child"]
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
