@@ -119,6 +119,46 @@ def test_fp16_remainder_keeps_qdq_and_agrees_with_fp32_on_ort_cpu(exports, name,
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
 
 
+SNAP_SUCCESSORS = ("Div", "Round", "Mul", "Add", "Relu", "Identity")
+
+
+def _snap_chains(graph):
+    """Nodes of `graph` from an op reading a DequantizeLinear through its Div/Round/Mul/Add/Relu successors (a plain
+    walk per DQ; the exact graph's snapped accumulators and what TensorRT fuses after them)."""
+    consumers = {}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    found = set()
+    todo = [c for n in graph.node if n.op_type == "DequantizeLinear" for c in consumers.get(n.output[0], [])]
+    while todo:
+        n = todo.pop()
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name not in found:
+            found.add(n.name)
+            todo += [c for c in consumers.get(n.output[0], []) if c.op_type in SNAP_SUCCESSORS]
+    return found
+
+
+@pytest.mark.parametrize("name", ["alignq", "trt"])
+def test_fp16_remainder_keeps_whole_qdq_chains_fp32(exports, name):
+    """The exact graph's snapped layers (Conv → Div → Round → Mul → Add → Relu): no Cast inside a chain, every chain
+    node reads and writes float32 (TensorRT 11 fuses the chain into INT8 only without a Cast; Round of an
+    accumulator in float16 is inexact above 2048)."""
+    model = onnx.load(str(exports[name, "exact"]))
+    assert any(n.op_type == "Round" for n in model.graph.node)  # the snap ops are there to keep
+    half, _ = convert_float_remainder(model)
+    chain = _snap_chains(half.graph)
+    assert {"Conv", "Round", "Div", "Mul", "Add", "Relu"} <= {n.op_type for n in half.graph.node if n.name in chain}
+    assert not [n.name for n in half.graph.node if n.name in chain and n.op_type == "Cast"]
+    inferred = onnx.shape_inference.infer_shapes(half).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+    types.update({t.name: t.data_type for t in half.graph.initializer})
+    half_tensors = [(n.name, t) for n in half.graph.node if n.name in chain for t in (*n.input, *n.output)
+                    if types.get(t) == onnx.TensorProto.FLOAT16]
+    assert half_tensors == []
+    assert _snap_chains(model.graph) == chain  # the same chains as before the pass
+
+
 def test_fp16_remainder_io_in_fp16_when_asked(exports):
     half, summary = convert_float_remainder(onnx.load(str(exports["trt", "lean"])), keep_io=False)
     onnx.checker.check_model(half)
