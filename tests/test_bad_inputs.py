@@ -273,6 +273,8 @@ ROWS = [
         ["--max-samples takes an integer >= 1"]),
     Row("export-tensorrt-batch-range", ["export", "{run}", "--format", "tensorrt", "--batch-range", "8,1,32"],
         ["--batch-range takes MIN,OPT,MAX"]),
+    Row("export-tensorrt-static-batch-range", ["export", "{run}", "--format", "tensorrt", "--static-batch",
+                                               "--batch-range", "1,8,32"], ["disagrees with the ONNX input's fixed batch 1"]),
     Row("export-tensorrt-opt-level-9", ["export", "{run}", "--format", "tensorrt", "--builder-opt-level", "9"],
         ["--builder-opt-level takes 0..5"]),
     Row("export-tensorrt-workspace-zero", ["export", "{run}", "--format", "tensorrt", "--workspace-gb", "0"],

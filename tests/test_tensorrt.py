@@ -17,7 +17,7 @@ from qdg_deploy.errors import QdgError
 from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
 from qdg_deploy.export.check import quantized_layers
 from qdg_deploy.export.fp16 import convert_float_remainder
-from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version
+from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version, profile_batches, profile_shapes
 from qdg_deploy.export.trt_report import engine_report, not_int8, parse_layers, schema_errors
 from qdg_deploy.ort_session import ort_session
 
@@ -79,6 +79,21 @@ def test_batch_range():
     for bad in ("8,1,32", "0,1,2", "1,2", "a,b,c"):
         with pytest.raises(QdgError, match="--batch-range"):
             parse_batch_range(bad)
+
+
+def test_profile_follows_the_input_batch():
+    """A dynamic batch takes --batch-range (default 1,8,32); a fixed batch b takes b,b,b (TensorRT refuses any
+    other profile for a static dimension), and a --batch-range that disagrees is refused."""
+    assert profile_shapes("input", [-1, 3, 32, 32], None) == {"input": "input", "min": [1, 3, 32, 32],
+                                                              "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+    assert profile_shapes("input", [-1, 3, 32, 32], "2,4,16")["max"] == [16, 3, 32, 32]
+    static = profile_shapes("input", [1, 3, 32, 32], None)
+    assert static["min"] == static["opt"] == static["max"] == [1, 3, 32, 32]
+    assert profile_batches(4, "4") == (4, 4, 4) and profile_batches(1, "1,1,1") == (1, 1, 1)
+    with pytest.raises(QdgError, match="disagrees with the ONNX input's fixed batch 1"):
+        profile_batches(1, "1,8,32")
+    with pytest.raises(QdgError, match="dynamic dimension besides the batch"):
+        profile_shapes("input", [-1, 3, -1, 32], None)
 
 
 # ---------------------------------------------------------------- FP16 float remainder

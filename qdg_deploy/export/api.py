@@ -155,8 +155,11 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     if fmt == "tensorrt":
         from .tensorrt import TrtOptions, build_engine, require_tensorrt
+        from .trt_plan import profile_batches
         trt = trt or TrtOptions()
         trt.check()
+        if not dynamic_batch and onnx_in is None:  # --static-batch exports batch 1: its profile is 1,1,1
+            profile_batches(1, trt.batch_range)
         require_tensorrt()
         target = "tensorrt"
         if onnx_in is not None:

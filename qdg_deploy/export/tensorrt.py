@@ -17,7 +17,7 @@ from ..errors import QdgError
 from ..io import atomic_path, write_json
 from .check import float_layers, quantized_layers
 from .fp16 import convert_float_remainder
-from .trt_plan import DEFAULT_BATCH_RANGE, build_plan, parse_batch_range
+from .trt_plan import build_plan, parse_batch_range, profile_shapes
 from .trt_report import engine_report
 
 INSTALL = ("pip install 'tensorrt-cu12>=10,<12' (or tensorrt-cu13) on a machine with an NVIDIA GPU; on a Jetson "
@@ -35,7 +35,7 @@ def require_tensorrt():
 @dataclass
 class TrtOptions:
     fp16: bool = True
-    batch_range: str = DEFAULT_BATCH_RANGE
+    batch_range: str | None = None  # None: 1,8,32 for a dynamic batch, the input's own for a fixed one
     workspace_gb: float = 2.0
     timing_cache: str | None = None
     opt_level: int | None = None
@@ -45,7 +45,8 @@ class TrtOptions:
 
     def check(self) -> None:
         """Bad values refused before any work (exit 2, nothing written)."""
-        parse_batch_range(self.batch_range)
+        if self.batch_range is not None:
+            parse_batch_range(self.batch_range)
         if not self.workspace_gb > 0:
             raise QdgError(f"--workspace-gb takes a positive number of GiB (got {self.workspace_gb})")
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
@@ -86,18 +87,13 @@ def _config(trt, builder, network, plan, opts: TrtOptions, cache_blob: bytes | N
         config.DLA_core = opts.dla_core
     cache = config.create_timing_cache(cache_blob or b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    lo, mid, hi = parse_batch_range(opts.batch_range)
     profiles = []
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        chw = [int(t.shape[j]) for j in range(1, len(t.shape))]
-        if any(d <= 0 for d in chw):
-            raise QdgError(f"input {t.name!r} has a dynamic dimension besides the batch {list(t.shape)}: export with "
-                           f"fixed C, H, W (--batch-range sets the batch only)")
-        shapes = [(b, *chw) for b in (lo, mid, hi)]
-        profile.set_shape(t.name, *shapes)
-        profiles.append({"input": t.name, "min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])})
+        shapes = profile_shapes(t.name, [int(t.shape[j]) for j in range(len(t.shape))], opts.batch_range)
+        profile.set_shape(t.name, *(tuple(shapes[k]) for k in ("min", "opt", "max")))
+        profiles.append(shapes)
     config.add_optimization_profile(profile)
     return config, profiles
 
