@@ -38,13 +38,12 @@ class TrtSession(Session):
         self.in_name, self.out_name = ins[0], outs[0]
         dims = [int(d) for d in self.engine.get_tensor_shape(self.in_name)]  # -1: dynamic (Dims → list, no slicing)
         self.fixed_batch = dims[0] if dims[0] > 0 else None
-        lo, _opt, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.in_name, 0))
-        if self.fixed_batch is None:
+        self.input_shape = dims[1:]
+        if self.fixed_batch is None:  # a profile exists only for dynamic dimensions: ask for it only then
+            lo, _opt, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.in_name, 0))
             self.batch_limits = (int(lo[0]), int(hi[0]))
-        chw = dims[1:]
-        if any(d <= 0 for d in chw):  # dynamic C/H/W: the largest shape of profile 0
-            chw = [int(d) for d in hi[1:]]
-        self.input_shape = chw
+            if any(d <= 0 for d in self.input_shape):  # dynamic C/H/W: the largest shape of profile 0
+                self.input_shape = [int(d) for d in hi[1:]]
         self.stream = torch.cuda.Stream()
         self.cuda_graph = cuda_graph
         self._buffers: dict[tuple, tuple] = {}
