@@ -265,6 +265,28 @@ def test_export_tensorrt_without_tensorrt_is_one_error_line_and_no_file(tmp_path
     # bad TensorRT options are refused before TensorRT is looked for: rows in test_bad_inputs.py
 
 
+def test_timing_cache_folder_checked_up_front(tmp_path):
+    from qdg_deploy.export.tensorrt import TrtOptions
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(QdgError, match="--timing-cache .*cannot write in"):
+        TrtOptions(timing_cache=str(blocker / "trt.cache")).check()
+    TrtOptions(timing_cache=str(tmp_path / "new" / "trt.cache")).check()  # a folder still to be made is fine
+
+
+def test_engine_files_written_together(tmp_path):
+    """build_engine writes nothing; write_engine_files puts the engine, its report and the timing cache in place."""
+    from qdg_deploy.export.tensorrt import engine_report_path, write_engine_files
+    engine, cache = tmp_path / "m.engine", tmp_path / "cache" / "trt.cache"
+    write_engine_files(engine, (b"engine", {"engine_bytes": 6}, b"cache"), str(cache))
+    assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"cache"
+    assert json.loads(engine_report_path(engine).read_text()) == {"engine_bytes": 6}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json"]  # no temporaries
+    write_engine_files(tmp_path / "n.engine", (b"e", {}, None), None)  # no --timing-cache: no cache file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json", "n.engine",
+                                                          "n.engine.json"]
+
+
 # ---------------------------------------------------------------- a real build (TensorRT and a GPU)
 
 def test_real_engine_build(exports, tmp_path):
@@ -272,10 +294,13 @@ def test_real_engine_build(exports, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (tensorrt is installed)")
-    from qdg_deploy.export.tensorrt import TrtOptions, build_engine, engine_report_path
+    from qdg_deploy.export.tensorrt import TrtOptions, build_engine, engine_report_path, write_engine_files
     engine = tmp_path / "m.engine"
-    rep = build_engine(exports["trt", "lean"], engine, TrtOptions(batch_range="1,4,8",
-                                                                  timing_cache=str(tmp_path / "cache.bin")))
+    opts = TrtOptions(batch_range="1,4,8", timing_cache=str(tmp_path / "cache.bin"))
+    built = build_engine(exports["trt", "lean"], engine, opts)
+    assert not engine.exists()  # nothing written until the caller commits
+    write_engine_files(engine, built, opts.timing_cache)
+    rep = built[1]
     assert engine.stat().st_size == rep["engine_bytes"] > 0 and (tmp_path / "cache.bin").is_file()
     assert schema_errors(json.loads(engine_report_path(engine).read_text())) == []
     assert rep["tensorrt"] == trt.__version__ and rep["layers"] and rep["quantized_layers"] == 5
@@ -310,11 +335,14 @@ def test_ort_trt_options_carry_the_profile_and_caches(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"")
     assert engine_settings(onnx_path)["batch_range"] == (1, 8, 32)  # no engine report: the default range
-    rep = {"onnx": str(onnx_path), "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
-                                                "max": [16, 3, 32, 32]}],
-           "precision": {"fp16_flag": True}, "builder_optimization_level": 5}
+    # a TensorRT 11 report: FP16 by conversion, fp16_flag False; the ONNX named relative to the report's folder
+    rep = {"onnx": "model.onnx", "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
+                                              "max": [16, 3, 32, 32]}],
+           "precision": {"fp16_flag": False, "fp16_remainder": True}, "builder_optimization_level": 5}
     (tmp_path / "model.engine.json").write_text(json.dumps(rep))
     assert engine_settings(onnx_path) == {"batch_range": (2, 4, 16), "fp16": True, "opt_level": 5}
+    (tmp_path / "model.engine.json").write_text(json.dumps(dict(rep, onnx=str(onnx_path.resolve()))))
+    assert engine_settings(onnx_path)["batch_range"] == (2, 4, 16)  # as export writes it now: absolute
 
 
 def _jetson_tree(root: Path, *, clocks: bool) -> Path:

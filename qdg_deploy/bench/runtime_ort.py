@@ -182,6 +182,13 @@ def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int
     return opts
 
 
+def report_onnx(rep: dict, rep_path: Path) -> Path:
+    """The ONNX an engine report names, absolute: a relative name (older reports stored it as typed) is taken
+    from the report's folder, not from bench's working directory."""
+    onnx_path = Path(rep["onnx"])
+    return (onnx_path if onnx_path.is_absolute() else rep_path.parent / onnx_path).resolve()
+
+
 def engine_settings(path: Path) -> dict:
     """The batch range, FP16 choice and optimization level of the engine `export --format tensorrt` built from
     this ONNX (its model.engine.json beside it), so ort-trt builds the same; defaults where there is none."""
@@ -192,10 +199,12 @@ def engine_settings(path: Path) -> dict:
     for rep_path in path.parent.glob("*.engine.json"):
         try:
             rep = read_json(rep_path)
-            if Path(rep["onnx"]).resolve() == path.resolve():
+            if report_onnx(rep, rep_path) == path.resolve():
                 prof = rep["profiles"][0]
+                # fp16_remainder: FP16 on both majors (fp16_flag is always False on TensorRT 11's typed networks)
                 return {"batch_range": (prof["min"][0], prof["opt"][0], prof["max"][0]),
-                        "fp16": bool(rep["precision"]["fp16_flag"]), "opt_level": rep["builder_optimization_level"]}
+                        "fp16": bool(rep["precision"]["fp16_remainder"]),
+                        "opt_level": rep["builder_optimization_level"]}
         except (ValueError, KeyError, IndexError, TypeError, OSError):
             continue
     return found

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import QdgError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, writable_folder, write_json
 from .check import float_layers, quantized_layers
 from .fp16 import convert_float_remainder
 from .trt_plan import build_plan, parse_batch_range, profile_shapes
@@ -55,6 +55,9 @@ class TrtOptions:
             raise QdgError(f"--dla-core takes a core index >= 0 (got {self.dla_core})")
         if self.gpu_fallback and self.dla_core is None:
             raise QdgError("--gpu-fallback needs --dla-core N (layers the DLA cannot run fall back to the GPU)")
+        if self.timing_cache and (blocked := writable_folder(self.timing_cache)) is not None:
+            raise QdgError(f"--timing-cache {self.timing_cache}: cannot write in {blocked} (read-only, not permitted "
+                           f"or not a folder); choose another path")
 
 
 def _gpu(trt_device_index: int = 0) -> dict:
@@ -104,11 +107,12 @@ def engine_report_path(engine_path: Path) -> Path:
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOptions | None = None,
-                 onnx_label: str | None = None) -> dict:
-    """Build `engine_path` and its report (`engine_report_path`) from the QDQ ONNX; returns the report.
+                 onnx_label: str | None = None) -> tuple[bytes, dict, bytes | None]:
+    """(engine bytes, report, timing-cache bytes or None) built from the QDQ ONNX; writes nothing, so the caller
+    commits every file together once all its work is done (`write_engine_files`).
 
-    `onnx_label`: the ONNX's name in the report when `onnx_path` is a temporary file. With --strict-int8 a
-    quantized Conv/Gemm that TensorRT did not run in INT8 refuses the engine (nothing written)."""
+    `engine_path`: the engine's name in the report; `onnx_label`: the ONNX's when `onnx_path` is a temporary file.
+    With --strict-int8 a quantized Conv/Gemm that TensorRT did not run in INT8 refuses the engine."""
     opts = opts or TrtOptions()
     opts.check()
     trt = require_tensorrt()
@@ -134,10 +138,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
         raise QdgError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} (see its log above)")
     data = bytes(blob)
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
-    inspector = engine.create_engine_inspector()
-    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    report = engine_report(engine=str(engine_path), onnx=onnx_label or str(onnx_path), engine_bytes=len(data), plan=plan.to_dict(),
-                           gpu=gpu, profiles=profiles, workspace_gb=opts.workspace_gb, opt_level=opts.opt_level,
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    # the ONNX by absolute name: bench's ort-trt matches it to the ONNX it runs, whatever bench's working directory
+    report = engine_report(engine=str(engine_path), onnx=str(Path(onnx_label or onnx_path).resolve()),
+                           engine_bytes=len(data), plan=plan.to_dict(), gpu=gpu, profiles=profiles,
+                           workspace_gb=opts.workspace_gb, opt_level=opts.opt_level,
                            timing_cache=str(cache_path) if cache_path else None, build_seconds=seconds,
                            fp16_conversion=conversion, inspector_json=info, quantized=quantized,
                            float_notes=float_notes)
@@ -146,10 +151,19 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
         raise QdgError(f"--strict-int8: {len(report['not_int8'])} quantized layer(s) did not run in INT8, first "
                        f"{first['op']} {first['onnx_node']!r} ({first['precision'] or 'not found'}; "
                        f"{first['reason'] or 'no reason given'}); {engine_path} not written")
+    # the timing cache grows with each build: later builds of similar layers are faster
+    cache = bytes(config.get_timing_cache().serialize()) if cache_path else None
+    return data, report, cache
+
+
+def write_engine_files(engine_path: str | Path, built: tuple[bytes, dict, bytes | None],
+                       timing_cache: str | None) -> None:
+    """Write build_engine's result: the engine, its report and (given a path) the timing cache, each under a
+    temporary name first, all renamed into place together at the end (the caller's last step)."""
+    data, report, cache = built
     with atomic_path(engine_report_path(Path(engine_path))) as tmp_report, atomic_path(engine_path) as tmp:
         Path(tmp).write_bytes(data)
         write_json(tmp_report, report)
-    if cache_path:  # the timing cache grows with each build: later builds of similar layers are faster
-        with atomic_path(cache_path) as tmp:
-            Path(tmp).write_bytes(bytes(config.get_timing_cache().serialize()))
-    return report
+        if timing_cache and cache is not None:
+            with atomic_path(timing_cache) as tmp_cache:
+                Path(tmp_cache).write_bytes(cache)
