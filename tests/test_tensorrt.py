@@ -50,14 +50,14 @@ def test_parse_version(version, parsed):
 def test_tensorrt_10_sets_int8_and_fp16_flags_and_keeps_the_graph():
     p = build_plan("10.7.0", has_qdq=True, fp16=True)
     assert p.builder_flags == ("INT8", "FP16") and not p.strongly_typed and not p.convert_fp16
-    assert p.network_flags == ()  # explicit batch is implied in 10.x; EXPLICIT_BATCH is deprecated and ignored
+    assert "network_flags" not in p.to_dict()  # create_network(0) on both majors: no creation flag to report
     assert build_plan("10.7.0", has_qdq=True, fp16=False).builder_flags == ("INT8",)
     assert build_plan("10.0.1", has_qdq=False, fp16=True).builder_flags == ("FP16",)
 
 
 def test_tensorrt_11_is_strongly_typed_no_precision_flags_fp16_by_conversion():
     p = build_plan("11.0.0", has_qdq=True, fp16=True)
-    assert p.strongly_typed and p.builder_flags == () and p.network_flags == () and p.convert_fp16
+    assert p.strongly_typed and p.builder_flags == () and p.convert_fp16
     assert not build_plan("11.4.1", has_qdq=True, fp16=False).convert_fp16
 
 

@@ -49,7 +49,6 @@ class BuildPlan:
     tensorrt: str
     major: int
     strongly_typed: bool
-    network_flags: tuple[str, ...]      # NetworkDefinitionCreationFlag names passed to create_network
     builder_flags: tuple[str, ...]      # BuilderFlag names set on the config
     convert_fp16: bool                  # the ONNX's float remainder converted to float16 before parsing
     device: str                         # "GPU" or "DLA"
@@ -60,7 +59,7 @@ class BuildPlan:
 
 def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None = None,
                gpu_fallback: bool = False) -> BuildPlan:
-    """The network flags, builder flags and graph rewrite for this TensorRT version and these options."""
+    """The builder flags and graph rewrite for this TensorRT version and these options."""
     major = parse_version(version)[0]
     if major not in SUPPORTED_MAJORS:
         raise QdgError(f"TensorRT {version} is not supported: the engine builder knows TensorRT 10.x and 11.x "
@@ -74,7 +73,7 @@ def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None 
             flags.append("FP16")
     if dla_core is not None and gpu_fallback:
         flags.append("GPU_FALLBACK")
-    return BuildPlan(tensorrt=str(version), major=major, strongly_typed=strongly_typed, network_flags=(),
+    return BuildPlan(tensorrt=str(version), major=major, strongly_typed=strongly_typed,
                      builder_flags=tuple(flags), convert_fp16=strongly_typed and (fp16 or dla_core is not None),
                      device="GPU" if dla_core is None else "DLA")
 
