@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from conftest import run_cli
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
-from qdg_deploy.export.check import quantized_layers
+from qdg_deploy.export.check import has_qdq, quantized_layers
 from qdg_deploy.export.fp16 import convert_float_remainder
 from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version, profile_batches, profile_shapes
 from qdg_deploy.export.trt_report import engine_report, not_int8, parse_layers, schema_errors
@@ -229,6 +229,15 @@ def test_engine_report_schema(exports):
     broken = dict(rep, gpu={"name": "x"}, build_seconds="slow")
     del broken["tensorrt"]
     assert set(schema_errors(broken)) == {"tensorrt: missing", "build_seconds: str", "gpu.compute_capability: missing"}
+
+
+def test_has_qdq(exports, tmp_path):
+    """One check for "explicitly quantized" (the builder's INT8 flag on TensorRT 10, ort-trt's trt_int8_enable)."""
+    model = onnx.load(str(exports["trt", "lean"]))
+    assert has_qdq(model)
+    fp32 = tmp_path / "fp32.onnx"
+    export_run(DATA / "golden" / "trt", fmt="onnx-fp32", out=fp32, verify=False)
+    assert not has_qdq(onnx.load(str(fp32)))
 
 
 # ---------------------------------------------------------------- check --target tensorrt (issue item 6)

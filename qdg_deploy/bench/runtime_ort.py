@@ -160,12 +160,6 @@ class OrtCUDA(_OrtRuntime):
         return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
 
-def _has_qdq(path: Path) -> bool:
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-
-
 def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int, int], cache: Path, *,
                     int8: bool, fp16: bool, opt_level: int | None = None) -> dict:
     """TensorRT EP options: engine and timing caches in `cache`, an explicit optimization profile over the batch
@@ -216,13 +210,15 @@ class OrtTRT(_OrtRuntime):
 
     def providers(self, path):
         import onnx
+
+        from ..export.check import has_qdq
         cache = path.parent / "trt_cache"
         cache.mkdir(parents=True, exist_ok=True)
-        g = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
         chw = [d if isinstance(d, int) else -1 for d in onnx_input_dims(path)[1:]]
         es = engine_settings(path)
-        opts = ort_trt_options(g.input[0].name, chw, es["batch_range"], cache, int8=_has_qdq(path), fp16=es["fp16"],
-                               opt_level=es["opt_level"])
+        opts = ort_trt_options(model.graph.input[0].name, chw, es["batch_range"], cache, int8=has_qdq(model),
+                               fp16=es["fp16"], opt_level=es["opt_level"])
         return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", {"device_id": 0}),
                 "CPUExecutionProvider"]
 

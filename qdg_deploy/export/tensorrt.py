@@ -15,7 +15,7 @@ import onnx
 
 from ..errors import QdgError
 from ..io import atomic_path, writable_folder, write_json
-from .check import float_layers, quantized_layers
+from .check import float_layers, has_qdq, quantized_layers
 from .fp16 import convert_float_remainder
 from .trt_plan import build_plan, parse_batch_range, profile_shapes
 from .trt_report import engine_report
@@ -119,8 +119,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
     gpu = _gpu()
     model = onnx.load(str(onnx_path))
     quantized, float_notes = quantized_layers(model), float_layers(model)
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    plan = build_plan(trt.__version__, has_qdq=has_qdq, fp16=opts.fp16, dla_core=opts.dla_core,
+    plan = build_plan(trt.__version__, has_qdq=has_qdq(model), fp16=opts.fp16, dla_core=opts.dla_core,
                       gpu_fallback=opts.gpu_fallback)
     conversion = None
     if plan.convert_fp16:  # TensorRT 11: FP16 comes from the graph's types
