@@ -41,8 +41,8 @@ def exports(tmp_path_factory):
 
 # ---------------------------------------------------------------- version dispatch (pure)
 
-@pytest.mark.parametrize("version,parsed", [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)), ("10.3.0.post1", (10, 3, 0)),
-                                            ("11", (11, 0, 0))])
+@pytest.mark.parametrize("version,parsed", [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)),
+                                            ("10.3.0.post1", (10, 3, 0)), ("11", (11, 0, 0))])
 def test_parse_version(version, parsed):
     assert parse_version(version) == parsed
 
@@ -156,8 +156,8 @@ def _snap_chains(graph):
 
 @pytest.mark.parametrize("name", ["alignq", "trt"])
 def test_fp16_remainder_keeps_whole_qdq_chains_fp32(exports, name):
-    """The exact graph's snapped layers (Conv → Div → Round → Mul → Add → Relu): no Cast inside a chain, every chain
-    node reads and writes float32 (TensorRT 11 fuses the chain into INT8 only without a Cast; Round of an
+    """The exact graph's snapped layers (Conv → Div → Round → Mul → Add → Relu): no Cast inside a chain, every
+    chain node reads and writes float32 (TensorRT 11 fuses the chain into INT8 only without a Cast; Round of an
     accumulator in float16 is inexact above 2048)."""
     model = onnx.load(str(exports[name, "exact"]))
     assert any(n.op_type == "Round" for n in model.graph.node)  # the snap ops are there to keep
@@ -216,7 +216,8 @@ def test_engine_report_schema(exports):
     plan = build_plan("10.7.0", has_qdq=True, fp16=True).to_dict()
     rep = engine_report(engine="m.engine", onnx=str(onnx_path), engine_bytes=1234, plan=plan,
                         gpu={"name": "NVIDIA H100", "compute_capability": "9.0"},
-                        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28], "max": [32, 1, 28, 28]}],
+                        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28],
+                                   "max": [32, 1, 28, 28]}],
                         workspace_gb=2.0, opt_level=None, timing_cache=None, build_seconds=12.3456,
                         fp16_conversion=None, inspector_json=json.dumps(SAMPLE),
                         quantized=quantized_layers(onnx_path), float_notes=float_layers(onnx_path))

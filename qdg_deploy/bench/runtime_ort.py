@@ -61,7 +61,8 @@ class OrtSession(Session):
         try:  # threads 0: ONNX Runtime's default (one per physical core)
             self.sess = ort_session(path, threads=threads or 0, providers=providers)
         except Exception as e:
-            raise QdgError(f"{runtime} cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise QdgError(f"{runtime} cannot load {path}: {why}") from None
         self.runtime, self.file, self.threads, self._artifact = runtime, path, threads, artifact
         self.device = device
         self.in_name = self.sess.get_inputs()[0].name
@@ -169,7 +170,8 @@ def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int
     opts = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
             "trt_int8_enable": int8, "trt_fp16_enable": fp16,
-            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}", "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
+            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}",
+            "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
             "trt_profile_max_shapes": f"{input_name}:{shapes[2]}"}
     if opt_level is not None:
         opts["trt_builder_optimization_level"] = opt_level

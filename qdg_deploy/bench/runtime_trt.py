@@ -53,8 +53,9 @@ class TrtSession(Session):
         self.run = self._run_copies if copies else self._run_on_device
 
     def _dtype(self, name):
-        return {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
-                self._trt.int8: self._torch.int8, self._trt.int32: self._torch.int32}[self.engine.get_tensor_dtype(name)]
+        types = {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
+                 self._trt.int8: self._torch.int8, self._trt.int32: self._torch.int32}
+        return types[self.engine.get_tensor_dtype(name)]
 
     def _prepare(self, shape: tuple):
         """Device and pinned host buffers for one input shape, bound to the context (cached)."""
@@ -139,7 +140,8 @@ class TrtRuntime(Runtime):
         except ImportError:
             cuda = False
         if not cuda:
-            return False, f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA tensors)"
+            return False, (f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA "
+                           f"tensors)")
         return True, f"tensorrt {trt.__version__}, {torch.cuda.get_device_name(0)}"
 
     def versions(self):

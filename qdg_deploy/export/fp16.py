@@ -8,8 +8,8 @@ the two parts and, unless `keep_io=False`, on the graph's inputs and outputs so 
 
 A node is kept in float32 ("locked") when it is a Q/DQ node, lies on a chain DequantizeLinear → op → pointwise
 ops → QuantizeLinear (`chain_nodes`: the exact graph's Conv → Div → Round → Mul → Add snap included; a Cast there
-breaks TensorRT's INT8 fusion, and Round of an accumulator in float16 is inexact above 2048, inf above 65504), reads a DequantizeLinear output,
-feeds a QuantizeLinear, or sits between locked nodes on both sides.
+breaks TensorRT's INT8 fusion, and Round of an accumulator in float16 is inexact above 2048, inf above 65504),
+reads a DequantizeLinear output, feeds a QuantizeLinear, or sits between locked nodes on both sides.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _reach(starts: list[int], step, enter) -> set[int]:
 
 
 def chain_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
-    """Indices of the nodes on a DequantizeLinear → op → pointwise ops → ... → QuantizeLinear path (Q/DQ excluded):
+    """Indices of the nodes on a path DequantizeLinear → op → pointwise ops → QuantizeLinear (Q/DQ excluded):
     the op reading the DQ, then the pointwise ops after it (TensorRT fuses those into the INT8 kernel), where a
     QuantizeLinear (with keep_io, a float32 graph output: the classifier's snap) is reachable further on. A
     non-pointwise op (a GroupNorm's Reshape, a pool) ends the chain, so a float block between two quantizers
@@ -84,7 +84,8 @@ def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
             if i in locked:
                 continue
             ins = [producer[t] in locked for t in n.input if t in producer] + [t in boundary for t in n.input]
-            outs = [c in locked for o in n.output for c in consumers.get(o, [])] + [True for o in n.output if o in boundary]
+            outs = [c in locked for o in n.output for c in consumers.get(o, [])]
+            outs += [True for o in n.output if o in boundary]
             if any(ins) and outs and all(outs):
                 locked.add(i)
                 changed = True

@@ -1,8 +1,8 @@
 """`export --format tensorrt`: build `model.engine` and `model.engine.json` from a QDQ ONNX with TensorRT's Python API.
 
 One function builds on TensorRT 10.x and 11.x; what differs is decided by `trt_plan.build_plan` from the version
-string (tested without TensorRT). Every TensorRT call made here is listed in a comment in `trt_plan.py` with the majors it
-exists in. No TensorRT runs on the project's test machines: `require_tensorrt` makes that one clear error.
+string (tested without TensorRT). Every TensorRT call made here is listed in a comment in `trt_plan.py` with the
+majors it exists in. No TensorRT runs on the project's test machines: `require_tensorrt` makes that one clear error.
 """
 
 from __future__ import annotations
