@@ -28,6 +28,17 @@ POINTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Round", "Relu", "Clip", "Lea
 FLOAT_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}  # float32 whatever the data type (scales)
 
 
+def _links(graph: onnx.GraphProto) -> tuple[dict[str, int], dict[str, list[int]], list[str]]:
+    """(tensor → index of the node making it, tensor → indices of the nodes reading it, each node's op)."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    ops = [n.op_type for n in graph.node]
+    return producer, consumers, ops
+
+
 def _reach(starts: list[int], step, enter) -> set[int]:
     """Nodes reachable from `starts` by `step` (node → next nodes), entering only nodes `enter` accepts."""
     seen: set[int] = set()
@@ -46,12 +57,7 @@ def chain_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
     QuantizeLinear (with keep_io, a float32 graph output: the classifier's snap) is reachable further on. A
     non-pointwise op (a GroupNorm's Reshape, a pool) ends the chain, so a float block between two quantizers
     still runs in FP16."""
-    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(graph.node):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
-    ops = [n.op_type for n in graph.node]
+    producer, consumers, ops = _links(graph)
     after = lambda i: [c for o in graph.node[i].output for c in consumers.get(o, [])]  # noqa: E731
     before = lambda i: [producer[t] for t in graph.node[i].input if t in producer]  # noqa: E731
     heads = [j for i, op in enumerate(ops) if op == "DequantizeLinear" for j in after(i) if ops[j] not in QDQ]
@@ -65,12 +71,7 @@ def chain_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
 def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
     """Indices of the nodes that stay float32: the Q/DQ chains (with keep_io, the graph's float32 inputs and
     outputs count as float32 neighbours, so a pass-through op next to them needs no Cast either)."""
-    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(graph.node):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
-    ops = [n.op_type for n in graph.node]
+    producer, consumers, ops = _links(graph)
     locked = {i for i, n in enumerate(graph.node)
               if ops[i] in QDQ
               or any(ops[producer[t]] == "DequantizeLinear" for t in n.input if t in producer)
