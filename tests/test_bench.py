@@ -561,3 +561,12 @@ def test_bench_demo_final_table(world, tmp_path):
                                                            str(world["qrun"] / "model.onnx")}
     assert json.loads((tmp_path / "bench.json").read_text())["schema"] == B.SCHEMA
     assert (tmp_path / "bench-latency.png").stat().st_size > 0 and (tmp_path / "bench-accuracy.png").stat().st_size > 0
+
+
+def test_runtimes_declare_what_load_takes():
+    """cuda_graph / takes_device are declared on Runtime (False), so bench reads them without getattr defaults."""
+    from qdg_deploy.bench.runtimes import RUNTIMES, Runtime
+    assert Runtime.cuda_graph is False and Runtime.takes_device is False
+    takes = {name: (rt.cuda_graph, rt.takes_device) for name, rt in RUNTIMES.items()}
+    assert takes == {"torch-fp32": (False, True), "torch-fq": (False, True), "ort-cpu": (False, False),
+                     "ort-cuda": (False, False), "ort-trt": (False, False), "trt": (True, False)}

@@ -551,3 +551,13 @@ def test_nodes_are_written_breadth_first():
     assert order == ["a", "w", "b1", "d", "b2", "y"]
     with pytest.raises(QdgError, match="cycle"):
         breadth_first([mk("Relu", ["q"], "p"), mk("Relu", ["p"], "q")], set())
+
+
+def test_ort_fusion_keys_do_not_depend_on_the_model():
+    """The pool keys follow the adds' rule: written whenever the export computes kernels (0 included)."""
+    from qdg_deploy.export.report import OrtFusion
+    no_pool = OrtFusion(["conv1"], [], 0, 0, fused_pools=0, kernel_pools=0).info()
+    with_pool = OrtFusion(["conv1"], [], 2, 2, fused_pools=1, kernel_pools=1).info()
+    assert set(no_pool) == set(with_pool) and no_pool["ort_kernel_pools"] == no_pool["ort_kernel_adds"] == 0
+    no_kernels = OrtFusion(["conv1"], [], 0, None).info()  # target tensorrt, or no integer biases
+    assert not {"ort_kernel_adds", "ort_fused_pools", "ort_kernel_pools"} & set(no_kernels)

@@ -15,9 +15,9 @@ from onnx import numpy_helper
 from conftest import run_cli
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
-from qdg_deploy.export.check import quantized_layers
+from qdg_deploy.export.check import has_qdq, quantized_layers
 from qdg_deploy.export.fp16 import convert_float_remainder
-from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version
+from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version, profile_batches, profile_shapes
 from qdg_deploy.export.trt_report import engine_report, not_int8, parse_layers, schema_errors
 from qdg_deploy.ort_session import ort_session
 
@@ -41,8 +41,8 @@ def exports(tmp_path_factory):
 
 # ---------------------------------------------------------------- version dispatch (pure)
 
-@pytest.mark.parametrize("version,parsed", [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)), ("10.3.0.post1", (10, 3, 0)),
-                                            ("11", (11, 0, 0))])
+@pytest.mark.parametrize("version,parsed", [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)),
+                                            ("10.3.0.post1", (10, 3, 0)), ("11", (11, 0, 0))])
 def test_parse_version(version, parsed):
     assert parse_version(version) == parsed
 
@@ -50,14 +50,14 @@ def test_parse_version(version, parsed):
 def test_tensorrt_10_sets_int8_and_fp16_flags_and_keeps_the_graph():
     p = build_plan("10.7.0", has_qdq=True, fp16=True)
     assert p.builder_flags == ("INT8", "FP16") and not p.strongly_typed and not p.convert_fp16
-    assert p.network_flags == ()  # explicit batch is implied in 10.x; EXPLICIT_BATCH is deprecated and ignored
+    assert "network_flags" not in p.to_dict()  # create_network(0) on both majors: no creation flag to report
     assert build_plan("10.7.0", has_qdq=True, fp16=False).builder_flags == ("INT8",)
     assert build_plan("10.0.1", has_qdq=False, fp16=True).builder_flags == ("FP16",)
 
 
 def test_tensorrt_11_is_strongly_typed_no_precision_flags_fp16_by_conversion():
     p = build_plan("11.0.0", has_qdq=True, fp16=True)
-    assert p.strongly_typed and p.builder_flags == () and p.network_flags == () and p.convert_fp16
+    assert p.strongly_typed and p.builder_flags == () and p.convert_fp16
     assert not build_plan("11.4.1", has_qdq=True, fp16=False).convert_fp16
 
 
@@ -79,6 +79,21 @@ def test_batch_range():
     for bad in ("8,1,32", "0,1,2", "1,2", "a,b,c"):
         with pytest.raises(QdgError, match="--batch-range"):
             parse_batch_range(bad)
+
+
+def test_profile_follows_the_input_batch():
+    """A dynamic batch takes --batch-range (default 1,8,32); a fixed batch b takes b,b,b (TensorRT refuses any
+    other profile for a static dimension), and a --batch-range that disagrees is refused."""
+    assert profile_shapes("input", [-1, 3, 32, 32], None) == {"input": "input", "min": [1, 3, 32, 32],
+                                                              "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+    assert profile_shapes("input", [-1, 3, 32, 32], "2,4,16")["max"] == [16, 3, 32, 32]
+    static = profile_shapes("input", [1, 3, 32, 32], None)
+    assert static["min"] == static["opt"] == static["max"] == [1, 3, 32, 32]
+    assert profile_batches(4, "4") == (4, 4, 4) and profile_batches(1, "1,1,1") == (1, 1, 1)
+    with pytest.raises(QdgError, match="disagrees with the ONNX input's fixed batch 1"):
+        profile_batches(1, "1,8,32")
+    with pytest.raises(QdgError, match="dynamic dimension besides the batch"):
+        profile_shapes("input", [-1, 3, -1, 32], None)
 
 
 # ---------------------------------------------------------------- FP16 float remainder
@@ -117,6 +132,46 @@ def test_fp16_remainder_keeps_qdq_and_agrees_with_fp32_on_ort_cpu(exports, name,
     assert b.dtype == np.float32
     np.testing.assert_allclose(b, a, rtol=2e-2, atol=5e-2)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
+
+
+SNAP_SUCCESSORS = ("Div", "Round", "Mul", "Add", "Relu", "Identity")
+
+
+def _snap_chains(graph):
+    """Nodes of `graph` from an op reading a DequantizeLinear through its Div/Round/Mul/Add/Relu successors (a plain
+    walk per DQ; the exact graph's snapped accumulators and what TensorRT fuses after them)."""
+    consumers = {}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    found = set()
+    todo = [c for n in graph.node if n.op_type == "DequantizeLinear" for c in consumers.get(n.output[0], [])]
+    while todo:
+        n = todo.pop()
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name not in found:
+            found.add(n.name)
+            todo += [c for c in consumers.get(n.output[0], []) if c.op_type in SNAP_SUCCESSORS]
+    return found
+
+
+@pytest.mark.parametrize("name", ["alignq", "trt"])
+def test_fp16_remainder_keeps_whole_qdq_chains_fp32(exports, name):
+    """The exact graph's snapped layers (Conv → Div → Round → Mul → Add → Relu): no Cast inside a chain, every
+    chain node reads and writes float32 (TensorRT 11 fuses the chain into INT8 only without a Cast; Round of an
+    accumulator in float16 is inexact above 2048)."""
+    model = onnx.load(str(exports[name, "exact"]))
+    assert any(n.op_type == "Round" for n in model.graph.node)  # the snap ops are there to keep
+    half, _ = convert_float_remainder(model)
+    chain = _snap_chains(half.graph)
+    assert {"Conv", "Round", "Div", "Mul", "Add", "Relu"} <= {n.op_type for n in half.graph.node if n.name in chain}
+    assert not [n.name for n in half.graph.node if n.name in chain and n.op_type == "Cast"]
+    inferred = onnx.shape_inference.infer_shapes(half).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+    types.update({t.name: t.data_type for t in half.graph.initializer})
+    half_tensors = [(n.name, t) for n in half.graph.node if n.name in chain for t in (*n.input, *n.output)
+                    if types.get(t) == onnx.TensorProto.FLOAT16]
+    assert half_tensors == []
+    assert _snap_chains(model.graph) == chain  # the same chains as before the pass
 
 
 def test_fp16_remainder_io_in_fp16_when_asked(exports):
@@ -161,7 +216,8 @@ def test_engine_report_schema(exports):
     plan = build_plan("10.7.0", has_qdq=True, fp16=True).to_dict()
     rep = engine_report(engine="m.engine", onnx=str(onnx_path), engine_bytes=1234, plan=plan,
                         gpu={"name": "NVIDIA H100", "compute_capability": "9.0"},
-                        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28], "max": [32, 1, 28, 28]}],
+                        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28],
+                                   "max": [32, 1, 28, 28]}],
                         workspace_gb=2.0, opt_level=None, timing_cache=None, build_seconds=12.3456,
                         fp16_conversion=None, inspector_json=json.dumps(SAMPLE),
                         quantized=quantized_layers(onnx_path), float_notes=float_layers(onnx_path))
@@ -174,6 +230,15 @@ def test_engine_report_schema(exports):
     broken = dict(rep, gpu={"name": "x"}, build_seconds="slow")
     del broken["tensorrt"]
     assert set(schema_errors(broken)) == {"tensorrt: missing", "build_seconds: str", "gpu.compute_capability: missing"}
+
+
+def test_has_qdq(exports, tmp_path):
+    """One check for "explicitly quantized" (the builder's INT8 flag on TensorRT 10, ort-trt's trt_int8_enable)."""
+    model = onnx.load(str(exports["trt", "lean"]))
+    assert has_qdq(model)
+    fp32 = tmp_path / "fp32.onnx"
+    export_run(DATA / "golden" / "trt", fmt="onnx-fp32", out=fp32, verify=False)
+    assert not has_qdq(onnx.load(str(fp32)))
 
 
 # ---------------------------------------------------------------- check --target tensorrt (issue item 6)
@@ -210,6 +275,28 @@ def test_export_tensorrt_without_tensorrt_is_one_error_line_and_no_file(tmp_path
     # bad TensorRT options are refused before TensorRT is looked for: rows in test_bad_inputs.py
 
 
+def test_timing_cache_folder_checked_up_front(tmp_path):
+    from qdg_deploy.export.tensorrt import TrtOptions
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(QdgError, match="--timing-cache .*cannot write in"):
+        TrtOptions(timing_cache=str(blocker / "trt.cache")).check()
+    TrtOptions(timing_cache=str(tmp_path / "new" / "trt.cache")).check()  # a folder still to be made is fine
+
+
+def test_engine_files_written_together(tmp_path):
+    """build_engine writes nothing; write_engine_files puts the engine, its report and the timing cache in place."""
+    from qdg_deploy.export.tensorrt import engine_report_path, write_engine_files
+    engine, cache = tmp_path / "m.engine", tmp_path / "cache" / "trt.cache"
+    write_engine_files(engine, (b"engine", {"engine_bytes": 6}, b"cache"), str(cache))
+    assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"cache"
+    assert json.loads(engine_report_path(engine).read_text()) == {"engine_bytes": 6}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json"]  # no temporaries
+    write_engine_files(tmp_path / "n.engine", (b"e", {}, None), None)  # no --timing-cache: no cache file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json", "n.engine",
+                                                          "n.engine.json"]
+
+
 # ---------------------------------------------------------------- a real build (TensorRT and a GPU)
 
 def test_real_engine_build(exports, tmp_path):
@@ -217,10 +304,13 @@ def test_real_engine_build(exports, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (tensorrt is installed)")
-    from qdg_deploy.export.tensorrt import TrtOptions, build_engine, engine_report_path
+    from qdg_deploy.export.tensorrt import TrtOptions, build_engine, engine_report_path, write_engine_files
     engine = tmp_path / "m.engine"
-    rep = build_engine(exports["trt", "lean"], engine, TrtOptions(batch_range="1,4,8",
-                                                                  timing_cache=str(tmp_path / "cache.bin")))
+    opts = TrtOptions(batch_range="1,4,8", timing_cache=str(tmp_path / "cache.bin"))
+    built = build_engine(exports["trt", "lean"], engine, opts)
+    assert not engine.exists()  # nothing written until the caller commits
+    write_engine_files(engine, built, opts.timing_cache)
+    rep = built[1]
     assert engine.stat().st_size == rep["engine_bytes"] > 0 and (tmp_path / "cache.bin").is_file()
     assert schema_errors(json.loads(engine_report_path(engine).read_text())) == []
     assert rep["tensorrt"] == trt.__version__ and rep["layers"] and rep["quantized_layers"] == 5
@@ -255,11 +345,14 @@ def test_ort_trt_options_carry_the_profile_and_caches(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"")
     assert engine_settings(onnx_path)["batch_range"] == (1, 8, 32)  # no engine report: the default range
-    rep = {"onnx": str(onnx_path), "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
-                                                "max": [16, 3, 32, 32]}],
-           "precision": {"fp16_flag": True}, "builder_optimization_level": 5}
+    # a TensorRT 11 report: FP16 by conversion, fp16_flag False; the ONNX named relative to the report's folder
+    rep = {"onnx": "model.onnx", "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
+                                              "max": [16, 3, 32, 32]}],
+           "precision": {"fp16_flag": False, "fp16_remainder": True}, "builder_optimization_level": 5}
     (tmp_path / "model.engine.json").write_text(json.dumps(rep))
     assert engine_settings(onnx_path) == {"batch_range": (2, 4, 16), "fp16": True, "opt_level": 5}
+    (tmp_path / "model.engine.json").write_text(json.dumps(dict(rep, onnx=str(onnx_path.resolve()))))
+    assert engine_settings(onnx_path)["batch_range"] == (2, 4, 16)  # as export writes it now: absolute
 
 
 def _jetson_tree(root: Path, *, clocks: bool) -> Path:

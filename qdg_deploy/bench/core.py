@@ -134,8 +134,8 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                 name = f"{Path(art.label).name} · {rt.name}"
                 progress.update(task, description=name, info="loading")
                 try:
-                    kw = {"cuda_graph": cuda_graph} if getattr(rt, "cuda_graph", False) else {}
-                    if getattr(rt, "takes_device", False):  # torch runtimes
+                    kw = {"cuda_graph": cuda_graph} if rt.cuda_graph else {}
+                    if rt.takes_device:  # torch runtimes
                         kw["device"] = device
                     session = rt.load(art, threads=threads, copies=copies, **kw)
                 except Exception as e:  # one artifact that cannot load must not end the whole bench

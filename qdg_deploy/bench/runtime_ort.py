@@ -61,7 +61,8 @@ class OrtSession(Session):
         try:  # threads 0: ONNX Runtime's default (one per physical core)
             self.sess = ort_session(path, threads=threads or 0, providers=providers)
         except Exception as e:
-            raise QdgError(f"{runtime} cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise QdgError(f"{runtime} cannot load {path}: {why}") from None
         self.runtime, self.file, self.threads, self._artifact = runtime, path, threads, artifact
         self.device = device
         self.in_name = self.sess.get_inputs()[0].name
@@ -160,12 +161,6 @@ class OrtCUDA(_OrtRuntime):
         return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
 
-def _has_qdq(path: Path) -> bool:
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-
-
 def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int, int], cache: Path, *,
                     int8: bool, fp16: bool, opt_level: int | None = None) -> dict:
     """TensorRT EP options: engine and timing caches in `cache`, an explicit optimization profile over the batch
@@ -175,11 +170,19 @@ def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int
     opts = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
             "trt_int8_enable": int8, "trt_fp16_enable": fp16,
-            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}", "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
+            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}",
+            "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
             "trt_profile_max_shapes": f"{input_name}:{shapes[2]}"}
     if opt_level is not None:
         opts["trt_builder_optimization_level"] = opt_level
     return opts
+
+
+def report_onnx(rep: dict, rep_path: Path) -> Path:
+    """The ONNX an engine report names, absolute: a relative name (older reports stored it as typed) is taken
+    from the report's folder, not from bench's working directory."""
+    onnx_path = Path(rep["onnx"])
+    return (onnx_path if onnx_path.is_absolute() else rep_path.parent / onnx_path).resolve()
 
 
 def engine_settings(path: Path) -> dict:
@@ -192,10 +195,12 @@ def engine_settings(path: Path) -> dict:
     for rep_path in path.parent.glob("*.engine.json"):
         try:
             rep = read_json(rep_path)
-            if Path(rep["onnx"]).resolve() == path.resolve():
+            if report_onnx(rep, rep_path) == path.resolve():
                 prof = rep["profiles"][0]
+                # fp16_remainder: FP16 on both majors (fp16_flag is always False on TensorRT 11's typed networks)
                 return {"batch_range": (prof["min"][0], prof["opt"][0], prof["max"][0]),
-                        "fp16": bool(rep["precision"]["fp16_flag"]), "opt_level": rep["builder_optimization_level"]}
+                        "fp16": bool(rep["precision"]["fp16_remainder"]),
+                        "opt_level": rep["builder_optimization_level"]}
         except (ValueError, KeyError, IndexError, TypeError, OSError):
             continue
     return found
@@ -207,13 +212,15 @@ class OrtTRT(_OrtRuntime):
 
     def providers(self, path):
         import onnx
+
+        from ..export.check import has_qdq
         cache = path.parent / "trt_cache"
         cache.mkdir(parents=True, exist_ok=True)
-        g = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
         chw = [d if isinstance(d, int) else -1 for d in onnx_input_dims(path)[1:]]
         es = engine_settings(path)
-        opts = ort_trt_options(g.input[0].name, chw, es["batch_range"], cache, int8=_has_qdq(path), fp16=es["fp16"],
-                               opt_level=es["opt_level"])
+        opts = ort_trt_options(model.graph.input[0].name, chw, es["batch_range"], cache, int8=has_qdq(model),
+                               fp16=es["fp16"], opt_level=es["opt_level"])
         return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", {"device_id": 0}),
                 "CPUExecutionProvider"]
 

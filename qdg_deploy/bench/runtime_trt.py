@@ -38,13 +38,12 @@ class TrtSession(Session):
         self.in_name, self.out_name = ins[0], outs[0]
         dims = [int(d) for d in self.engine.get_tensor_shape(self.in_name)]  # -1: dynamic (Dims → list, no slicing)
         self.fixed_batch = dims[0] if dims[0] > 0 else None
-        lo, _opt, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.in_name, 0))
-        if self.fixed_batch is None:
+        self.input_shape = dims[1:]
+        if self.fixed_batch is None:  # a profile exists only for dynamic dimensions: ask for it only then
+            lo, _opt, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.in_name, 0))
             self.batch_limits = (int(lo[0]), int(hi[0]))
-        chw = dims[1:]
-        if any(d <= 0 for d in chw):  # dynamic C/H/W: the largest shape of profile 0
-            chw = [int(d) for d in hi[1:]]
-        self.input_shape = chw
+            if any(d <= 0 for d in self.input_shape):  # dynamic C/H/W: the largest shape of profile 0
+                self.input_shape = [int(d) for d in hi[1:]]
         self.stream = torch.cuda.Stream()
         self.cuda_graph = cuda_graph
         self._buffers: dict[tuple, tuple] = {}
@@ -54,8 +53,9 @@ class TrtSession(Session):
         self.run = self._run_copies if copies else self._run_on_device
 
     def _dtype(self, name):
-        return {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
-                self._trt.int8: self._torch.int8, self._trt.int32: self._torch.int32}[self.engine.get_tensor_dtype(name)]
+        types = {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
+                 self._trt.int8: self._torch.int8, self._trt.int32: self._torch.int32}
+        return types[self.engine.get_tensor_dtype(name)]
 
     def _prepare(self, shape: tuple):
         """Device and pinned host buffers for one input shape, bound to the context (cached)."""
@@ -140,7 +140,8 @@ class TrtRuntime(Runtime):
         except ImportError:
             cuda = False
         if not cuda:
-            return False, f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA tensors)"
+            return False, (f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA "
+                           f"tensors)")
         return True, f"tensorrt {trt.__version__}, {torch.cuda.get_device_name(0)}"
 
     def versions(self):

@@ -57,6 +57,8 @@ def in_batches(fn, x: np.ndarray, limits: tuple[int, int] | None) -> np.ndarray:
 class Runtime:
     name: str = ""
     description: str = ""
+    cuda_graph: bool = False  # load() also takes cuda_graph= (replay a captured CUDA graph per batch shape)
+    takes_device: bool = False  # load() also takes device= (bench --device: where a torch model runs)
 
     def available(self) -> tuple[bool, str]:
         """(True, details) when this machine can run it, else (False, why not)."""

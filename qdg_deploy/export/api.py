@@ -153,24 +153,28 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     torch_device = resolve_device(device)  # the torch side of --verify
     if max_samples is not None and max_samples < 1:
         raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
+    engine = None  # --format tensorrt: where the engine goes
     if fmt == "tensorrt":
-        from .tensorrt import TrtOptions, build_engine, require_tensorrt
+        from .tensorrt import TrtOptions, _gpu, build_engine, require_tensorrt, write_engine_files
+        from .trt_plan import profile_batches
         trt = trt or TrtOptions()
         trt.check()
+        if not dynamic_batch and onnx_in is None:  # --static-batch exports batch 1: its profile is 1,1,1
+            profile_batches(1, trt.batch_range)
+        engine = Path(out) if out else Path(run_dir) / "model.engine"
+        check_out_path(engine, "model.engine")  # --out names the engine with --format tensorrt
         require_tensorrt()
+        _gpu()  # no CUDA GPU: refused before any work (build_engine asks again for the report)
         target = "tensorrt"
         if onnx_in is not None:
-            return build_given_onnx(run_dir, Path(onnx_in), out, trt)
+            return build_given_onnx(Path(onnx_in), engine, trt)
     elif onnx_in is not None or trt is not None:
         raise QdgError("--onnx and the TensorRT build options go with --format tensorrt")
     run = load_run(run_dir)
     fp32 = fmt == "onnx-fp32"
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
-    engine = (Path(out) if out else Path(run_dir) / "model.engine") if fmt == "tensorrt" else None
-    for p in (path, engine):  # where the files go, checked before any work
-        if p is not None:
-            check_out_path(p, default_name)
+    check_out_path(path, default_name)  # where the files go, checked before any work
     scheme = run.scheme
     if scheme is None and not fp32:
         raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
@@ -209,21 +213,23 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
             if below and not force:
                 raise QdgError(refusal(report, path))
         if engine is not None:
-            report.update(engine_keys(engine, build_engine(tmp_model, engine, trt, onnx_label=str(path))))
+            built = build_engine(tmp_model, engine, trt, onnx_label=str(path))
+            report.update(engine_keys(engine, built[1]))
         write_json(tmp_report, report)
+        if engine is not None:  # the last step: every file is ready, all reach their names together
+            write_engine_files(engine, built, trt.timing_cache)
     return report
 
 
-def build_given_onnx(run_dir, onnx_path: Path, out, trt) -> dict:
+def build_given_onnx(onnx_path: Path, engine: Path, trt) -> dict:
     """`--format tensorrt --onnx PATH`: the engine from an ONNX already exported (checked, not re-verified)."""
-    from .tensorrt import build_engine
+    from .tensorrt import build_engine, write_engine_files
 
     if not onnx_path.is_file():
         raise QdgError(f"--onnx {onnx_path}: no such file")
-    engine = Path(out) if out else Path(run_dir) / "model.engine"
-    check_out_path(engine, "model.engine")
     built = build_engine(onnx_path, engine, trt)
-    return {"path": str(onnx_path), "format": "tensorrt", **engine_keys(engine, built)}
+    write_engine_files(engine, built, trt.timing_cache)
+    return {"path": str(onnx_path), "format": "tensorrt", **engine_keys(engine, built[1])}
 
 
 def engine_keys(engine: Path, built: dict) -> dict:

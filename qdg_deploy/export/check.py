@@ -21,6 +21,12 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the graph is explicitly quantized (holds a QuantizeLinear or DequantizeLinear node): TensorRT 10
+    then needs its INT8 flag (the engine builder and ort-trt alike)."""
+    return any(n.op_type in QDQ for n in model.graph.node)
+
+
 def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model

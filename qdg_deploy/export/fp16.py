@@ -6,8 +6,10 @@ TensorRT fuses DequantizeLinear → Conv/Gemm → (pointwise ops) → QuantizeLi
 no Cast sits inside the chain, and the scales must keep their float32 values. Casts go on the boundaries between
 the two parts and, unless `keep_io=False`, on the graph's inputs and outputs so callers still feed and read FP32.
 
-A node is kept in float32 ("locked") when it is a Q/DQ node, reads a DequantizeLinear output, feeds a
-QuantizeLinear, or sits between locked nodes on both sides (the pointwise ops TensorRT fuses into the chain).
+A node is kept in float32 ("locked") when it is a Q/DQ node, lies on a chain DequantizeLinear → op → pointwise
+ops → QuantizeLinear (`chain_nodes`: the exact graph's Conv → Div → Round → Mul → Add snap included; a Cast there
+breaks TensorRT's INT8 fusion, and Round of an accumulator in float16 is inexact above 2048, inf above 65504),
+reads a DequantizeLinear output, feeds a QuantizeLinear, or sits between locked nodes on both sides.
 """
 
 from __future__ import annotations
@@ -19,22 +21,62 @@ from onnx import TensorProto, helper, numpy_helper
 from .check import QDQ
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+# elementwise ops TensorRT fuses after a quantized Conv/Gemm (the exact graph's Div/Round/Mul snap, bias, activation)
+POINTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Round", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "Erf",
+                       "Abs", "Neg", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow", "Exp", "HardSigmoid", "HardSwish",
+                       "Identity"})
 FLOAT_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}  # float32 whatever the data type (scales)
 
 
-def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
-    """Indices of the nodes that stay float32: the Q/DQ chains (with keep_io, the graph's float32 inputs and
-    outputs count as float32 neighbours, so a pass-through op next to them needs no Cast either)."""
+def _links(graph: onnx.GraphProto) -> tuple[dict[str, int], dict[str, list[int]], list[str]]:
+    """(tensor → index of the node making it, tensor → indices of the nodes reading it, each node's op)."""
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.node):
         for t in n.input:
             consumers.setdefault(t, []).append(i)
     ops = [n.op_type for n in graph.node]
+    return producer, consumers, ops
+
+
+def _reach(starts: list[int], step, enter) -> set[int]:
+    """Nodes reachable from `starts` by `step` (node → next nodes), entering only nodes `enter` accepts."""
+    seen: set[int] = set()
+    todo = [i for i in starts if enter(i)]
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo.extend(j for j in step(i) if enter(j) and j not in seen)
+    return seen
+
+
+def chain_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
+    """Indices of the nodes on a path DequantizeLinear → op → pointwise ops → QuantizeLinear (Q/DQ excluded):
+    the op reading the DQ, then the pointwise ops after it (TensorRT fuses those into the INT8 kernel), where a
+    QuantizeLinear (with keep_io, a float32 graph output: the classifier's snap) is reachable further on. A
+    non-pointwise op (a GroupNorm's Reshape, a pool) ends the chain, so a float block between two quantizers
+    still runs in FP16."""
+    producer, consumers, ops = _links(graph)
+    after = lambda i: [c for o in graph.node[i].output for c in consumers.get(o, [])]  # noqa: E731
+    before = lambda i: [producer[t] for t in graph.node[i].input if t in producer]  # noqa: E731
+    heads = [j for i, op in enumerate(ops) if op == "DequantizeLinear" for j in after(i) if ops[j] not in QDQ]
+    forward = set(heads) | _reach([j for i in heads for j in after(i)], after, lambda j: ops[j] in POINTWISE)
+    ends = [j for i, op in enumerate(ops) if op == "QuantizeLinear" for j in before(i)]
+    ends += [producer[o.name] for o in graph.output if keep_io and o.name in producer]
+    backward = _reach(ends, before, lambda j: ops[j] != "DequantizeLinear")
+    return forward & backward
+
+
+def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
+    """Indices of the nodes that stay float32: the Q/DQ chains (with keep_io, the graph's float32 inputs and
+    outputs count as float32 neighbours, so a pass-through op next to them needs no Cast either)."""
+    producer, consumers, ops = _links(graph)
     locked = {i for i, n in enumerate(graph.node)
               if ops[i] in QDQ
               or any(ops[producer[t]] == "DequantizeLinear" for t in n.input if t in producer)
               or any(ops[c] == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))}
+    locked |= chain_nodes(graph, keep_io)  # the whole fused chain, however many pointwise ops it holds
     boundary = {v.name for v in (*graph.input, *graph.output)} if keep_io else set()
     changed = True
     while changed:  # the pointwise ops between two locked nodes join the chain
@@ -43,7 +85,8 @@ def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
             if i in locked:
                 continue
             ins = [producer[t] in locked for t in n.input if t in producer] + [t in boundary for t in n.input]
-            outs = [c in locked for o in n.output for c in consumers.get(o, [])] + [True for o in n.output if o in boundary]
+            outs = [c in locked for o in n.output for c in consumers.get(o, [])]
+            outs += [True for o in n.output if o in boundary]
             if any(ins) and outs and all(outs):
                 locked.add(i)
                 changed = True

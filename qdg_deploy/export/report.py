@@ -46,9 +46,10 @@ class OrtFusion:
     def info(self) -> dict:
         out = {"ort_fused_layers": self.fused_layers, "ort_unfused_layers": self.unfused_layers,
                "ort_fused_adds": self.fused_adds}
+        # the keys depend on the export's settings (target ort, integer biases), never on the model: 0 is written
         if self.kernel_adds is not None:
             out["ort_kernel_adds"] = self.kernel_adds
-        if self.kernel_pools:
+        if self.kernel_pools is not None:
             out["ort_fused_pools"], out["ort_kernel_pools"] = self.fused_pools, self.kernel_pools
         return out
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from ..errors import QdgError
 
 SUPPORTED_MAJORS = (10, 11)
-DEFAULT_BATCH_RANGE = "1,8,32"  # MIN,OPT,MAX batch of the optimization profile (bench's default batches)
+DEFAULT_BATCH_RANGE = "1,8,32"  # MIN,OPT,MAX batch of a dynamic batch's profile (bench's default batches)
 
 # Each TensorRT Python call the builder (export/tensorrt.py) and the `trt` runtime (bench/runtime_trt.py) make, and
 # the majors it exists in, checked against the 10.x and 11.x Python API references and the 10.x → 11.x migration
@@ -49,7 +49,6 @@ class BuildPlan:
     tensorrt: str
     major: int
     strongly_typed: bool
-    network_flags: tuple[str, ...]      # NetworkDefinitionCreationFlag names passed to create_network
     builder_flags: tuple[str, ...]      # BuilderFlag names set on the config
     convert_fp16: bool                  # the ONNX's float remainder converted to float16 before parsing
     device: str                         # "GPU" or "DLA"
@@ -60,7 +59,7 @@ class BuildPlan:
 
 def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None = None,
                gpu_fallback: bool = False) -> BuildPlan:
-    """The network flags, builder flags and graph rewrite for this TensorRT version and these options."""
+    """The builder flags and graph rewrite for this TensorRT version and these options."""
     major = parse_version(version)[0]
     if major not in SUPPORTED_MAJORS:
         raise QdgError(f"TensorRT {version} is not supported: the engine builder knows TensorRT 10.x and 11.x "
@@ -74,7 +73,7 @@ def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None 
             flags.append("FP16")
     if dla_core is not None and gpu_fallback:
         flags.append("GPU_FALLBACK")
-    return BuildPlan(tensorrt=str(version), major=major, strongly_typed=strongly_typed, network_flags=(),
+    return BuildPlan(tensorrt=str(version), major=major, strongly_typed=strongly_typed,
                      builder_flags=tuple(flags), convert_fp16=strongly_typed and (fp16 or dla_core is not None),
                      device="GPU" if dla_core is None else "DLA")
 
@@ -90,3 +89,26 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
     if len(vals) != 3 or not 1 <= vals[0] <= vals[1] <= vals[2]:
         raise QdgError(f"--batch-range takes MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32 (got {text!r})")
     return vals[0], vals[1], vals[2]
+
+
+def profile_batches(input_batch: int, batch_range: str | None) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the optimization profile for an input whose batch dimension is `input_batch`
+    (<= 0: dynamic). A fixed batch b takes (b, b, b): TensorRT refuses any other profile for a static dimension,
+    so a --batch-range that disagrees is refused; a dynamic batch takes --batch-range (default 1,8,32)."""
+    if input_batch <= 0:
+        return parse_batch_range(batch_range or DEFAULT_BATCH_RANGE)
+    fixed = (input_batch,) * 3
+    if batch_range is not None and parse_batch_range(batch_range) != fixed:
+        raise QdgError(f"--batch-range {batch_range} disagrees with the ONNX input's fixed batch {input_batch} "
+                       f"(--static-batch exports batch 1): leave --batch-range out, or export with --dynamic-batch")
+    return fixed
+
+
+def profile_shapes(name: str, dims: list[int], batch_range: str | None) -> dict:
+    """The optimization profile of one network input of shape `dims` (-1: dynamic): {input, min, opt, max}."""
+    chw = [int(d) for d in dims[1:]]
+    if any(d <= 0 for d in chw):
+        raise QdgError(f"input {name!r} has a dynamic dimension besides the batch {list(dims)}: export with "
+                       f"fixed C, H, W (--batch-range sets the batch only)")
+    lo, mid, hi = profile_batches(int(dims[0]), batch_range)
+    return {"input": name, "min": [lo, *chw], "opt": [mid, *chw], "max": [hi, *chw]}
