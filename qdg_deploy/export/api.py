@@ -155,7 +155,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
     engine = None  # --format tensorrt: where the engine goes
     if fmt == "tensorrt":
-        from .tensorrt import TrtOptions, _gpu, build_engine, require_tensorrt, write_engine_files
+        from .tensorrt import TrtOptions, build_engine, require_gpu, require_tensorrt, write_engine_files
         from .trt_plan import profile_batches
         trt = trt or TrtOptions()
         trt.check()
@@ -164,7 +164,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
         engine = Path(out) if out else Path(run_dir) / "model.engine"
         check_out_path(engine, "model.engine")  # --out names the engine with --format tensorrt
         require_tensorrt()
-        _gpu()  # no CUDA GPU: refused before any work (build_engine asks again for the report)
+        require_gpu()  # no CUDA GPU: refused before any work (build_engine asks again for the report)
         target = "tensorrt"
         if onnx_in is not None:
             return build_given_onnx(Path(onnx_in), engine, trt)

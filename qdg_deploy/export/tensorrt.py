@@ -60,7 +60,7 @@ class TrtOptions:
                            f"or not a folder); choose another path")
 
 
-def _gpu(trt_device_index: int = 0) -> dict:
+def require_gpu(trt_device_index: int = 0) -> dict:
     import torch
     if not torch.cuda.is_available():
         raise QdgError(f"TensorRT is installed but torch sees no CUDA GPU; {INSTALL}")
@@ -116,7 +116,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
     opts = opts or TrtOptions()
     opts.check()
     trt = require_tensorrt()
-    gpu = _gpu()
+    gpu = require_gpu()
     model = onnx.load(str(onnx_path))
     quantized, float_notes = quantized_layers(model), float_layers(model)
     plan = build_plan(trt.__version__, has_qdq=has_qdq(model), fp16=opts.fp16, dla_core=opts.dla_core,
