@@ -100,8 +100,8 @@ def train(
                                       "float32."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory layout (faster convs "
                                        "on recent GPUs)."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for folder data sets (default: "
-                                          "up to 4)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes per domain stream of a folder "
+                                          "data set (default: none on the CPU; on a GPU up to 4 in all)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="torch's deterministic algorithms only."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.ckpt (written every "
                                 "--checkpoint-freq steps) where a killed run left one."),

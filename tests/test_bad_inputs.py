@@ -312,15 +312,30 @@ def test_bad_input(row, world, tmp_path, capsys):
 
 # ---------------------------------------------------------------- Ctrl-C, umask
 
-def test_ctrl_c_is_one_line(world, tmp_path):
-    # "ready" once the imports are done (a signal during them would come before main), then main() as installed
+def children(pid: int) -> list[str]:
+    """The child processes of `pid` (Linux's /proc; none where it is absent)."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("workers,group", [(None, False), (2, False), (2, True)],
+                         ids=["default", "workers-2", "workers-2-group"])
+def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
+    # "ready" once the imports are done (a signal during them would come before main), then main() as installed.
+    # With DataLoader workers: SIGINT to the main process only (kill -INT), or to the whole process group as a
+    # terminal's Ctrl-C sends it (the workers ignore it; the main process stops them).
     code = "import sys; from qdg_deploy.cli import main; print('ready', file=sys.stderr, flush=True); main()"
     cmd = [sys.executable, "-c", code, "train", "--dataset", f"folder:{world['tree']}", *TRAIN[:-2],
-           "--steps", "100000", "--out", str(tmp_path / "out")]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--steps", "100000", "--out", str(tmp_path / "out"), *(["--workers", str(workers)] if workers else [])]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     assert p.stderr.readline().strip() == "ready"
+    end = time.monotonic() + 60
+    while workers and len(children(p.pid)) < workers and time.monotonic() < end and p.poll() is None:
+        time.sleep(0.1)  # the workers started: the signal comes while they load batches
     time.sleep(3)  # into the data loading or the first steps
-    p.send_signal(signal.SIGINT)
+    os.killpg(p.pid, signal.SIGINT) if group else p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     lines = err.strip().splitlines()

@@ -225,6 +225,17 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
         close_dist(dist)
 
 
+def loader_workers(hp: dict, dataset, device: torch.device, n_streams: int) -> int:
+    """DataLoader workers of each data stream: none for in-memory data; --workers where given; else none on the CPU
+    (workers compete with the training's own threads for the cores) and up to 4 in all on a GPU, which they keep
+    fed, shared by the streams."""
+    if isinstance(dataset, TensorDataset):
+        return 0
+    if hp.get("workers") is not None:
+        return hp["workers"]
+    return max(1, min(4, os.cpu_count() or 1) // n_streams) if device.type == "cuda" else 0
+
+
 def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict | None:
     if dist.main:
         prepare_out(out, overwrite, hp.get("resume", False))
@@ -244,8 +255,7 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     result = Fit(WeightAveraging(hp, algo.averaging_start()))
     ckpt = out / LAST
     done = restore(read_checkpoint(ckpt, hp), algo, result) if hp.get("resume") and ckpt.is_file() else 0
-    workers = (0 if isinstance(setup.train_splits[0].train, TensorDataset)
-               else hp.get("workers") if hp.get("workers") is not None else min(4, os.cpu_count() or 1))
+    workers = loader_workers(hp, setup.train_splits[0].train, device, len(setup.train_splits) + setup.da)
     stream = functools.partial(infinite_batches, batch_size=hp["batch_size"], workers=workers, dist=dist,
                                device=device, channels_last=algo.channels_last, skip=done)
     streams = [stream(s.train, seed=hp["seed"] * 1000 + i) for i, s in enumerate(setup.train_splits)]
@@ -260,6 +270,10 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
         if dist.main and not hp.get("resume"):
             discard_checkpoint(out, fresh)
         raise
+    finally:  # their DataLoader workers stop here, a Ctrl-C's included
+        for s in [*streams, target_stream]:
+            if s is not None:
+                s.close()
 
 
 def discard_checkpoint(out: Path, fresh: bool) -> None:
