@@ -74,6 +74,17 @@ def test_resume_refuses_other_options(tmp_path):
     assert json.loads((out / "config.json").read_text())["device"]["resumed_at_step"] is None  # a new run
 
 
+def test_deterministic_is_restored_after_the_run(tmp_path):
+    from qdg_deploy.train import resolve_hparams, train_one
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    hp = resolve_hparams("rotated-mnist", method="erm", test_env="75", steps=2, checkpoint_freq=2, batch_size=8,
+                         threads=1, deterministic=True)
+    train_one(hp, tmp_path / "run")
+    assert not torch.are_deterministic_algorithms_enabled()  # process-wide: set for the run only
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # what CUDA's deterministic cuBLAS needs (kept for the process)
+
+
 def test_loader_workers_default():
     from torch.utils.data import TensorDataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 import os
 import random
@@ -220,9 +220,27 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     amp = resolve_amp(hp.get("amp"), device)
     dist = init_dist(device.type)
     try:
-        return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
+        with deterministic_algorithms(bool(hp.get("deterministic"))):
+            return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
     finally:
         close_dist(dist)
+
+
+@contextmanager
+def deterministic_algorithms(on: bool):
+    """torch's deterministic algorithms for the run only: the setting is process-wide, so the previous one comes
+    back afterwards (for in-process callers). cuBLAS needs a fixed workspace for them on CUDA, set before its first
+    use (a value the user set is kept)."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def loader_workers(hp: dict, dataset, device: torch.device, n_streams: int) -> int:
@@ -242,8 +260,6 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     seed_everything(hp["seed"])
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
-    if hp.get("deterministic"):
-        torch.use_deterministic_algorithms(True)
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds
