@@ -54,8 +54,8 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["grad_approx"] = "chain" if hp["grad_approx"] else "off"
     check_ranges(hp)
     check_choices(hp, given)
+    check_distributed(hp)  # first: under torchrun, --device cuda:N is refused as such
     resolve_amp(hp.get("amp"), resolve_device(hp.get("device")))  # --device cuda without CUDA: refused here
-    check_distributed(hp)
     if hp["optimizer"] == "sgd":  # SGD's own rates where none was given (hparams.py)
         hp["lr"] = given.get("lr", hp["sgd_lr"])
         hp["q_lr"] = given.get("q_lr", hp["lr"])
@@ -216,9 +216,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     """Train one leave-one-domain-out run into `out`; returns its metrics (None on a torchrun rank other than 0).
     With hp["resume"], continue from `out`/last.ckpt where a killed run left one."""
     out = Path(out)
-    device = resolve_device(hp.get("device"), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    dist, device = init_dist(hp.get("device"))
     amp = resolve_amp(hp.get("amp"), device)
-    dist = init_dist(device.type)
     try:
         with deterministic_algorithms(bool(hp.get("deterministic"))):
             return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
