@@ -323,10 +323,12 @@ def children(pid: int) -> list[str]:
 @pytest.mark.parametrize("workers,group", [(None, False), (2, False), (2, True)],
                          ids=["default", "workers-2", "workers-2-group"])
 def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
-    # "ready" once the imports are done (a signal during them would come before main), then main() as installed.
+    # "ready" once the imports are done, torch's included (a signal during them would come before main, and one
+    # while torch's C extension imports numpy is swallowed there: the run would go on), then main() as installed.
     # With DataLoader workers: SIGINT to the main process only (kill -INT), or to the whole process group as a
     # terminal's Ctrl-C sends it (the workers ignore it; the main process stops them).
-    code = "import sys; from qdg_deploy.cli import main; print('ready', file=sys.stderr, flush=True); main()"
+    code = ("import sys, torch, qdg_deploy.train; from qdg_deploy.cli import main; "
+            "print('ready', file=sys.stderr, flush=True); main()")
     cmd = [sys.executable, "-c", code, "train", "--dataset", f"folder:{world['tree']}", *TRAIN[:-2],
            "--steps", "100000", "--out", str(tmp_path / "out"), *(["--workers", str(workers)] if workers else [])]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
@@ -340,7 +342,7 @@ def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
     assert p.returncode == 130, err
     lines = err.strip().splitlines()
     assert "Traceback" not in err and lines and lines[-1].startswith("interrupted"), err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists(), sorted((tmp_path / "out").iterdir())
     assert [p for p in tmp_path.iterdir()] == []  # no temporary folder left either
 
 
