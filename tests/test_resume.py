@@ -95,3 +95,14 @@ def test_loader_workers_default():
     assert loader_workers({"workers": 2}, folder, cpu, 3) == 2
     assert 1 <= loader_workers({}, folder, gpu, 3) <= max(1, 4 // 3)  # a modest share per stream on a GPU
     assert loader_workers({"workers": 2}, TensorDataset(torch.zeros(1)), gpu, 3) == 0  # in memory: none
+
+
+def test_discard_checkpoint_takes_a_left_temporary(tmp_path):
+    from qdg_deploy.train.loop import discard_checkpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"x")
+    (out / ".last.ckpt.abc123.tmp").write_bytes(b"")  # as an interrupted atomic_path leaves it
+    discard_checkpoint(out, fresh=True)
+    assert not out.exists()

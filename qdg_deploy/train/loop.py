@@ -292,8 +292,11 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
 
 
 def discard_checkpoint(out: Path, fresh: bool) -> None:
-    """Remove out/last.ckpt, and `out` itself when this run created it and nothing else is in it."""
-    (out / LAST).unlink(missing_ok=True)
+    """Remove out/last.ckpt, and `out` itself when this run created it and nothing else is in it. A Ctrl-C just
+    after atomic_path's mkstemp created the checkpoint's temporary file (before its cleanup could take over) leaves
+    that file: it goes too."""
+    for p in [out / LAST, *out.glob(f".{LAST}.*.tmp")]:
+        p.unlink(missing_ok=True)
     if fresh and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 
