@@ -6,7 +6,9 @@ past 60 lines by its parameter list alone; its body is a few lines.)"""
 from __future__ import annotations
 
 import errno
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -570,10 +572,31 @@ def check_threads(threads: Optional[int]) -> None:
         raise QdgError(f"--threads takes an integer >= 1 (got {threads}); leave it out for the default")
 
 
+# Verbs that compute with torch: main imports it first, with Ctrl-C held back (see sigint_held).
+TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness"}
+
+
+@contextmanager
+def sigint_held():
+    """SIGINT held back in the block and delivered when it ends (a KeyboardInterrupt then). torch's C extension
+    swallows a KeyboardInterrupt raised while it imports numpy: a Ctrl-C then would be lost and the command go on."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: as is
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def main() -> None:
     """The one error policy: an expected failure (QdgError, an OS error on a named file) is one line, `error: …`,
     exit 2; Ctrl-C is one line, exit 130; anything else is a bug: its traceback and a line asking to report it."""
     try:
+        if TORCH_VERBS.intersection(sys.argv[1:2]) and "--help" not in sys.argv:
+            with sigint_held():
+                import torch  # noqa: F401
         app(args=bare_flag_values(sys.argv[1:]))
     except QdgError as e:
         fail(worker_message(str(e)))

@@ -346,6 +346,17 @@ def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
     assert [p for p in tmp_path.iterdir()] == []  # no temporary folder left either
 
 
+def test_sigint_held_arrives_after_the_block():
+    from qdg_deploy.cli import sigint_held
+
+    reached = False
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)  # pending, not raised inside (where torch's import would lose it)
+            reached = True
+    assert reached
+
+
 def test_artifacts_follow_the_umask(world, tmp_path, capsys):
     old = os.umask(0o022)
     try:
