@@ -579,7 +579,8 @@ TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "
 @contextmanager
 def sigint_held():
     """SIGINT held back in the block and delivered when it ends (a KeyboardInterrupt then). torch's C extension
-    swallows a KeyboardInterrupt raised while it imports numpy: a Ctrl-C then would be lost and the command go on."""
+    swallows a KeyboardInterrupt raised while it imports numpy: a Ctrl-C then would be lost and the command go on.
+    The mask is this thread's (main's, the only one before torch; threads started in the block inherit it)."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: as is
         yield
         return

@@ -347,12 +347,16 @@ def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
 
 
 def test_sigint_held_arrives_after_the_block():
+    import threading
+
     from qdg_deploy.cli import sigint_held
 
     reached = False
     with pytest.raises(KeyboardInterrupt):
         with sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)  # pending, not raised inside (where torch's import would lose it)
+            # to this thread (the CLI's only one when it holds SIGINT; here other tests may have started threads,
+            # which could take a process-directed signal): pending, not raised inside, where torch would lose it
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             reached = True
     assert reached
 
