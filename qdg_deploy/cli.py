@@ -6,7 +6,9 @@ past 60 lines by its parameter list alone; its body is a few lines.)"""
 from __future__ import annotations
 
 import errno
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -100,8 +102,8 @@ def train(
                                       "float32."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory layout (faster convs "
                                        "on recent GPUs)."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for folder data sets (default: "
-                                          "up to 4)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes per domain stream of a folder "
+                                          "data set (default: none on the CPU; on a GPU up to 4 in all)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="torch's deterministic algorithms only."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.ckpt (written every "
                                 "--checkpoint-freq steps) where a killed run left one."),
@@ -570,10 +572,32 @@ def check_threads(threads: Optional[int]) -> None:
         raise QdgError(f"--threads takes an integer >= 1 (got {threads}); leave it out for the default")
 
 
+# Verbs that compute with torch: main imports it first, with Ctrl-C held back (see sigint_held).
+TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness"}
+
+
+@contextmanager
+def sigint_held():
+    """SIGINT held back in the block and delivered when it ends (a KeyboardInterrupt then). torch's C extension
+    swallows a KeyboardInterrupt raised while it imports numpy: a Ctrl-C then would be lost and the command go on.
+    The mask is this thread's (main's, the only one before torch; threads started in the block inherit it)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: as is
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def main() -> None:
     """The one error policy: an expected failure (QdgError, an OS error on a named file) is one line, `error: …`,
     exit 2; Ctrl-C is one line, exit 130; anything else is a bug: its traceback and a line asking to report it."""
     try:
+        if TORCH_VERBS.intersection(sys.argv[1:2]) and "--help" not in sys.argv:
+            with sigint_held():
+                import torch  # noqa: F401
         app(args=bare_flag_values(sys.argv[1:]))
     except QdgError as e:
         fail(worker_message(str(e)))

@@ -19,6 +19,7 @@ def evaluate_run(run_dir: str | Path, json_path: str | Path | None = None, devic
     _, splits = run_splits(hp)
     test = run.config["test_env_index"]
     result = {"run": str(run_dir), "method": run.metrics["method"], "bits": run.metrics["bits"],
-              "scheme": run.metrics["scheme"], **domain_metrics(run.model.to(where).eval(), splits, test), "device": str(where)}
+              "scheme": run.metrics["scheme"], **domain_metrics(run.model.to(where).eval(), splits, test),
+              "device": str(where)}
     write_json(Path(json_path) if json_path else Path(run_dir) / "eval.json", result)
     return result

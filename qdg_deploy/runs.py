@@ -24,6 +24,7 @@ from .quant import Scheme, quantize_model
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
 RUN_FILES = (CONFIG, WEIGHTS, METRICS)
+CHECKPOINT = "last.ckpt"  # a killed training's state (train/resume.py): its folder is a run that --overwrite replaces
 
 
 @dataclass
@@ -95,7 +96,7 @@ def check_out_dir(out: str | Path, overwrite: bool, option: str = "--out") -> Pa
     if out.exists() and not out.is_dir():
         raise QdgError(f"{option} {out} is a file, not a directory: choose a folder for the run")
     if out.is_dir():
-        if (out / WEIGHTS).exists() or (out / METRICS).exists() or (out / CONFIG).exists():
+        if any((out / name).exists() for name in (WEIGHTS, METRICS, CONFIG, CHECKPOINT)):
             if not overwrite:
                 raise QdgError(f"{out} already holds a run; choose another {option} or pass --overwrite")
         elif any(p.name not in KEPT_FILES for p in out.iterdir()):

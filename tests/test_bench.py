@@ -302,6 +302,22 @@ def test_runtimes_agree_on_logits(world):
     assert np.abs(i8 - f32).max() < 0.25 * np.abs(f32).max() + 1e-3
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_torch_session_copies(world, device):
+    """torch-fp32 records host<->device copies as ORT / TensorRT do: none on the CPU; on a GPU included, or excluded
+    with --no-copies (the input staged on the device once, the output left there)."""
+    art = B.resolve_artifact(world["qrun"])
+    x = np.random.default_rng(1).random((4, 3, IMAGE, IMAGE), dtype=np.float32)
+    want = B.get_runtime("torch-fp32").load(art, threads=1, device="cpu").predict(x)
+    for copies, label in [(True, "included"), (False, "excluded")]:
+        s = B.get_runtime("torch-fp32").load(art, threads=1, copies=copies, device=device)
+        assert s.copies == ("none" if device == "cpu" else label)
+        out = s.run(x)
+        assert (out is None) == (device == "cuda" and not copies)
+        np.testing.assert_allclose(s.predict(x), want, rtol=1e-3, atol=1e-3)
+
+
 def test_per_domain_accuracy(world, result):
     q = str(world["qrun"])
     splits = split_domains(get_dataset(f"folder:{world['data']}", image_size=IMAGE), 0.2, 0)

@@ -49,6 +49,6 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 def test_torchrun_refusals(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for kwargs, words in [(dict(method="coral"), "--method coral"), (dict(batch_size=7), "multiple of 2"),
-                          (dict(test_env="all"), "one --test-env")]:
+                          (dict(test_env="all"), "one --test-env"), (dict(device="cuda:1"), "cuda:LOCAL_RANK")]:
         with pytest.raises(QdgError, match=words):
             resolve_hparams("rotated-mnist", **{"method": "erm", "test_env": "0", **kwargs})

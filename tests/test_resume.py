@@ -1,5 +1,6 @@
 """Resume: a run killed with SIGKILL at three random steps, resumed each time, ends with the unbroken run's weights."""
 
+import json
 import os
 import random
 import signal
@@ -67,3 +68,41 @@ def test_resume_refuses_other_options(tmp_path):
     r = run_cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
     assert (out / "last.ckpt").is_file()
+    r = run_cli(*ARGS, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["device"]["resumed_at_step"] is None  # a new run
+
+
+def test_deterministic_is_restored_after_the_run(tmp_path):
+    from qdg_deploy.train import resolve_hparams, train_one
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    hp = resolve_hparams("rotated-mnist", method="erm", test_env="75", steps=2, checkpoint_freq=2, batch_size=8,
+                         threads=1, deterministic=True)
+    train_one(hp, tmp_path / "run")
+    assert not torch.are_deterministic_algorithms_enabled()  # process-wide: set for the run only
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # what CUDA's deterministic cuBLAS needs (kept for the process)
+
+
+def test_loader_workers_default():
+    from torch.utils.data import TensorDataset
+
+    from qdg_deploy.train.loop import loader_workers
+
+    folder, cpu, gpu = object(), torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers({}, folder, cpu, 3) == 0  # on the CPU workers compete with the training for the cores
+    assert loader_workers({"workers": 2}, folder, cpu, 3) == 2
+    assert 1 <= loader_workers({}, folder, gpu, 3) <= max(1, 4 // 3)  # a modest share per stream on a GPU
+    assert loader_workers({"workers": 2}, TensorDataset(torch.zeros(1)), gpu, 3) == 0  # in memory: none
+
+
+def test_discard_checkpoint_takes_a_left_temporary(tmp_path):
+    from qdg_deploy.train.loop import discard_checkpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"x")
+    (out / ".last.ckpt.abc123.tmp").write_bytes(b"")  # as an interrupted atomic_path leaves it
+    discard_checkpoint(out, fresh=True)
+    assert not out.exists()

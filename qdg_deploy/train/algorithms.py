@@ -41,6 +41,9 @@ class Algorithm(nn.Module):
     channels_last = False
     dist = SINGLE
     scaler = None  # fp16: the gradient scaler
+    # Under torchrun: DistributedDataParallel over `network` (set by `replaced`, with object.__setattr__ so that it
+    # stays out of the module tree and the state dict); None in one process.
+    ddp = None
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()
@@ -90,7 +93,7 @@ class Algorithm(nn.Module):
 
     def forward_train(self, x: torch.Tensor) -> torch.Tensor:
         """The network's training forward: through DDP (which all-reduces the gradients) when there is one."""
-        return (getattr(self, "ddp", None) or self.network)(x)
+        return (self.ddp or self.network)(x)
 
     def autocast(self):
         return autocast(self.device, self.amp)

@@ -2,19 +2,29 @@
 
 `qdg-deploy train …` run by `torchrun --nproc-per-node N` finds WORLD_SIZE / RANK / LOCAL_RANK in its environment.
 Every rank draws the same global batch of each domain (same seeds) and keeps its own slice of it, so the global batch
-is the one asked for and N processes compute what one would (up to the order of float sums in the all-reduce).
-Only rank 0 evaluates, selects, averages (SWAD) and writes."""
+is the one asked for and N processes compute what one would (up to the order of float sums in the all-reduce), with
+one exception: MixStyle mixes the statistics of the samples within each rank's slice (its shuffle never crosses
+ranks), so its mixing partners differ from one process's. Only rank 0 evaluates, selects, averages (SWAD) and
+writes."""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as td
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import QdgError
+
+# The process group's timeout for a collective: rank 0 evaluates (and writes last.ckpt) every --checkpoint-freq
+# steps while the other ranks wait in the next all-reduce; on a large data set that is far longer than NCCL's
+# default 10 minutes, which would end the run.
+TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -73,16 +83,24 @@ def check_distributed(hp: dict) -> None:
                        f"use a multiple of {world}")
     if str(hp["test_env"]) == "all":
         raise QdgError("under torchrun, give one --test-env (launch one torchrun per held-out domain)")
+    if re.fullmatch(r"cuda:\d+", str(hp.get("device") or "").strip().lower()):
+        raise QdgError(f"under torchrun, --device {hp['device']}: each rank uses cuda:LOCAL_RANK; give --device cuda "
+                       f"or auto")
 
 
-def init_dist(device_type: str) -> Dist:
-    """Join the process group torchrun set up (NCCL for CUDA, gloo for the CPU); SINGLE outside torchrun."""
+def init_dist(spec: str | None) -> tuple[Dist, torch.device]:
+    """The run's device (`--device` `spec`; under torchrun the process's LOCAL_RANK GPU) and process group (NCCL
+    for CUDA, gloo for the CPU); SINGLE outside torchrun."""
     world = world_size()
     if world == 1:
-        return SINGLE
+        return SINGLE, resolve_device(spec)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(spec, local_rank=local_rank)
+    if device.type == "cuda":  # before NCCL starts: its communicator (and any bare "cuda" tensor) is on this GPU
+        torch.cuda.set_device(device)
     if not td.is_initialized():
-        td.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(td.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return Dist(td.get_rank(), world, local_rank), device
 
 
 def close_dist(dist: Dist) -> None:

@@ -39,7 +39,8 @@ COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer=
               optimizer="adam", momentum=0.9, lr_schedule="none",
               # Where it runs (not what it computes; a resumed run may change them): the device (auto: CUDA when
               # available), autocast (None: bf16 on a CUDA device that has it, else off), channels-last, DataLoader
-              # workers of folder data sets (None: up to 4), deterministic algorithms, resume from last.ckpt.
+              # workers per stream of folder data sets (None: 0 on the CPU, up to 4 in all on a GPU), deterministic
+              # algorithms, resume from last.ckpt.
               device="auto", amp=None, channels_last=False, workers=None, deterministic=False, resume=False)
 
 # Domain adaptation (DANN / DSAN / AlignQ): labelled --source, unlabelled --target. AlignQ's values are

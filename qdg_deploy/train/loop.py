@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 import os
 import random
@@ -54,8 +54,8 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["grad_approx"] = "chain" if hp["grad_approx"] else "off"
     check_ranges(hp)
     check_choices(hp, given)
+    check_distributed(hp)  # first: under torchrun, --device cuda:N is refused as such
     resolve_amp(hp.get("amp"), resolve_device(hp.get("device")))  # --device cuda without CUDA: refused here
-    check_distributed(hp)
     if hp["optimizer"] == "sgd":  # SGD's own rates where none was given (hparams.py)
         hp["lr"] = given.get("lr", hp["sgd_lr"])
         hp["q_lr"] = given.get("q_lr", hp["lr"])
@@ -216,13 +216,41 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     """Train one leave-one-domain-out run into `out`; returns its metrics (None on a torchrun rank other than 0).
     With hp["resume"], continue from `out`/last.ckpt where a killed run left one."""
     out = Path(out)
-    device = resolve_device(hp.get("device"), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    dist, device = init_dist(hp.get("device"))
     amp = resolve_amp(hp.get("amp"), device)
-    dist = init_dist(device.type)
     try:
-        return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
+        with deterministic_algorithms(bool(hp.get("deterministic"))):
+            return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
     finally:
         close_dist(dist)
+
+
+@contextmanager
+def deterministic_algorithms(on: bool):
+    """torch's deterministic algorithms for the run only: the setting is process-wide, so the previous one comes
+    back afterwards (for in-process callers). cuBLAS needs a fixed workspace for them on CUDA, set before its first
+    use (a value the user set is kept)."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def loader_workers(hp: dict, dataset, device: torch.device, n_streams: int) -> int:
+    """DataLoader workers of each data stream: none for in-memory data; --workers where given; else none on the CPU
+    (workers compete with the training's own threads for the cores) and up to 4 in all on a GPU, which they keep
+    fed, shared by the streams."""
+    if isinstance(dataset, TensorDataset):
+        return 0
+    if hp.get("workers") is not None:
+        return hp["workers"]
+    return max(1, min(4, os.cpu_count() or 1) // n_streams) if device.type == "cuda" else 0
 
 
 def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict | None:
@@ -231,8 +259,6 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     seed_everything(hp["seed"])
     if hp.get("threads"):
         torch.set_num_threads(hp["threads"])
-    if hp.get("deterministic"):
-        torch.use_deterministic_algorithms(True)
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds
@@ -244,8 +270,7 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     result = Fit(WeightAveraging(hp, algo.averaging_start()))
     ckpt = out / LAST
     done = restore(read_checkpoint(ckpt, hp), algo, result) if hp.get("resume") and ckpt.is_file() else 0
-    workers = (0 if isinstance(setup.train_splits[0].train, TensorDataset)
-               else hp.get("workers") if hp.get("workers") is not None else min(4, os.cpu_count() or 1))
+    workers = loader_workers(hp, setup.train_splits[0].train, device, len(setup.train_splits) + setup.da)
     stream = functools.partial(infinite_batches, batch_size=hp["batch_size"], workers=workers, dist=dist,
                                device=device, channels_last=algo.channels_last, skip=done)
     streams = [stream(s.train, seed=hp["seed"] * 1000 + i) for i, s in enumerate(setup.train_splits)]
@@ -260,11 +285,18 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
         if dist.main and not hp.get("resume"):
             discard_checkpoint(out, fresh)
         raise
+    finally:  # their DataLoader workers stop here, a Ctrl-C's included
+        for s in [*streams, target_stream]:
+            if s is not None:
+                s.close()
 
 
 def discard_checkpoint(out: Path, fresh: bool) -> None:
-    """Remove out/last.ckpt, and `out` itself when this run created it and nothing else is in it."""
-    (out / LAST).unlink(missing_ok=True)
+    """Remove out/last.ckpt, and `out` itself when this run created it and nothing else is in it. A Ctrl-C just
+    after atomic_path's mkstemp created the checkpoint's temporary file (before its cleanup could take over) leaves
+    that file: it goes too."""
+    for p in [out / LAST, *out.glob(f".{LAST}.*.tmp")]:
+        p.unlink(missing_ok=True)
     if fresh and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 

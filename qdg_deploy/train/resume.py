@@ -22,9 +22,10 @@ import torch
 from ..errors import QdgError
 from ..io import atomic_path
 from ..quant import is_quantized
+from ..runs import CHECKPOINT
 from .swad import LossValley, RunningAverage, Segment
 
-LAST = "last.ckpt"
+LAST = CHECKPOINT
 FORMAT = 1
 # Options that say where and how fast a run computes, not what it computes: a resumed run may change them.
 RUNTIME_KEYS = ("device", "amp", "channels_last", "threads", "workers", "deterministic", "resume")
