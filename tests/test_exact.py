@@ -209,6 +209,7 @@ def test_fused_global_pool_computes_as_ort_qlinearglobalaveragepool():
     assert naive_bad > 0  # ORT's float32 requantization picks another code than the exact mean on some channels
 
 
+@kernels_measured  # its convolutions run as QLinearConv
 def test_pool_plan_fuses_resnet_pool_into_qlinearglobalaveragepool(tmp_path):
     """Scheme ort on a ResNet: the pool before the classifier becomes ORT's QLinearGlobalAveragePool, the exact
     graph writes DQ → GlobalAveragePool → Q (no float64 mean) and the classifier as the QGemm with float output
