@@ -339,7 +339,10 @@ def test_ctrl_c_is_one_line(world, tmp_path, workers, group):
             "print('ready', file=sys.stderr, flush=True); main()")
     cmd = [sys.executable, "-c", code, "train", "--dataset", f"folder:{world['tree']}", *TRAIN[:-2],
            "--steps", "100000", "--out", str(tmp_path / "out"), *(["--workers", str(workers)] if workers else [])]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
+    # SIGINT as a terminal user has it: a runner started in the background of a non-interactive shell ignores
+    # SIGINT, and an ignored signal stays ignored across exec (Python then installs no KeyboardInterrupt handler)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stderr.readline().strip() == "ready"
     end = time.monotonic() + 60
     while workers and len(children(p.pid)) < workers and time.monotonic() < end and p.poll() is None:
@@ -360,12 +363,14 @@ def test_sigint_held_arrives_after_the_block():
     from qdg_deploy.cli import sigint_held
 
     reached = False
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal user has it (see above)
     with pytest.raises(KeyboardInterrupt):
         with sigint_held():
             # to this thread (the CLI's only one when it holds SIGINT; here other tests may have started threads,
             # which could take a process-directed signal): pending, not raised inside, where torch would lose it
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             reached = True
+    signal.signal(signal.SIGINT, old)
     assert reached
 
 
