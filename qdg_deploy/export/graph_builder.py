@@ -29,6 +29,12 @@ class Settings:
     def exact(self) -> bool:
         return self.graph == "exact"
 
+    @property
+    def ort_kernels(self) -> bool:
+        """Target ort with integer biases: the layers, Adds and pools the plan computes as ORT's integer kernels
+        are written as those kernels."""
+        return self.target == "ort" and self.int_bias
+
 
 def breadth_first(nodes: list[onnx.NodeProto], consts: set[str]) -> list[onnx.NodeProto]:
     """The nodes in breadth-first topological order: first those that read only constants (weight DQs), then each

@@ -45,10 +45,8 @@ def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.
     if fw.codes is not None:
         rec.weight_bits, rec.weight_only, rec.weight_codes = fw.bits, aq is None, f"{name}.weight_q"
     out_node = bn_node or n
-    if quant and g.settings.exact and ort_float_gemm(g, m, bn):
-        y = _float_out_kernel(g, m, name, x, w, rec)
-    elif quant and is_exact(m) and not ort_kernel(g, m) and g.settings.exact:
-        y = _snapped(g, m, name, x, w, rec)
+    if quant and is_exact(m) and not ort_kernel(g, m) and g.settings.exact:
+        y = _snapped(g, m, name, x, w, rec, snap=not ort_float_gemm(g, m, bn))
     else:
         y = _float_or_kernel(g, m, name, x, w, fw, rec, kernel=quant and is_exact(m))
     g.names[out_node.name] = y
@@ -59,26 +57,14 @@ def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.
 def ort_kernel(g: GraphBuilder, m: nn.Module) -> bool:
     """Whether ORT CPU runs this layer as an integer kernel into its output quantizer (quant/ort_fusion.py), as
     the model's eval forward computes it: target ort with integer biases (the default for such models)."""
-    return g.target == "ort" and g.settings.int_bias and layer_plan(m).mode is Mode.ORT_KERNEL
+    return g.settings.ort_kernels and layer_plan(m).mode is Mode.ORT_KERNEL
 
 
 def ort_float_gemm(g: GraphBuilder, m: nn.Module, bn) -> bool:
     """Whether ORT CPU runs this snapped Linear (no output quantizer, e.g. the classifier) as QGemm with float
     output: target ort, planned with integer biases (the ort scheme's kernels), nothing folded into its unit."""
     p = layer_plan(m)
-    return (g.target == "ort" and g.settings.int_bias and p.int_bias and isinstance(m, nn.Linear) and bn is None
-            and p.mode is Mode.SNAPPED)
-
-
-def _float_out_kernel(g: GraphBuilder, m, name: str, x: str, w: str, rec: LayerRecord) -> str:
-    """The snapped Linear as ORT's QGemm with float output (acc · unit, measured bit for bit against ORT 1.32),
-    then the float bias as an Add: the values of the snap, without its ops."""
-    y = op(g, m, name, [x, w], rec)
-    gr = grid(m)
-    if gr.bias is not None:
-        y = g.add("Add", [y, g.const(f"{name}.bias", gr.bias.numpy())], f"{name}.bias_add")
-    rec.lowered, rec.bias = Lowered.ORT_KERNEL, Bias.FLOAT_ADD if gr.bias is not None else None
-    return y
+    return g.settings.ort_kernels and p.int_bias and isinstance(m, nn.Linear) and bn is None and p.mode is Mode.SNAPPED
 
 
 def _float_or_kernel(g: GraphBuilder, m, name: str, x: str, w: str, fw, rec: LayerRecord, kernel: bool) -> str:
@@ -101,19 +87,22 @@ def _float_or_kernel(g: GraphBuilder, m, name: str, x: str, w: str, fw, rec: Lay
     return y
 
 
-def _snapped(g: GraphBuilder, m, name: str, x: str, w: str, rec: LayerRecord) -> str:
+def _snapped(g: GraphBuilder, m, name: str, x: str, w: str, rec: LayerRecord, snap: bool = True) -> str:
     """A layer on the exact eval path (quant/kernels.py): the float op without bias, snapped to its integer
     accumulator (Div, Round, Mul by the folded unit s_x·s_w), then the folded bias: torch and any runtime
-    then hold the same float32 values whatever order their kernels sum in."""
+    then hold the same float32 values whatever order their kernels sum in. snap=False (ort_float_gemm): ORT's
+    QGemm already outputs acc · unit (measured bit for bit against ORT 1.32), so only the bias Add follows."""
     gr = grid(m)
     shape = (-1, 1, 1) if isinstance(m, nn.Conv2d) else (-1,)
     y = op(g, m, name, [x, w], rec)
-    unit = g.const(f"{name}.acc_unit", gr.unit.numpy().reshape(shape))
-    y = g.add("Div", [y, unit], f"{name}.acc")
-    y = g.add("Mul", [g.add("Round", [y], f"{name}.acc_round"), unit], f"{name}.acc_scaled")
+    if snap:
+        unit = g.const(f"{name}.acc_unit", gr.unit.numpy().reshape(shape))
+        y = g.add("Div", [y, unit], f"{name}.acc")
+        y = g.add("Mul", [g.add("Round", [y], f"{name}.acc_round"), unit], f"{name}.acc_scaled")
     if gr.bias is not None:
         y = g.add("Add", [y, g.const(f"{name}.bias", gr.bias.numpy().reshape(shape))], f"{name}.bias_add")
-    rec.lowered, rec.bias = Lowered.SNAPPED, Bias.FLOAT_ADD if gr.bias is not None else None
+    rec.lowered = Lowered.SNAPPED if snap else Lowered.ORT_KERNEL
+    rec.bias = Bias.FLOAT_ADD if gr.bias is not None else None
     return y
 
 

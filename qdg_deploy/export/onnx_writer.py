@@ -161,7 +161,7 @@ class _Lowering:
 
 def ort_pool(g: GraphBuilder, m: QAvgPool) -> bool:
     """Whether the pool is written as the QLinearGlobalAveragePool its eval forward computes."""
-    return g.target == "ort" and g.settings.int_bias and m.pool_plan is not None
+    return g.settings.ort_kernels and m.pool_plan is not None
 
 
 def check_ready(model: nn.Module) -> None:
