@@ -7,10 +7,11 @@ discriminator, SGD, CRP's ADMM update) on 16 + 16 images. The median of `--iters
 reported, variants interleaved.
 
     python benchmarks/train_step.py [--iters 15] [--threads 2] [--only dg|da] [--device auto|cpu|cuda[:N]]
-        [--amp bf16|fp16|off] [--channels-last] [--case resnet50:3:224:96 ...]
+        [--amp bf16|fp16|off] [--channels-last] [--case resnet50:3:224:96 ...] [--malloc keep|default]
 
 On a GPU the step is timed to completion (torch.cuda.synchronize) and `--amp` autocasts the float parts as
-`train --amp` does (fake-quant stays float32); the images/s of each variant are reported beside the ms.
+`train --amp` does (fake-quant stays float32); the images/s of each variant are reported beside the ms. On the CPU
+the process keeps freed memory as `train` does (device.keep_freed_memory); `--malloc default` measures glibc's default.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from qdg_deploy.device import autocast, place_model, resolve_amp, resolve_device
+from qdg_deploy.device import autocast, keep_freed_memory, place_model, resolve_amp, resolve_device
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model
 
@@ -126,6 +127,8 @@ def main():
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--amp", default=None, help="bf16, fp16 or off (default: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep: glibc keeps freed memory, as `train` does on the CPU; default: glibc's default")
     ap.add_argument("--case", action="append", default=None, help="ARCH:CHANNELS:PX:BATCH (repeatable; default: "
                     "the CPU cases)")
     args = ap.parse_args()
@@ -134,7 +137,9 @@ def main():
     DEVICE = resolve_device(args.device)
     AMP, CHANNELS_LAST = resolve_amp(args.amp, DEVICE), args.channels_last
     cases = [(a, int(c), int(p), int(b)) for a, c, p, b in (s.split(":") for s in args.case)] if args.case else CASES
-    setup = {"threads": args.threads, "device": str(DEVICE), "amp": AMP, "channels_last": CHANNELS_LAST}
+    kept = DEVICE.type == "cpu" and args.malloc == "keep" and keep_freed_memory()
+    setup = {"threads": args.threads, "device": str(DEVICE), "amp": AMP, "channels_last": CHANNELS_LAST,
+             "malloc_keeps_freed_memory": kept}
     if args.only == "da":
         print(json.dumps({**setup, "da": measure_da(args.iters, args.warmup)}, indent=2))
         return

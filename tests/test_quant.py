@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -182,3 +184,62 @@ def test_range_test_uses_the_input_precision():
     s = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     _LsqFakeQuant.apply(x, s, None, -1, 1, 1.0).sum().backward()
     assert x.grad.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_range_test_on_x_equals_the_test_on_x_over_s(dtype):
+    """The CPU backward tests a < x < b instead of forming v = x / s: for every float next to either end (and next
+    to lo·s, hi·s), the two tests agree, for steps of every size and ranges shifted by a zero point."""
+    from qdg_deploy.quant.quantizers import _x_bounds
+    ft = np.float64 if dtype == torch.float64 else np.float32
+    rng = np.random.default_rng(0)
+    steps = [0.5, 1.0, 3.0, 0.1, 1e-8, 1 / 3] + list(10 ** rng.uniform(-6, 2, 40))
+    for s in steps:
+        s = float(ft(s))
+        for lo, hi in [(-128, 127), (0, 255), (-131, 124), (-1, 1)]:
+            a, b = _x_bounds(dtype, s, lo, hi)
+            near = []
+            for c in (a, b, lo * s, hi * s, 0.0):
+                t = ft(c)
+                for direction in (np.inf, -np.inf):
+                    u = t
+                    for _ in range(6):
+                        near.append(u)
+                        u = np.nextafter(u, ft(direction))
+            x = torch.tensor(np.array(near, dtype=ft))
+            v = x / torch.tensor(s, dtype=dtype)
+            assert torch.equal((x > a) & (x < b), (v >= lo) & (v <= hi)), (s, lo, hi)
+
+
+@pytest.mark.parametrize("scheme", ["trt", "ort"])
+@pytest.mark.parametrize("first", ["conv", "linear"])
+def test_image_input_step_gradient_comes_from_a_forward_op(scheme, first):
+    """An image (no gradient) entering a quantized layer: its input step (and zero point) gets its gradient from one
+    forward op on d x_q / d s, not from the op's backward to its input. Outputs are the same bits and every gradient
+    equals the one through the usual path (an input that needs a gradient takes it)."""
+    import copy
+    torch.manual_seed(0)
+    head = nn.Linear(16 * 16 * 16, 10) if first == "conv" else nn.Linear(3 * 32 * 32, 10)
+    body = [nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Flatten()] if first == "conv" else [nn.Flatten()]
+    net = nn.Sequential(*body, head)
+    quantize_model(net, get_scheme(scheme))
+    x = torch.rand(8, 3, 32, 32) * 2 - 0.5
+    y = torch.randint(0, 10, (8,))
+    net(x)  # steps from the first batch
+    ref = copy.deepcopy(net)
+    layer = net[0] if first == "conv" else net[1]
+    assert type(layer(x if first == "conv" else x.flatten(1)).grad_fn).__name__ == "_TangentsBackward"
+    out = net(x)
+    nn.functional.cross_entropy(out, y).backward()
+    xr = x.clone().requires_grad_()
+    out_ref = ref(xr)
+    nn.functional.cross_entropy(out_ref, y).backward()
+    assert torch.equal(out, out_ref)
+    act = layer.act_quant
+    assert act.step.grad is not None and act.step.grad.abs().item() > 0
+    if scheme == "ort":
+        assert act.zero_point.grad is not None
+    for (name, p), (_, pr) in zip(net.named_parameters(), ref.named_parameters()):
+        assert (p.grad is None) == (pr.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, pr.grad, rtol=1e-4, atol=1e-9), name

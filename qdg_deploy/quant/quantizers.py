@@ -142,6 +142,19 @@ class Quantizer(nn.Module):
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def input_tangents(self, x: torch.Tensor):
+        """For an x that needs no gradient (the image entering the first layer): (out, [(p, d), ...]) with out the
+        fake-quantized x without autograd history and, for each learned parameter p (a scalar view carrying the
+        parameter's gradient), d = ∂out/∂p elementwise; a layer linear in its input then gets p's gradient from one
+        forward op on d (quant/layers.py). None where the quantizer has no such form or is not set up yet."""
+        if self.observe is not None or not self.initialized:
+            return None
+        with fp32_region(x):
+            return self.tangent_form(x.float())
+
+    def tangent_form(self, x: torch.Tensor):
+        return None
+
     # Exporter-facing views: exact integer codes, positive scales, integer zero points.
     def scale(self) -> torch.Tensor:
         return self.step.detach().abs().clamp(min=1e-8)
@@ -160,28 +173,26 @@ class _LsqFakeQuant(torch.autograd.Function):
     """LSQ fake-quant with its gradients written out, so autograd keeps one node instead of a chain of
     elementwise ops (the training-step overhead target is ≤ 1.3× float).
 
-    forward:  q = clamp(round(x / s) + z, qmin, qmax);  out = (q - z) * s
+    forward:  q = clamp(round(x / s), qmin - z, qmax - z);  out = q * s   (z an integer: the same as
+              clamp(round(x / s) + z, qmin, qmax) - z, in one pass instead of three)
     backward: LSQ's regions are on the unrounded v = x/s + z: inside when qmin <= v <= qmax.
               x: straight-through inside, 0 outside;
               s: round(v) - v inside, c - z outside (c the range end), times g. Both equal
                  (out - x·inside) / s, whose sum against grad is Σ grad·out - Σ grad_x·x: two dot
                  products, no full-size temporary (the float32 sums carry ~1e-4 relative error on the
                  largest activations, as the elementwise form's sum did);
-              z: -s outside, 0 inside, times g.
+              z: -s outside, 0 inside, times g: Σ grad - Σ grad_x, two sums.
     `z` is None when the zero point is fixed at 0, which skips its arithmetic on the hot path.
-    On CPU every fresh full-size tensor costs page faults, so the backward allocates as few as it can.
+    On CPU every fresh full-size tensor costs page faults, so the backward allocates as few as it can: with
+    one step (per-tensor) the range test runs on x against the two float32 bounds that bracket the range
+    exactly (`_x_bounds`), so v = x / s is never formed again.
     The output is saved for the backward (the conv reading it holds it anyway), so an in-place op on it
     (e.g. `relu_`) makes autograd refuse the backward: apply such ops out of place.
     """
 
     @staticmethod
     def forward(ctx, x, s, z, qmin, qmax, g):
-        q = (x / s).round_()  # in place: a fresh large tensor costs page faults on every step
-        if z is not None:
-            q.add_(z).clamp_(qmin, qmax).sub_(z)
-        else:
-            q.clamp_(qmin, qmax)
-        out = q.mul_(s)
+        out = _lsq_values(x, s, z, qmin, qmax)
         ctx.save_for_backward(x, s, z, out)  # out is the conv's input: autograd holds it anyway
         ctx.consts = (qmin, qmax, g)
         return out
@@ -191,22 +202,63 @@ class _LsqFakeQuant(torch.autograd.Function):
         x, s, z, out = ctx.saved_tensors
         qmin, qmax, g = ctx.consts
         zf = float(z) if z is not None else 0.0
-        # inside: qmin <= v <= qmax with v = x/s + z. hardtanh_backward(t, v, lo, hi) keeps t where
-        # lo < v < hi in one fused pass (no bool mask, no masked copy: ~8x faster on CPU); bounds one
-        # float below/above make it inclusive, as clamp's gradient is.
-        ft = np.float64 if x.dtype == torch.float64 else np.float32  # the neighbours in v's own precision
-        lo = float(np.nextafter(ft(qmin - zf), ft(-np.inf)))
-        hi = float(np.nextafter(ft(qmax - zf), ft(np.inf)))
-        v = x / s
-        grad_x = torch.ops.aten.hardtanh_backward(grad, v, lo, hi)
+        # inside: qmin <= v <= qmax with v = x/s + z. hardtanh_backward(t, u, lo, hi) keeps t where
+        # lo < u < hi in one fused pass (no bool mask, no masked copy: ~8x faster on CPU).
+        scratch = None
+        if s.dim() == 0 and x.device.type == "cpu":
+            lo, hi = _x_bounds(x.dtype, s.item(), qmin - zf, qmax - zf)
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
+        else:
+            # u = v: bounds one float below/above make the test inclusive, as clamp's gradient is
+            ft = _np_float(x.dtype)
+            lo = float(np.nextafter(ft(qmin - zf), ft(-np.inf)))
+            hi = float(np.nextafter(ft(qmax - zf), ft(np.inf)))
+            scratch = x / s  # v, then the products of the per-channel dots: one temporary for all three
+            grad_x = torch.ops.aten.hardtanh_backward(grad, scratch, lo, hi)
         grad_s = grad_z = None
         if ctx.needs_input_grad[1]:
             # (round(v) - v)·s inside, (c - z)·s outside, i.e. out - x·inside; summed against grad that is
             # Σ grad·out - Σ grad_x·x (grad_x = grad·inside): two dots, no full-size temporary
-            grad_s = (_dot_to(grad, out, s.shape) - _dot_to(grad_x, x, s.shape)).div_(s).mul_(g)
+            grad_s = (_dot_to(grad, out, s.shape, scratch) - _dot_to(grad_x, x, s.shape, scratch)).div_(s).mul_(g)
         if z is not None and ctx.needs_input_grad[2]:
-            grad_z = (_reduce_to(grad - grad_x, s.shape) * s).sum() * -g
+            grad_z = ((_reduce_to(grad, s.shape) - _reduce_to(grad_x, s.shape)) * s).sum() * -g
         return grad_x, grad_s, grad_z, None, None, None
+
+
+def _lsq_values(x, s, z, qmin: int, qmax: int) -> torch.Tensor:
+    """The fake-quantized x: clamp(round(x / s), qmin - z, qmax - z) · s (no autograd)."""
+    q = (x / s).round_()  # in place: a fresh large tensor costs page faults on every step
+    if z is not None:  # the zero point as a number on the CPU: clamp with tensor bounds is ~10x slower there
+        zb = z.item() if z.device.type == "cpu" else z
+        q.clamp_(qmin - zb, qmax - zb)
+    else:
+        q.clamp_(qmin, qmax)
+    return q.mul_(s)
+
+
+def _np_float(dtype: torch.dtype):
+    """The numpy type of a float tensor's precision (range tests are exact in it)."""
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _x_bounds(dtype: torch.dtype, s: float, lo_v: float, hi_v: float) -> tuple[float, float]:
+    """(a, b) with a < x < b exactly when lo_v <= x / s <= hi_v, x / s rounded in x's precision (s > 0).
+
+    x -> fl(x / s) is monotone, so each end is one float: b the smallest x whose quotient exceeds hi_v, a the largest
+    whose quotient is below lo_v. Each starts at the product and moves an ulp at a time (a few steps at most)."""
+    ft = _np_float(dtype)
+    s = ft(s)
+    q = lambda t: ft(t) / s  # noqa: E731  (numpy divides correctly rounded, as torch's CPU kernel does)
+
+    def first_above(c, sign):
+        # the first t (moving toward sign·inf) with sign·q(t) > sign·c
+        t, out, back = ft(c) * s, ft(sign * np.inf), ft(-sign * np.inf)
+        while sign * q(t) > sign * c:
+            t = np.nextafter(t, back)
+        while sign * q(t) <= sign * c:
+            t = np.nextafter(t, out)
+        return float(t)
+    return first_above(lo_v, -1), first_above(hi_v, 1)
 
 
 def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
@@ -216,12 +268,14 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     return t.sum(dim=tuple(d for d in range(t.dim()) if shape[d] == 1), keepdim=True)
 
 
-def _dot_to(a: torch.Tensor, b: torch.Tensor, shape) -> torch.Tensor:
-    """sum(a * b) reduced to a parameter shape ([] or [C, 1, ...] on axis 0), without the a * b temporary."""
+def _dot_to(a: torch.Tensor, b: torch.Tensor, shape, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(a * b) reduced to a parameter shape ([] or [C, 1, ...] on axis 0). Per-tensor it is one dot product; per
+    channel the products go to `scratch` (a tensor of a's shape that may be overwritten) when given, else to a
+    temporary (torch has no batched dot without one: vecdot multiplies, then sums)."""
     if len(shape) == 0:
         return torch.dot(a.reshape(-1), b.reshape(-1))
-    c = a.shape[0]
-    return torch.linalg.vecdot(a.reshape(c, -1), b.reshape(c, -1)).reshape(shape)
+    prod = torch.mul(a, b, out=scratch) if scratch is not None else a * b
+    return prod.reshape(a.shape[0], -1).sum(dim=1).reshape(shape)
 
 
 class LsqQuantizer(Quantizer):
@@ -236,3 +290,18 @@ class LsqQuantizer(Quantizer):
         s = self.step.abs().clamp(min=1e-8)
         z = round_ste(self.zero_point) if self.learned_zp else None
         return _LsqFakeQuant.apply(x, s, z, self.qmin, self.qmax, g)
+
+    def tangent_form(self, x: torch.Tensor):
+        g = 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
+        s = self.step.abs().clamp(min=1e-8)
+        z = round_ste(self.zero_point) if self.learned_zp else None
+        with torch.no_grad():
+            out = _lsq_values(x, s, z, self.qmin, self.qmax)
+            zf = float(z) if z is not None else 0.0
+            v = x / s
+            inside = (v >= self.qmin - zf) & (v <= self.qmax - zf)  # LSQ's regions, as _LsqFakeQuant's backward
+            # d out / d s: round(v) - v inside, c - z outside, i.e. (out - x·inside) / s; d out / d z: 0 inside, -s outside
+            d_s = torch.where(inside, out - x, out).div_(s) if s.requires_grad else None
+            d_z = torch.where(inside, 0.0, -s) if z is not None and z.requires_grad else None
+        pairs = [(scale_grad(p, g), d) for p, d in ((s, d_s), (z, d_z)) if d is not None]
+        return out, pairs

@@ -19,7 +19,7 @@ from rich.progress import Progress
 from torch.utils.data import TensorDataset
 
 from .. import __version__
-from ..device import resolve_amp, resolve_device
+from ..device import keep_freed_memory, resolve_amp, resolve_device
 from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
@@ -218,6 +218,8 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     out = Path(out)
     dist, device = init_dist(hp.get("device"))
     amp = resolve_amp(hp.get("amp"), device)
+    if device.type == "cpu":
+        keep_freed_memory()
     try:
         with deterministic_algorithms(bool(hp.get("deterministic"))):
             return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
