@@ -98,12 +98,16 @@ class QuantMixin:
 
 
 class _Tangents(torch.autograd.Function):
-    """y unchanged; each scalar p gets the gradient Σ grad_y · c, c = ∂y/∂p (given as pairs c, p after y)."""
+    """y unchanged; each scalar p gets the gradient Σ grad_y · c, c = ∂y/∂p (given as pairs c, p after y).
+
+    y is returned as an in-place op returns its input (mark_dirty), not as a view: a view made inside a custom
+    Function may not be modified in place, and a ReLU(inplace=True) may follow the layer."""
 
     @staticmethod
     def forward(ctx, y, *cps):
+        ctx.mark_dirty(y)
         ctx.save_for_backward(*cps[0::2])
-        return y.view_as(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad):

@@ -285,16 +285,19 @@ class LsqQuantizer(Quantizer):
     QT-DoG code do, with N the whole tensor even for per-channel steps).
     """
 
-    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
-        g = 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
+    def _params(self, x: torch.Tensor):
+        """The step s and the zero point z (None when fixed at 0) as the forward uses them, with their autograd paths,
+        and g, the gradient scale of both."""
         s = self.step.abs().clamp(min=1e-8)
         z = round_ste(self.zero_point) if self.learned_zp else None
+        return s, z, 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        s, z, g = self._params(x)
         return _LsqFakeQuant.apply(x, s, z, self.qmin, self.qmax, g)
 
     def tangent_form(self, x: torch.Tensor):
-        g = 1.0 / math.sqrt(x.numel() * max(self.qmax, 1))
-        s = self.step.abs().clamp(min=1e-8)
-        z = round_ste(self.zero_point) if self.learned_zp else None
+        s, z, g = self._params(x)
         with torch.no_grad():
             out = _lsq_values(x, s, z, self.qmin, self.qmax)
             zf = float(z) if z is not None else 0.0
