@@ -140,16 +140,28 @@ def test_activation_steps_initialize_from_the_first_batch():
     assert act.initialized and act.step.item() != 1.0
 
 
+@pytest.mark.parametrize("regime", ["clipped", "inside"])
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_fused_gradients_equal_the_composite_lsq_graph(spec):
-    """The hand-written backward equals autograd through the textbook LSQ expression."""
-    from qdg_deploy.quant.quantizers import round_ste, scale_grad
+def test_fused_gradients_equal_the_composite_lsq_graph(spec, regime):
+    """The hand-written backward equals autograd through the textbook LSQ expression, with elements outside the range
+    and with every element inside it (where the CPU forward skips the clamp and the backward the range test)."""
+    from qdg_deploy.quant.quantizers import _all_inside, round_ste, scale_grad
     torch.manual_seed(3)
     q = LsqQuantizer(spec, channels=6, ndim=4)
-    x = (torch.randn(6, 3, 4, 4) * 2 + 0.3).requires_grad_()
+    x = torch.randn(6, 3, 4, 4) * 2 + 0.3
     q.init_from(x)
     with torch.no_grad():
         q.zero_point.add_(0.3 if q.learned_zp else 0)
+        half = q.qmax * q.scale().reshape(q.step.shape) * 0.5
+        if regime == "clipped":  # ten times the data the range was fitted to
+            x = x * 10
+        elif q.learned_zp:  # the range fitted to x (it holds 0) holds a tenth of x
+            x = x * 0.1
+        else:  # half of LSQ's range (no element on a range end, where torch's clamp has a zero gradient and LSQ not)
+            x = torch.minimum(torch.maximum(x, -half) if q.spec.signed else x.abs(), half)
+    x.requires_grad_()
+    z0 = torch.round(q.zero_point.detach()) if q.learned_zp else None
+    assert _all_inside(x.detach(), q.scale().reshape(q.step.shape), z0, q.qmin, q.qmax) == (regime == "inside")
     w = torch.randn_like(x)
     (q(x) * w).sum().backward()
     x2 = x.detach().clone().requires_grad_()
@@ -167,7 +179,8 @@ def test_fused_gradients_equal_the_composite_lsq_graph(spec):
 
 
 def test_range_ends_are_inside_for_the_gradients():
-    """v exactly qmin or qmax passes the gradient (as clamp's does); a hair beyond it does not."""
+    """v exactly qmin or qmax passes the gradient (LSQ: -Qn <= v <= Qp; torch 2.14's clamp would pass none there); a hair
+    beyond it does not."""
     from qdg_deploy.quant.quantizers import _LsqFakeQuant
     x = torch.tensor([127 * 0.5, -128 * 0.5, 127 * 0.5 + 1e-3, 0.3], requires_grad=True)
     s = torch.tensor(0.5, requires_grad=True)

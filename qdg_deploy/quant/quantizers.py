@@ -192,24 +192,31 @@ class _LsqFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, s, z, qmin, qmax, g):
-        out = _lsq_values(x, s, z, qmin, qmax)
+        # On the CPU, when every x / s lies in the range (most weight tensors, many activations) the clamp is a no-op
+        # and the backward needs no range test: two read-only reductions decide it exactly (`_all_inside`).
+        inside = x.device.type == "cpu" and _all_inside(x, s, z, qmin, qmax)
+        out = _lsq_values(x, s, z, qmin, qmax, clamp=not inside)
         ctx.save_for_backward(x, s, z, out)  # out is the conv's input: autograd holds it anyway
-        ctx.consts = (qmin, qmax, g)
+        ctx.consts = (qmin, qmax, g, inside)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, s, z, out = ctx.saved_tensors
-        qmin, qmax, g = ctx.consts
+        qmin, qmax, g, inside = ctx.consts
         zf = float(z) if z is not None else 0.0
         # inside: qmin <= v <= qmax with v = x/s + z. hardtanh_backward(t, u, lo, hi) keeps t where
         # lo < u < hi in one fused pass (no bool mask, no masked copy: ~8x faster on CPU).
         scratch = None
-        if s.dim() == 0 and x.device.type == "cpu":
+        if inside:  # every element: the straight-through gradient is grad itself (an Add's backward passes it so too)
+            grad_x = grad
+            scratch = torch.empty_like(x) if s.dim() else None
+        elif s.dim() == 0 and x.device.type == "cpu":
             lo, hi = _x_bounds(x.dtype, s.item(), qmin - zf, qmax - zf)
             grad_x = torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
         else:
-            # u = v: bounds one float below/above make the test inclusive, as clamp's gradient is
+            # u = v: bounds one float below/above make the test inclusive, as LSQ defines it (torch's clamp passes no
+            # gradient at the ends)
             ft = _np_float(x.dtype)
             lo = float(np.nextafter(ft(qmin - zf), ft(-np.inf)))
             hi = float(np.nextafter(ft(qmax - zf), ft(np.inf)))
@@ -220,20 +227,38 @@ class _LsqFakeQuant(torch.autograd.Function):
             # (round(v) - v)·s inside, (c - z)·s outside, i.e. out - x·inside; summed against grad that is
             # Σ grad·out - Σ grad_x·x (grad_x = grad·inside): two dots, no full-size temporary
             grad_s = (_dot_to(grad, out, s.shape, scratch) - _dot_to(grad_x, x, s.shape, scratch)).div_(s).mul_(g)
-        if z is not None and ctx.needs_input_grad[2]:
-            grad_z = ((_reduce_to(grad, s.shape) - _reduce_to(grad_x, s.shape)) * s).sum() * -g
+        if z is not None and ctx.needs_input_grad[2]:  # nothing outside, nothing for z
+            grad_z = torch.zeros_like(z) if inside else ((_reduce_to(grad, s.shape) - _reduce_to(grad_x, s.shape))
+                                                         * s).sum() * -g
         return grad_x, grad_s, grad_z, None, None, None
 
 
-def _lsq_values(x, s, z, qmin: int, qmax: int) -> torch.Tensor:
-    """The fake-quantized x: clamp(round(x / s), qmin - z, qmax - z) · s (no autograd)."""
+def _lsq_values(x, s, z, qmin: int, qmax: int, clamp: bool = True) -> torch.Tensor:
+    """The fake-quantized x: clamp(round(x / s), qmin - z, qmax - z) · s (no autograd); `clamp=False` where every
+    x / s is known to lie in the range already (`_all_inside`)."""
     q = (x / s).round_()  # in place: a fresh large tensor costs page faults on every step
-    if z is not None:  # the zero point as a number on the CPU: clamp with tensor bounds is ~10x slower there
+    if not clamp:
+        pass
+    elif z is not None:  # the zero point as a number on the CPU: clamp with tensor bounds is ~10x slower there
         zb = z.item() if z.device.type == "cpu" else z
         q.clamp_(qmin - zb, qmax - zb)
     else:
         q.clamp_(qmin, qmax)
     return q.mul_(s)
+
+
+def _all_inside(x, s, z, qmin: int, qmax: int) -> bool:
+    """Whether qmin - z <= x / s <= qmax - z for every element, exactly: x / s rounds monotonically in x (s > 0), so
+    the smallest and the largest x (of each channel, for a step per channel) decide."""
+    if x.numel() == 0:
+        return False
+    zf = z.item() if z is not None else 0.0
+    if s.dim() == 0:
+        lo, hi = x.min(), x.max()
+    else:
+        flat = x.reshape(x.shape[0], -1)
+        lo, hi, s = flat.amin(1), flat.amax(1), s.reshape(-1)  # two reductions: aminmax per row is ~20x slower
+    return bool(((lo / s) >= qmin - zf).all()) and bool(((hi / s) <= qmax - zf).all())
 
 
 def _np_float(dtype: torch.dtype):
