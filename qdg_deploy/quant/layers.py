@@ -88,7 +88,7 @@ class QuantMixin:
         if not pairs:
             return y
         wd = w.detach()
-        return _Tangents.apply(y, *(t for p, d in pairs for t in (op(d, wd, None), p)))
+        return _Tangents.apply(y, *(t for p, d in pairs for t in (op(d, wd, None) if torch.is_tensor(d) else None, p)))
 
     def op_bias(self) -> torch.Tensor | None:
         """The bias the op adds: in eval mode with integer biases, the one that lands on the int32 grid."""
@@ -98,7 +98,7 @@ class QuantMixin:
 
 
 class _Tangents(torch.autograd.Function):
-    """y unchanged; each scalar p gets the gradient Σ grad_y · c, c = ∂y/∂p (given as pairs c, p after y).
+    """y unchanged; each scalar p gets the gradient Σ grad_y · c, c = ∂y/∂p (given as pairs c, p after y; c None: 0).
 
     y is returned as an in-place op returns its input (mark_dirty), not as a view: a view made inside a custom
     Function may not be modified in place, and a ReLU(inplace=True) may follow the layer."""
@@ -113,8 +113,8 @@ class _Tangents(torch.autograd.Function):
     def backward(ctx, grad):
         g = grad.reshape(-1)
         out = [grad]
-        for c in ctx.saved_tensors:
-            out += [None, torch.dot(g, c.reshape(-1)).float()]  # quantizer parameters are float32
+        for c in ctx.saved_tensors:  # quantizer parameters are float32
+            out += [None, torch.dot(g, c.reshape(-1)).float() if c is not None else grad.new_zeros((), dtype=torch.float32)]
         return tuple(out)
 
 

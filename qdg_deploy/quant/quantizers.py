@@ -145,8 +145,9 @@ class Quantizer(nn.Module):
     def input_tangents(self, x: torch.Tensor):
         """For an x that needs no gradient (the image entering the first layer): (out, [(p, d), ...]) with out the
         fake-quantized x without autograd history and, for each learned parameter p (a scalar view carrying the
-        parameter's gradient), d = ∂out/∂p elementwise; a layer linear in its input then gets p's gradient from one
-        forward op on d (quant/layers.py). None where the quantizer has no such form or is not set up yet."""
+        parameter's gradient), d = ∂out/∂p elementwise (the number 0.0 where it is zero everywhere); a layer linear in
+        its input then gets p's gradient from one forward op on d (quant/layers.py). None where the quantizer has no
+        such form or is not set up yet."""
         if self.observe is not None or not self.initialized:
             return None
         with fp32_region(x):
@@ -331,5 +332,7 @@ class LsqQuantizer(Quantizer):
             # d out / d s: round(v) - v inside, c - z outside, i.e. (out - x·inside) / s; d out / d z: 0 inside, -s outside
             d_s = torch.where(inside, out - x, out).div_(s) if s.requires_grad else None
             d_z = torch.where(inside, 0.0, -s) if z is not None and z.requires_grad else None
+            if d_z is not None and bool(inside.all()):
+                d_z = 0.0  # nothing outside: z's gradient is 0, without a forward op on zeros
         pairs = [(scale_grad(p, g), d) for p, d in ((s, d_s), (z, d_z)) if d is not None]
         return out, pairs
