@@ -109,9 +109,10 @@ def keep_freed_memory() -> bool:
     A training step frees and reallocates the same activation- and weight-sized buffers every step. By default glibc
     returns large freed blocks to the kernel (mmap above a threshold, heap trimming), so the next step faults the
     pages in again: on a 2-core VM each fresh 4 KiB page cost ~2 µs, up to 15 µs, and a W8A8 ResNet-18 step took
-    ~1,400-2,700 such faults (float 0-900). The price is that the process keeps
-    its peak memory until it exits. A threshold the user set (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) is
-    kept; other C libraries: nothing is changed. Returns whether the setting is on."""
+    ~1,400-2,700 such faults (float 0-900). The setting is process-wide and stays: the process (a Python caller of
+    `train_one` too, and DataLoader workers it starts later) keeps its peak memory until it exits. A threshold the
+    user set (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) is kept, and is the way to opt out; other C libraries:
+    nothing is changed. Returns whether the setting is on."""
     if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",
                                                                              "MALLOC_TRIM_THRESHOLD_")):
         return False

@@ -163,7 +163,12 @@ def test_fused_gradients_equal_the_composite_lsq_graph(spec, regime):
     z0 = torch.round(q.zero_point.detach()) if q.learned_zp else None
     assert _all_inside(x.detach(), q.scale().reshape(q.step.shape), z0, q.qmin, q.qmax) == (regime == "inside")
     w = torch.randn_like(x)
-    (q(x) * w).sum().backward()
+    out = q(x)
+    with torch.no_grad():  # ONNX QuantizeLinear's order: round, add the zero point, saturate
+        z_int = q.zero_point_int() if q.learned_zp else 0
+        s_ = q.scale().reshape(q.step.shape)
+        assert torch.equal(out, (torch.clamp(torch.round(x / s_) + z_int, q.qmin, q.qmax) - z_int) * s_)
+    (out * w).sum().backward()
     x2 = x.detach().clone().requires_grad_()
     s = q.step.detach().clone().requires_grad_()
     z = q.zero_point.detach().clone().requires_grad_()
@@ -202,15 +207,16 @@ def test_range_test_uses_the_input_precision():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_range_test_on_x_equals_the_test_on_x_over_s(dtype):
     """The CPU backward tests a < x < b instead of forming v = x / s: for every float next to either end (and next
-    to lo·s, hi·s), the two tests agree, for steps of every size and ranges shifted by a zero point."""
+    to lo·s, hi·s), the two tests agree, for steps of every size (up to 1e12, where a walk from 0 would take ~1e12
+    floats) and ranges shifted by a zero point."""
     from qdg_deploy.quant.quantizers import _x_bounds
     ft = np.float64 if dtype == torch.float64 else np.float32
     rng = np.random.default_rng(0)
-    steps = [0.5, 1.0, 3.0, 0.1, 1e-8, 1 / 3] + list(10 ** rng.uniform(-6, 2, 40))
+    steps = [0.5, 1.0, 3.0, 0.1, 1e-8, 1 / 3, 1e5, 1e12] + list(10 ** rng.uniform(-6, 2, 40))
     for s in steps:
         s = float(ft(s))
         for lo, hi in [(-128, 127), (0, 255), (-131, 124), (-1, 1)]:
-            a, b = _x_bounds(dtype, s, lo, hi)
+            a, b = _x_bounds(dtype, s, lo, hi)  # not None: found by a short walk
             near = []
             for c in (a, b, lo * s, hi * s, 0.0):
                 t = ft(c)

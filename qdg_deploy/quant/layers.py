@@ -76,10 +76,12 @@ class QuantMixin:
         gradient Σ grad_x · ∂x_q/∂s equals Σ grad_y · op(∂x_q/∂s, w) because op is linear in its input, so one
         more forward op replaces the op's backward to its input. For a 3-channel stem conv that backward is the
         slowest conv kernel of a CPU training step (measured on ResNet-18: the image quantizer cost 7.7 % of a
-        W8A8 step, most of it there)."""
+        W8A8 step, most of it there). The sums are float32, as every quantizer's gradients are."""
         q = self.act_quant
+        # CPU without autocast only: on a GPU the input backward is cheap, tangent_form would sync, and the saved
+        # tangents cost memory; under autocast the extra op (and its sum) would run in bf16 / fp16
         split = (q.input_tangents(x) if q is not None and not x.requires_grad and torch.is_grad_enabled()
-                 else None)
+                 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") else None)
         if split is None:
             return op(self.quant_input(x), self.quant_weight(), self.op_bias())
         xq, pairs = split
@@ -114,7 +116,7 @@ class _Tangents(torch.autograd.Function):
         g = grad.reshape(-1)
         out = [grad]
         for c in ctx.saved_tensors:  # quantizer parameters are float32
-            out += [None, torch.dot(g, c.reshape(-1)).float() if c is not None else grad.new_zeros((), dtype=torch.float32)]
+            out += [None, torch.dot(g, c.reshape(-1)) if c is not None else grad.new_zeros(())]
         return tuple(out)
 
 

@@ -144,8 +144,8 @@ class Quantizer(nn.Module):
 
     def input_tangents(self, x: torch.Tensor):
         """For an x that needs no gradient (the image entering the first layer): (out, [(p, d), ...]) with out the
-        fake-quantized x without autograd history and, for each learned parameter p (a scalar view carrying the
-        parameter's gradient), d = ∂out/∂p elementwise (the number 0.0 where it is zero everywhere); a layer linear in
+        fake-quantized x without autograd history and, for each learned parameter p (a scalar that carries its
+        gradient to the parameter), d = ∂out/∂p elementwise (the number 0.0 where it is zero everywhere); a layer linear in
         its input then gets p's gradient from one forward op on d (quant/layers.py). None where the quantizer has no
         such form or is not set up yet."""
         if self.observe is not None or not self.initialized:
@@ -212,9 +212,9 @@ class _LsqFakeQuant(torch.autograd.Function):
         if inside:  # every element: the straight-through gradient is grad itself (an Add's backward passes it so too)
             grad_x = grad
             scratch = torch.empty_like(x) if s.dim() else None
-        elif s.dim() == 0 and x.device.type == "cpu":
-            lo, hi = _x_bounds(x.dtype, s.item(), qmin - zf, qmax - zf)
-            grad_x = torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
+        elif s.dim() == 0 and x.device.type == "cpu" and (bounds := _x_bounds(x.dtype, s.item(), qmin - zf,
+                                                                              qmax - zf)) is not None:
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x, *bounds)
         else:
             # u = v: bounds one float below/above make the test inclusive, as LSQ defines it (torch's clamp passes no
             # gradient at the ends)
@@ -267,24 +267,33 @@ def _np_float(dtype: torch.dtype):
     return np.float64 if dtype == torch.float64 else np.float32
 
 
-def _x_bounds(dtype: torch.dtype, s: float, lo_v: float, hi_v: float) -> tuple[float, float]:
-    """(a, b) with a < x < b exactly when lo_v <= x / s <= hi_v, x / s rounded in x's precision (s > 0).
+def _x_bounds(dtype: torch.dtype, s: float, lo_v: float, hi_v: float) -> tuple[float, float] | None:
+    """(a, b) with a < x < b exactly when lo_v <= x / s <= hi_v, x / s rounded in x's precision (s > 0); None if
+    either end was not found within a few dozen floats (then the caller tests v = x / s itself).
 
     x -> fl(x / s) is monotone, so each end is one float: b the smallest x whose quotient exceeds hi_v, a the largest
-    whose quotient is below lo_v. Each starts at the product and moves an ulp at a time (a few steps at most)."""
+    whose quotient is below lo_v. Each starts next to the boundary (c·s, or half the smallest subnormal times s where
+    c is 0: an unsigned range's lower end) and moves an ulp at a time, at most a few steps in practice."""
     ft = _np_float(dtype)
     s = ft(s)
+    half_tiny_exp = math.frexp(float(np.finfo(ft).smallest_subnormal))[1] - 2  # half the smallest subnormal: 2**this
     q = lambda t: ft(t) / s  # noqa: E731  (numpy divides correctly rounded, as torch's CPU kernel does)
 
     def first_above(c, sign):
         # the first t (moving toward sign·inf) with sign·q(t) > sign·c
-        t, out, back = ft(c) * s, ft(sign * np.inf), ft(-sign * np.inf)
-        while sign * q(t) > sign * c:
+        t = ft(c) * s if c != 0 else ft(sign * math.ldexp(float(s), half_tiny_exp))  # ldexp rounds once, even to 5e-324
+        out, back = ft(sign * np.inf), ft(-sign * np.inf)
+        for _ in range(64):
+            if not sign * q(t) > sign * c:
+                break
             t = np.nextafter(t, back)
-        while sign * q(t) <= sign * c:
+        for _ in range(64):
+            if sign * q(t) > sign * c:
+                return float(t)
             t = np.nextafter(t, out)
-        return float(t)
-    return first_above(lo_v, -1), first_above(hi_v, 1)
+        return None
+    a, b = first_above(lo_v, -1), first_above(hi_v, 1)
+    return None if a is None or b is None else (a, b)
 
 
 def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
@@ -323,6 +332,8 @@ class LsqQuantizer(Quantizer):
         return _LsqFakeQuant.apply(x, s, z, self.qmin, self.qmax, g)
 
     def tangent_form(self, x: torch.Tensor):
+        if type(self).fake_quant is not LsqQuantizer.fake_quant:  # a subclass with its own forward: the usual path
+            return None
         s, z, g = self._params(x)
         with torch.no_grad():
             out = _lsq_values(x, s, z, self.qmin, self.qmax)
