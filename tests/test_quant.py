@@ -145,7 +145,7 @@ def test_activation_steps_initialize_from_the_first_batch():
 def test_fused_gradients_equal_the_composite_lsq_graph(spec, regime):
     """The hand-written backward equals autograd through the textbook LSQ expression, with elements outside the range
     and with every element inside it (where the CPU forward skips the clamp and the backward the range test)."""
-    from qdg_deploy.quant.quantizers import _all_inside, round_ste, scale_grad
+    from qdg_deploy.quant.quantizers import _all_inside, _range, round_ste, scale_grad
     torch.manual_seed(3)
     q = LsqQuantizer(spec, channels=6, ndim=4)
     x = torch.randn(6, 3, 4, 4) * 2 + 0.3
@@ -161,7 +161,7 @@ def test_fused_gradients_equal_the_composite_lsq_graph(spec, regime):
             x = torch.minimum(torch.maximum(x, -half) if q.spec.signed else x.abs(), half)
     x.requires_grad_()
     z0 = torch.round(q.zero_point.detach()) if q.learned_zp else None
-    assert _all_inside(x.detach(), q.scale().reshape(q.step.shape), z0, q.qmin, q.qmax) == (regime == "inside")
+    assert _all_inside(x.detach(), q.scale().reshape(q.step.shape), *_range(z0, q.qmin, q.qmax)) == (regime == "inside")
     w = torch.randn_like(x)
     out = q(x)
     with torch.no_grad():  # ONNX QuantizeLinear's order: round, add the zero point, saturate

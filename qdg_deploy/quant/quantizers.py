@@ -195,8 +195,9 @@ class _LsqFakeQuant(torch.autograd.Function):
     def forward(ctx, x, s, z, qmin, qmax, g):
         # On the CPU, when every x / s lies in the range (most weight tensors, many activations) the clamp is a no-op
         # and the backward needs no range test: two read-only reductions decide it exactly (`_all_inside`).
-        inside = x.device.type == "cpu" and _all_inside(x, s, z, qmin, qmax)
-        out = _lsq_values(x, s, z, qmin, qmax, clamp=not inside)
+        lo, hi = _range(z, qmin, qmax)
+        inside = x.device.type == "cpu" and _all_inside(x, s, lo, hi)
+        out = _lsq_values(x, s, lo, hi, clamp=not inside)
         ctx.save_for_backward(x, s, z, out)  # out is the conv's input: autograd holds it anyway
         ctx.consts = (qmin, qmax, g, inside)
         return out
@@ -234,32 +235,35 @@ class _LsqFakeQuant(torch.autograd.Function):
         return grad_x, grad_s, grad_z, None, None, None
 
 
-def _lsq_values(x, s, z, qmin: int, qmax: int, clamp: bool = True) -> torch.Tensor:
-    """The fake-quantized x: clamp(round(x / s), qmin - z, qmax - z) · s (no autograd); `clamp=False` where every
-    x / s is known to lie in the range already (`_all_inside`)."""
+def _range(z, qmin: int, qmax: int):
+    """The range of round(x / s): (qmin - z, qmax - z). Numbers where z is fixed at 0 or on the CPU (clamp with tensor
+    bounds is ~10x slower there), 0-dim tensors on other devices (no sync)."""
+    if z is None:
+        return qmin, qmax
+    zb = z.item() if z.device.type == "cpu" else z
+    return qmin - zb, qmax - zb
+
+
+def _lsq_values(x, s, lo, hi, clamp: bool = True) -> torch.Tensor:
+    """The fake-quantized x: clamp(round(x / s), lo, hi) · s with (lo, hi) from `_range` (no autograd); `clamp=False`
+    where every x / s is known to lie in the range already (`_all_inside`)."""
     q = (x / s).round_()  # in place: a fresh large tensor costs page faults on every step
-    if not clamp:
-        pass
-    elif z is not None:  # the zero point as a number on the CPU: clamp with tensor bounds is ~10x slower there
-        zb = z.item() if z.device.type == "cpu" else z
-        q.clamp_(qmin - zb, qmax - zb)
-    else:
-        q.clamp_(qmin, qmax)
+    if clamp:
+        q.clamp_(lo, hi)
     return q.mul_(s)
 
 
-def _all_inside(x, s, z, qmin: int, qmax: int) -> bool:
-    """Whether qmin - z <= x / s <= qmax - z for every element, exactly: x / s rounds monotonically in x (s > 0), so
-    the smallest and the largest x (of each channel, for a step per channel) decide."""
+def _all_inside(x, s, lo: float, hi: float) -> bool:
+    """Whether lo <= x / s <= hi for every element, exactly: x / s rounds monotonically in x (s > 0), so the smallest
+    and the largest x (of each channel, for a step per channel) decide."""
     if x.numel() == 0:
         return False
-    zf = z.item() if z is not None else 0.0
     if s.dim() == 0:
-        lo, hi = x.min(), x.max()
+        x_lo, x_hi = x.min(), x.max()
     else:
         flat = x.reshape(x.shape[0], -1)
-        lo, hi, s = flat.amin(1), flat.amax(1), s.reshape(-1)  # two reductions: aminmax per row is ~20x slower
-    return bool(((lo / s) >= qmin - zf).all()) and bool(((hi / s) <= qmax - zf).all())
+        x_lo, x_hi, s = flat.amin(1), flat.amax(1), s.reshape(-1)  # two reductions: aminmax per row is ~20x slower
+    return bool(((x_lo / s) >= lo).all()) and bool(((x_hi / s) <= hi).all())
 
 
 def _np_float(dtype: torch.dtype):
@@ -336,10 +340,10 @@ class LsqQuantizer(Quantizer):
             return None
         s, z, g = self._params(x)
         with torch.no_grad():
-            out = _lsq_values(x, s, z, self.qmin, self.qmax)
-            zf = float(z) if z is not None else 0.0
+            lo, hi = _range(z, self.qmin, self.qmax)  # numbers: tangent_form runs on the CPU (QuantMixin.quantized_op)
+            out = _lsq_values(x, s, lo, hi)
             v = x / s
-            inside = (v >= self.qmin - zf) & (v <= self.qmax - zf)  # LSQ's regions, as _LsqFakeQuant's backward
+            inside = (v >= lo) & (v <= hi)  # LSQ's regions, as _LsqFakeQuant's backward
             # d out / d s: round(v) - v inside, c - z outside, i.e. (out - x·inside) / s; d out / d z: 0 inside, -s outside
             d_s = torch.where(inside, out - x, out).div_(s) if s.requires_grad else None
             d_z = torch.where(inside, 0.0, -s) if z is not None and z.requires_grad else None
