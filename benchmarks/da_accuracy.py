@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from qdg_deploy.io import write_json
-from qdg_deploy.sweep import SWEEP_FILE, run_state, safe_label
-from qdg_deploy.sweep_report import write_report
+from qdg_deploy.workflows.sweep import SWEEP_FILE, run_state, safe_label
+from qdg_deploy.workflows.report import write_report
 from qdg_deploy.train import resolve_hparams, train_one
 
 # label: (train options, the row whose run of the same pair and seed it starts from)

@@ -23,12 +23,12 @@ import torch
 from rich.console import Console
 
 from qdg_deploy.bench.ort_static import ORT_METHODS, ort_quantize_static
-from qdg_deploy.ptq import ACT_METHODS
-from qdg_deploy.ptq.run import PtqOptions, calibrate_run, calibration_batches
+from qdg_deploy.calibration import ACT_METHODS
+from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_batches
 from qdg_deploy.data import run_splits
-from qdg_deploy.evaluation import domain_counts
-from qdg_deploy.export import export_run, ort_session
-from qdg_deploy.export.onnx_writer import lower_model
+from qdg_deploy.accuracy import domain_counts
+from qdg_deploy.export import export_run_dir, ort_session
+from qdg_deploy.export.onnx_writer import lower_to_onnx
 from qdg_deploy.export.variants import ort_latency_ms
 from qdg_deploy.runs import load_run
 
@@ -73,10 +73,10 @@ def main(argv=None) -> dict:
         for m in ACT_METHODS:
             calibrate_run(run_dir, d / f"ptq_{m}", PtqOptions(method=m, num_batches=a.num_batches), overwrite=True,
                           console=LOG)
-            rep = export_run(d / f"ptq_{m}", out=d / f"ptq_{m}.onnx", console=LOG)
+            rep = export_run_dir(d / f"ptq_{m}", out=d / f"ptq_{m}.onnx", console=LOG)
             ours[m] = {**ort_scores(d / f"ptq_{m}.onnx", splits, test, a.threads),
                        "top1_agreement_with_torch": rep["top1_agreement"]}
-        export_run(run_dir, fmt="onnx-fp32", out=d / "fp32.onnx")
+        export_run_dir(run_dir, fmt="onnx-fp32", out=d / "fp32.onnx")
         theirs = {}
         for m in ORT_METHODS:
             ort_quantize_static(d / "fp32.onnx", d / f"qs_{m}.onnx", calib, method=m, batch=64)
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
         best_ours = max(ours, key=lambda m: ours[m]["val_acc"])
         best_theirs = max(theirs, key=lambda m: theirs[m]["val_acc"])
         shape = run.config["model"]["input_shape"]
-        lean = lower_model(load_run(d / f"ptq_{best_ours}").model, shape, graph="lean").proto
+        lean = lower_to_onnx(load_run(d / f"ptq_{best_ours}").model, shape, graph="lean").proto
         protos = {"ours": onnx.load(str(d / f"ptq_{best_ours}.onnx")), "ours_lean": lean,
                   "quantize_static": onnx.load(str(d / f"qs_{best_theirs}.onnx")),
                   "fp32": onnx.load(str(d / "fp32.onnx"))}

@@ -3,7 +3,7 @@
 The Python API (`quantize`, `calibrate`, `export_onnx`: qdg_deploy/api.py) loads on first use, so that
 `import qdg_deploy` (and the CLI's start) does not import torch."""
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__  # noqa: F401 (the package version)
 
 _API = ("quantize", "calibrate", "export_onnx")
 

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .ptq.core import calibrate_model
+from .calibration.core import calibrate_model
 from .export.api import export_onnx
 from .export.supported import check_supported
 from .quant import Scheme, get_scheme, quantize_model

@@ -185,15 +185,16 @@ def calibrate(
     """Post-training quantization: a float model in, a quantized run directory out (eval, export and bench take it).
 
     Calibration images come from the training domains only; the held-out domain is scored, never read."""
-    from .ptq.run import PtqOptions, calibrate_run
+    from .calibration.run import PtqOptions, calibrate_run
     from .tables import per_domain_table
+    from .train.hparams import default_hparams
 
     layers = tuple(n.strip() for n in keep_float_layers.split(",") if n.strip()) if keep_float_layers else ()
     opts = PtqOptions(method=method, percentile=percentile, weight_method=weight_method, num_batches=num_batches,
                       scheme=scheme, bits=bits, act_bits=act_bits, keep_float=keep_float, keep_float_layers=layers)
     m = calibrate_run(source, out_dir, opts, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
                       image_size=image_size, class_map=class_map, seed=seed, overwrite=overwrite, console=console,
-                      device=device)
+                      device=device, defaults=default_hparams)
     out.print(per_domain_table({f"ptq {scheme} ({method})": m}))
     f = m["float"]
     out.print(f"held-out acc {100 * m['test_acc']:.1f} (float {100 * f['test_acc']:.1f}); val {100 * m['val_acc']:.1f} "
@@ -214,7 +215,7 @@ def sensitivity(
     act_bits: Optional[int] = typer.Option(None, help="Float runs: activation bits."),
 ):
     """Per-layer sensitivity: each layer quantized alone (the rest float), its validation accuracy drop, sorted."""
-    from .ptq.run import PtqOptions, sensitivity_run
+    from .calibration.run import PtqOptions, sensitivity_run
     from .tables import FitTable, pct
 
     r = sensitivity_run(run_dir, json_path=json_path, plot_path=plot,
@@ -236,7 +237,7 @@ def eval_cmd(
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
     from .tables import per_domain_table
-    from .evaluate_run import evaluate_run
+    from .workflows.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, json_path, device=device)
     out.print(per_domain_table({result["method"]: result}))
@@ -296,7 +297,7 @@ def export(
 ):
     """Export a run's model to ONNX (QDQ at its trained bit-widths) and verify it against PyTorch; --format
     tensorrt also builds RUN_DIR/model.engine and model.engine.json (TensorRT 10.x or 11.x)."""
-    from .export import export_run, report_name
+    from .export import export_run_dir, report_name
     from .export.tensorrt import TrtOptions
 
     given = {k: v for k, v in dict(fp16=fp16, batch_range=batch_range, workspace_gb=workspace_gb,
@@ -305,7 +306,7 @@ def export(
                                    strict_int8=strict_int8 or None).items()
              if v is not None}
     trt = TrtOptions(**given) if fmt == "tensorrt" or given else None
-    r = export_run(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
+    r = export_run_dir(run_dir, fmt=fmt, target=target, out=out_path, opset=opset, dynamic_batch=dynamic_batch,
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
                    graph=graph, min_agreement=min_agreement, force=force, console=console, onnx_in=onnx_in, trt=trt,
                    device=device)
@@ -442,7 +443,7 @@ def ensemble(
     Quantized members make an EoQ, float ones an EoA.
 
     eval, export (one ONNX graph: every member and the sum, verified as a single model) and bench take it."""
-    from .ensemble import build_ensemble
+    from .workflows.ensemble import build_ensemble
     from .tables import per_domain_table
 
     m = build_ensemble(run_dirs, out_dir, overwrite=overwrite)
@@ -469,7 +470,7 @@ def flatness(
     Writes OUT/flatness.json (mean, std, every loss per run) and OUT/flatness.png (one curve per run).
 
     Quantizer steps stay fixed: a quantized run's perturbed latent weights are re-quantized by its layers."""
-    from .flatness import run_flatness
+    from .workflows.flatness import run_flatness
 
     r = run_flatness(run_dirs, out_dir, radius=radius, points=points, directions=directions, samples=samples,
                      seed=seed)
@@ -511,8 +512,8 @@ def sweep(
     (crashed) are removed and trained again — with every --launcher.
 
     Each run logs to RUN_DIR/train.log. Then `qdg-deploy report OUT` prints the table."""
-    from .launchers import Launch
-    from .sweep import run_sweep
+    from .workflows.launchers import Launch
+    from .workflows.sweep import run_sweep
 
     launch = Launch(launcher, nproc_per_node, partition, gpus, time_min, array_parallelism, cluster)
     r = run_sweep(dataset, methods, test_envs, seeds, set_ or [], out_dir, parallel=jobs, ensembles=ensembles,
@@ -541,7 +542,7 @@ def report_cmd(
     Rows "<label> w/o SWAD" where the runs' metrics.json hold a no_swad result."""
     from rich.table import Table
 
-    from .sweep_report import cells, write_report
+    from .workflows.report import cells, write_report
 
     table, md, js = write_report(sweep_dir, out_path)
     header, rows = cells(table)
@@ -562,7 +563,7 @@ def demo(
     test_env: str = typer.Option("75", help="Held-out rotation."),
 ):
     """The whole story on the embedded rotated-MNIST: ERM, QT-DoG, QT-DoG W8A8, side by side."""
-    from .demo import run_demo
+    from .workflows.demo import run_demo
 
     run_demo(out_dir, steps=steps, seed=seed, test_env=test_env, console=console, out=out)
 

@@ -9,7 +9,7 @@ import ctypes
 import os
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -82,6 +82,20 @@ def module_device(f) -> torch.device | None:
         p = next(f.parameters(), None)
         return p.device if p is not None else None
     return None
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to `n` inside the block (None: left as it is); the count is process-wide,
+    so the previous one comes back afterwards (for in-process callers: tests, sweeps, the Python API)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
 
 
 def pin(t: torch.Tensor, device: torch.device) -> torch.Tensor:

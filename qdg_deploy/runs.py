@@ -124,9 +124,9 @@ def model_record(arch: str, input_shape, num_classes: int, scheme: Scheme | None
 
 def build_run_model(record: dict, float_only: bool = False) -> nn.Module:
     """The network a model record describes (an ensemble record: each member as its own record says, wrapped in
-    `ensemble.Ensemble`); float_only leaves every layer float."""
+    `models.ensemble.Ensemble`); float_only leaves every layer float."""
     if record.get("ensemble"):
-        from .ensemble import Ensemble
+        from .models.ensemble import Ensemble
         return Ensemble([build_run_model(r, float_only) for r in record["ensemble"]])
     net = build_model(record["arch"], record["input_shape"][0], record["num_classes"])
     if record.get("scheme") and not float_only:
@@ -182,3 +182,15 @@ def load_run(path: str | Path) -> Run:
         raise QdgError(f"{path / WEIGHTS} does not match the model in {CONFIG}: {str(e).splitlines()[0]}") from None
     net.eval()
     return Run(path, config, metrics, net)
+
+
+def run_state(path: Path) -> str:
+    """'done' (metrics.json valid, config and weights present), 'broken' (anything else there) or 'absent'."""
+    if not path.exists():
+        return "absent"
+    try:
+        m = read_json(path / METRICS)
+        ok = isinstance(m, dict) and isinstance(m.get("test_acc"), (int, float))
+    except (OSError, ValueError):
+        ok = False
+    return "done" if ok and (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else "broken"

@@ -9,7 +9,7 @@ import torch
 
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.quant.daq import daq_weight
-from qdg_deploy.sweep_report import write_report
+from qdg_deploy.workflows.report import write_report
 from qdg_deploy.train import get_algorithm, resolve_hparams
 from qdg_deploy.train.algorithms import lr_scale
 from qdg_deploy.train.alignq_terms import ApproxRound, approx_round, approx_round_derivative, grad_approx_factor

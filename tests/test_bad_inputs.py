@@ -42,7 +42,7 @@ def make_tree(root: Path, spec: dict[str, tuple[str, ...]]) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A data tree, one trained quantized run and its export (model.onnx + report): the good artifacts."""
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
     from qdg_deploy.train import resolve_hparams, train
 
     root = tmp_path_factory.mktemp("world")
@@ -51,7 +51,7 @@ def world(tmp_path_factory):
     hp = resolve_hparams(f"folder:{tree}", method="qtdog", arch="mnist-cnn", image_size=SIZE, steps=2, q_steps=0,
                          checkpoint_freq=1, batch_size=4, threads=1, test_env="photo", swad_bn_steps=1)
     train(hp, run)
-    export_run(run)
+    export_run_dir(run)
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.json", "model.safetensors", "model.onnx",
                                               "model.export.json"}
     return {"root": root, "tree": tree, "run": run}

@@ -111,7 +111,7 @@ from qdg_deploy.cli import app
 from qdg_deploy.data import split_domains
 from qdg_deploy.errors import QdgError
 from qdg_deploy.runs import load_run
-from qdg_deploy.evaluation import accuracy
+from qdg_deploy.accuracy import accuracy
 
 FAST = dict(warmup_ms=10, duration_s=0.05, min_iters=3, threads=1)
 
@@ -381,13 +381,13 @@ def test_trt_runtime(world, tmp_path):
     ok, why = B.get_runtime("trt").available()
     if not ok:
         pytest.skip(why)  # e.g. "the tensorrt Python package is not installed"
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
     from qdg_deploy.export.tensorrt import TrtOptions
     from qdg_deploy.export.trt_report import schema_errors
 
     run = tmp_path / "qrun"
     shutil.copytree(world["qrun"], run)
-    export_run(run, fmt="tensorrt", verify=False, trt=TrtOptions(batch_range="1,2,4"))
+    export_run_dir(run, fmt="tensorrt", verify=False, trt=TrtOptions(batch_range="1,2,4"))
     rep = json.loads((run / "model.engine.json").read_text())
     assert schema_errors(rep) == [] and rep["engine_bytes"] == (run / "model.engine").stat().st_size
     assert rep["profiles"][0]["max"][0] == 4 and rep["layers"]
@@ -546,7 +546,7 @@ def test_errors(world, tmp_path):
 
 def test_bench_demo_final_table(world, tmp_path):
     from rich.console import Console
-    from qdg_deploy.bench.demo import bench_demo, deployment_artifact
+    from qdg_deploy.workflows.demo_bench import bench_demo, deployment_artifact
 
     assert deployment_artifact(world["qrun"]) == world["qrun"] / "model.onnx"
     con = Console(width=200, record=True)
@@ -562,7 +562,7 @@ def test_bench_demo_final_table(world, tmp_path):
     assert "1.00×" in row and f"{speed:.2f}×" in row, row
     row = next(line for line in text.splitlines() if "agreement with torch" in line)
     assert "—" in row, row  # these ONNX files have no export report: nothing measured, nothing shown
-    from qdg_deploy.bench.demo import final_table
+    from qdg_deploy.workflows.demo_bench import final_table
     from qdg_deploy.tables import human_bytes, pct
     narrow = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
     narrow.print(final_table(res, {"QT-DoG W8A8 (ort) + SWAD": world["frun"] / "model.onnx",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from qdg_deploy.export import check_tensorrt_rules, export_run
+from qdg_deploy.export import check_tensorrt_rules, export_run_dir
 from qdg_deploy.models import build_model
 from qdg_deploy.quant.plan import add_plans
 from qdg_deploy.runs import load_run
@@ -49,7 +49,7 @@ def test_ort_export_runs_every_conv_and_add_as_an_integer_kernel(tiny_run, tmp_p
     run = load_run(tiny_run[0])  # conftest: a QT-DoG ort run of the default network
     assert run.config["model"]["arch"] == ARCH
     convs = _names(build_model(ARCH, 1, 10), nn.Conv2d)
-    r = export_run(tiny_run[0], target="ort", out=tmp_path / "m.onnx", max_samples=50)
+    r = export_run_dir(tiny_run[0], target="ort", out=tmp_path / "m.onnx", max_samples=50)
     assert set(convs) <= set(r["ort_kernel_layers"]) and set(convs) <= set(r["ort_fused_layers"])
     assert r["ort_unfused_layers"] == [] and "ort_kernel_mismatch" not in r
     assert len(r["bn_folded"]) == 9
@@ -59,7 +59,7 @@ def test_ort_export_runs_every_conv_and_add_as_an_integer_kernel(tiny_run, tmp_p
 
 def test_trt_export_follows_tensorrt_rules_and_is_exact(trt_run, tmp_path):
     path = tmp_path / "t.onnx"
-    r = export_run(trt_run, target="tensorrt", out=path, max_samples=50)
+    r = export_run_dir(trt_run, target="tensorrt", out=path, max_samples=50)
     assert check_tensorrt_rules(path) == []
     assert r["weight_only_layers"] == [] and len(r["bn_folded"]) == 9  # every conv INT8 (its input quantized too)
     assert all(q["exact"] for q in r["residual_quantizers"]) and "requantized_note" not in r

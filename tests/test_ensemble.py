@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from qdg_deploy.ensemble import Ensemble, build_ensemble
+from qdg_deploy.workflows.ensemble import Ensemble, build_ensemble
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import export_run
+from qdg_deploy.export import export_run_dir
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import resolve_hparams, train_one
-from qdg_deploy.evaluation import predictions
+from qdg_deploy.accuracy import predictions
 from tests.conftest import run_cli
 from tests.test_bench import IMAGE, write_folder_dataset
 
@@ -59,13 +59,13 @@ def test_ensemble_run_sums_member_logits_and_scores_like_train(world):
 
 
 def test_ensemble_export_is_one_graph_exact_against_torch(world, tmp_path):
-    r = export_run(world["ens"], out=tmp_path / "eoq.onnx")
+    r = export_run_dir(world["ens"], out=tmp_path / "eoq.onnx")
     assert r["top1_agreement"] == 1.0 and r["max_abs_diff"] == 0.0
     held = next(k for k in r["splits"] if k.startswith("heldout"))
     assert r["splits"][held]["top1_agreement"] == 1.0 and r["splits"][held]["max_abs_diff"] == 0.0
     assert r["splits"][held]["n_samples"] == 15  # all of the held-out domain: 3 classes × 5 images
-    single = export_run(world["runs"][0], out=tmp_path / "one.onnx", verify=False)
-    second = export_run(world["runs"][1], out=tmp_path / "two.onnx", verify=False)
+    single = export_run_dir(world["runs"][0], out=tmp_path / "one.onnx", verify=False)
+    second = export_run_dir(world["runs"][1], out=tmp_path / "two.onnx", verify=False)
     assert r["packed_bytes"] == single["packed_bytes"] + second["packed_bytes"]
     assert r["ensemble"]["k"] == 2 and r["ensemble"]["member_packed_bytes"] == r["packed_bytes"] / 2
     import onnx

@@ -15,12 +15,19 @@ from torch import nn
 
 from qdg_deploy.bench.artifacts import onnx_size
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import build_onnx, check_tensorrt_rules, export_onnx, float_layers, ort_session
+from qdg_deploy.export import lower_to_onnx, check_tensorrt_rules, export_onnx, float_layers, ort_session
 from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.plan import Mode
 from qdg_deploy.quant.schemes import Scheme
 from tests.conftest import run_cli
+
+
+def lowered(model, shape, **kw):
+    """The in-memory ONNX and its lowering info (what `build_onnx` returned before it was folded into
+    `lower_to_onnx`)."""
+    low = lower_to_onnx(model, shape, **kw)
+    return low.proto, low.info()
 
 torch.set_num_threads(1)
 
@@ -72,7 +79,7 @@ def run_ort(proto, x, level="none"):
 def test_export_matches_torch(scheme, bits, act_bits, target):
     m = tiny(scheme, bits, act_bits)
     x = torch.randn(32, 3, 8, 8)
-    proto, info = build_onnx(m, (3, 8, 8), target=target, residual_qdq=False)
+    proto, info = lowered(m, (3, 8, 8), target=target, residual_qdq=False)
     with torch.no_grad():
         ref = m(x).numpy()
     got = run_ort(proto, x)
@@ -95,7 +102,7 @@ def test_ort_default_optimizations_keep_exactness(scheme, act_bits):
     m = tiny(scheme, act_bits=act_bits)
     x = torch.randn(32, 3, 8, 8)
     for target in ("ort", "tensorrt"):
-        proto, info = build_onnx(m, (3, 8, 8), target=target)
+        proto, info = lowered(m, (3, 8, 8), target=target)
         # float reordering only (NCHWc kernels): ~1e-7; a bias rounded to int32 would show ~1e-3
         np.testing.assert_allclose(run_ort(proto, x, "all"), run_ort(proto, x, "none"), atol=2e-5, rtol=0)
         assert all(e["bias"] == "float Add" for e in info["layers"])
@@ -158,7 +165,7 @@ def test_ort_scheme_layers_compute_as_ort_integer_kernels_bit_for_bit(tmp_path):
 
 def test_weights_are_int8_codes_and_no_float_copy():
     m = tiny("trt", bits=4)
-    proto, _ = build_onnx(m, (3, 8, 8), target="tensorrt")
+    proto, _ = lowered(m, (3, 8, 8), target="tensorrt")
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for name, layer in quant_layers(m).items():
         codes = inits[f"{name}.weight_q"]
@@ -203,7 +210,7 @@ def test_ties_round_half_to_even_like_onnx(target, signed, bits):
     x = torch.cat([ties, -ties])
     with torch.no_grad():
         ref = aq(x)
-    proto, info = build_onnx(m, (3, 8, 8), target=target, residual_qdq=False)
+    proto, info = lowered(m, (3, 8, 8), target=target, residual_qdq=False)
     if target == "tensorrt" and not signed and bits == 8:  # [0, 255] has no int8 zp-0 form: requantized, reported
         assert "requantized" in info["layers"][0]["act"]
         return
@@ -220,11 +227,11 @@ def test_ties_round_half_to_even_like_onnx(target, signed, bits):
 
 def test_residual_qdq_opt_in_and_reported():
     m = tiny("trt")
-    proto, info = build_onnx(m, (3, 8, 8), target="tensorrt", residual_qdq=True)
+    proto, info = lowered(m, (3, 8, 8), target="tensorrt", residual_qdq=True)
     assert info["residual_qdq"] and check_tensorrt_rules(proto) == []
     add = next(n for n in proto.graph.node if n.op_type == "Add" and n.name.startswith("add"))
     assert any(i.endswith(".act.dq") for i in add.input)
-    _, info_default = build_onnx(m, (3, 8, 8), target="tensorrt")
+    _, info_default = lowered(m, (3, 8, 8), target="tensorrt")
     assert not info_default["residual_qdq"]  # default: exact (the torch model adds the float identity)
 
 
@@ -276,14 +283,14 @@ def test_unsupported_op_is_named():
             return self.act(self.conv(x)).mean((2, 3))
 
     with pytest.raises(QdgError, match="SiLU"):
-        build_onnx(Bad(), (3, 8, 8), fp32=True)
+        lowered(Bad(), (3, 8, 8), fp32=True)
 
 
 def test_uninitialized_quantizer_refused():
     m = Tiny()
     quantize_model(m, get_scheme("trt"))
     with pytest.raises(QdgError, match="never initialized"):
-        build_onnx(m, (3, 8, 8))
+        lowered(m, (3, 8, 8))
 
 
 # --- TensorRT rule check: one graph per broken rule ----------------------------------------------------------
@@ -408,8 +415,8 @@ def test_cli_export_check_and_exit_codes(trained_run, tmp_path):
     r = run_cli("check", bad, "--target", "tensorrt")
     assert r.returncode == 1 and "non-zero zero point" in r.stdout
 
-    from qdg_deploy.export import export_run
-    export_run(trained_run, target="ort", dynamic_batch=False, verify=False, out=tmp_path / "o.onnx")
+    from qdg_deploy.export import export_run_dir
+    export_run_dir(trained_run, target="ort", dynamic_batch=False, verify=False, out=tmp_path / "o.onnx")
     m = onnx.load(str(tmp_path / "o.onnx"))
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert "top1_agreement" not in json.loads((tmp_path / "o.export.json").read_text())
@@ -432,7 +439,7 @@ def test_groupnorm_in_eval_equals_the_exported_graph_bit_for_bit():
         m[0].weight.normal_()
         m[0].bias.normal_()
     quantize_model(m, get_scheme("trt")).eval()
-    proto, _ = build_onnx(m, (8, 6, 6), target="ort")
+    proto, _ = lowered(m, (8, 6, 6), target="ort")
     x = torch.randn(64, 8, 6, 6) * 3 + 1
     with torch.no_grad():
         ref = m(x).numpy()
@@ -456,7 +463,7 @@ def test_a_gamma_zero_channel_keeps_the_bias_a_float_add(tmp_path):
 def test_layer_divergence_names_the_first_wrong_layer_in_the_rows_asked_for():
     from qdg_deploy.export import layer_divergence
     m = tiny("trt")
-    proto, info = build_onnx(m, (3, 8, 8), target="ort")
+    proto, info = lowered(m, (3, 8, 8), target="ort")
     codes = next(t for t in proto.graph.initializer if t.name == "conv2.weight_q")
     arr = numpy_helper.to_array(codes).copy()
     arr[0] = np.clip(arr[0].astype(np.int32) + 3, -127, 127).astype(np.int8)  # break conv2's first output channel
@@ -487,13 +494,13 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     assert "retrain with --scheme trt" in line and "worst split out:60: 0.925" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no report, no temporary file
 
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
     kw = dict(target="tensorrt", out=out, max_samples=40)
-    export_run(ort_run, target="ort", out=out, max_samples=40)  # an earlier, exact export at the same path
+    export_run_dir(ort_run, target="ort", out=out, max_samples=40)  # an earlier, exact export at the same path
     before = out.read_bytes(), report.read_bytes()
     assert json.loads(before[1])["below_min_agreement"] is False and json.loads(before[1])["verified"] is True
     with pytest.raises(QdgError, match=r"^export refused: .*retrain with --scheme trt; .*m\.onnx not written"):
-        export_run(ort_run, **kw)
+        export_run_dir(ort_run, **kw)
     assert (out.read_bytes(), report.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.export.json", "m.onnx"]
 
@@ -506,18 +513,18 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     assert forced["top1_agreement"] == pytest.approx(235 / 240) and forced["file_bytes"] == out.stat().st_size
     onnx.checker.check_model(onnx.load(str(out)))
 
-    lower = export_run(ort_run, min_agreement=0.95, **kw)  # above a lower bar: written, and not below it
+    lower = export_run_dir(ort_run, min_agreement=0.95, **kw)  # above a lower bar: written, and not below it
     assert lower["below_min_agreement"] is False and lower["min_agreement"] == 0.95
 
 
 def test_min_agreement_is_a_fraction(ort_run, tmp_path):
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
     r = run_cli("export", ort_run, "--out", tmp_path / "m.onnx", "--min-agreement", "1.5")
     assert r.returncode == 2 and _error_lines(r.stderr) == [
         "error: --min-agreement takes a fraction in [0, 1], e.g. 0.999 (got 1.5)"], r.stderr
     for bad in (-0.1, float("nan"), True, "0.9"):
         with pytest.raises(QdgError, match="--min-agreement takes a fraction in"):
-            export_run(ort_run, out=tmp_path / "m.onnx", min_agreement=bad)
+            export_run_dir(ort_run, out=tmp_path / "m.onnx", min_agreement=bad)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,10 +12,10 @@ from torch import nn
 
 import qdg_deploy
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
-from qdg_deploy.ptq import observers as ob
-from qdg_deploy.ptq.core import calibrate_model, float_pass, set_activation_grid
-from qdg_deploy.ptq.run import PtqOptions, calibrate_run, calibration_batches
+from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
+from qdg_deploy.calibration import observers as ob
+from qdg_deploy.calibration.core import calibrate_model, float_pass, set_activation_grid
+from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_batches
 from qdg_deploy.quant import LsqQuantizer, QuantSpec, get_scheme, quantize_model
 from qdg_deploy.runs import load_run
 
@@ -131,7 +131,7 @@ def test_calibrate_cli_writes_a_run_that_exports_exactly(float_run, tmp_path):
     assert m["method"] == "ptq" and m["bits"] == 8 and 0 <= m["test_acc"] <= 1 and "float" in m
     cal = run.config["calibration"]
     assert cal["images"] == 128 and "75" not in cal["calibration_domains"] and cal["source"]["run"] == str(float_run)
-    rep = export_run(out, max_samples=200)
+    rep = export_run_dir(out, max_samples=200)
     assert rep["top1_agreement"] == 1.0 and rep["max_abs_diff"] == 0.0
 
 
@@ -144,7 +144,7 @@ def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_pat
     assert all(type(run.model.get_submodule(n)) in (nn.Conv2d, nn.Linear) for n in kept)
     sens = run.config["calibration"]["sensitivity"]["layers"]
     assert [r["layer"] for r in sens[:2]] == kept and sens[0]["drop"] >= sens[-1]["drop"]
-    rep = export_run(out, target="tensorrt", out=tmp_path / "kf.onnx", max_samples=200)
+    rep = export_run_dir(out, target="tensorrt", out=tmp_path / "kf.onnx", max_samples=200)
     assert rep["top1_agreement"] == 1.0
     assert check_tensorrt_rules(tmp_path / "kf.onnx") == []
     notes = float_layers(tmp_path / "kf.onnx")  # the kept layers, and only they, run in float

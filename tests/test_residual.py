@@ -10,10 +10,17 @@ import onnx
 import pytest
 import torch
 
-from qdg_deploy.export import build_onnx, check_tensorrt_rules, ort_session
+from qdg_deploy.export import lower_to_onnx, check_tensorrt_rules, ort_session
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import Scheme, get_scheme, quantize_model
 from qdg_deploy.quant.residual import QBasicBlock, residual_quantizers
+
+
+def lowered(model, shape, **kw):
+    """The in-memory ONNX and its lowering info (what `build_onnx` returned before it was folded into
+    `lower_to_onnx`)."""
+    low = lower_to_onnx(model, shape, **kw)
+    return low.proto, low.info()
 
 torch.set_num_threads(1)
 SHAPE = (3, 64, 64)
@@ -68,7 +75,7 @@ def test_resnet18_residual_quantizers_and_state_dict():
 
 def test_resnet18_ort_fuses_every_conv_and_stays_exact(tmp_path):
     m = resnet("ort")
-    proto, info = build_onnx(m, SHAPE, target="ort")
+    proto, info = lowered(m, SHAPE, target="ort")
     # 8 main branches, 3 downsample outputs, 5 shared identities, the global pool's input (scheme pool)
     assert len(info["residual_quantizers"]) == 11 + 5 + 1
     assert all(e["exact"] for e in info["residual_quantizers"])
@@ -108,7 +115,7 @@ def test_pool_quantizer_old_configs_and_strip():
 @pytest.mark.parametrize("scheme", ["trt", "ort"])
 def test_resnet18_tensorrt_target(scheme):
     m = resnet(scheme)
-    proto, info = build_onnx(m, SHAPE, target="tensorrt")
+    proto, info = lowered(m, SHAPE, target="tensorrt")
     assert check_tensorrt_rules(proto) == []
     assert all(e["exact"] for e in info["residual_quantizers"]) == (scheme == "trt")  # ort: zp requantized
     x = torch.rand(16, *SHAPE)

@@ -13,13 +13,20 @@ import torch
 from torchvision.models.resnet import BasicBlock
 
 from qdg_deploy import bench as B
-from qdg_deploy.export import build_onnx
+from qdg_deploy.export import lower_to_onnx
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import Quantizer, get_scheme, quantize_model, strip_quantizers
 from qdg_deploy.runs import load_run, model_record, save_run
 from qdg_deploy.train import resolve_hparams
 
 from conftest import run_cli
+
+
+def lowered(model, shape, **kw):
+    """The in-memory ONNX and its lowering info (what `build_onnx` returned before it was folded into
+    `lower_to_onnx`)."""
+    low = lower_to_onnx(model, shape, **kw)
+    return low.proto, low.info()
 
 SHAPE = (1, 28, 28)
 
@@ -67,7 +74,7 @@ def test_onnx_fp32_export_of_a_residual_run(resnet_run, tmp_path):
     assert r.returncode == 0, r.stderr
     report = load_report(out)
     assert report["format"] == "onnx-fp32" and report["scheme"] is None and report["top1_agreement"] == 1.0
-    proto, _ = build_onnx(float_twin(resnet_run), SHAPE, fp32=True)  # the float network's own graph
+    proto, _ = lowered(float_twin(resnet_run), SHAPE, fp32=True)  # the float network's own graph
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(proto.SerializeToString()).digest()
 
 

@@ -13,7 +13,7 @@ from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams, train_one
 from qdg_deploy.train.algorithms import quantizer_params
 from qdg_deploy.train.dg import coral_penalty
-from qdg_deploy.evaluation import predictions
+from qdg_deploy.accuracy import predictions
 from qdg_deploy.train.swad import LossValley, RunningAverage, WeightAveraging, recompute_bn
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from qdg_deploy.errors import QdgError
-from qdg_deploy.sweep import parse_methods, run_state, to_flags
-from qdg_deploy.sweep_report import collect, mean_se, write_report
+from qdg_deploy.workflows.sweep import parse_methods, run_state, to_flags
+from qdg_deploy.workflows.report import collect, mean_se, write_report
 from tests.conftest import run_cli
 from tests.test_bench import IMAGE, write_folder_dataset
 
@@ -180,7 +180,7 @@ def test_an_interrupt_while_a_child_starts_waits_until_it_is_tracked():
     `_held` the interrupt is held back and raised once the block is done."""
     import os
 
-    from qdg_deploy import sweep as S
+    from qdg_deploy.workflows import sweep as S
 
     old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     S._terminate_on_sigterm()

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from conftest import run_cli
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import check_tensorrt_rules, export_run, float_layers
+from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
 from qdg_deploy.export.check import has_qdq, quantized_layers
 from qdg_deploy.export.fp16 import convert_float_remainder
 from qdg_deploy.export.trt_plan import build_plan, parse_batch_range, parse_version, profile_batches, profile_shapes
@@ -34,7 +34,7 @@ def exports(tmp_path_factory):
     for name in ("alignq", "trt"):
         for graph in ("exact", "lean"):
             p = d / f"{name}_{graph}.onnx"
-            export_run(DATA / "golden" / name, target="tensorrt", out=p, verify=False, graph=graph)
+            export_run_dir(DATA / "golden" / name, target="tensorrt", out=p, verify=False, graph=graph)
             out[name, graph] = p
     return out
 
@@ -237,7 +237,7 @@ def test_has_qdq(exports, tmp_path):
     model = onnx.load(str(exports["trt", "lean"]))
     assert has_qdq(model)
     fp32 = tmp_path / "fp32.onnx"
-    export_run(DATA / "golden" / "trt", fmt="onnx-fp32", out=fp32, verify=False)
+    export_run_dir(DATA / "golden" / "trt", fmt="onnx-fp32", out=fp32, verify=False)
     assert not has_qdq(onnx.load(str(fp32)))
 
 

@@ -8,7 +8,7 @@ import torch
 from qdg_deploy.quant import is_quantized, quant_layers
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams
-from qdg_deploy.evaluation import predictions
+from qdg_deploy.accuracy import predictions
 
 from conftest import run_cli
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ..errors import QdgError
-from ..evaluation import domain_counts, make_progress
+from ..accuracy import domain_counts, make_progress
 from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
 from .harness import measure
@@ -25,24 +26,30 @@ ACCURACY_BATCH = 256
 
 # ---------------------------------------------------------------- accuracy
 
-_SPLITS: dict[tuple, list] = {}
+# What run_splits reads of a run's hyperparameters: two artifacts of one bench call with the same values share one
+# split (the cache lives for one `bench` call only, so nothing outlives it or leaks between callers).
+SPLIT_KEYS = ("dataset", "data_dir", "image_size", "class_map", "holdout_fraction", "seed")
 
 
-def _splits(config: dict):
+def _splits(config: dict, cache: dict | None = None):
     from ..data import run_splits
 
     hp = config["hparams"]
-    key = (hp["dataset"], hp.get("data_dir"), hp.get("image_size"), hp["holdout_fraction"], hp["seed"])
-    if key not in _SPLITS:
-        _SPLITS[key] = run_splits(hp)[1]
-    return _SPLITS[key]
+    key = json.dumps([hp.get(k) for k in SPLIT_KEYS], sort_keys=True)
+    if cache is None:
+        return run_splits(hp)[1]
+    if key not in cache:
+        cache[key] = run_splits(hp)[1]
+    return cache[key]
 
 
-def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH) -> dict:
+def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH,
+                    cache: dict | None = None) -> dict:
     """Accuracy on every domain of the artifact's data set (its run's split): a training domain on its
-    held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`."""
+    held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`.
+    `cache`: splits already read in this bench call (keyed by SPLIT_KEYS' values)."""
     cfg = artifact.config
-    counts = domain_counts(session.predict, _splits(cfg), cfg["test_env_index"], batch, session.fixed_batch)
+    counts = domain_counts(session.predict, _splits(cfg, cache), cfg["test_env_index"], batch, session.fixed_batch)
     return {"dataset": cfg["hparams"]["dataset"], **counts}
 
 
@@ -124,6 +131,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
     torch_threads = torch.get_num_threads()
     rng = np.random.default_rng(seed)
     records = []
+    splits_cache: dict = {}  # one data split per distinct data set in this call
     total = len(pairs) * (len(batches) + int(accuracy))
     own = progress is None
     progress = progress or make_progress(console or Console(stderr=True), transient=True, elapsed=True)
@@ -147,7 +155,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                 try:
                     records.extend(_bench_pair(art, rt, session, batches, rng, skipped, progress, task,
                                                warmup_ms=warmup_ms, duration_s=duration_s, min_iters=min_iters,
-                                               accuracy=accuracy, threads=threads))
+                                               accuracy=accuracy, threads=threads, splits_cache=splits_cache))
                 finally:
                     session.close()
     finally:
@@ -163,7 +171,7 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
 
 
 def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warmup_ms, duration_s, min_iters,
-                accuracy, threads) -> list[dict]:
+                accuracy, threads, splits_cache=None) -> list[dict]:
     import torch
 
     shape = art.input_shape or getattr(session, "input_shape", None)
@@ -213,7 +221,7 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
             else:
                 start = time.perf_counter()
                 try:
-                    acc = domain_accuracy(session, art)
+                    acc = domain_accuracy(session, art, cache=splits_cache)
                     acc["seconds"] = round(time.perf_counter() - start, 2)
                 except QdgError as e:  # e.g. the data set is not on this machine
                     acc_reason = f"accuracy skipped: {e}"

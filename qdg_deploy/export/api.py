@@ -1,4 +1,4 @@
-"""`export_onnx` (a model) and `export_run` (a run directory, with verification and the .export.json report)."""
+"""`export_onnx` (a model) and `export_run_dir` (a run directory, with verification and the .export.json report)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from ..io import atomic_path, writable_folder, write_json
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
 from ..quant.plan import add_plans, pool_plans
-from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_model
+from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_to_onnx
 from .records import LayerRecord
-from .report import OrtFusion, graph_notes
+from .report import OrtFusion, ensemble_note, graph_notes
 from .variants import graph_comparison, ort_latency_ms, other_graph
 from .verify import verify_model, verify_sets
 
@@ -84,21 +84,21 @@ class Exported:
     fusion: OrtFusion | None
 
     def info(self) -> dict:
-        """export_onnx's dict: build_onnx's info, the sizes, the fusion figures and the proto ("proto")."""
+        """export_onnx's dict: the lowering's info, the sizes, the fusion figures and the proto ("proto")."""
         info = {**self.low.info(), "file_bytes": self.file_bytes, "fp32_bytes": self.fp32_bytes,
                 "packed_bytes": self.packed_bytes, "size_ratio": round(self.file_bytes / self.fp32_bytes, 4),
                 "packed_ratio": round(self.packed_bytes / self.fp32_bytes, 4)}
         return {**info, **(self.fusion.info() if self.fusion else {}), "proto": self.low.proto}
 
 
-def export_model(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort",
+def write_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort",
                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, fp32: bool = False,
                  residual_qdq: bool | None = None, int_bias: bool | None = None, graph: str = "exact") -> Exported:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`."""
-    low = lower_model(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
+    low = lower_to_onnx(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
                       residual_qdq=residual_qdq, int_bias=int_bias, graph=graph)
     file_bytes = save_onnx(low.proto, Path(path))
-    fp32_bytes = file_bytes if fp32 else len(lower_model(model, input_shape, target=target, opset=opset,
+    fp32_bytes = file_bytes if fp32 else len(lower_to_onnx(model, input_shape, target=target, opset=opset,
                                                           dynamic_batch=dynamic_batch, fp32=True)
                                              .proto.SerializeToString())
     fusion = None
@@ -118,7 +118,7 @@ def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str 
     Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
     layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto".
     """
-    return export_model(model, input_shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch,
+    return write_onnx(model, input_shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch,
                         fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias, graph=graph).info()
 
 
@@ -128,7 +128,7 @@ def _bits(scheme) -> tuple[int, int]:
     return scheme.weight.bits, scheme.act.bits if scheme.act else 32
 
 
-def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
+def export_run_dir(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
                residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
                graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
@@ -184,7 +184,7 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
     with atomic_path(report_name(path)) as tmp_report, atomic_path(path) as tmp_model:
         kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
                   int_bias=int_bias)
-        ex = export_model(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
+        ex = write_onnx(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
         ort_session(tmp_model, level="none")  # ORT loads the file itself before it replaces anything
         bits, act_bits = (32, 32) if fp32 else _bits(scheme)
         report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
@@ -195,15 +195,14 @@ def export_run(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", o
                   "size_ratio": round(ex.file_bytes / ex.fp32_bytes, 4),
                   "packed_ratio": round(ex.packed_bytes / ex.fp32_bytes, 4)}
         report.update(graph_notes(ex.low, ex.fusion))
-        from ..ensemble import export_note
-        if (note := export_note(run, report)) is not None:  # an ensemble run: K and the per-member sizes
+        if (note := ensemble_note(run.config, report)) is not None:  # an ensemble run: K and the per-member sizes
             report["ensemble"] = note
         report["verified"] = verify
         if verify:
             sets = verify_sets(run, max_samples)
             report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console, device=torch_device))
             if not fp32:  # the other graph (--graph), verified and timed beside this one
-                alt = lower_model(model, shape, graph=other_graph(graph), **kw)
+                alt = lower_to_onnx(model, shape, graph=other_graph(graph), **kw)
                 alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console, device=torch_device)
                 threads = torch.get_num_threads()
                 lat = ort_latency_ms({graph: ex.low.proto, other_graph(graph): alt.proto}, shape, threads=threads)

@@ -17,7 +17,7 @@ INPUT, OUTPUT = "input", "logits"
 
 @dataclass
 class Settings:
-    """What the export was asked for (build_onnx's arguments, defaults resolved)."""
+    """What the export was asked for (lower_to_onnx's arguments, defaults resolved)."""
     target: str  # "ort" | "tensorrt"
     opset: int
     fp32: bool  # the float network: quantizers not written

@@ -48,7 +48,7 @@ class LoweredGraph:
     weight_bits: dict[str, int]
 
     def info(self) -> dict:
-        """build_onnx's info dict (JSON-ready records, probes, code bit-widths)."""
+        """the lowering's info dict (JSON-ready records, probes, code bit-widths)."""
         s = self.settings
         return {"target": s.target, "graph": s.graph, "opset": s.opset, "dynamic_batch": self.dynamic_batch, "fp32": s.fp32,
                 "int_bias": s.int_bias, "layers": [r.as_json() for r in self.layers],
@@ -194,10 +194,17 @@ def _settings(model, target, opset, fp32, residual_qdq, int_bias, graph) -> Sett
                     trained_for_ort(model) if int_bias is None else int_bias, graph)
 
 
-def lower_model(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool | None = None, graph: str = "exact") -> LoweredGraph:
-    """The model's ONNX graph and the lowering records; arguments as build_onnx's."""
+def lower_to_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
+                  dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
+                  int_bias: bool | None = None, graph: str = "exact") -> LoweredGraph:
+    """The model's ONNX graph (in memory) and the lowering records (layers, clips, requantizations, probes).
+
+    int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to
+    int32 in s_x·s_w units (fast; exact for layers trained with integer biases, quant/bias.py, whose bias is
+    on that grid; not exact for older runs whose trained bias is not); False keeps every
+    bias a float Add (exact, but ORT then runs those convs in float). None (default): int32 only for a
+    model trained for ORT (unsigned activations, scheme `ort`), where fusion is the point; a model trained
+    for TensorRT gains nothing from it on ORT (its int8 zero-point-0 ReLUs do not fold), so it stays exact."""
     settings = _settings(model, target, opset, fp32, residual_qdq, int_bias, graph)
     was_training = model.training
     model.eval()
@@ -215,19 +222,3 @@ def lower_model(model: nn.Module, input_shape, *, target: str = "ort", opset: in
     proto = low.g.model(input_shape, out_shape, dynamic_batch)
     return LoweredGraph(proto, settings, dynamic_batch, low.layers, low.residual_quant, low.residual_qdq,
                         low.g.probes, low.g.weight_bits)
-
-
-def build_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
-               dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-               int_bias: bool | None = None, graph: str = "exact") -> tuple[onnx.ModelProto, dict]:
-    """The ONNX model and what the writer did (layers, clips, requantizations, probes).
-
-    int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to
-    int32 in s_x·s_w units (fast; exact for layers trained with integer biases, quant/bias.py, whose bias is
-    on that grid; not exact for older runs whose trained bias is not); False keeps every
-    bias a float Add (exact, but ORT then runs those convs in float). None (default): int32 only for a
-    model trained for ORT (unsigned activations, scheme `ort`), where fusion is the point; a model trained
-    for TensorRT gains nothing from it on ORT (its int8 zero-point-0 ReLUs do not fold), so it stays exact."""
-    low = lower_model(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias)
-    return low.proto, low.info()

@@ -99,3 +99,17 @@ def _lowering_notes(layers, fusion: OrtFusion | None) -> dict:
         if missing:  # the model computes these as integer kernels, but this ORT build runs them otherwise
             notes["ort_kernel_mismatch"] = missing
     return notes
+
+
+def ensemble_note(config: dict, report: dict) -> dict | None:
+    """For an ensemble run's export report (its config.json says so, workflows/ensemble.py): K, and the file and packed sizes per member (K × member in all)."""
+    ens = config.get("ensemble")
+    if not ens:
+        return None
+    k = ens["k"]
+    return {"kind": ens["kind"], "k": k, "members": ens["members"],
+            "member_file_bytes": report["file_bytes"] / k, "member_packed_bytes": report["packed_bytes"] / k,
+            "member_fp32_bytes": report["fp32_bytes"] / k,
+            "packed_vs_one_fp32_member": report["packed_bytes"] / (report["fp32_bytes"] / k),
+            "note": "one ONNX graph: every member's layers, their logits summed by K-1 Adds (the torch "
+                    "ensemble's own order); sizes are K × one member's"}

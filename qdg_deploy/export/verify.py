@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset
 
-from ..evaluation import iter_batches, make_progress
+from ..accuracy import iter_batches, make_progress
+from ..device import module_device
 from ..ort_session import ort_session
 from ..quant import Quantizer
 from ..quant.tracing import trace
@@ -160,8 +161,16 @@ def verify_sets(run, max_samples: int | None = None) -> dict:
 def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
                  console=None, device: torch.device = torch.device("cpu")) -> dict:
     """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`, torch on
-    `device` (bit-for-bit agreement is a CPU property: GPU kernels sum in other orders)."""
-    model.to(device)
+    `device` (bit-for-bit agreement is a CPU property: GPU kernels sum in other orders). The model is measured on
+    `device` and left on the device it came on."""
+    home = module_device(model) or torch.device("cpu")
+    try:
+        return _verify_on(model.to(device), proto, probes, sets, batch_size, console, device)
+    finally:
+        model.to(home)
+
+
+def _verify_on(model, proto, probes, sets, batch_size, console, device) -> dict:
     sess = ort_session(proto, threads=torch.get_num_threads(), level="all")
     raw = ort_session(proto, threads=torch.get_num_threads(), level="none")
     per, all_t, all_o, all_r = {}, [], [], []
@@ -212,5 +221,4 @@ def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], s
         v.pop("_inputs")
     result["splits"] = per
     result["torch_device"] = str(device)
-    model.cpu()
     return result

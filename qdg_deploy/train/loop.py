@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import TensorDataset
 
-from .. import __version__
-from ..device import keep_freed_memory, resolve_amp, resolve_device
+from ..version import __version__
+from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threads
 from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
-from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
+from ..accuracy import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
@@ -144,7 +144,7 @@ class Fit:
     history: list = field(default_factory=list)
 
 
-def validate(algo, train_splits) -> tuple[float, float]:
+def validation_score(algo, train_splits) -> tuple[float, float]:
     """Mean accuracy and mean cross-entropy over the training domains' `out` splits."""
     scores = [accuracy_and_loss(algo.predict, s.out_eval) for s in train_splits]
     return float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))
@@ -169,7 +169,7 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
             result.averaging.observe(algo.network, step + 1)
         if main and ((step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]):
             algo.eval()
-            val, val_loss = validate(algo, setup.train_splits)
+            val, val_loss = validation_score(algo, setup.train_splits)
             result.averaging.checkpoint(val_loss)
             result.history.append({"step": step + 1, "val_acc": val, "val_loss": val_loss, **losses})
             if algo.is_selectable(step) and val > result.best_val:
@@ -221,7 +221,7 @@ def train_one(hp: dict, out: str | Path, *, console: Console | None = None, over
     if device.type == "cpu":
         keep_freed_memory()
     try:
-        with deterministic_algorithms(bool(hp.get("deterministic"))):
+        with deterministic_algorithms(bool(hp.get("deterministic"))), torch_threads(hp.get("threads")):
             return _train_one(hp, out, console, overwrite, progress, device, amp, dist)
     finally:
         close_dist(dist)
@@ -259,8 +259,6 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     if dist.main:
         prepare_out(out, overwrite, hp.get("resume", False))
     seed_everything(hp["seed"])
-    if hp.get("threads"):
-        torch.set_num_threads(hp["threads"])
     init = apply_init(hp)
     setup = make_setup(hp)
     ds = setup.ds

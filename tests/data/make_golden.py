@@ -109,14 +109,14 @@ def _report(info: dict) -> dict:
 
 
 def run_exports(name: str) -> dict:
-    """SHA-256 of `export_run`'s files (onnx on both targets, onnx-fp32) and its report without paths."""
-    from qdg_deploy.export import export_run
+    """SHA-256 of `export_run_dir`'s files (onnx on both targets, onnx-fp32) and its report without paths."""
+    from qdg_deploy.export import export_run_dir
 
     out = {}
     with tempfile.TemporaryDirectory() as d:
         for fmt, target in [("onnx", t) for t in TARGETS] + [("onnx-fp32", "ort")]:
             path = Path(d) / f"{fmt}-{target}.onnx"
-            report = export_run(GOLDEN / name, fmt=fmt, target=target, out=path, verify=False)
+            report = export_run_dir(GOLDEN / name, fmt=fmt, target=target, out=path, verify=False)
             out[f"{fmt}:{target}"] = {"sha256": sha256(path),
                                       "report": {k: v for k, v in report.items() if k not in PATH_KEYS}}
     return out

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import QdgError
-from .io import read_json, write_json
+from ..errors import QdgError
+from ..io import read_json, write_json
 from .launchers import LOG, Launch, prepare, print_commands, submit
-from .train.validate import applies
-from .runs import CONFIG, METRICS, WEIGHTS
+from ..train.validate import applies
+from ..runs import CONFIG, METRICS, run_state
 
 RESERVED = {"method", "dataset", "test_env", "seed", "out", "overwrite"}
 ENSEMBLE_KINDS = ("eoq", "eoa")
@@ -118,7 +118,7 @@ def parse_ints(spec: str, what: str) -> list[int]:
 
 def resolve_test_envs(dataset: str, spec: str, settings: dict) -> list[str]:
     """'all' or 'a,b' -> the domains' names (an index becomes the name it stands for)."""
-    from .data import get_dataset
+    from ..data import get_dataset
 
     size = settings.get("image_size")
     ds = get_dataset(dataset, settings.get("data_dir"), image_size=int(size) if size else None)
@@ -151,22 +151,10 @@ def plan(dataset: str, entries: list[Entry], test_envs: list[str], seeds: list[i
     return todo
 
 
-def run_state(path: Path) -> str:
-    """'done' (metrics.json valid, config and weights present), 'broken' (anything else there) or 'absent'."""
-    if not path.exists():
-        return "absent"
-    try:
-        m = read_json(path / METRICS)
-        ok = isinstance(m, dict) and isinstance(m.get("test_acc"), (int, float))
-    except (OSError, ValueError):
-        ok = False
-    return "done" if ok and (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else "broken"
-
-
 def child_env() -> dict:
     """The environment of a run process: this one's, with this qdg_deploy package first on PYTHONPATH."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -175,7 +163,7 @@ def execute(jobs: list[Job], parallel: int, console=None) -> dict:
     """Run the jobs, `parallel` at a time, skipping finished runs and cleaning broken ones first.
 
     Returns {"done": [...], "skipped": [...], "failed": [...]} (run directories)."""
-    from .evaluation import make_progress
+    from ..accuracy import make_progress
 
     result = {"done": [], "skipped": [], "failed": []}
     pending = []

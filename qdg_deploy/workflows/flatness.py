@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Subset
 
-from .errors import QdgError
-from .io import write_json
+from ..errors import QdgError
+from ..io import write_json
 
 
 def parse_radius(spec: str) -> tuple[float, float]:
@@ -40,7 +40,7 @@ def parse_radius(spec: str) -> tuple[float, float]:
 
 def perturbable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Every parameter except the quantizers' own (steps, zero points)."""
-    from .quant import Quantizer
+    from ..quant import Quantizer
 
     skip = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
     return [(n, p) for n, p in model.named_parameters() if id(p) not in skip]
@@ -48,7 +48,7 @@ def perturbable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def training_data(run, samples: int, seed: int = 0):
     """The training domains' `in` splits, at most `samples` items of each (a fixed random subset)."""
-    from .data import run_splits
+    from ..data import run_splits
 
     _, splits = run_splits(run.config["hparams"])
     test = run.config["test_env_index"]
@@ -65,7 +65,7 @@ def training_data(run, samples: int, seed: int = 0):
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, data, batch_size: int = 256) -> float:
-    from .evaluation import iter_batches
+    from ..accuracy import iter_batches
 
     total, n = 0.0, 0
     for x, y in iter_batches(data, batch_size):
@@ -105,7 +105,7 @@ def loss_curve(model: nn.Module, data, radii: list[float], directions: int, seed
 def run_flatness(run_dirs: list[str | Path], out: str | Path, *, radius: str = "0..1", points: int = 11,
                  directions: int = 5, samples: int = 512, seed: int = 0) -> dict:
     """The curve of every run, written to OUT/flatness.json and OUT/flatness.png; returns the JSON."""
-    from .runs import load_run
+    from ..runs import load_run
 
     if points < 2 or directions < 1:
         raise QdgError("--points must be at least 2 and --directions at least 1")
@@ -132,7 +132,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     for label, c in result["runs"].items():

@@ -18,8 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QdgError
-from .train.resume import LAST
+from ..errors import QdgError
+from ..runs import run_state
+from ..train.resume import LAST
 
 LAUNCHERS = ("local", "torchrun", "submitit", "print")
 LOG = "train.log"
@@ -86,8 +87,6 @@ def run_command(cmd: list[str], log: str, env: dict) -> int:
 def print_commands(jobs, out: Path, echo) -> list[str]:
     """The commands of the runs not finished, for another scheduler: a killed run's with --resume, a broken one's
     after removing what it left. Also written to OUT/commands.sh."""
-    from .sweep import run_state
-
     lines = []
     for j in jobs:
         state = run_state(j.out)
@@ -107,8 +106,6 @@ def submit(jobs, launch: Launch, out: Path, env: dict) -> dict:
     """Every run not finished as one submitit job (a Slurm job array); waits for them. Returns the sweep's
     {"done", "skipped", "failed"}."""
     import submitit
-
-    from .sweep import run_state
 
     result = {"done": [], "skipped": [], "failed": []}
     pending = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..evaluation import accuracy
+from ..accuracy import accuracy
 from ..quant import quant_layers
 from .core import float_pass
 

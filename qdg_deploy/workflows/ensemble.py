@@ -16,31 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from . import __version__
-from .errors import QdgError
-from .runs import check_out_dir, Run, load_run, save_run
+from ..version import __version__
+from ..errors import QdgError
+from ..models.ensemble import Ensemble
+from ..runs import check_out_dir, Run, load_run, save_run
 
 # Which config entries must agree between members (what they mean: the same task and the same network).
 SAME_TASK = ("dataset", "domains", "test_env_index", "classes")
 SAME_HP = ("data_dir", "image_size", "holdout_fraction")
 SAME_MODEL = ("arch", "input_shape", "num_classes", "scheme")
 NAMES = {"test_env_index": "held-out domain", "classes": "class list", "domains": "domain list"}
-
-
-class Ensemble(nn.Module):
-    """Sum of the members' logits (EoA): member 0 + member 1 + ..., in that order."""
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x):
-        y = self.members[0](x)
-        for m in self.members[1:]:
-            y = y + m(x)
-        return y
 
 
 def ensemble_kind(quantized: bool, k: int) -> str:
@@ -98,9 +84,9 @@ def ensemble_record(runs: list[Run]) -> dict:
 
 def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bool = False) -> dict:
     """Write the ensemble run directory `out` (atomically: a temporary directory renamed); returns its metrics."""
-    from .data import run_splits
-    from .quant import model_size
-    from .evaluation import domain_metrics
+    from ..data import run_splits
+    from ..quant import model_size
+    from ..accuracy import domain_metrics
 
     out = check_out_dir(out, overwrite)
     runs = [load_run(p) for p in run_dirs]
@@ -135,17 +121,3 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
                            "combine": "sum of the members' logits, arg-max (as EoA's code); no softmax"}}
     save_run(out, config, net.state_dict(), metrics)
     return metrics
-
-
-def export_note(run: Run, report: dict) -> dict | None:
-    """For an ensemble's export report: K, and the file and packed sizes per member (K × member in all)."""
-    ens = run.config.get("ensemble")
-    if not ens:
-        return None
-    k = ens["k"]
-    return {"kind": ens["kind"], "k": k, "members": ens["members"],
-            "member_file_bytes": report["file_bytes"] / k, "member_packed_bytes": report["packed_bytes"] / k,
-            "member_fp32_bytes": report["fp32_bytes"] / k,
-            "packed_vs_one_fp32_member": report["packed_bytes"] / (report["fp32_bytes"] / k),
-            "note": "one ONNX graph: every member's layers, their logits summed by K-1 Adds (the torch "
-                    "ensemble's own order); sizes are K × one member's"}

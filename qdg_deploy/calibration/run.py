@@ -7,6 +7,7 @@ import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -14,20 +15,19 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Subset
 
-from .. import __version__
+from ..version import __version__
 from ..data import load_class_map, run_splits
 from ..data.base import DGDataset, DomainSplit
 from ..device import resolve_device
 from ..errors import QdgError
-from ..evaluation import domain_metrics, iter_batches, make_progress
+from ..accuracy import domain_metrics, iter_batches, make_progress
 from ..io import atomic_path, write_json
 from ..quant import get_scheme, model_size, quantize_model
 from ..quant.convert import eligible_layers
 from ..runs import check_out_dir, check_run_dir, load_run, model_record, save_run
-from ..train.hparams import default_hparams
 from .core import calibrate_model, check_method
 from .sensitivity import layer_sensitivity, most_sensitive, plot_sensitivity
-from .source import float_from_file
+from ..models.checkpoint import float_from_file
 
 CALIBRATION_BATCH = 64
 
@@ -45,7 +45,10 @@ class Source:
 
 
 def load_source(source: str | Path, *, arch: str | None, dataset: str | None, data_dir: str | None,
-                test_env: str | None, image_size: int | None, class_map: str | None, seed: int) -> Source:
+                test_env: str | None, image_size: int | None, class_map: str | None, seed: int,
+                defaults: Callable[[str], dict] | None = None) -> Source:
+    """`defaults(dataset)`: the data set's default hyperparameters (the caller's table, train/hparams.py: this
+    layer does not import train/), needed only for a weights file (a run directory records its own)."""
     source = Path(source)
     if source.is_dir():
         return _run_source(source, dataset, test_env, arch)
@@ -53,8 +56,11 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
         raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file")
     if not arch:
         raise QdgError(f"SOURCE {source} is a weights file: say which network it holds with --arch")
+    if defaults is None:
+        raise QdgError(f"SOURCE {source} is a weights file: calibrating it needs the data set's default "
+                       f"hyperparameters (defaults=)")
     dataset = dataset or "rotated-mnist"
-    hp = {**default_hparams(dataset), "dataset": dataset, "arch": arch, "seed": seed, "method": "ptq",
+    hp = {**defaults(dataset), "dataset": dataset, "arch": arch, "seed": seed, "method": "ptq",
           "test_env": "0" if test_env is None else test_env}
     hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
     if class_map:
@@ -132,15 +138,16 @@ def quantize_calibrated(net: nn.Module, scheme, batches, opts: PtqOptions, progr
 
 def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOptions(), *, arch=None, dataset=None,
                   data_dir=None, test_env=None, image_size=None, class_map=None, seed: int = 0,
-                  overwrite: bool = False, console: Console | None = None, device: str = "auto") -> dict:
+                  overwrite: bool = False, console: Console | None = None, device: str = "auto",
+                  defaults: Callable[[str], dict] | None = None) -> dict:
     """Quantize and calibrate SOURCE's float network on `device`; write the run directory `out`; returns its
-    metrics."""
+    metrics. `defaults`: as load_source's."""
     opts.check()
     where = resolve_device(device)
     out = check_out_dir(out, overwrite)
     start = time.perf_counter()
     src = load_source(source, arch=arch, dataset=dataset, data_dir=data_dir, test_env=test_env,
-                      image_size=image_size, class_map=class_map, seed=seed)
+                      image_size=image_size, class_map=class_map, seed=seed, defaults=defaults)
     scheme = get_scheme(opts.scheme, bits=opts.bits, act_bits=opts.act_bits, quantizer="lsq")
     eligible = eligible_layers(src.net, scheme)
     unknown = [n for n in opts.keep_float_layers if n not in eligible]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .tables import models_table
-from .runs import load_run
-from .train import default_hparams, resolve_hparams, train_one
-from .evaluation import make_progress
+from ..tables import models_table
+from ..runs import load_run
+from ..train import default_hparams, resolve_hparams, train_one
+from ..accuracy import make_progress
 
 
 def w8a8_scheme() -> str:
@@ -63,7 +63,7 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env
     shipped = {"ERM + SWAD": dirs["erm"], "QT-DoG W7 + SWAD": dirs["qtdog-w7"],
                demo_models()["qtdog-w8a8"][0] + " + SWAD": dirs["qtdog-w8a8"], "EoQ(2) W7 + SWAD": dirs["eoq"]}
     exports = export_step(shipped, console=console, out=out)
-    from .bench.demo import bench_demo  # bench each exported model, one final table
+    from .demo_bench import bench_demo  # bench each exported model, one final table
     bench = bench_demo(shipped, out_dir, console=console, out=out)
     out.print(f"runs in {out_dir}; {time.perf_counter() - start:.0f} s in all")
     return {"results": results, "dirs": {k: str(v) for k, v in dirs.items()}, "exports": exports, "bench": bench}
@@ -71,7 +71,7 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env
 
 def export_step(dirs: dict[str, Path], *, console: Console | None = None, out: Console | None = None) -> dict:
     """Export every quantized run to QDQ ONNX and print its top-1 agreement with the torch model (ORT CPU)."""
-    from .export import export_run
+    from ..export import export_run_dir
 
     out = out or Console()
     reports = {}
@@ -80,7 +80,7 @@ def export_step(dirs: dict[str, Path], *, console: Console | None = None, out: C
         if scheme is None:
             continue
         target = "tensorrt" if scheme.name == "trt" else "ort"
-        r = export_run(run_dir, target=target, console=console)
+        r = export_run_dir(run_dir, target=target, console=console)
         reports[label] = r
         out.print(f"{label}: {r['path']} ({r['size_ratio']:.2f}× FP32 ONNX, packed {r['packed_ratio']:.2f}×), "
                   f"--target {target}: top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} "

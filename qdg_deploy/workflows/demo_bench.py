@@ -16,9 +16,9 @@ from rich.console import Console
 
 from ..io import write_json
 from ..tables import FitTable, human_bytes, pct
-from .artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
-from .core import bench
-from .results import write_plots
+from ..bench.artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
+from ..bench.core import bench
+from ..bench.results import write_plots
 
 
 def deployment_artifact(run_dir: str | Path) -> Path:
@@ -36,8 +36,8 @@ def _export_float_if_missing(run_dir: Path) -> None:
 
     if deployment_artifact(run_dir) != run_dir or load_run(run_dir).scheme is not None:
         return
-    from ..export import export_run
-    export_run(run_dir, fmt="onnx-fp32", verify=False)
+    from ..export import export_run_dir
+    export_run_dir(run_dir, fmt="onnx-fp32", verify=False)
 
 
 def bench_demo(runs: dict[str, str | Path], out_dir: str | Path, *, batches=(1, 32), duration_s: float = 1.0,

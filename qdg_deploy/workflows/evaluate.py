@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import run_splits
-from .device import resolve_device
-from .io import write_json
-from .runs import load_run
-from .evaluation import domain_metrics
+from ..data import run_splits
+from ..device import resolve_device
+from ..io import write_json
+from ..runs import load_run
+from ..accuracy import domain_metrics
 
 
 def evaluate_run(run_dir: str | Path, json_path: str | Path | None = None, device: str = "auto") -> dict:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .errors import QdgError
-from .io import atomic_path, read_json, write_json
-from .runs import CONFIG, METRICS
-from .sweep import SWEEP_FILE, run_state
+from ..errors import QdgError
+from ..io import atomic_path, read_json, write_json
+from ..runs import CONFIG, METRICS, run_state
+from .sweep import SWEEP_FILE
 
 ENS_SUFFIX = "+ens"
 
