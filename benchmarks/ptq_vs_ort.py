@@ -1,7 +1,7 @@
 """Our post-training quantization (`qdg-deploy calibrate`) against ONNX Runtime's `quantize_static`, printed as JSON.
 
 Same float network (an ERM run on the embedded rotated-MNIST, held-out domain 75°, trained here unless --run names
-one), same calibration images (training domains' `in` splits only: calibrate.run.calibration_batches), same held-out
+one), same calibration images (training domains' `in` splits only: calibration.run.calibration_batches), same held-out
 domain. Each side picks its best calibration method by training-domain validation accuracy (never the held-out
 domain): ours among minmax / percentile / entropy / mse, ORT's among MinMax / Entropy / Percentile. Both models are
 then scored in ONNX Runtime CPU on every domain and timed there, interleaved in blocks (export.variants.ort_latency_ms),
@@ -25,7 +25,7 @@ from rich.console import Console
 from qdg_deploy.bench.ort_static import ORT_METHODS, ort_quantize_static
 from qdg_deploy.calibration import ACT_METHODS
 from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_batches
-from qdg_deploy.data import run_splits
+from qdg_deploy.data import run_data
 from qdg_deploy.accuracy import domain_counts
 from qdg_deploy.export import export_run_dir, ort_session
 from qdg_deploy.export.onnx_writer import lower_to_onnx
@@ -43,9 +43,9 @@ def train_float(out: Path, steps: int | None) -> Path:
     return out
 
 
-def ort_scores(path: Path, splits, test: int, threads: int) -> dict:
+def ort_scores(path: Path, data, threads: int) -> dict:
     sess = ort_session(str(path), threads=threads, level="all")
-    r = domain_counts(lambda x: sess.run(None, {"input": x})[0], splits, test, batch=256)
+    r = domain_counts(lambda x: sess.run(None, {"input": x})[0], data, batch=256)
     return {"val_acc": round(r["val_acc"], 4), "heldout_acc": round(r["test_acc"], 4)}
 
 
@@ -65,22 +65,21 @@ def main(argv=None) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         run_dir = a.run or train_float(d / "float", a.steps)
         run = load_run(run_dir)
-        _, splits = run_splits(run.config["hparams"])
-        test = run.config["test_env_index"]
-        calib = torch.cat(calibration_batches(splits, test, a.num_batches, run.config["hparams"]["seed"])).numpy()
+        data = run_data(run.config["hparams"], run.config["test_env_index"])
+        calib = torch.cat(calibration_batches(data, a.num_batches, run.config["hparams"]["seed"])).numpy()
 
         ours = {}
         for m in ACT_METHODS:
             calibrate_run(run_dir, d / f"ptq_{m}", PtqOptions(method=m, num_batches=a.num_batches), overwrite=True,
                           console=LOG)
             rep = export_run_dir(d / f"ptq_{m}", out=d / f"ptq_{m}.onnx", console=LOG)
-            ours[m] = {**ort_scores(d / f"ptq_{m}.onnx", splits, test, a.threads),
+            ours[m] = {**ort_scores(d / f"ptq_{m}.onnx", data, a.threads),
                        "top1_agreement_with_torch": rep["top1_agreement"]}
         export_run_dir(run_dir, fmt="onnx-fp32", out=d / "fp32.onnx")
         theirs = {}
         for m in ORT_METHODS:
             ort_quantize_static(d / "fp32.onnx", d / f"qs_{m}.onnx", calib, method=m, batch=64)
-            theirs[m] = ort_scores(d / f"qs_{m}.onnx", splits, test, a.threads)
+            theirs[m] = ort_scores(d / f"qs_{m}.onnx", data, a.threads)
         best_ours = max(ours, key=lambda m: ours[m]["val_acc"])
         best_theirs = max(theirs, key=lambda m: theirs[m]["val_acc"])
         shape = run.config["model"]["input_shape"]
@@ -90,14 +89,13 @@ def main(argv=None) -> dict:
                   "fp32": onnx.load(str(d / "fp32.onnx"))}
         latency = {f"batch{b}": ort_latency_ms(protos, shape, threads=a.threads, batch=b, rounds=a.rounds)
                    for b in (1, 32)}
-        fp32 = ort_scores(d / "fp32.onnx", splits, test, a.threads)
+        fp32 = ort_scores(d / "fp32.onnx", data, a.threads)
     acc_ok = ours[best_ours]["heldout_acc"] >= theirs[best_theirs]["heldout_acc"]
     ratios = {b: round(v["ours"] / v["quantize_static"], 3) for b, v in latency.items()}
     lean_ratios = {b: round(v["ours_lean"] / v["quantize_static"], 3) for b, v in latency.items()}
     result = {"cpu": cpu_model(), "threads": a.threads, "run": str(run_dir), "arch": run.config["model"]["arch"],
-              "calibration_images": len(calib), "calibration_domains": [s.name for i, s in enumerate(splits)
-                                                                        if i != test],
-              "heldout_domain": splits[test].name, "fp32": fp32, "ours": ours, "quantize_static": theirs,
+              "calibration_images": len(calib), "calibration_domains": data.training_names,
+              "heldout_domain": data.heldout.name, "fp32": fp32, "ours": ours, "quantize_static": theirs,
               "selected": {"ours": best_ours, "quantize_static": best_theirs, "by": "training-domain validation"},
               "latency_ms": latency, "latency_ours_over_quantize_static": ratios,
               "latency_ours_lean_over_quantize_static": lean_ratios,

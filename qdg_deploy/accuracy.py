@@ -10,6 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .data.splits import Splits
 from .device import module_device
 
 
@@ -49,17 +50,14 @@ def accuracy_and_loss(predict, dataset: Dataset, batch_size: int = 256) -> tuple
     return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
-def domain_metrics(predict, splits, test_index: int) -> dict:
-    """Per-domain in/out accuracy, the held-out domain's accuracy over all of it, and the validation
-    accuracy (mean `out` accuracy of the training domains) — DomainBed's training-domain validation."""
-    per_domain = {s.name: {"in_acc": accuracy(predict, s.in_eval), "out_acc": accuracy(predict, s.out_eval)}
-                  for s in splits}
-    t = splits[test_index]
-    n_in, n_out = len(t.in_eval), len(t.out_eval)
-    test_acc = (per_domain[t.name]["in_acc"] * n_in + per_domain[t.name]["out_acc"] * n_out) / (n_in + n_out)
-    train = [s.name for i, s in enumerate(splits) if i != test_index]
-    val_acc = sum(per_domain[d]["out_acc"] for d in train) / len(train)
-    return {"per_domain": per_domain, "test_env": t.name, "test_acc": test_acc, "val_acc": val_acc}
+def correct_torch(predict, batch_size: int = 256):
+    """A counter for a torch predictor (a module, or a callable on tensors): dataset -> (correct, total)."""
+    def count(dataset: Dataset) -> tuple[int, int]:
+        if len(dataset) == 0:
+            return 0, 0
+        logits, y = predictions(predict, dataset, batch_size)
+        return int((logits.argmax(1) == y).sum()), len(y)
+    return count
 
 
 def count_correct(predict, dataset: Dataset, batch: int, fixed_batch: int | None = None) -> tuple[int, int]:
@@ -77,22 +75,48 @@ def count_correct(predict, dataset: Dataset, batch: int, fixed_batch: int | None
     return correct, total
 
 
-def domain_counts(predict, splits, test_index: int, batch: int, fixed_batch: int | None = None) -> dict:
-    """Per domain {acc, n, split, held_out}: a training domain on its `out` split (validation), the held-out domain
-    on all of it; plus test_env, test_acc and val_acc — bench's record of what `domain_metrics` gives training."""
+def _ratio(c: int, n: int) -> float:
+    return c / n if n else float("nan")
+
+
+def domain_scores(count, data: Splits, training_in: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
+    """The one per-domain accuracy: (correct, total) per domain and part ("in", "out"), counted by
+    `count(dataset)`. The held-out domain is counted on both parts (all of it); a training domain on its `out`
+    part (validation), and on its `in` part too with `training_in`."""
+    return {s.name: {part: count(d) for part, d in (("in", s.in_eval), ("out", s.out_eval))
+                     if part == "out" or training_in or i == data.test}
+            for i, s in enumerate(data.domains)}
+
+
+def _test_and_val(scores: dict, data: Splits) -> tuple[float, float]:
+    """The held-out domain's accuracy over all of it; the mean of the training domains' `out` accuracies."""
+    held = scores[data.heldout.name]
+    test_acc = _ratio(sum(c for c, _ in held.values()), sum(n for _, n in held.values()))
+    val = [_ratio(*scores[name]["out"]) for name in data.training_names]
+    return test_acc, (sum(val) / len(val) if val else float("nan"))
+
+
+def domain_metrics(predict, data: Splits, batch_size: int = 256) -> dict:
+    """A run's metrics.json figures (torch predictor): per-domain in/out accuracy, the held-out domain's accuracy
+    over all of it, and the validation accuracy (mean `out` accuracy of the training domains) — DomainBed's
+    training-domain validation."""
+    scores = domain_scores(correct_torch(predict, batch_size), data)
+    test_acc, val_acc = _test_and_val(scores, data)
+    per_domain = {d: {"in_acc": _ratio(*p["in"]), "out_acc": _ratio(*p["out"])} for d, p in scores.items()}
+    return {"per_domain": per_domain, "test_env": data.heldout.name, "test_acc": test_acc, "val_acc": val_acc}
+
+
+def domain_counts(predict, data: Splits, batch: int, fixed_batch: int | None = None) -> dict:
+    """bench's record of the same figures (numpy predictor, training domains on their `out` part only): per
+    domain {acc, n, split, held_out}; plus test_env, test_acc and val_acc."""
+    scores = domain_scores(lambda d: count_correct(predict, d, batch, fixed_batch), data, training_in=False)
+    test_acc, val_acc = _test_and_val(scores, data)
     per_domain = {}
-    for i, s in enumerate(splits):
-        held = i == test_index
-        c = t = 0
-        for part in ([s.in_eval, s.out_eval] if held else [s.out_eval]):
-            ci, ti = count_correct(predict, part, batch, fixed_batch)
-            c, t = c + ci, t + ti
-        per_domain[s.name] = {"acc": c / t if t else float("nan"), "n": t, "split": "all" if held else "out",
-                              "held_out": held}
-    train = [d for d, r in per_domain.items() if not r["held_out"]]
-    test = splits[test_index].name
-    return {"test_env": test, "per_domain": per_domain, "test_acc": per_domain[test]["acc"],
-            "val_acc": float(np.mean([per_domain[d]["acc"] for d in train])) if train else float("nan")}
+    for d, parts in scores.items():
+        held = d == data.heldout.name
+        c, n = sum(c for c, _ in parts.values()), sum(n for _, n in parts.values())
+        per_domain[d] = {"acc": _ratio(c, n), "n": n, "split": "all" if held else "out", "held_out": held}
+    return {"test_env": data.heldout.name, "per_domain": per_domain, "test_acc": test_acc, "val_acc": val_acc}
 
 
 def make_progress(console: Console | None = None, transient: bool = False, elapsed: bool = False) -> Progress:

@@ -39,6 +39,11 @@ class Run:
         s = self.config.get("model", {}).get("scheme")
         return Scheme.from_dict(s) if s else None
 
+    def data(self):
+        """The run's data: its data set's splits (as its hyperparameters drew them) and its held-out domain."""
+        from .data import run_data
+        return run_data(self.config["hparams"], self.config["test_env_index"])
+
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     with atomic_path(path) as tmp:

@@ -41,15 +41,22 @@ def models_table(results: dict[str, dict], title: str | None = None) -> FitTable
     return table
 
 
+AVERAGING_KINDS = ("swad", "sma")
+
+
+def unaveraged(label: str, metrics: dict) -> list[tuple[str, str, dict]]:
+    """The one way to show a run without its weight averaging: (row label "LABEL w/o SWAD" / "LABEL w/o SMA",
+    metrics key "no_swad" / "no_sma", those figures) for each such result the run's metrics.json kept."""
+    return [(f"{label} w/o {kind.upper()}", f"no_{kind}", metrics[f"no_{kind}"])
+            for kind in AVERAGING_KINDS if metrics.get(f"no_{kind}")]
+
+
 def with_unaveraged(results: dict[str, dict]) -> dict[str, dict]:
-    """Each result, preceded by its run's figures without weight averaging where the run kept them (`no_swad` /
-    `no_sma`), labelled "LABEL w/o SWAD" / "LABEL w/o SMA"."""
+    """Each result, preceded by its run's figures without weight averaging where the run kept them (`unaveraged`)."""
     out = {}
     for label, r in results.items():
-        for kind in ("swad", "sma"):
-            plain = r.get(f"no_{kind}")
-            if plain:
-                out[f"{label} w/o {kind.upper()}"] = {**plain, "test_env": r["test_env"]}
+        for row, _, plain in unaveraged(label, r):
+            out[row] = {**plain, "test_env": r["test_env"]}
         out[label] = r
     return out
 

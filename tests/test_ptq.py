@@ -83,7 +83,7 @@ def float_run(tmp_path_factory):
 
 
 def test_calibration_never_reads_the_held_out_domain(float_run):
-    from qdg_deploy.data import run_splits
+    from qdg_deploy.data import run_data
     from qdg_deploy.data.base import DomainSplit
 
     class Forbidden(torch.utils.data.Dataset):
@@ -94,10 +94,9 @@ def test_calibration_never_reads_the_held_out_domain(float_run):
             raise AssertionError("the held-out domain was read")
 
     run = load_run(float_run)
-    _, splits = run_splits(run.config["hparams"])
-    test = run.config["test_env_index"]
-    splits[test] = DomainSplit(splits[test].name, Forbidden(), Forbidden(), Forbidden())
-    batches = calibration_batches(splits, test, num_batches=3, seed=0)
+    data = run_data(run.config["hparams"], run.config["test_env_index"])
+    data.domains[data.test] = DomainSplit(data.heldout.name, Forbidden(), Forbidden(), Forbidden())
+    batches = calibration_batches(data, num_batches=3, seed=0)
     assert [len(b) for b in batches] == [64, 64, 64]
 
 

@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from ..errors import QdgError
 from ..accuracy import domain_counts, make_progress
+from ..data.splits import Splits
 from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
 from .harness import measure
@@ -31,16 +32,15 @@ ACCURACY_BATCH = 256
 SPLIT_KEYS = ("dataset", "data_dir", "image_size", "class_map", "holdout_fraction", "seed")
 
 
-def _splits(config: dict, cache: dict | None = None):
+def _splits(config: dict, cache: dict | None = None) -> Splits:
     from ..data import run_splits
 
     hp = config["hparams"]
     key = json.dumps([hp.get(k) for k in SPLIT_KEYS], sort_keys=True)
-    if cache is None:
-        return run_splits(hp)[1]
-    if key not in cache:
-        cache[key] = run_splits(hp)[1]
-    return cache[key]
+    read = cache[key] if cache is not None and key in cache else run_splits(hp)
+    if cache is not None:
+        cache[key] = read
+    return Splits(*read, config["test_env_index"])
 
 
 def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH,
@@ -49,7 +49,7 @@ def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_
     held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`.
     `cache`: splits already read in this bench call (keyed by SPLIT_KEYS' values)."""
     cfg = artifact.config
-    counts = domain_counts(session.predict, _splits(cfg, cache), cfg["test_env_index"], batch, session.fixed_batch)
+    counts = domain_counts(session.predict, _splits(cfg, cache), batch, session.fixed_batch)
     return {"dataset": cfg["hparams"]["dataset"], **counts}
 
 

@@ -16,8 +16,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..version import __version__
-from ..data import load_class_map, run_splits
-from ..data.base import DGDataset, DomainSplit
+from ..data import Splits, load_class_map, run_data
 from ..device import resolve_device
 from ..errors import QdgError
 from ..accuracy import domain_metrics, iter_batches, make_progress
@@ -38,9 +37,7 @@ class Source:
     per-domain splits (loaded once), the held-out index."""
     net: nn.Module
     hp: dict
-    ds: DGDataset
-    splits: list[DomainSplit]
-    test: int
+    data: Splits
     origin: dict
 
 
@@ -65,9 +62,9 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
     if class_map:
         hp["class_map"] = load_class_map(str(class_map))
-    ds, splits = run_splits(hp)
-    net = float_from_file(source, arch, ds.input_shape[0], ds.num_classes)
-    return Source(net, hp, ds, splits, ds.domain_index(hp["test_env"]), {"weights": str(source), "arch": arch})
+    data = run_data(hp)
+    net = float_from_file(source, arch, data.ds.input_shape[0], data.ds.num_classes)
+    return Source(net, hp, data, {"weights": str(source), "arch": arch})
 
 
 def _run_source(path: Path, dataset, test_env, arch) -> Source:
@@ -82,19 +79,19 @@ def _run_source(path: Path, dataset, test_env, arch) -> Source:
         raise QdgError(f"SOURCE {path} was trained on {run.config['dataset']}, not --dataset {dataset}")
     if arch and arch != run.config["model"]["arch"]:
         raise QdgError(f"SOURCE {path} holds a {run.config['model']['arch']}, not --arch {arch}")
-    ds, splits = run_splits(hp)
-    if test_env is not None and ds.domain_index(test_env) != test:
-        raise QdgError(f"SOURCE {path} held out {ds.domains[test]!r}; calibrating for another held-out domain would "
-                       f"score it on data the float model trained on")
-    return Source(run.model, hp, ds, splits, test,
+    data = run_data(hp, test)
+    if test_env is not None and data.ds.domain_index(test_env) != test:
+        raise QdgError(f"SOURCE {path} held out {data.heldout.name!r}; calibrating for another held-out domain "
+                       f"would score it on data the float model trained on")
+    return Source(run.model, hp, data,
                   {"run": str(path), "method": run.metrics.get("method"), "test_acc": run.metrics.get("test_acc")})
 
 
-def calibration_batches(splits, test: int, num_batches: int, seed: int,
+def calibration_batches(data: Splits, num_batches: int, seed: int,
                         batch_size: int = CALIBRATION_BATCH) -> list[torch.Tensor]:
     """`num_batches` batches drawn evenly from the training domains' `in` splits (eval transform); the held-out
     domain is never read."""
-    train = [s.in_eval for i, s in enumerate(splits) if i != test]
+    train = [s.in_eval for s in data.training]
     per_domain = -(-num_batches * batch_size // len(train))
     rng = np.random.default_rng(seed)
     parts = [Subset(d, rng.permutation(len(d))[:per_domain].tolist()) for d in train]
@@ -156,10 +153,9 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
                        f"layers: {', '.join(eligible)}")
     if opts.keep_float > len(eligible):
         raise QdgError(f"--keep-float {opts.keep_float}: the network has only {len(eligible)} quantized layers")
-    splits = src.splits
-    batches = [b.to(where) for b in calibration_batches(splits, src.test, opts.num_batches, seed)]
+    batches = [b.to(where) for b in calibration_batches(src.data, opts.num_batches, seed)]
     src.net.to(where)
-    val_sets = [s.out_eval for i, s in enumerate(splits) if i != src.test]
+    val_sets = list(src.data.validation().values())
     sensitivity = None
     with make_progress(console) as progress:
         float_layers = opts.keep_float_layers
@@ -169,18 +165,19 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
             float_layers = most_sensitive(sensitivity, opts.keep_float)
         scheme = replace(scheme, float_layers=tuple(float_layers))
         model, info = quantize_calibrated(src.net, scheme, batches, opts, progress)
-    scored = domain_metrics(model, splits, src.test)
-    float_scored = domain_metrics(src.net.eval(), splits, src.test)
+    scored = domain_metrics(model, src.data)
+    float_scored = domain_metrics(src.net.eval(), src.data)
     metrics = {**scored, "bits": scheme.weight.bits, "scheme": scheme.name, "method": "ptq",
                "float": {"test_acc": float_scored["test_acc"], "val_acc": float_scored["val_acc"]}}
     info.update(source=src.origin, float_layers=list(float_layers), test_env_read=False,
-                calibration_domains=[d for i, d in enumerate(src.ds.domains) if i != src.test])
+                calibration_domains=src.data.training_names)
     if sensitivity is not None:
         info["sensitivity"] = sensitivity
     hp = {**src.hp, "scheme": opts.scheme, "bits": opts.bits, "act_bits": opts.act_bits, "quantizer": "lsq"}
-    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": src.ds.domains,
-              "test_env_index": src.test, "classes": src.ds.classes,
-              "model": model_record(hp["arch"], src.ds.input_shape, src.ds.num_classes, scheme),
+    ds = src.data.ds
+    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
+              "test_env_index": src.data.test, "classes": ds.classes,
+              "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
               "size": model_size(model), "calibration": info,
               "calibrate_seconds": round(time.perf_counter() - start, 1)}
     save_run(out, config, model.state_dict(), metrics)
@@ -193,18 +190,17 @@ def sensitivity_run(run_dir: str | Path, *, json_path=None, plot_path=None, opts
     the JSON and the bar chart (default RUN_DIR/sensitivity.json, .png) and returns the report."""
     opts.check()
     run = load_run(run_dir)
-    _, splits = run_splits(run.config["hparams"])
-    test = run.config["test_env_index"]
-    val_sets = [s.out_eval for i, s in enumerate(splits) if i != test]
+    data = run_data(run.config["hparams"], run.config["test_env_index"])
+    val_sets = list(data.validation().values())
     with make_progress(console) as progress:
         model, calibrated = run.model, None
         if run.scheme is None:
             scheme = get_scheme(opts.scheme, bits=opts.bits, act_bits=opts.act_bits, quantizer="lsq")
-            batches = calibration_batches(splits, test, opts.num_batches, run.config["hparams"]["seed"])
+            batches = calibration_batches(data, opts.num_batches, run.config["hparams"]["seed"])
             model, calibrated = quantize_calibrated(model, scheme, batches, opts, progress)
         report = layer_sensitivity(model, val_sets, progress)
     report = {"run": str(run_dir), "scheme": (run.scheme or scheme).name, "calibrated": calibrated,
-              "validation": [f"out:{s.name}" for i, s in enumerate(splits) if i != test], **report}
+              "validation": [f"out:{name}" for name in data.training_names], **report}
     json_path = Path(json_path) if json_path else Path(run_dir) / "sensitivity.json"
     plot_path = Path(plot_path) if plot_path else Path(run_dir) / "sensitivity.png"
     with atomic_path(plot_path) as tmp:

@@ -13,9 +13,11 @@ from qdg_deploy.data.base import DGDataset, DomainSplit, split_domains
 from qdg_deploy.data.folders import (DOMAINBED_FOLDERS, build_digits, build_domainbed, build_folder,
                                      build_office31)
 from qdg_deploy.data.rotated_mnist import build_rotated_mnist
+from qdg_deploy.data.splits import Splits
 from qdg_deploy.errors import DataError
 
-__all__ = ["DGDataset", "DomainSplit", "available_datasets", "get_dataset", "split_domains"]
+__all__ = ["DGDataset", "DomainSplit", "Splits", "available_datasets", "get_dataset", "run_data", "run_splits",
+           "split_domains"]
 
 FOLDER_PREFIX = "folder:"
 
@@ -73,3 +75,10 @@ def run_splits(hp: dict) -> tuple[DGDataset, list[DomainSplit]]:
     ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
                      class_map=hp.get("class_map"))
     return ds, split_domains(ds, hp["holdout_fraction"], hp["seed"])
+
+
+def run_data(hp: dict, test: int | None = None) -> Splits:
+    """The Splits a run's hyperparameters describe; the held-out domain is `test` (an index, e.g. a run's
+    config["test_env_index"]) or else hp["test_env"]."""
+    ds, domains = run_splits(hp)
+    return Splits(ds, domains, ds.domain_index(hp["test_env"]) if test is None else test)

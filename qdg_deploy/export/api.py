@@ -21,7 +21,7 @@ from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_to_onnx
 from .records import LayerRecord
 from .report import OrtFusion, ensemble_note, graph_notes
 from .variants import graph_comparison, ort_latency_ms, other_graph
-from .verify import verify_model, verify_sets
+from .verify import verify_model
 
 FORMATS = ("onnx", "onnx-fp32", "tensorrt")
 DEFAULT_MIN_AGREEMENT = 0.999  # top-1 agreement below which export refuses to write
@@ -199,7 +199,7 @@ def export_run_dir(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort
             report["ensemble"] = note
         report["verified"] = verify
         if verify:
-            sets = verify_sets(run, max_samples)
+            sets = run.data().scored_sets(max_samples)
             report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console, device=torch_device))
             if not fp32:  # the other graph (--graph), verified and timed beside this one
                 alt = lower_to_onnx(model, shape, graph=other_graph(graph), **kw)

@@ -1,7 +1,7 @@
 """Run an exported ONNX model with ONNX Runtime (CPU) next to the torch fake-quant model and compare.
 
 `verify_model` is what `export --verify` runs: agreement over a run's held-out domain and `out` splits
-(`verify_sets`), with and without ORT's graph optimizations, and per-layer detail when it is below 1.0.
+(the run's `Splits.scored_sets`), with and without ORT's graph optimizations, and per-layer detail when it is below 1.0.
 
 `compare` gives the report's agreement figures; `layer_divergence` runs both on a few inputs and
 compares every intermediate tensor (each quantized layer's quantized input and each op's output) in
@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset
 
 from ..accuracy import iter_batches, make_progress
 from ..device import module_device
@@ -139,23 +138,6 @@ def _row(p: dict, ref: np.ndarray, got: np.ndarray, pre, quantizer) -> dict:
         row["max_tie_distance"] = float(np.abs(t - np.floor(t) - 0.5).max())
         row["mismatches"] = int(bad.sum())
     return row
-
-
-def verify_sets(run, max_samples: int | None = None) -> dict:
-    """The run's held-out domain (all of it) and the training domains' `out` splits."""
-    from ..data import run_splits
-
-    hp = run.config["hparams"]
-    _, splits = run_splits(hp)
-    test = run.config["test_env_index"]
-    sets = {f"heldout:{splits[test].name}": ConcatDataset([splits[test].in_eval, splits[test].out_eval])}
-    for i, s in enumerate(splits):
-        if i != test:
-            sets[f"out:{s.name}"] = s.out_eval
-    if max_samples:
-        from torch.utils.data import Subset
-        sets = {k: Subset(v, range(min(len(v), max_samples))) for k, v in sets.items()}
-    return sets
 
 
 def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,

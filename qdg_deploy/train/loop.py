@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 from ..version import __version__
 from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threads
-from ..data import get_dataset, load_class_map, run_splits
+from ..data import Splits, get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..accuracy import accuracy_and_loss, domain_metrics, make_progress
 from ..quant import model_size
@@ -118,12 +118,16 @@ class Setup:
     def da(self) -> bool:
         return self.source is not None
 
+    @property
+    def data(self) -> Splits:
+        return Splits(self.ds, self.splits, self.test_env)
+
 
 def make_setup(hp: dict) -> Setup:
     ds, splits = run_splits(hp)
     if hp.get("source") is None and hp.get("target") is None:
-        test_env = ds.domain_index(hp["test_env"])
-        return Setup(ds, splits, test_env, [s for i, s in enumerate(splits) if i != test_env])
+        data = Splits(ds, splits, ds.domain_index(hp["test_env"]))
+        return Setup(ds, splits, data.test, data.training)
     # domain adaptation: labelled source 'in' split, unlabelled target 'in' split
     if hp.get("source") is None or hp.get("target") is None:
         raise QdgError("domain adaptation needs both --source and --target")
@@ -186,7 +190,7 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
 
 def score(algo, setup: Setup) -> dict:
     algo.eval()
-    return domain_metrics(algo.predict, setup.splits, setup.test_env)
+    return domain_metrics(algo.predict, setup.data)
 
 
 def finish(algo, hp: dict, setup: Setup, result: Fit, streams) -> dict:

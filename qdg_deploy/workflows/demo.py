@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..tables import models_table
+from ..tables import models_table, with_unaveraged
 from ..runs import load_run
 from ..train import default_hparams, resolve_hparams, train_one
 from ..accuracy import make_progress
@@ -33,8 +33,8 @@ def demo_models() -> dict[str, dict]:
 
 
 def train_step(out_dir: Path, steps: int | None, seed: int, test_env: str, console=None) -> tuple[dict, dict]:
-    """Train the demo's models; returns (label → run dir, label → metrics) with a "+ SWAD" row and a plain row per
-    run, and the EoQ of the two QT-DoG W7 seeds."""
+    """Train the demo's models; returns (label → run dir, label → metrics) with a row per run (SWAD) preceded by
+    its "LABEL w/o SWAD" row (tables.with_unaveraged), and the EoQ of the two QT-DoG W7 seeds."""
     from .ensemble import build_ensemble
 
     dirs, results = {}, {}
@@ -45,11 +45,9 @@ def train_step(out_dir: Path, steps: int | None, seed: int, test_env: str, conso
             hp = resolve_hparams("rotated-mnist", steps=steps, seed=run_seed, test_env=test_env, **overrides)
             m = train_one(hp, Path(out_dir) / name, console=console, overwrite=True, progress=progress)
             dirs[name] = Path(out_dir) / name
-            if m.get("no_swad"):
-                results[label] = {**m["no_swad"], "test_env": m["test_env"]}
-            results[f"{label} + SWAD"] = m
+            results.update(with_unaveraged({label: m}))
     dirs["eoq"] = Path(out_dir) / "eoq"
-    results["EoQ(2) W7 + SWAD"] = build_ensemble([dirs["qtdog-w7"], dirs["qtdog-w7-seed1"]], dirs["eoq"], overwrite=True)
+    results["EoQ(2) W7"] = build_ensemble([dirs["qtdog-w7"], dirs["qtdog-w7-seed1"]], dirs["eoq"], overwrite=True)
     return dirs, results
 
 
@@ -60,8 +58,8 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env
     dirs, results = train_step(Path(out_dir), steps, seed, test_env, console)
     arch = default_hparams("rotated-mnist")["arch"]
     out.print(models_table(results, title=f"rotated-MNIST (embedded), {arch}, held-out {test_env}°, seed {seed}"))
-    shipped = {"ERM + SWAD": dirs["erm"], "QT-DoG W7 + SWAD": dirs["qtdog-w7"],
-               demo_models()["qtdog-w8a8"][0] + " + SWAD": dirs["qtdog-w8a8"], "EoQ(2) W7 + SWAD": dirs["eoq"]}
+    shipped = {"ERM": dirs["erm"], "QT-DoG W7": dirs["qtdog-w7"],
+               demo_models()["qtdog-w8a8"][0]: dirs["qtdog-w8a8"], "EoQ(2) W7": dirs["eoq"]}
     exports = export_step(shipped, console=console, out=out)
     from .demo_bench import bench_demo  # bench each exported model, one final table
     bench = bench_demo(shipped, out_dir, console=console, out=out)

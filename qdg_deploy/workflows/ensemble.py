@@ -84,7 +84,6 @@ def ensemble_record(runs: list[Run]) -> dict:
 
 def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bool = False) -> dict:
     """Write the ensemble run directory `out` (atomically: a temporary directory renamed); returns its metrics."""
-    from ..data import run_splits
     from ..quant import model_size
     from ..accuracy import domain_metrics
 
@@ -95,10 +94,8 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
     check_members(runs)
     net = Ensemble([r.model for r in runs]).eval()
     hp = dict(runs[0].config["hparams"])
-    _, splits = run_splits(hp)
-    test = runs[0].config["test_env_index"]
     with torch.no_grad():
-        scored = domain_metrics(net, splits, test)
+        scored = domain_metrics(net, runs[0].data())
     quantized = bool(runs[0].config["model"].get("scheme"))
     kind, k = ensemble_kind(quantized, len(runs)), len(runs)
     members = [{"run": str(r.path), "seed": r.config["hparams"].get("seed"), "method": r.metrics.get("method"),
@@ -113,7 +110,7 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
                             "on the seed, so other members trained on part of them: val_acc is optimistic")}
     size = model_size(net)
     config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": runs[0].config["dataset"],
-              "domains": runs[0].config["domains"], "test_env_index": test, "classes": runs[0].config["classes"],
+              "domains": runs[0].config["domains"], "test_env_index": runs[0].config["test_env_index"], "classes": runs[0].config["classes"],
               "model": ensemble_record(runs), "size": size,
               "member_size": runs[0].config.get("size"),
               "ensemble": {"kind": kind, "k": k, "members": [m["run"] for m in members],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import run_splits
 from ..device import resolve_device
 from ..io import write_json
 from ..runs import load_run
@@ -15,11 +14,8 @@ def evaluate_run(run_dir: str | Path, json_path: str | Path | None = None, devic
     """Per-domain accuracy of the run's model, computed on `device` (batches move there, logits come back)."""
     where = resolve_device(device)
     run = load_run(run_dir)
-    hp = run.config["hparams"]
-    _, splits = run_splits(hp)
-    test = run.config["test_env_index"]
     result = {"run": str(run_dir), "method": run.metrics["method"], "bits": run.metrics["bits"],
-              "scheme": run.metrics["scheme"], **domain_metrics(run.model.to(where).eval(), splits, test),
+              "scheme": run.metrics["scheme"], **domain_metrics(run.model.to(where).eval(), run.data()),
               "device": str(where)}
     write_json(Path(json_path) if json_path else Path(run_dir) / "eval.json", result)
     return result

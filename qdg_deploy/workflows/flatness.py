@@ -48,15 +48,9 @@ def perturbable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def training_data(run, samples: int, seed: int = 0):
     """The training domains' `in` splits, at most `samples` items of each (a fixed random subset)."""
-    from ..data import run_splits
-
-    _, splits = run_splits(run.config["hparams"])
-    test = run.config["test_env_index"]
     g = torch.Generator().manual_seed(seed)
     parts = []
-    for i, s in enumerate(splits):
-        if i == test:
-            continue
+    for s in run.data().training:
         n = len(s.in_eval)
         idx = torch.randperm(n, generator=g)[:samples].sort().values.tolist() if samples and n > samples else range(n)
         parts.append(Subset(s.in_eval, list(idx)))

@@ -1,6 +1,6 @@
 """`qdg-deploy report SWEEP_DIR`: DomainBed collect_results-style table of a sweep.
 
-One row per method label (plus "<label> w/o SWAD" where the runs' metrics.json hold a "no_swad" result, and one
+One row per method label (plus "<label> w/o SWAD" / "w/o SMA" where the runs' metrics.json hold such a result, and one
 row per ensemble label), one column per held-out domain (per "source→target" pair for domain-adaptation runs,
 whose target is the held-out domain) with the mean ± standard error over seeds of the held-out accuracy, the
 Avg of those per-domain means (only when the row has every domain), and size ×FP32: packed bytes over the float32 bytes of ONE member network (config["size"]; an ensemble of K members counts K
@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import QdgError
 from ..io import atomic_path, read_json, write_json
 from ..runs import CONFIG, METRICS, run_state
+from ..tables import unaveraged
 from .sweep import SWEEP_FILE
 
 ENS_SUFFIX = "+ens"
@@ -73,9 +74,8 @@ def collect(root: str | Path) -> dict:
             domains = domains or list(cfg.get("domains", []))
             label = f"{m.get('method')} · {text}" if ens else text
             col = column(m, cfg)
-            if "no_swad" in m and not ens:
-                rows.setdefault(f"{text} w/o SWAD", _Row(f"{text} w/o SWAD", "no_swad")).add(
-                    col, m["no_swad"]["test_acc"], cfg, run)
+            for row, key, plain in ([] if ens else unaveraged(text, m)):
+                rows.setdefault(row, _Row(row, key)).add(col, plain["test_acc"], cfg, run)
             rows.setdefault(label, _Row(label, "ensemble" if ens else "runs")).add(col, m["test_acc"], cfg, run)
     if not rows:
         raise QdgError(f"{root}: no finished run (OUT/<label>/<test_env>/seed<k>/metrics.json) to report")
