@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import QdgError
-from .io import atomic_path, current_umask, read_json, renamed, writable_folder, write_json
+from .io import atomic_path, current_umask, renamed, writable_folder
 from .models import build_model
 from .quant import Scheme, quantize_model
+from .records import Metrics, RunConfig, read_record_json
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
 RUN_FILES = (CONFIG, WEIGHTS, METRICS)
@@ -59,11 +60,13 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 KEPT_FILES = ("train.log",)  # files of the run being written (sweep's log, still open) that survive its replacement
 
 
-def save_run(out: Path, config: dict, state: dict, metrics: dict) -> None:
+def save_run(out: Path, config: RunConfig | dict, state: dict, metrics: Metrics | dict) -> None:
     """Write the run directory `out` as a whole: every file goes into a temporary sibling folder, which is renamed
     into place; a run already there is moved aside first and removed only once the new one has its name (a failure
     at any point leaves the old run as it was). Files of an earlier run beside its three (exports, eval.json) go
-    with it: they describe weights that no longer exist; KEPT_FILES are carried over."""
+    with it: they describe weights that no longer exist; KEPT_FILES are carried over. `config` and `metrics` are
+    written as their records (records.py; a dict is read as one first)."""
+    config, metrics = RunConfig.of_any(config), Metrics.of_any(metrics)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -71,9 +74,9 @@ def save_run(out: Path, config: dict, state: dict, metrics: dict) -> None:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         try:
-            write_json(tmp / CONFIG, config)
+            config.write(tmp / CONFIG)
             save_weights(tmp / WEIGHTS, state)
-            write_json(tmp / METRICS, metrics)
+            metrics.write(tmp / METRICS)
         except OSError as e:  # name the run directory, not the temporary one
             raise renamed(e, out) from None
         if out.exists():
@@ -152,21 +155,13 @@ def check_run_dir(path: str | Path, files: tuple[str, ...] = RUN_FILES, role: st
     return Path(path)
 
 
-def read_run_json(path: Path) -> dict:
-    """A run's JSON file as a dict, or a QdgError naming it (unreadable, not JSON, not an object)."""
-    try:
-        data = read_json(path)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise QdgError(f"{path} is not valid JSON ({e}); the run is damaged: train it again") from None
-    if not isinstance(data, dict):
-        raise QdgError(f"{path} holds a JSON {type(data).__name__}, not an object; the run is damaged: train it again")
-    return data
+read_run_json = read_record_json  # the name bench and train import
 
 
 def load_run(path: str | Path) -> Run:
     path = check_run_dir(path)
-    config = read_run_json(path / CONFIG)
-    metrics = read_run_json(path / METRICS)
+    config = RunConfig.read(path / CONFIG).to_json()
+    metrics = Metrics.read(path / METRICS).to_json()
     try:
         net = build_run_model(config["model"])
     except QdgError:
@@ -194,8 +189,8 @@ def run_state(path: Path) -> str:
     if not path.exists():
         return "absent"
     try:
-        m = read_json(path / METRICS)
-        ok = isinstance(m, dict) and isinstance(m.get("test_acc"), (int, float))
-    except (OSError, ValueError):
+        m = Metrics.read(path / METRICS)
+        ok = isinstance(m.test_acc, (int, float))
+    except (OSError, ValueError, QdgError):
         ok = False
     return "done" if ok and (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else "broken"

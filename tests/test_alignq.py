@@ -226,8 +226,8 @@ def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path):
                  "--lam", "1", "--lam2", "4", "--init", tmp_path / "r8", "--out", tmp_path / "r4", *common)
     assert r4.returncode == 0, r4.stderr
     metrics = json.loads((tmp_path / "r4" / "metrics.json").read_text())
-    assert set(metrics) == {"per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits", "scheme",
-                            "method"}
+    assert set(metrics) == {"schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits",
+                            "scheme", "method"}
     assert metrics["test_env"] == "photo" and metrics["bits"] == 4 and metrics["scheme"] == "alignq"
     config = json.loads((tmp_path / "r4" / "config.json").read_text())
     assert config["init"]["bits"] == 8 and config["domain_adaptation"]["source"] == "art"

@@ -9,6 +9,7 @@ import torch
 
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.quant.daq import daq_weight
+from qdg_deploy.records import Metrics, RunConfig
 from qdg_deploy.workflows.report import write_report
 from qdg_deploy.train import get_algorithm, resolve_hparams
 from qdg_deploy.train.algorithms import lr_scale
@@ -159,9 +160,9 @@ def test_report_has_one_column_per_da_pair(tmp_path):
             for s, acc in enumerate(values):
                 run = out / label / tgt / f"seed{s}"
                 run.mkdir(parents=True)
-                (run / "metrics.json").write_text(json.dumps({"test_env": tgt, "test_acc": acc, "method": label}))
-                (run / "config.json").write_text(json.dumps({
-                    "domains": ["0", "15", "30"], "domain_adaptation": {"source": src, "target": tgt}}))
+                Metrics(test_env=tgt, test_acc=acc, method=label).write(run / "metrics.json")
+                RunConfig.from_json({"domains": ["0", "15", "30"],
+                                     "domain_adaptation": {"source": src, "target": tgt}}).write(run / "config.json")
                 (run / "model.safetensors").write_bytes(b"")
     table, md, _ = write_report(out)
     assert table["domains"] == ["0→15", "15→30"]

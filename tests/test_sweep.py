@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qdg_deploy.errors import QdgError
+from qdg_deploy.records import Metrics, RunConfig
 from qdg_deploy.workflows.sweep import parse_methods, run_state, to_flags
 from qdg_deploy.workflows.report import collect, mean_se, write_report
 from tests.conftest import run_cli
@@ -95,8 +96,8 @@ def _fake_run(path: Path, test_env: str, acc: float, *, size=(250, 1000), k=None
     config = {"domains": ["d0", "d1", "d2"], "size": {"packed_bytes": size[0], "fp32_bytes": size[1], "params": 1}}
     if k:
         config["ensemble"] = {"k": k, "kind": method}
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    (path / "config.json").write_text(json.dumps(config))
+    Metrics.from_json(metrics).write(path / "metrics.json")  # partial records, as the report reads them
+    RunConfig.from_json(config).write(path / "config.json")
     (path / "model.safetensors").write_bytes(b"")
 
 

@@ -12,7 +12,8 @@ from qdg_deploy.accuracy import predictions
 
 from conftest import run_cli
 
-METRIC_KEYS = {"per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits", "scheme", "method"}
+METRIC_KEYS = {"schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits", "scheme",
+               "method"}
 
 
 def _batches(n_domains=2, bs=8):

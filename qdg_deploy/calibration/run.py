@@ -15,7 +15,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Subset
 
-from ..version import __version__
+from ..records import Metrics, RunConfig
 from ..data import Splits, load_class_map, run_data
 from ..device import resolve_device
 from ..errors import QdgError
@@ -167,21 +167,20 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
         model, info = quantize_calibrated(src.net, scheme, batches, opts, progress)
     scored = domain_metrics(model, src.data)
     float_scored = domain_metrics(src.net.eval(), src.data)
-    metrics = {**scored, "bits": scheme.weight.bits, "scheme": scheme.name, "method": "ptq",
-               "float": {"test_acc": float_scored["test_acc"], "val_acc": float_scored["val_acc"]}}
+    metrics = Metrics.of(scored, bits=scheme.weight.bits, scheme=scheme.name, method="ptq",
+                         float={"test_acc": float_scored["test_acc"], "val_acc": float_scored["val_acc"]})
     info.update(source=src.origin, float_layers=list(float_layers), test_env_read=False,
                 calibration_domains=src.data.training_names)
     if sensitivity is not None:
         info["sensitivity"] = sensitivity
     hp = {**src.hp, "scheme": opts.scheme, "bits": opts.bits, "act_bits": opts.act_bits, "quantizer": "lsq"}
     ds = src.data.ds
-    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
-              "test_env_index": src.data.test, "classes": ds.classes,
-              "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-              "size": model_size(model), "calibration": info,
-              "calibrate_seconds": round(time.perf_counter() - start, 1)}
+    config = RunConfig(hparams=hp, dataset=hp["dataset"], domains=ds.domains, test_env_index=src.data.test,
+                       classes=ds.classes, model=model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
+                       extra={"size": model_size(model), "calibration": info,
+                              "calibrate_seconds": round(time.perf_counter() - start, 1)})
     save_run(out, config, model.state_dict(), metrics)
-    return metrics
+    return metrics.to_json()
 
 
 def sensitivity_run(run_dir: str | Path, *, json_path=None, plot_path=None, opts: PtqOptions = PtqOptions(),

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import TensorDataset
 
-from ..version import __version__
+from ..records import Metrics, RunConfig
 from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threads
 from ..data import Splits, get_dataset, load_class_map, run_splits
 from ..errors import QdgError
@@ -316,24 +316,24 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
         return None
     scored = finish(algo, hp, setup, result, streams)
     scheme = scheme_from_hparams(hp) if algo.quantizes else None
-    metrics = {**scored, "bits": scheme.weight.bits if scheme else 32, "scheme": scheme.name if scheme else None,
-               "method": hp["method"]}
-    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
-              "test_env_index": setup.test_env, "classes": ds.classes,
-              "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-              "size": model_size(algo.network), "history": result.history,
-              "train_seconds": round(time.perf_counter() - start, 1)}
+    metrics = Metrics.of(scored, bits=scheme.weight.bits if scheme else 32, scheme=scheme.name if scheme else None,
+                         method=hp["method"])
+    extra = {"size": model_size(algo.network), "history": result.history,
+             "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
-        config["init"] = init
+        extra["init"] = init
     if notes:
-        config["data_notes"] = notes
-    config["device"] = {"device": str(algo.device), "amp": algo.amp, "channels_last": algo.channels_last,
-                        "world_size": dist.world, "resumed_at_step": done or None}
+        extra["data_notes"] = notes
+    extra["device"] = {"device": str(algo.device), "amp": algo.amp, "channels_last": algo.channels_last,
+                       "world_size": dist.world, "resumed_at_step": done or None}
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
-        config["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
-                                       "selection": "source out accuracy"}
+        extra["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
+                                      "selection": "source out accuracy"}
+    config = RunConfig(hparams=hp, dataset=hp["dataset"], domains=ds.domains, test_env_index=setup.test_env,
+                       classes=ds.classes, model=model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
+                       extra=extra)
     save_run(out, config, algo.network.state_dict(), metrics)
-    return metrics
+    return metrics.to_json()
 
 
 def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False) -> dict:

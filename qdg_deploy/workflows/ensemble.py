@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..version import __version__
+from ..records import Metrics, RunConfig
 from ..errors import QdgError
 from ..models.ensemble import Ensemble
 from ..runs import check_out_dir, Run, load_run, save_run
@@ -101,20 +101,20 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
     members = [{"run": str(r.path), "seed": r.config["hparams"].get("seed"), "method": r.metrics.get("method"),
                 "test_acc": r.metrics["test_acc"], "val_acc": r.metrics.get("val_acc")} for r in runs]
     member_mean = sum(m["test_acc"] for m in members) / k
-    metrics = {"per_domain": scored["per_domain"], "test_env": scored["test_env"], "test_acc": scored["test_acc"],
-               "val_acc": scored["val_acc"], "selected_step": None, "bits": runs[0].metrics.get("bits"),
-               "scheme": runs[0].metrics.get("scheme"), "method": kind,
-               "members": members, "members_mean_test_acc": member_mean,
-               "gain_over_members_mean": scored["test_acc"] - member_mean,
-               "val_note": (f"training domains' out splits of member 0 (seed {members[0]['seed']}); the splits depend "
-                            "on the seed, so other members trained on part of them: val_acc is optimistic")}
+    metrics = Metrics.of({**scored, "selected_step": None}, bits=runs[0].metrics.get("bits"),
+                         scheme=runs[0].metrics.get("scheme"), method=kind,
+                         members=members, members_mean_test_acc=member_mean,
+                         gain_over_members_mean=scored["test_acc"] - member_mean,
+                         val_note=(f"training domains' out splits of member 0 (seed {members[0]['seed']}); the splits "
+                                   "depend on the seed, so other members trained on part of them: val_acc is optimistic"))
     size = model_size(net)
-    config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": runs[0].config["dataset"],
-              "domains": runs[0].config["domains"], "test_env_index": runs[0].config["test_env_index"], "classes": runs[0].config["classes"],
-              "model": ensemble_record(runs), "size": size,
-              "member_size": runs[0].config.get("size"),
-              "ensemble": {"kind": kind, "k": k, "members": [m["run"] for m in members],
-                           "seeds": [m["seed"] for m in members],
-                           "combine": "sum of the members' logits, arg-max (as EoA's code); no softmax"}}
+    first = runs[0].config
+    config = RunConfig(hparams=hp, dataset=first["dataset"], domains=first["domains"],
+                       test_env_index=first["test_env_index"], classes=first["classes"], model=ensemble_record(runs),
+                       extra={"size": size, "member_size": first.get("size"),
+                              "ensemble": {"kind": kind, "k": k, "members": [m["run"] for m in members],
+                                           "seeds": [m["seed"] for m in members],
+                                           "combine": "sum of the members' logits, arg-max (as EoA's code); no "
+                                                      "softmax"}})
     save_run(out, config, net.state_dict(), metrics)
-    return metrics
+    return metrics.to_json()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import QdgError
 from ..io import atomic_path, read_json, write_json
+from ..records import Metrics, RunConfig
 from ..runs import CONFIG, METRICS, run_state
 from ..tables import unaveraged
 from .sweep import SWEEP_FILE
@@ -70,7 +71,7 @@ def collect(root: str | Path) -> dict:
         base = d.name[: -len(ENS_SUFFIX)] if ens else d.name
         text = labels.get(base, base)
         for run in _runs(d, ens):
-            m, cfg = read_json(run / METRICS), read_json(run / CONFIG)
+            m, cfg = Metrics.read(run / METRICS).to_json(), RunConfig.read(run / CONFIG).to_json()
             domains = domains or list(cfg.get("domains", []))
             label = f"{m.get('method')} · {text}" if ens else text
             col = column(m, cfg)

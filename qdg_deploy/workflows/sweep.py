@@ -28,6 +28,7 @@ from ..errors import QdgError
 from ..io import read_json, write_json
 from .launchers import LOG, Launch, prepare, print_commands, submit
 from ..train.validate import applies
+from ..records import RunConfig
 from ..runs import CONFIG, METRICS, run_state
 
 RESERVED = {"method", "dataset", "test_env", "seed", "out", "overwrite"}
@@ -260,7 +261,7 @@ def build_ensembles(out: Path, entries: list[Entry], test_envs: list[str], seeds
             members = [out / e.label / safe_label(te) / f"seed{s}" for s in seeds]
             if len(members) < 2 or any(run_state(m) != "done" for m in members):
                 continue
-            quantized = bool(read_json(members[0] / CONFIG)["model"].get("scheme"))
+            quantized = bool(RunConfig.read(members[0] / CONFIG).model.get("scheme"))
             if ("eoq" if quantized else "eoa") not in kinds:
                 continue
             dest = out / f"{e.label}+ens" / safe_label(te)
@@ -276,7 +277,7 @@ def _ensemble_current(dest: Path, members: list[Path]) -> bool:
     """An ensemble already built from these members, after their last (re)training."""
     if run_state(dest) != "done":
         return False
-    same = read_json(dest / CONFIG).get("ensemble", {}).get("members") == [str(m) for m in members]
+    same = RunConfig.read(dest / CONFIG).extra.get("ensemble", {}).get("members") == [str(m) for m in members]
     return same and (dest / METRICS).stat().st_mtime >= max((m / METRICS).stat().st_mtime for m in members)
 
 
