@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qdg_deploy.bench.harness import time_fn  # noqa: E402
+from qdg_deploy.timing import time_fn  # noqa: E402
 
 
 def bare_loop_ns(run, x, n: int) -> float:

@@ -310,35 +310,38 @@ def export(
                    verify=verify, residual_qdq=residual_qdq, int_bias=int_bias, max_samples=max_samples,
                    graph=graph, min_agreement=min_agreement, force=force, console=console, onnx_in=onnx_in, trt=trt,
                    device=device)
-    if "engine" in r:
-        out.print(f"written {r['engine']} ({r['engine_bytes']:,} bytes, TensorRT {r['tensorrt']}, built in "
-                  f"{r['build_seconds']:.1f} s); report {r['engine_report']}")
-        if r["not_int8"]:
-            out.print(f"{r['not_int8']} quantized layer(s) did not run in INT8: see not_int8 in {r['engine_report']}")
-        if "file_bytes" not in r:  # --onnx: nothing was exported
+    engine = r if isinstance(r, dict) else r.engine  # a dict: --onnx, the engine only (nothing exported)
+    if engine:
+        out.print(f"written {engine['engine']} ({engine['engine_bytes']:,} bytes, TensorRT {engine['tensorrt']}, "
+                  f"built in {engine['build_seconds']:.1f} s); report {engine['engine_report']}")
+        if engine["not_int8"]:
+            out.print(f"{engine['not_int8']} quantized layer(s) did not run in INT8: see not_int8 in "
+                      f"{engine['engine_report']}")
+        if isinstance(r, dict):
             return
-    out.print(f"written {r['path']} ({r['file_bytes']:,} bytes, {r['size_ratio']:.3f}× FP32 ONNX; "
-              f"packed {r['packed_ratio']:.3f}×)")
-    if "ensemble" in r:
-        e = r["ensemble"]
+    out.print(f"written {r.path} ({r.file_bytes:,} bytes, {r.size_ratio:.3f}× FP32 ONNX; "
+              f"packed {r.packed_ratio:.3f}×)")
+    if r.ensemble is not None:
+        e = r.ensemble
         out.print(f"{e['kind']}: one graph of {e['k']} members, each {e['member_packed_bytes']:,.0f} packed bytes "
                   f"({e['packed_vs_one_fp32_member']:.3f}× one FP32 member in all)")
-    if "top1_agreement" in r:
-        out.print(f"top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} samples; max |Δlogit| "
-                  f"{r['max_abs_diff']:.3g}; held-out acc onnx {r['onnx_acc']:.4f} / torch {r['torch_acc']:.4f}")
-        if "layer_divergence" in r:
-            out.print(f"first divergence: {r['layer_divergence']['first_divergence']}")
-        if r["below_min_agreement"]:
-            console.print(f"[bold yellow]warning:[/] below --min-agreement {r['min_agreement']:g}; written because "
-                      f"of --force", highlight=False)
+    if r.verification is not None:
+        v = r.verification
+        out.print(f"top-1 agreement with torch {v['top1_agreement']:.4f} over {v['n_samples']} samples; max |Δlogit| "
+                  f"{v['max_abs_diff']:.3g}; held-out acc onnx {v['onnx_acc']:.4f} / torch {v['torch_acc']:.4f}")
+        if "layer_divergence" in v:
+            out.print(f"first divergence: {v['layer_divergence']['first_divergence']}")
+        if v["below_min_agreement"]:
+            console.print(f"[bold yellow]warning:[/] below --min-agreement {v['min_agreement']:g}; written because "
+                          f"of --force", highlight=False)
     else:
         out.print("not verified (--no-verify): agreement not measured, --min-agreement not checked")
-    if "graphs" in r:
-        gs = r["graphs"]
+    if r.graphs is not None:
+        gs = r.graphs
         out.print("; ".join(f"{g} graph{' (written)' if g == gs['written'] else ''}: ORT CPU "
                             f"{gs[g]['ort_cpu_ms_batch1']:.3f} ms at batch 1, agreement {gs[g]['top1_agreement']:.4f}"
                             for g in ("exact", "lean")))
-    out.print(f"report {report_name(Path(r['path']))}")
+    out.print(f"report {report_name(Path(r.path))}")
 
 
 @app.command()

@@ -104,7 +104,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qdg_deploy import bench as B
-from qdg_deploy.bench.harness import summarize, time_fn
+from qdg_deploy.timing import summarize, time_fn
 from qdg_deploy.bench.runtimes import COPIES_NONE
 from qdg_deploy.quant import strip_quantizers
 from qdg_deploy.cli import app

@@ -18,7 +18,7 @@ from pathlib import Path
 PKG = "qdg_deploy"
 ROOT = Path(__file__).resolve().parent.parent / PKG
 # The shared low modules any layer may import: they import nothing of qdg_deploy but each other.
-LOW = {"errors", "io", "device", "version", "records"}
+LOW = {"errors", "io", "device", "version", "records", "timing"}
 BASE_LAYERS = ("quant", "data", "models")
 
 

@@ -13,7 +13,7 @@ parent holding config.json); a bare file gets latency and size only.
 from .artifacts import Artifact, resolve_artifact
 from .core import SCHEMA, bench, domain_accuracy, select_runtimes
 from .env import environment
-from .harness import LatencyStats, measure, summarize, time_fn
+from ..timing import LatencyStats, measure, summarize, time_fn
 from .results import (accuracy_table, compare, compare_table, load_result, plot_paths, results_table,
                      runtimes_table, skipped_lines, write_plots)
 from .runtimes import (COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, RUNTIMES, Runtime, Session,

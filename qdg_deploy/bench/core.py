@@ -18,7 +18,7 @@ from ..accuracy import domain_counts, make_progress
 from ..data.splits import Splits
 from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
-from .harness import measure
+from ..timing import measure
 from .runtimes import RUNTIMES, Session, get_runtime
 
 SCHEMA = "qdg-deploy-bench/1"

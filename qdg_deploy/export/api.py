@@ -13,13 +13,13 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import QdgError
-from ..io import atomic_path, writable_folder, write_json
+from ..io import atomic_path, writable_folder
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
 from ..quant.plan import add_plans, pool_plans
 from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_to_onnx
 from .records import LayerRecord
-from .report import OrtFusion, ensemble_note, graph_notes
+from .report import ExportReport, OrtFusion, ensemble_note, graph_notes
 from .variants import graph_comparison, ort_latency_ms, other_graph
 from .verify import verify_model
 
@@ -128,34 +128,35 @@ def _bits(scheme) -> tuple[int, int]:
     return scheme.weight.bits, scheme.act.bits if scheme.act else 32
 
 
-def export_run_dir(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
-               opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
-               residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
-               graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
-               console=None, onnx_in: str | Path | None = None, trt=None,
-               device: str = "cpu") -> dict:
-    """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report.
+@dataclass
+class ExportPlan:
+    """What `export` writes where (the format dispatch), decided before any work."""
+    run_dir: Path
+    fmt: str
+    target: str
+    path: Path                 # the ONNX file
+    engine: Path | None        # --format tensorrt: the engine
+    graph: str
+    lowering: dict             # lower_to_onnx's settings: target, opset, dynamic_batch, residual_qdq, int_bias
+    default_name: str
+    trt: object = None
 
-    The file is written beside PATH under a temporary name and verified there; below `min_agreement` (top-1
-    agreement with the torch model) the export is refused (QdgError naming the cause) and PATH and its report are
-    left as they were, unless `force`. verify=False measures nothing and so checks nothing ("verified": false).
+    @property
+    def fp32(self) -> bool:
+        return self.fmt == "onnx-fp32"
 
-    fmt "tensorrt": the ONNX export for --target tensorrt (RUN_DIR/model.onnx and its report), then the engine
-    (`out`, default RUN_DIR/model.engine) and its model.engine.json, built with `trt` (TrtOptions); with
-    `onnx_in` the engine is built from that ONNX and nothing is exported. Every file reaches its name only when
-    all of them are ready."""
-    from ..runs import load_run
 
+def plan_export(run_dir, *, fmt: str = "onnx", target: str = "ort", out=None, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True, residual_qdq: bool | None = None, int_bias: bool | None = None,
+                graph: str = "exact", trt=None, onnx_in=None) -> ExportPlan:
+    """Check the export's options and decide its files (QdgError for anything wrong, before any work; the ONNX
+    path is checked by export_run_dir once the run directory is)."""
     if fmt not in FORMATS:
         raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    check_min_agreement(min_agreement)
     check_opset(opset)
-    torch_device = resolve_device(device)  # the torch side of --verify
-    if max_samples is not None and max_samples < 1:
-        raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
-    engine = None  # --format tensorrt: where the engine goes
+    engine = None
     if fmt == "tensorrt":
-        from .tensorrt import TrtOptions, build_engine, require_gpu, require_tensorrt, write_engine_files
+        from .tensorrt import TrtOptions, require_gpu, require_tensorrt
         from .trt_plan import profile_batches
         trt = trt or TrtOptions()
         trt.check()
@@ -166,57 +167,115 @@ def export_run_dir(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort
         require_tensorrt()
         require_gpu()  # no CUDA GPU: refused before any work (build_engine asks again for the report)
         target = "tensorrt"
-        if onnx_in is not None:
-            return build_given_onnx(Path(onnx_in), engine, trt)
     elif onnx_in is not None or trt is not None:
         raise QdgError("--onnx and the TensorRT build options go with --format tensorrt")
-    run = load_run(run_dir)
-    fp32 = fmt == "onnx-fp32"
     default_name = {"onnx": "model.onnx", "onnx-fp32": "model.fp32.onnx", "tensorrt": "model.onnx"}[fmt]
     path = Path(out) if out and fmt != "tensorrt" else Path(run_dir) / default_name
-    check_out_path(path, default_name)  # where the files go, checked before any work
-    scheme = run.scheme
-    if scheme is None and not fp32:
-        raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
-    model = strip_quantizers(run.model) if fp32 else run.model
+    return ExportPlan(Path(run_dir), fmt, target, path, engine, graph,
+                      dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
+                           int_bias=int_bias), default_name, trt)
+
+
+def export_step(run, model: nn.Module, plan: ExportPlan, tmp_path: Path) -> tuple[Exported, ExportReport]:
+    """Lower the run's model once, write it to `tmp_path` (ONNX Runtime loads it back) and start its report."""
     shape = run.config["model"]["input_shape"]
+    ex = write_onnx(model, shape, tmp_path, fp32=plan.fp32, graph=plan.graph, **plan.lowering)
+    ort_session(tmp_path, level="none")  # ORT loads the file itself before it replaces anything
+    scheme = None if plan.fp32 else run.scheme
+    bits, act_bits = _bits(scheme)
+    report = ExportReport(
+        run=str(plan.run_dir), path=str(plan.path), format=plan.fmt, target=plan.target,
+        scheme=None if scheme is None else scheme.name, arch=run.config["model"]["arch"], graph=plan.graph,
+        bits=bits, act_bits=act_bits, opset=plan.lowering["opset"], dynamic_batch=plan.lowering["dynamic_batch"],
+        int_bias=ex.low.settings.int_bias if plan.target == "ort" and not plan.fp32 else None,
+        file_bytes=ex.file_bytes, fp32_bytes=ex.fp32_bytes, packed_bytes=ex.packed_bytes,
+        notes=graph_notes(ex.low, ex.fusion))
+    report.ensemble = ensemble_note(run.config, report.to_json())  # an ensemble run: K and the per-member sizes
+    return ex, report
+
+
+def verify_step(model: nn.Module, low: LoweredGraph, sets: dict, *, console=None,
+                device: torch.device = torch.device("cpu")) -> dict:
+    """ONNX Runtime's agreement with the torch model over `sets` (export/verify.py's figures)."""
+    return verify_model(model, low.proto, low.probes, sets, console=console, device=device)
+
+
+def compare_step(model: nn.Module, shape, plan: ExportPlan, low: LoweredGraph, verified: dict, sets: dict, *,
+                 console=None, device: torch.device = torch.device("cpu")) -> dict:
+    """The other graph (--graph exact|lean) lowered, verified and timed beside the written one (the report's
+    `graphs`); ORT-CPU latency by the timing harness at this process's torch thread count."""
+    other = other_graph(plan.graph)
+    alt = lower_to_onnx(model, shape, graph=other, **plan.lowering)
+    alt_v = verify_step(model, alt, sets, console=console, device=device)
+    threads = torch.get_num_threads()
+    lat = ort_latency_ms({plan.graph: low.proto, other: alt.proto}, shape, threads=threads)
+    return graph_comparison(plan.graph, verified, alt_v, lat, threads)
+
+
+def check_agreement(verification: dict, min_agreement: float, force: bool, report: ExportReport) -> None:
+    """Record the threshold in `verification`; below it, refuse (QdgError naming the cause) unless `force`."""
+    below = verification["top1_agreement"] < min_agreement
+    verification["min_agreement"], verification["below_min_agreement"] = min_agreement, below
+    if below and not force:
+        raise QdgError(refusal({**report.to_json(), **verification}, Path(report.path)))
+
+
+def export_run_dir(run_dir: str | Path, *, fmt: str = "onnx", target: str = "ort", out: str | Path | None = None,
+                   opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, verify: bool = True,
+                   residual_qdq: bool | None = None, int_bias: bool | None = None, max_samples: int | None = None,
+                   graph: str = "exact", min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
+                   console=None, onnx_in: str | Path | None = None, trt=None,
+                   device: str = "cpu") -> ExportReport | dict:
+    """Export a run directory's selected model; writes PATH and PATH's .export.json report; returns the report.
+
+    The steps, in order: plan_export (format dispatch, every check), export_step (one lowering, the file, the
+    report's sizes and notes), verify_step and compare_step (with `verify`), check_agreement, the TensorRT engine
+    (--format tensorrt). The file is written beside PATH under a temporary name and verified there; below
+    `min_agreement` (top-1 agreement with the torch model) the export is refused (QdgError naming the cause) and
+    PATH and its report are left as they were, unless `force`. verify=False measures nothing and so checks nothing
+    ("verified": false).
+
+    fmt "tensorrt": the ONNX export for --target tensorrt (RUN_DIR/model.onnx and its report), then the engine
+    (`out`, default RUN_DIR/model.engine) and its model.engine.json, built with `trt` (TrtOptions); with
+    `onnx_in` the engine is built from that ONNX and nothing is exported (a dict of the engine's keys is
+    returned). Every file reaches its name only when all of them are ready."""
+    from ..runs import load_run
+
+    if fmt not in FORMATS:
+        raise QdgError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_min_agreement(min_agreement)
+    check_opset(opset)
+    torch_device = resolve_device(device)  # the torch side of --verify
+    if max_samples is not None and max_samples < 1:
+        raise QdgError(f"--max-samples takes an integer >= 1 (got {max_samples}); leave it out to verify every sample")
+    plan = plan_export(run_dir, fmt=fmt, target=target, out=out, opset=opset, dynamic_batch=dynamic_batch,
+                       residual_qdq=residual_qdq, int_bias=int_bias, graph=graph, trt=trt, onnx_in=onnx_in)
+    if onnx_in is not None:
+        return build_given_onnx(Path(onnx_in), plan.engine, plan.trt)
+    run = load_run(run_dir)
+    check_out_path(plan.path, plan.default_name)  # where the files go, checked before any work
+    if run.scheme is None and not plan.fp32:
+        raise QdgError(f"{run_dir} holds a float model (no quantization scheme): use --format onnx-fp32")
+    model = strip_quantizers(run.model) if plan.fp32 else run.model
     # both files reach their names only once the model is verified (and, for TensorRT, its engine built)
-    with atomic_path(report_name(path)) as tmp_report, atomic_path(path) as tmp_model:
-        kw = dict(target=target, opset=opset, dynamic_batch=dynamic_batch, residual_qdq=residual_qdq,
-                  int_bias=int_bias)
-        ex = write_onnx(model, shape, tmp_model, fp32=fp32, graph=graph, **kw)
-        ort_session(tmp_model, level="none")  # ORT loads the file itself before it replaces anything
-        bits, act_bits = (32, 32) if fp32 else _bits(scheme)
-        report = {"run": str(run_dir), "path": str(path), "format": fmt, "target": target,
-                  "scheme": None if fp32 else scheme.name, "arch": run.config["model"]["arch"], "graph": graph,
-                  "bits": bits, "act_bits": act_bits, "opset": opset, "dynamic_batch": dynamic_batch,
-                  "int_bias": ex.low.settings.int_bias if target == "ort" and not fp32 else None,
-                  "file_bytes": ex.file_bytes, "fp32_bytes": ex.fp32_bytes, "packed_bytes": ex.packed_bytes,
-                  "size_ratio": round(ex.file_bytes / ex.fp32_bytes, 4),
-                  "packed_ratio": round(ex.packed_bytes / ex.fp32_bytes, 4)}
-        report.update(graph_notes(ex.low, ex.fusion))
-        if (note := ensemble_note(run.config, report)) is not None:  # an ensemble run: K and the per-member sizes
-            report["ensemble"] = note
-        report["verified"] = verify
+    with atomic_path(report_name(plan.path)) as tmp_report, atomic_path(plan.path) as tmp_model:
+        ex, report = export_step(run, model, plan, tmp_model)
+        report.verified = verify
         if verify:
             sets = run.data().scored_sets(max_samples)
-            report.update(verify_model(model, ex.low.proto, ex.low.probes, sets, console=console, device=torch_device))
-            if not fp32:  # the other graph (--graph), verified and timed beside this one
-                alt = lower_to_onnx(model, shape, graph=other_graph(graph), **kw)
-                alt_v = verify_model(model, alt.proto, alt.probes, sets, console=console, device=torch_device)
-                threads = torch.get_num_threads()
-                lat = ort_latency_ms({graph: ex.low.proto, other_graph(graph): alt.proto}, shape, threads=threads)
-                report["graphs"] = graph_comparison(graph, report, alt_v, lat, threads)
-            below = report["top1_agreement"] < min_agreement
-            report["min_agreement"], report["below_min_agreement"] = min_agreement, below
-            if below and not force:
-                raise QdgError(refusal(report, path))
-        if engine is not None:
-            built = build_engine(tmp_model, engine, trt, onnx_label=str(path))
-            report.update(engine_keys(engine, built[1]))
-        write_json(tmp_report, report)
-        if engine is not None:  # the last step: every file is ready, all reach their names together
-            write_engine_files(engine, built, trt.timing_cache)
+            verification = verify_step(model, ex.low, sets, console=console, device=torch_device)
+            if not plan.fp32:
+                report.graphs = compare_step(model, run.config["model"]["input_shape"], plan, ex.low, verification,
+                                             sets, console=console, device=torch_device)
+            check_agreement(verification, min_agreement, force, report)
+            report.verification = verification
+        if plan.engine is not None:
+            from .tensorrt import build_engine, write_engine_files
+            built = build_engine(tmp_model, plan.engine, plan.trt, onnx_label=str(plan.path))
+            report.engine = engine_keys(plan.engine, built[1])
+        report.write(tmp_report)
+        if plan.engine is not None:  # the last step: every file is ready, all reach their names together
+            write_engine_files(plan.engine, built, plan.trt.timing_cache)
     return report
 
 

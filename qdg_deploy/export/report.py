@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .onnx_writer import LoweredGraph
+from ..io import write_json
 from .records import Bias, Lowered
 
 WEIGHT_ONLY_NOTE = {
@@ -113,3 +116,74 @@ def ensemble_note(config: dict, report: dict) -> dict | None:
             "packed_vs_one_fp32_member": report["packed_bytes"] / (report["fp32_bytes"] / k),
             "note": "one ONNX graph: every member's layers, their logits summed by K-1 Adds (the torch "
                     "ensemble's own order); sizes are K × one member's"}
+
+
+EXPORT_REPORT_VERSION = 1
+
+
+@dataclass(eq=False)
+class ExportReport(Mapping):
+    """`model.export.json`: what was exported (typed), what the lowering noted, and what each step that ran added:
+    verification (verify_step), the other graph (compare_step), the engine (engine_keys). Written here only
+    (`write`); as a Mapping it reads as its JSON (report["top1_agreement"])."""
+    run: str
+    path: str
+    format: str
+    target: str
+    scheme: str | None
+    arch: str
+    graph: str
+    bits: int
+    act_bits: int
+    opset: int
+    dynamic_batch: bool
+    int_bias: bool | None
+    file_bytes: int
+    fp32_bytes: int
+    packed_bytes: int
+    notes: dict = field(default_factory=dict)      # graph_notes: the lowering's records and notes
+    ensemble: dict | None = None                   # ensemble_note, for an ensemble run
+    verified: bool = False
+    verification: dict | None = None               # verify_step's figures, then min_agreement / below_min_agreement
+    graphs: dict | None = None                     # compare_step's figures
+    engine: dict | None = None                     # engine_keys, with --format tensorrt
+    schema_version: int = EXPORT_REPORT_VERSION
+
+    @property
+    def size_ratio(self) -> float:
+        return round(self.file_bytes / self.fp32_bytes, 4)
+
+    @property
+    def packed_ratio(self) -> float:
+        return round(self.packed_bytes / self.fp32_bytes, 4)
+
+    def to_json(self) -> dict:
+        out = {"schema_version": self.schema_version, "run": self.run, "path": self.path, "format": self.format,
+               "target": self.target, "scheme": self.scheme, "arch": self.arch, "graph": self.graph, "bits": self.bits,
+               "act_bits": self.act_bits, "opset": self.opset, "dynamic_batch": self.dynamic_batch,
+               "int_bias": self.int_bias, "file_bytes": self.file_bytes, "fp32_bytes": self.fp32_bytes,
+               "packed_bytes": self.packed_bytes, "size_ratio": self.size_ratio, "packed_ratio": self.packed_ratio,
+               **self.notes}
+        if self.ensemble is not None:
+            out["ensemble"] = self.ensemble
+        out["verified"] = self.verified
+        v = dict(self.verification or {})
+        tail = {k: v.pop(k) for k in ("min_agreement", "below_min_agreement") if k in v}
+        out.update(v)
+        if self.graphs is not None:
+            out["graphs"] = self.graphs
+        out.update(tail)
+        out.update(self.engine or {})
+        return out
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    def __getitem__(self, key):
+        return self.to_json()[key]
+
+    def __iter__(self):
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())

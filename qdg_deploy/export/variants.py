@@ -8,13 +8,11 @@ The report gives both graphs' ORT-CPU latency (batch 1, interleaved blocks) and 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import onnx
 
 from ..ort_session import ort_session
+from ..timing import interleaved_medians
 from .onnx_writer import GRAPHS
 
 
@@ -24,22 +22,12 @@ def other_graph(graph: str) -> str:
 
 def ort_latency_ms(protos: dict[str, onnx.ModelProto], input_shape, *, threads: int, batch: int = 1,
                    rounds: int = 6, block: int = 8) -> dict[str, float]:
-    """Median ORT-CPU latency of each graph: rounds of `block` back-to-back runs per graph, each block's first
-    run dropped (ORT's worker threads still spin for the graph that ran before); each round starts one graph
-    later than the one before, so no graph always follows the same one."""
+    """Median ORT-CPU latency of each graph, timed side by side by the timing harness (timing.interleaved_medians:
+    rounds of `block` back-to-back runs per graph, each block's first run dropped)."""
     sessions = {k: ort_session(p, threads=threads, level="all") for k, p in protos.items()}
     x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    keys = list(sessions)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            s = sessions[k]
-            for i in range(block):
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})
-                if i:
-                    times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: round(statistics.median(v), 4) for k, v in times.items()}
+    runs = {k: (lambda x, s=s: s.run(None, {"input": x})) for k, s in sessions.items()}
+    return interleaved_medians(runs, x, rounds=rounds, block=block)
 
 
 def graph_comparison(graph: str, written: dict, other: dict, latency: dict[str, float], threads: int) -> dict:

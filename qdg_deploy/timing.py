@@ -1,4 +1,4 @@
-"""The timing loop, the trtexec way: warm up for a while, then time back-to-back iterations until both a
+"""The one timing harness (bench, export's graph comparison, benchmarks). The timing loop, the trtexec way: warm up for a while, then time back-to-back iterations until both a
 duration and a minimum iteration count are reached.
 
 Each iteration's latency is the gap between consecutive `perf_counter_ns` readings, so the latencies add
@@ -9,6 +9,7 @@ harness adds one clock read, one list append and one comparison per iteration (s
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -90,3 +91,17 @@ def time_fn(run: Callable, x, *, warmup_ms: float = 200, duration_s: float = 3.0
 def measure(run: Callable, x, batch: int, **kw) -> LatencyStats:
     times, wall, warm = time_fn(run, x, **kw)
     return summarize(times, batch, wall, warm)
+
+
+def interleaved_medians(runs: dict[str, Callable], x, *, rounds: int = 6, block: int = 8) -> dict[str, float]:
+    """Median latency (ms) of several callables timed side by side: `rounds` rounds of one block of `block`
+    back-to-back calls per callable, each block's first call a warm-up (`time_fn`'s: a runtime's worker threads
+    may still spin for the callable that ran before); each round starts one callable later, so none always
+    follows the same one."""
+    times: dict[str, list[int]] = {k: [] for k in runs}
+    keys = list(runs)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            lat, _, _ = time_fn(runs[k], x, warmup_ms=0, duration_s=0, min_iters=block - 1, max_iters=block - 1)
+            times[k].extend(lat)
+    return {k: round(statistics.median(v) / 1e6, 4) for k, v in times.items()}
