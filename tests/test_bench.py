@@ -438,7 +438,7 @@ SETTINGS_KEYS = {"accuracy", "batches", "copies", "cuda_graph", "duration_s", "i
                  "threads", "warmup_ms"}
 RECORD_KEYS = {"accuracy", "accuracy_skipped", "artifact", "artifact_kind", "artifact_path", "batch", "copies",
                "input_shape", "iterations", "latency_ms", "run_dir", "runtime", "runtime_info", "size", "threads",
-               "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations"}
+               "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations", "schema_version"}
 LATENCY_KEYS = {"max", "mean", "min", "p50", "p90", "p95", "p99", "std"}
 ACCURACY_KEYS = {"dataset", "per_domain", "seconds", "test_acc", "test_env", "val_acc"}
 ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson", "jetson_power_mode", "platform", "threads_requested",

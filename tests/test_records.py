@@ -51,3 +51,18 @@ def test_metrics_of_domain_figures_keeps_the_extras_between_the_figures_and_what
     assert list(m.to_json()) == ["schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step",
                                  "no_swad", "bits", "scheme", "method"]
     assert Metrics.from_json(m.to_json()) == m
+
+
+def test_bench_records_are_checked_in_one_place():
+    from qdg_deploy.bench.record import RECORD_VERSION, BenchRecord
+    from qdg_deploy.timing import summarize
+
+    rec = BenchRecord("m.onnx", "/x/m.onnx", "onnx", None, "ort-cpu", 1, [1, 1, 4, 4], "included", 1, {}, {},
+                      summarize([1_000_000, 2_000_000], 1), {"file_bytes": 10})
+    data = rec.to_json()
+    assert data["schema_version"] == RECORD_VERSION and data["latency_ms"]["mean"] == 1.5
+    assert BenchRecord.problem(data) is None
+    old = {k: v for k, v in data.items() if k != "schema_version"}  # a result written before the version
+    assert BenchRecord.problem(old) is None
+    assert "newer" in BenchRecord.problem({**data, "schema_version": RECORD_VERSION + 1})
+    assert "'batch' missing" in BenchRecord.problem({**data, "batch": "1"})

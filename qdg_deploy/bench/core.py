@@ -19,6 +19,7 @@ from ..data.splits import Splits
 from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
 from ..timing import measure
+from .record import BenchRecord
 from .runtimes import RUNTIMES, Session, get_runtime
 
 SCHEMA = "qdg-deploy-bench/1"
@@ -200,17 +201,9 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
                 x = rng.random((b, *shape), dtype=np.float32)
                 stats = measure(session.run, x, b, warmup_ms=warmup_ms, duration_s=duration_s,
                                 min_iters=min_iters)
-                d = stats.to_dict()
-                recs.append({
-                    "artifact": art.label, "artifact_path": str(art.path), "artifact_kind": art.kind,
-                    "run_dir": str(art.run_dir) if art.run_dir else None, "runtime": rt.name, "batch": b,
-                    "input_shape": [b, *shape], "copies": session.copies, "threads": threads,
-                    "runtime_info": session.info, "versions": rt.versions(),
-                    "latency_ms": {k[:-3]: d[k] for k in ("mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
-                                                          "min_ms", "max_ms", "std_ms")},
-                    "iterations": d["iterations"], "warmup_iterations": d["warmup_iterations"],
-                    "wall_s": d["wall_s"], "throughput_ips": d["throughput_ips"],
-                    "throughput_wall_ips": d["throughput_wall_ips"], "size": size})
+                recs.append(BenchRecord(
+                    art.label, str(art.path), art.kind, str(art.run_dir) if art.run_dir else None, rt.name, b,
+                    [b, *shape], session.copies, threads, session.info, rt.versions(), stats, size))
             progress.advance(task)
         if accuracy:
             progress.update(task, info="accuracy")
@@ -229,9 +222,8 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
         else:
             acc_reason = "--no-accuracy"
     for r in recs:
-        r["accuracy"] = acc
-        r["accuracy_skipped"] = acc_reason
+        r.accuracy, r.accuracy_skipped = acc, acc_reason
     if not recs and acc is not None:  # no batch timed (fixed batch elsewhere): keep the accuracy anyway
         skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
                         "reason": "no batch size could be timed", "accuracy": acc})
-    return recs
+    return [r.to_json() for r in recs]

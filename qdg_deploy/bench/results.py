@@ -11,6 +11,7 @@ from ..errors import QdgError
 from ..io import atomic_path, read_json
 from ..tables import FitTable, human_bytes, pct
 from .core import SCHEMA
+from .record import BenchRecord
 
 
 def _short(label: str) -> str:
@@ -134,22 +135,7 @@ def load_result(path: str | Path) -> dict:
     return data
 
 
-def _record_problem(r) -> str | None:
-    """What makes `r` unusable by `compare` (None: nothing)."""
-    def num(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-    if not isinstance(r, dict):
-        return "not an object"
-    for key, ok in (("artifact", lambda v: isinstance(v, str)), ("runtime", lambda v: isinstance(v, str)),
-                    ("batch", lambda v: isinstance(v, int)), ("throughput_ips", num),
-                    ("latency_ms", lambda v: isinstance(v, dict) and num(v.get("mean")) and num(v.get("p99"))),
-                    ("size", lambda v: isinstance(v, dict) and num(v.get("file_bytes"))),
-                    ("accuracy", lambda v: v is None or (isinstance(v, dict) and num(v.get("test_acc"))))):
-        if key == "accuracy" and key not in r:
-            continue
-        if key not in r or not ok(r[key]):
-            return f"{key!r} missing or of the wrong type"
-    return None
+_record_problem = BenchRecord.problem
 
 
 def compare(new: dict, old: dict) -> list[dict]:
