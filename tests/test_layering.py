@@ -159,3 +159,9 @@ def test_base_layers_import_only_themselves_and_the_low_modules():
     low_bad = sorted((m, t) for m, ts in graph.items() if layer(m) in LOW for t in ts if layer(t) not in LOW)
     assert low_bad == []
     assert LOW <= set(layer_graph(graph))  # each low module exists
+
+
+def test_every_package_folder_has_an_init():
+    """setuptools' find_packages (pyproject's `include = ["qdg_deploy*"]`) skips a folder without __init__.py."""
+    folders = {p.parent for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts}
+    assert sorted(str(f) for f in folders if not (f / "__init__.py").is_file()) == []
