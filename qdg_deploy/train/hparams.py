@@ -14,9 +14,10 @@ that `qdg-deploy demo` trains four models in a few minutes on 2 CPU cores, on th
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # Data set families with defaults of their own; every other data set (DomainBed, office31, folder:PATH) is "image".
 FAMILIES = ("image", "rotated-mnist", "digits")
@@ -147,7 +148,8 @@ HPARAMS: list[HParam] = [
     E("momentum", float, 0.9, low=0, high=1, help="SGD momentum (0.9)."),
     E("lr_schedule", str, "none", choices=("none", "step"), help="none (default) or step: the rate x0.1 from 80% of "
       "--steps (AlignQ's reference schedule)."),
-    E("weight_decay", float, 0.0, low=0, help="Weight decay (0; the quantizers' step sizes and zero points take none)."),
+    E("weight_decay", float, 0.0, low=0,
+      help="Weight decay (0; the quantizers' step sizes and zero points take none)."),
     E("checkpoint_freq", int, 200, family={"rotated-mnist": 50}, low=1,
       help="Evaluate (and maybe select) every N steps."),
     E("image_size", int, 224, family={"rotated-mnist": 28, "digits": 32}, low=8,
@@ -228,11 +230,11 @@ def markdown() -> str:
 
     names = {bool: "on/off", int: "integer", float: "number", str: "text", Path: "path"}
     lines = ["# `train` hyperparameters", "",
-             "Generated from `qdg_deploy/train/hparams.py` by `python -m qdg_deploy.train.hparams --markdown "
-             "docs/hparams.md`; do not edit by hand.", "",
-             "Defaults: a method's value wins over the data set family's, the option over both; every value a run "
-             "resolves is written to its `config.json` under `hparams`. `unset` is resolved as the description "
-             "says. Options not in `applies to` are refused (`error:`, exit 2), as are values out of range.", "",
+             ("Generated from `qdg_deploy/train/hparams.py` by `python -m qdg_deploy.train.hparams --markdown "
+              "docs/hparams.md`; do not edit by hand."), "",
+             ("Defaults: a method's value wins over the data set family's, the option over both; every value a run "
+              "resolves is written to its `config.json` under `hparams`. `unset` is resolved as the description "
+              "says. Options not in `applies to` are refused (`error:`, exit 2), as are values out of range."), "",
              "| option | type | default | accepts | applies to | what |", "|---|---|---|---|---|---|"]
     for h in HPARAMS:
         option = (f"`{h.option}` / `--no-{h.option[2:]}`" if h.type is bool and h.negatable else f"`{h.option}`") \
