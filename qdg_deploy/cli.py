@@ -1,11 +1,11 @@
 """`qdg-deploy`: a thin typer layer; every verb calls a plain Python function of the library.
 
-(Length: typer declares each option in the verb's signature, so `train`, with every hyperparameter a flag, runs
-past 60 lines by its parameter list alone; its body is a few lines.)"""
+`train`'s options are built from the hyperparameter table (train/hparams.py): see train_signature."""
 
 from __future__ import annotations
 
 import errno
+import inspect
 import signal
 import sys
 from contextlib import contextmanager
@@ -26,91 +26,44 @@ out = Console()
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N."
 
 
+def hparam_option(h) -> inspect.Parameter:
+    """A hyperparameter table entry (train/hparams.py) as a typer option: unset (None) by default, so the table's
+    default for the data set and method applies, unless the entry is `shown` (its default then shows in --help)."""
+    if h.type is bool and not h.negatable:
+        default, decls = False, (h.option,)
+    else:
+        default = h.default if h.shown else None
+        decls = (f"{h.option}/--no-{h.option[2:]}",) if h.type is bool else (h.option,)
+    option = typer.Option(default, *decls, help=h.help or None, rich_help_panel=h.panel)
+    return inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=h.type if default is not None else Optional[h.type])
+
+
+def _hand(name: str, annotation, option) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def train_signature() -> inspect.Signature:
+    """`train`'s options: every `cli` entry of the hyperparameter table in its order; the few that are not
+    hyperparameters (`hand`: the data set, an alias, the output) placed after the entry named, or at the end."""
+    from .train import hparams
+
+    hand = {"method": [_hand("dataset", str, typer.Option(
+                "rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, "
+                "office31, digits, or folder:PATH."))],
+            "grad_approx": [_hand("no_grad_approx", bool, typer.Option(False, "--no-grad-approx",
+                                                                       help="AlignQ: --grad-approx off."))]}
+    end = [_hand("out_dir", Path, typer.Option(Path("runs/train"), "--out", help="Run directory to write.")),
+           _hand("overwrite", bool, typer.Option(False, help="Replace a run already in --out."))]
+    params = []
+    for h in hparams.HPARAMS:
+        if h.cli:
+            params += [hparam_option(h), *hand.get(h.name, [])]
+    return inspect.Signature(params + end)
+
+
 @app.command()
-def train(
-    method: str = typer.Option("erm", help="Algorithm: erm, coral, mixstyle (each float, or quantized with --quant), "
-                               "qtdog (QT-DoG = erm --quant: LSQ quantization after --q-steps, SWAD on); "
-                               "domain adaptation (with --source/--target): dann, dsan (float, or --quant), alignq."),
-    dataset: str = typer.Option("rotated-mnist", help="rotated-mnist (embedded), PACS, VLCS, OfficeHome, "
-                                "TerraIncognita, DomainNet, office31, digits, or folder:PATH."),
-    data_dir: Optional[str] = typer.Option(None, help="Root holding the DomainBed folders (PACS/, office_home/, ...)."),
-    class_map: Optional[Path] = typer.Option(None, help="Folder data sets: JSON {domain: {folder: class}} mapping "
-                                             "differently named class folders onto one label space."),
-    test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
-    arch: Optional[str] = typer.Option(None, help="digits-resnet (rotated-mnist's default), mnist-cnn, "
-                                      "resnet18, resnet50 (default by data set)."),
-    weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default by data set)."),
-    q_steps: Optional[int] = typer.Option(None, help="QT-DoG: float steps before the network is quantized."),
-    scheme: Optional[str] = typer.Option(None, help="Quantization scheme: paper (W7 weight-only, default), trt (W8A8 int8), "
-                                         "ort (W8A8 uint8 act), alignq (W4A4 convs, image and classifier float; "
-                                         "default for dann/dsan/alignq)."),
-    bits: Optional[int] = typer.Option(None, help="Weight bits 2..8 (overrides the scheme)."),
-    act_bits: Optional[int] = typer.Option(None, help="Activation bits 2..8; 0 keeps activations float."),
-    quantizer: Optional[str] = typer.Option(None, help="Quantizer: lsq (default), dorefa, uniform, apot, bwn (1 bit), "
-                                            "daq (AlignQ's default)."),
-    source: Optional[str] = typer.Option(None, help="Domain adaptation: labelled source domain (with --target)."),
-    target: Optional[str] = typer.Option(None, help="Domain adaptation: unlabelled target domain, reported as the "
-                                         "test domain."),
-    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="erm/coral/mixstyle/dann/dsan: quantize "
-                                         "(--scheme, --bits, --quantizer) after --q-steps, or from the start with --init."),
-    q_init: Optional[str] = typer.Option(None, help="Where LSQ step sizes start when the network is quantized: lsq "
-                                         "(default: 2·mean|x|/√Qp), or a calibrated range on that step's batch: "
-                                         "minmax, percentile, mse."),
-    q_lr: Optional[float] = typer.Option(None, help="Learning rate of the quantizers' step sizes and zero points "
-                                         "(their own Adam group, no weight decay; default: see README)."),
-    freeze_after_swap: Optional[bool] = typer.Option(None, "--freeze-after-swap/--no-freeze-after-swap",
-                                                     help="QT-DoG as its reference code runs: after --q-steps the "
-                                                     "quantized layers and step sizes stop training (off: the paper)."),
-    swad: Optional[bool] = typer.Option(None, "--swad/--no-swad", help="SWAD dense weight averaging in the loss "
-                                        "valley (default: on for qtdog and --quant DG methods, off otherwise)."),
-    swad_n_converge: Optional[int] = typer.Option(None, help="SWAD: evaluations that open the valley (3)."),
-    swad_n_tolerance: Optional[int] = typer.Option(None, help="SWAD: look-ahead evaluations that keep it open (6)."),
-    swad_tolerance_ratio: Optional[float] = typer.Option(None, help="SWAD: loss threshold over the opening mean (0.3)."),
-    swad_bn_steps: Optional[int] = typer.Option(None, help="Batches that recompute BatchNorm statistics after "
-                                                "averaging (100; 0 keeps the last iterate's)."),
-    sma: Optional[int] = typer.Option(None, help="EoA's simple moving average of every iterate from this step "
-                                      "(instead of SWAD)."),
-    coral_weight: Optional[float] = typer.Option(None, help="CORAL: weight of the feature-alignment penalty (1)."),
-    mixstyle_p: Optional[float] = typer.Option(None, help="MixStyle: probability of mixing a batch (0.5)."),
-    mixstyle_alpha: Optional[float] = typer.Option(None, help="MixStyle: Beta(alpha, alpha) mixing weights (0.1)."),
-    init: Optional[str] = typer.Option(None, help="Start from this run directory's weights (progressive 8→4→3→2 bits); "
-                                       "quantizes from the first step."),
-    crp: Optional[bool] = typer.Option(None, "--crp/--no-crp", help="AlignQ: contrastive relation preservation (ADMM)."),
-    grad_approx: Optional[str] = typer.Option(None, "--grad-approx", help="AlignQ's gradient approximation: chain "
-                                              "(default; in round's derivative), legacy (the old multiply of the "
-                                              "gradient), off; a bare --grad-approx is chain."),
-    no_grad_approx: bool = typer.Option(False, "--no-grad-approx", help="AlignQ: --grad-approx off."),
-    act_range: Optional[float] = typer.Option(None, help="AlignQ: DAQ activation range (default 2)."),
-    lam: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda (default 1)."),
-    lam2: Optional[float] = typer.Option(None, help="AlignQ gradient approximation lambda2 (default 4)."),
-    da: Optional[str] = typer.Option(None, help="AlignQ's network: dann (default) or dsan."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size per training domain."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default by data set and optimizer)."),
-    optimizer: Optional[str] = typer.Option(None, help="adam (default) or sgd (default for dann, dsan, alignq)."),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum (0.9)."),
-    lr_schedule: Optional[str] = typer.Option(None, help="none (default) or step: the rate x0.1 from 80% of --steps "
-                                              "(AlignQ's reference schedule)."),
-    weight_decay: Optional[float] = typer.Option(None),
-    checkpoint_freq: Optional[int] = typer.Option(None, help="Evaluate (and maybe select) every N steps."),
-    image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
-    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics frozen."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    amp: Optional[str] = typer.Option(None, help="Autocast of the float parts: bf16, fp16 (CUDA) or off (default: "
-                                      "bf16 on a CUDA device that supports it, off on the CPU); fake-quant stays "
-                                      "float32."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory layout (faster convs "
-                                       "on recent GPUs)."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes per domain stream of a folder "
-                                          "data set (default: none on the CPU; on a GPU up to 4 in all)."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="torch's deterministic algorithms only."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.ckpt (written every "
-                                "--checkpoint-freq steps) where a killed run left one."),
-    seed: int = typer.Option(0),
-    out_dir: Path = typer.Option(Path("runs/train"), "--out", help="Run directory to write."),
-    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
-):
+def train(**options):
     """Train leave-one-domain-out; select by training-domain validation; write config/model/metrics.
 
     Under `torchrun --nproc-per-node N` it trains data parallel (DistributedDataParallel); rank 0 writes."""
@@ -118,19 +71,11 @@ def train(
     from .train import train as run_train
     from .tables import per_domain_table, runs_table, with_unaveraged
 
-    hp = resolve_hparams(dataset, method=method, data_dir=data_dir, test_env=test_env, arch=arch, weights=weights,
-                         steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
-                         quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
-                         threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
-                         grad_approx="off" if no_grad_approx else grad_approx, optimizer=optimizer,
-                         momentum=momentum, lr_schedule=lr_schedule, act_range=act_range, lam=lam, lam2=lam2, da=da,
-                         q_lr=q_lr, freeze_after_swap=freeze_after_swap, q_init=q_init, swad=swad,
-                         swad_n_converge=swad_n_converge,
-                         swad_n_tolerance=swad_n_tolerance, swad_tolerance_ratio=swad_tolerance_ratio,
-                         swad_bn_steps=swad_bn_steps, sma=sma, coral_weight=coral_weight, mixstyle_p=mixstyle_p,
-                         mixstyle_alpha=mixstyle_alpha, class_map=class_map, device=device, amp=amp,
-                         channels_last=channels_last, workers=workers, deterministic=deterministic, resume=resume)
+    dataset, out_dir, overwrite = options.pop("dataset"), options.pop("out_dir"), options.pop("overwrite")
+    if options.pop("no_grad_approx"):
+        options["grad_approx"] = "off"
+    method = options["method"]
+    hp = resolve_hparams(dataset, **options)
     result = run_train(hp, out_dir, console=console, overwrite=overwrite)
     runs = result["runs"]
     if None in runs.values():  # a torchrun rank other than 0: rank 0 reports
@@ -142,6 +87,10 @@ def train(
     else:
         out.print(runs_table(method, runs))
         out.print(f"runs written under {out_dir}")
+
+
+# typer reads the options from the signature (the table's, built on import; tests that change the table rebuild it).
+train.__signature__ = train_signature()  # type: ignore[attr-defined]
 
 
 _PTQ_HELP = dict(

@@ -30,7 +30,7 @@ from .dist import check_distributed, close_dist, init_dist
 from .resume import LAST, read_checkpoint, restore, save_checkpoint
 from .streams import infinite_batches
 from .methods import get_algorithm
-from .hparams import METHOD_DEFAULTS, default_hparams
+from .hparams import default_hparams, method_defaults
 from .swad import WeightAveraging, recompute_bn
 from .validate import check_applicable, check_choices, check_ranges
 
@@ -43,7 +43,7 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
     hp = default_hparams(dataset)
     given = {k: v for k, v in overrides.items() if v is not None}
     check_applicable(given.get("method") or hp["method"], given)
-    hp.update(METHOD_DEFAULTS.get(overrides.get("method") or hp["method"], {}))
+    hp.update(method_defaults(overrides.get("method") or hp["method"]))
     hp.update({k: v for k, v in overrides.items() if v is not None})
     hp["dataset"] = dataset
     if hp.get("swad") is None:  # SWAD by default where QT-DoG uses it: quantized DG training

@@ -23,16 +23,18 @@ from ..errors import QdgError
 from ..io import atomic_path
 from ..quant import is_quantized
 from ..runs import CHECKPOINT
+from . import hparams
 from .swad import LossValley, RunningAverage, Segment
 
 LAST = CHECKPOINT
 FORMAT = 1
-# Options that say where and how fast a run computes, not what it computes: a resumed run may change them.
-RUNTIME_KEYS = ("device", "amp", "channels_last", "threads", "workers", "deterministic", "resume")
 
 
 def run_signature(hp: dict) -> str:
-    return json.dumps({k: v for k, v in hp.items() if k not in RUNTIME_KEYS}, sort_keys=True, default=str)
+    """The options a run computes with; those that say only where and how fast (the table's `runtime` ones: device,
+    amp, threads, ...) are left out, so a resumed run may change them."""
+    runtime = {h.name for h in hparams.HPARAMS if h.runtime}
+    return json.dumps({k: v for k, v in hp.items() if k not in runtime}, sort_keys=True, default=str)
 
 
 def average_state(avg: RunningAverage, ids: dict) -> int:
