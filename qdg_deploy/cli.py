@@ -38,8 +38,12 @@ def train(
                                              "differently named class folders onto one label space."),
     test_env: str = typer.Option("0", help="Held-out domain: a name, an index, or 'all' for every one in turn."),
     arch: Optional[str] = typer.Option(None, help="digits-resnet (rotated-mnist's default), mnist-cnn, "
-                                      "resnet18, resnet50 (default by data set)."),
+                                      "resnet18, resnet50 (default by data set), tv:NAME (any torchvision "
+                                      "classifier), timm:NAME (any timm model); see `qdg-deploy models`."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="tv:/timm: archs: the library's default ImageNet "
+                                    "weights, from its own cache (torch hub / Hugging Face; downloaded there when "
+                                    "online); classifier and stem of other shapes start fresh."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default by data set)."),
     q_steps: Optional[int] = typer.Option(None, help="QT-DoG: float steps before the network is quantized."),
     scheme: Optional[str] = typer.Option(None, help="Quantization scheme: paper (W7 weight-only, default), trt (W8A8 int8), "
@@ -119,6 +123,7 @@ def train(
     from .tables import per_domain_table, runs_table, with_unaveraged
 
     hp = resolve_hparams(dataset, method=method, data_dir=data_dir, test_env=test_env, arch=arch, weights=weights,
+                         pretrained=pretrained or None,
                          steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
                          quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,

@@ -68,7 +68,33 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["bits"], hp["act_bits"] = scheme.weight.bits, scheme.act.bits if scheme.act else 0
     if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
         hp["class_map"] = load_class_map(str(hp["class_map"]))
+    backbone_input(hp, given)
     return hp
+
+
+def backbone_input(hp: dict, given: dict) -> None:
+    """Folder data sets read by a tv:/timm: backbone take its pretrained input pipeline (size, resize, crop,
+    interpolation, mean/std; --image-size overrides the size): hp["input"], which every later reader of the data
+    (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any work."""
+    from ..models import zoo
+    if hp["arch"].startswith((zoo.TV, zoo.TIMM)):
+        zoo.check_name(hp["arch"])
+    if hp["dataset"] == "rotated-mnist" or "input" in hp:
+        return
+    cfg = zoo.input_config(hp["arch"], given.get("image_size"))
+    if cfg is not None:
+        hp["input"], hp["image_size"] = cfg, cfg["size"]
+
+
+def random_init_warning(hp: dict) -> str | None:
+    """DomainBed's image benchmarks (and QT-DoG, SWAD) fine-tune an ImageNet-pretrained backbone: a run of an
+    ImageNet-size network that starts from random weights is not their protocol."""
+    if hp["dataset"] in ("rotated-mnist", "digits") or hp["arch"] in ("mnist-cnn", "digits-resnet"):
+        return None
+    if hp.get("weights") or hp.get("pretrained") or hp.get("init"):
+        return None
+    return (f"{hp['arch']} trains from random weights on {hp['dataset']}: the DomainBed protocol (and QT-DoG's) "
+            f"assumes ImageNet weights (--pretrained with a tv:/timm: arch, or --weights FILE)")
 
 
 def apply_init(hp: dict) -> dict | None:
@@ -267,6 +293,8 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     notes = getattr(ds, "notes", [])
     for note in notes if dist.main else ():  # e.g. a domain lacking classes: it trains (accuracy over those it has)
         (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if dist.main and (warning := random_init_warning(hp)):
+        (console or Console(stderr=True)).print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     algo.place(device, amp, bool(hp.get("channels_last")), dist)
     result = Fit(WeightAveraging(hp, algo.averaging_start()))
@@ -319,7 +347,7 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
     config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": ds.domains,
               "test_env_index": setup.test_env, "classes": ds.classes,
               "model": model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-              "size": model_size(algo.network), "history": result.history,
+              "input": getattr(ds, "pipeline", None), "size": model_size(algo.network), "history": result.history,
               "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
         config["init"] = init
@@ -342,7 +370,7 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
     domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
-                          class_map=hp.get("class_map")).domains
+                          class_map=hp.get("class_map"), input_cfg=hp.get("input")).domains
     for d in domains:  # every output folder, before the first domain trains
         prepare_out(out / d, overwrite, hp.get("resume", False))
     runs = {}
