@@ -559,6 +559,38 @@ def report_cmd(
     out.print(f"written {md} and {js}")
 
 
+@app.command("models")
+def models_cmd(
+    filter_text: Optional[str] = typer.Option(None, "--filter", help="Only names containing this text "
+                                              "(case-insensitive), e.g. tv:, timm:mobilenet, efficientnet."),
+    check_export: bool = typer.Option(False, "--check", help="Also build each listed network (random init) and "
+                                      "say whether the exporter lowers every op, or the first it cannot: about a "
+                                      "second per model, so narrow the list with --filter."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+):
+    """The architectures --arch takes: the short names, tv:NAME (torchvision) and timm:NAME (timm).
+
+    Listing is instant; the exporter check (--check) builds every listed model, so it runs only when asked."""
+    import json
+
+    from .models.listing import list_models
+    from .tables import FitTable
+
+    rows = list_models(filter_text, check=check_export)
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        raise QdgError(f"no model name contains {filter_text!r}")
+    cols = [("arch", "left"), ("library", "left"), ("pretrained", "left")] + ([("exporter", "left")] if check_export
+                                                                             else [])
+    table = FitTable(f"{len(rows)} model(s)" + ("" if check_export else " (--check: exporter support)"), cols)
+    for r in rows:
+        pre = {True: "yes", False: "no", None: "-"}[r["pretrained"]]
+        table.add_row(r["arch"], r["library"], pre, *([r["export"]] if check_export else []))
+    out.print(table)
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go (replaced)."),
@@ -578,7 +610,7 @@ def check_threads(threads: Optional[int]) -> None:
 
 
 # Verbs that compute with torch: main imports it first, with Ctrl-C held back (see sigint_held).
-TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness"}
+TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness", "models"}
 
 
 @contextmanager
