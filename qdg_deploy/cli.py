@@ -235,17 +235,22 @@ def sensitivity(
 
 @app.command("eval")
 def eval_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json)."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `train`, or an exported .onnx (ONNX "
+                                   "Runtime CPU; its metadata names the data set, split and input pipeline)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json; "
+                                             "X.eval.json beside an X.onnx)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    data_dir: Optional[str] = typer.Option(None, help="An .onnx: where its data set lives now (default: the "
+                                           "data_dir in its metadata)."),
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
     from .tables import per_domain_table
     from .evaluate_run import evaluate_run
 
-    result = evaluate_run(run_dir, json_path, device=device)
+    result = evaluate_run(run_dir, json_path, device=device, data_dir=data_dir)
     out.print(per_domain_table({result["method"]: result}))
-    out.print(f"written {json_path or run_dir / 'eval.json'}")
+    default = run_dir.with_name(run_dir.stem + ".eval.json") if "onnx" in result else run_dir / "eval.json"
+    out.print(f"written {json_path or default}")
 
 
 @app.command()

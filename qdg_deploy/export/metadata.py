@@ -9,6 +9,8 @@ directory to feed it correctly and name its outputs:
     classes, domains, dataset   output index -> class name; the data set's domains; its name
     test_env                    the held-out domain
     method, scheme, bits, act_bits, target, format, arch
+    data                        how the run's splits are rebuilt (dataset, data_dir, seed, holdout_fraction,
+                                image_size, class_map, input, test_env_index): `eval` / `bench` of a bare .onnx
 
 The keys and values never change the graph: nodes and initializers are what they are without them."""
 
@@ -20,7 +22,8 @@ import onnx
 
 from .. import __version__
 
-JSON_KEYS = ("input_size", "mean", "std", "input", "classes", "domains")
+JSON_KEYS = ("input_size", "mean", "std", "input", "classes", "domains", "data")
+DATA_KEYS = ("dataset", "data_dir", "seed", "holdout_fraction", "image_size", "class_map", "input")
 
 
 def base_metadata(input_shape, target: str, fmt: str) -> dict[str, str]:
@@ -53,7 +56,24 @@ def run_metadata(config: dict, report: dict) -> dict[str, str]:
             "bits": str(report.get("bits")), "act_bits": str(report.get("act_bits"))}
     if isinstance(test, int) and 0 <= test < len(domains):
         meta["test_env"] = domains[test]
+    hp = config.get("hparams", {})
+    meta["data"] = json.dumps({**{k: hp.get(k) for k in DATA_KEYS}, "test_env_index": test}, sort_keys=True)
     return meta
+
+
+def config_from_metadata(meta: dict) -> dict | None:
+    """The parts of a run's config.json that evaluating an exported model needs (hparams to rebuild the splits,
+    the held-out domain, classes, domains, input shape), from its metadata; None where it lacks them."""
+    data = meta.get("data")
+    if not isinstance(data, dict) or not isinstance(meta.get("input_size"), list) or "dataset" not in data:
+        return None
+    hp = {k: data.get(k) for k in DATA_KEYS}
+    scheme = meta.get("scheme")
+    return {"hparams": {**hp, "method": meta.get("method")}, "dataset": data["dataset"],
+            "test_env_index": data.get("test_env_index"), "classes": meta.get("classes"),
+            "domains": meta.get("domains"), "from_metadata": True,
+            "model": {"arch": meta.get("arch"), "input_shape": meta["input_size"],
+                      "scheme": None if scheme in (None, "None") else scheme}}
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:

@@ -237,6 +237,20 @@ def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) 
                        f"{str(e).splitlines()[0]}") from None
 
 
+def backbone_input(hp: dict, image_size: int | None) -> None:
+    """Folder data sets read by a tv:/timm: backbone take its pretrained input pipeline (size, resize, crop,
+    interpolation, mean/std; a given `image_size` overrides the size): hp["input"], which every later reader of
+    the data (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any
+    work. rotated-mnist keeps its own pipeline."""
+    if hp["arch"].startswith((TV, TIMM)):
+        check_name(hp["arch"])
+    if hp["dataset"] == "rotated-mnist" or hp.get("input"):
+        return
+    cfg = input_config(hp["arch"], image_size)
+    if cfg is not None:
+        hp["input"], hp["image_size"] = cfg, cfg["size"]
+
+
 def input_config(arch: str, image_size: int | None = None) -> dict | None:
     """The eval pipeline a tv:/timm: backbone's pretrained weights expect: image size, resize (shorter side),
     centre crop, interpolation, mean/std; `image_size` overrides the size (the resize keeps the crop fraction).

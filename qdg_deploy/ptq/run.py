@@ -16,6 +16,7 @@ from torch.utils.data import Subset
 
 from .. import __version__
 from ..data import load_class_map, run_splits
+from ..models.zoo import backbone_input
 from ..data.base import DGDataset, DomainSplit
 from ..device import resolve_device
 from ..errors import QdgError
@@ -59,6 +60,7 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
     if class_map:
         hp["class_map"] = load_class_map(str(class_map))
+    backbone_input(hp, image_size)  # a tv:/timm: arch's input pipeline for folder data
     ds, splits = run_splits(hp)
     net = float_from_file(source, arch, ds.input_shape[0], ds.num_classes)
     return Source(net, hp, ds, splits, ds.domain_index(hp["test_env"]), {"weights": str(source), "arch": arch})
@@ -174,7 +176,7 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
     config = {"qdg_deploy_version": __version__, "hparams": hp, "dataset": hp["dataset"], "domains": src.ds.domains,
               "test_env_index": src.test, "classes": src.ds.classes,
               "model": model_record(hp["arch"], src.ds.input_shape, src.ds.num_classes, scheme),
-              "size": model_size(model), "calibration": info,
+              "input": getattr(src.ds, "pipeline", None), "size": model_size(model), "calibration": info,
               "calibrate_seconds": round(time.perf_counter() - start, 1)}
     save_run(out, config, model.state_dict(), metrics)
     return metrics

@@ -23,6 +23,7 @@ from ..device import keep_freed_memory, resolve_amp, resolve_device
 from ..data import get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..evaluation import accuracy_and_loss, domain_metrics, make_progress
+from ..models.zoo import backbone_input
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
@@ -68,22 +69,8 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["bits"], hp["act_bits"] = scheme.weight.bits, scheme.act.bits if scheme.act else 0
     if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
         hp["class_map"] = load_class_map(str(hp["class_map"]))
-    backbone_input(hp, given)
+    backbone_input(hp, given.get("image_size"))
     return hp
-
-
-def backbone_input(hp: dict, given: dict) -> None:
-    """Folder data sets read by a tv:/timm: backbone take its pretrained input pipeline (size, resize, crop,
-    interpolation, mean/std; --image-size overrides the size): hp["input"], which every later reader of the data
-    (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any work."""
-    from ..models import zoo
-    if hp["arch"].startswith((zoo.TV, zoo.TIMM)):
-        zoo.check_name(hp["arch"])
-    if hp["dataset"] == "rotated-mnist" or "input" in hp:
-        return
-    cfg = zoo.input_config(hp["arch"], given.get("image_size"))
-    if cfg is not None:
-        hp["input"], hp["image_size"] = cfg, cfg["size"]
 
 
 def random_init_warning(hp: dict) -> str | None:
