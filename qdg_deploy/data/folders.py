@@ -158,7 +158,7 @@ def backbone_transforms(cfg: dict):
     eval pipeline: shorter side resized to `resize`, centre crop `size` (eval)."""
     mode = T.InterpolationMode(cfg["interpolation"])
     normalize = T.Normalize(cfg["mean"], cfg["std"])
-    return domainbed_transforms(cfg["size"], normalize, mode), T.Compose(
+    return domainbed_transforms(cfg["size"], normalize, mode)[0], T.Compose(
         [T.Resize(cfg["resize"], interpolation=mode), T.CenterCrop(cfg["size"]), T.ToTensor(), normalize])
 
 

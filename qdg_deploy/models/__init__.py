@@ -43,21 +43,28 @@ def build_model(name: str, in_channels: int, num_classes: int, weights: str | Pa
                 pretrained: bool = False) -> nn.Module:
     """The network `name` for `in_channels` and `num_classes`; `weights`: a local state dict (backbone loaded,
     tensors of another shape skipped); `pretrained`: the library's default ImageNet weights (tv:/timm: only)."""
-    if weights and pretrained:
-        raise QdgError("--weights FILE and --pretrained both give the starting weights: choose one")
+    check_arch(name, weights, pretrained)
     if name.startswith((zoo.TV, zoo.TIMM)):
         net = zoo.build_zoo(name, in_channels, num_classes, pretrained)
-    elif name in MODELS:
-        if pretrained:
-            hint = f" (as tv:{name}, torchvision's {name})" if name in zoo.tv_names() else ""
-            raise QdgError(f"--pretrained loads a library's ImageNet weights: give a tv:NAME or timm:NAME "
-                           f"architecture{hint}, or --weights FILE for {name}")
-        net = MODELS[name](in_channels, num_classes)
     else:
-        raise QdgError(f"unknown model {name!r}{unknown_hint(name)}")
+        net = MODELS[name](in_channels, num_classes)
     if weights:
         load_pretrained(net, weights)
     return net
+
+
+def check_arch(name: str, weights=None, pretrained: bool = False) -> None:
+    """QdgError for a name no library has (the closest ones listed) or a --pretrained it cannot honour."""
+    if weights and pretrained:
+        raise QdgError("--weights FILE and --pretrained both give the starting weights: choose one")
+    if name.startswith((zoo.TV, zoo.TIMM)):
+        zoo.check_name(name)
+    elif name not in MODELS:
+        raise QdgError(f"unknown model {name!r}{unknown_hint(name)}")
+    elif pretrained:
+        hint = f" (as tv:{name}, torchvision's {name})" if name in zoo.tv_names() else ""
+        raise QdgError(f"--pretrained loads a library's ImageNet weights: give a tv:NAME or timm:NAME "
+                       f"architecture{hint}, or --weights FILE for {name}")
 
 
 def unknown_hint(name: str) -> str:

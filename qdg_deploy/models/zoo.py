@@ -242,8 +242,8 @@ def backbone_input(hp: dict, image_size: int | None) -> None:
     interpolation, mean/std; a given `image_size` overrides the size): hp["input"], which every later reader of
     the data (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any
     work. rotated-mnist keeps its own pipeline."""
-    if hp["arch"].startswith((TV, TIMM)):
-        check_name(hp["arch"])
+    from . import check_arch
+    check_arch(hp["arch"], hp.get("weights"), bool(hp.get("pretrained")))
     if hp["dataset"] == "rotated-mnist" or hp.get("input"):
         return
     cfg = input_config(hp["arch"], image_size)
