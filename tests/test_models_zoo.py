@@ -240,6 +240,9 @@ def test_pretrained_train_export_metadata_and_bare_onnx_eval(caches, capsys):
     code, _, err = cli(capsys, "eval", run)
     want = json.loads((run / "eval.json").read_text())
     assert got["per_domain"] == want["per_domain"] and got["test_env"] == "photo"
+    from qdg_deploy import bench as B  # bench of the bare file scores it on the data set its metadata names
+    rec = B.bench([bare], ["ort-cpu"], [1], warmup_ms=0, duration_s=0.01, min_iters=1, threads=1)["records"][0]
+    assert rec["accuracy"]["per_domain"]["photo"]["acc"] == pytest.approx(want["test_acc"])
 
 
 def test_random_init_on_folder_data_warns_once(tmp_path, capsys):
