@@ -168,7 +168,7 @@ def calibrate(
     test_env: Optional[str] = typer.Option(None, help="Held-out domain (never read for calibration); a run "
                                            "directory's own by default, 0 for a weights file."),
     arch: Optional[str] = typer.Option(None, help="The network a weights file holds: digits-resnet, mnist-cnn, "
-                                       "resnet18, resnet50."),
+                                       "resnet18, resnet50, tv:NAME, timm:NAME (see `qdg-deploy models`)."),
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
     method: str = typer.Option("percentile", help=_PTQ_HELP["method"]),
     percentile: float = typer.Option(99.99, help="--method percentile: the percentile of |x| kept unclipped."),

@@ -80,14 +80,20 @@ def unknown_hint(name: str) -> str:
         " (or tv:NAME, timm:NAME: `qdg-deploy models` lists them)"
 
 
+def weights_name_hint(path: str | Path) -> str:
+    """For a torchvision weights name given where a file is expected (IMAGENET1K_V1, DEFAULT): a pointer to
+    --pretrained; '' otherwise."""
+    if re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", str(path)):
+        return (f" ({path} looks like a torchvision weights name, not a file: --pretrained with --arch tv:NAME "
+                f"loads the library's default ImageNet weights)")
+    return ""
+
+
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file, never executing code from it."""
     path = Path(path)
     if not path.is_file():
-        if re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", str(path)):  # IMAGENET1K_V1: torchvision's weights names
-            raise QdgError(f"weights file not found: {path} looks like a torchvision weights name, not a file: "
-                           f"--pretrained loads the library's default ImageNet weights (with --arch tv:NAME)")
-        raise QdgError(f"weights file not found: {path}")
+        raise QdgError(f"weights file not found: {path}{weights_name_hint(path)}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -51,7 +51,8 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     if source.is_dir():
         return _run_source(source, dataset, test_env, arch)
     if not source.is_file():
-        raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file")
+        from ..models import weights_name_hint
+        raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file{weights_name_hint(source)}")
     if not arch:
         raise QdgError(f"SOURCE {source} is a weights file: say which network it holds with --arch")
     dataset = dataset or "rotated-mnist"
