@@ -157,6 +157,22 @@ def test_pretrained_offline_without_cache_is_one_line(arch, fragments, caches, c
     assert snapshot(ws, tree) == before  # no run directory, nothing else
 
 
+def test_timm_pretrained_online_setting_without_network_fails_fast(caches, monkeypatch):
+    """Not offline, but the hub unreachable (an endpoint nobody listens on): one connection attempt, no retries."""
+    import time
+
+    import huggingface_hub  # noqa: F401  (imports are not what is timed)
+    import timm  # noqa: F401
+
+    build_model("timm:test_resnet", 3, 5)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(QdgError, match="cannot reach 127.0.0.1:9.*--weights FILE"):
+        build_model("timm:test_resnet", 3, 5, pretrained=True)
+    assert time.perf_counter() - start < 10
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--arch", "tv:nope"], ["unknown torchvision model 'tv:nope'", "closest: tv:"]),
     (["--arch", "timm:nope"], ["unknown timm model 'timm:nope'", "closest: timm:"]),

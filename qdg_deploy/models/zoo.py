@@ -208,14 +208,35 @@ def timm_weights_file(cfg: dict) -> Path:
     where = f"the Hugging Face cache {cache / ('models--' + repo.replace('/', '--'))}"
     if hf_offline():
         raise no_weights(f"timm's weights {repo} ({' or '.join(names)})", where, "HF_HUB_OFFLINE is set")
+    # one connection attempt first: huggingface_hub retries a failed request for ~20 s per file, with a warning each
+    if (unreachable := hub_unreachable()) is not None:
+        raise no_weights(f"timm's weights {repo} ({' or '.join(names)})", where, unreachable)
+    import logging
+    hub_log = logging.getLogger("huggingface_hub")
+    level, hub_log.level = hub_log.level, logging.ERROR
     errors = []
-    for n in names:
-        try:
-            return Path(hf_hub_download(repo, n, revision=revision or None, cache_dir=str(cache),
-                                        etag_timeout=NET_TIMEOUT_S))
-        except Exception as e:
-            errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    try:
+        for n in names:
+            try:
+                return Path(hf_hub_download(repo, n, revision=revision or None, cache_dir=str(cache),
+                                            etag_timeout=NET_TIMEOUT_S))
+            except Exception as e:
+                errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        hub_log.level = level
     raise no_weights(f"timm's weights {repo} ({' or '.join(names)})", where, errors[0])
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face endpoint (HF_ENDPOINT) cannot be reached by one TCP connection, or None."""
+    from huggingface_hub import constants
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=NET_TIMEOUT_S).close()
+    except OSError as e:
+        return f"cannot reach {url.hostname}:{port}: {e.strerror or e}"
+    return None
 
 
 def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) -> nn.Module:
