@@ -184,9 +184,9 @@ def hf_cache_dir() -> Path:
 
 
 def hf_offline() -> bool:
-    from huggingface_hub import constants
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as the environment says now, as huggingface_hub reads it."""
     flag = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return flag in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+    return flag in ("1", "ON", "YES", "TRUE")
 
 
 def timm_weights_file(cfg: dict) -> Path:
