@@ -112,7 +112,7 @@ def calibrate(
     test_env: Optional[str] = typer.Option(None, help="Held-out domain (never read for calibration); a run "
                                            "directory's own by default, 0 for a weights file."),
     arch: Optional[str] = typer.Option(None, help="The network a weights file holds: digits-resnet, mnist-cnn, "
-                                       "resnet18, resnet50."),
+                                       "resnet18, resnet50, tv:NAME, timm:NAME (see `qdg-deploy models`)."),
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
     method: str = typer.Option("percentile", help=_PTQ_HELP["method"]),
     percentile: float = typer.Option(99.99, help="--method percentile: the percentile of |x| kept unclipped."),
@@ -180,17 +180,22 @@ def sensitivity(
 
 @app.command("eval")
 def eval_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `train`."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json)."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `train`, or an exported .onnx (ONNX "
+                                   "Runtime CPU; its metadata names the data set, split and input pipeline)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the JSON (default RUN_DIR/eval.json; "
+                                             "X.eval.json beside an X.onnx)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    data_dir: Optional[str] = typer.Option(None, help="An .onnx: where its data set lives now (default: the "
+                                           "data_dir in its metadata)."),
 ):
     """Per-domain accuracy of a trained run (in/out splits, held-out domain marked)."""
     from .tables import per_domain_table
     from .workflows.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, json_path, device=device)
+    result = evaluate_run(run_dir, json_path, device=device, data_dir=data_dir)
     out.print(per_domain_table({result["method"]: result}))
-    out.print(f"written {json_path or run_dir / 'eval.json'}")
+    default = run_dir.with_name(run_dir.stem + ".eval.json") if "onnx" in result else run_dir / "eval.json"
+    out.print(f"written {json_path or default}")
 
 
 @app.command()
@@ -507,6 +512,38 @@ def report_cmd(
     out.print(f"written {md} and {js}")
 
 
+@app.command("models")
+def models_cmd(
+    filter_text: Optional[str] = typer.Option(None, "--filter", help="Only names containing this text "
+                                              "(case-insensitive), e.g. tv:, timm:mobilenet, efficientnet."),
+    check_export: bool = typer.Option(False, "--check", help="Also build each listed network (random init) and "
+                                      "say whether the exporter lowers every op, or the first it cannot: about a "
+                                      "second per model, so narrow the list with --filter."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+):
+    """The architectures --arch takes: the short names, tv:NAME (torchvision) and timm:NAME (timm).
+
+    Listing is instant; the exporter check (--check) builds every listed model, so it runs only when asked."""
+    import json
+
+    from .models.listing import list_models
+    from .tables import FitTable
+
+    rows = list_models(filter_text, check=check_export)
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        raise QdgError(f"no model name contains {filter_text!r}")
+    cols = [("arch", "left"), ("library", "left"), ("pretrained", "left")] + ([("exporter", "left")] if check_export
+                                                                             else [])
+    table = FitTable(f"{len(rows)} model(s)" + ("" if check_export else " (--check: exporter support)"), cols)
+    for r in rows:
+        pre = {True: "yes", False: "no", None: "-"}[r["pretrained"]]
+        table.add_row(r["arch"], r["library"], pre, *([r["export"]] if check_export else []))
+    out.print(table)
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go (replaced)."),
@@ -526,7 +563,7 @@ def check_threads(threads: Optional[int]) -> None:
 
 
 # Verbs that compute with torch: main imports it first, with Ctrl-C held back (see sigint_held).
-TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness"}
+TORCH_VERBS = {"train", "calibrate", "sensitivity", "eval", "export", "bench", "ensemble", "flatness", "models"}
 
 
 @contextmanager

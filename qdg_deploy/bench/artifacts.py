@@ -2,7 +2,8 @@
 
 The data set of an `.onnx` / `.engine` comes from the run directory around it: its parent directory when
 that holds a `config.json` written by `qdg-deploy train` (where `qdg-deploy export` writes
-`RUN_DIR/model.onnx`). A bare file with no run directory is still timed and sized; its accuracy is
+`RUN_DIR/model.onnx`); for a bare `.onnx`, from the metadata the exporter wrote into it (data set, split seed,
+input pipeline: export/metadata.py). A bare file without either is still timed and sized; its accuracy is
 skipped with that reason.
 """
 
@@ -29,7 +30,15 @@ class Artifact:
 
     @cached_property
     def config(self) -> dict | None:
-        return read_run_json(self.run_dir / CONFIG) if self.run_dir else None
+        if self.run_dir:
+            return read_run_json(self.run_dir / CONFIG)
+        if self.kind == "onnx":  # a bare export: what its metadata says of its run
+            from ..export.metadata import config_from_metadata, read_metadata
+            try:
+                return config_from_metadata(read_metadata(self.path))
+            except Exception:  # not readable as ONNX: the runtime says so when it opens it
+                return None
+        return None
 
     @property
     def onnx_path(self) -> Path | None:

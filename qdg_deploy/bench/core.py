@@ -207,8 +207,9 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
             progress.advance(task)
         if accuracy:
             progress.update(task, info="accuracy")
-            if art.run_dir is None:
-                acc_reason = "no run directory around the artifact (parent with config.json): data set unknown"
+            if art.config is None:
+                acc_reason = ("no run directory around the artifact (parent with config.json) and no data set in "
+                              "its metadata: data set unknown")
             elif shape is not None and onnx_shape_mismatch(art, shape) is not None:
                 acc_reason = "accuracy skipped: the ONNX input differs from its run's images"
             else:

@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 
 from ..records import Metrics, RunConfig
 from ..data import Splits, load_class_map, run_data
+from ..models.zoo import backbone_input
 from ..device import resolve_device
 from ..errors import QdgError
 from ..accuracy import domain_metrics, iter_batches, make_progress
@@ -50,7 +51,8 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     if source.is_dir():
         return _run_source(source, dataset, test_env, arch)
     if not source.is_file():
-        raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file")
+        from ..models import weights_name_hint
+        raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file{weights_name_hint(source)}")
     if not arch:
         raise QdgError(f"SOURCE {source} is a weights file: say which network it holds with --arch")
     if defaults is None:
@@ -62,6 +64,7 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     hp.update({k: v for k, v in dict(data_dir=data_dir, image_size=image_size).items() if v is not None})
     if class_map:
         hp["class_map"] = load_class_map(str(class_map))
+    backbone_input(hp, image_size)  # a tv:/timm: arch's input pipeline for folder data
     data = run_data(hp)
     net = float_from_file(source, arch, data.ds.input_shape[0], data.ds.num_classes)
     return Source(net, hp, data, {"weights": str(source), "arch": arch})
@@ -177,7 +180,7 @@ def calibrate_run(source: str | Path, out: str | Path, opts: PtqOptions = PtqOpt
     ds = src.data.ds
     config = RunConfig(hparams=hp, dataset=hp["dataset"], domains=ds.domains, test_env_index=src.data.test,
                        classes=ds.classes, model=model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-                       extra={"size": model_size(model), "calibration": info,
+                       extra={"input": getattr(ds, "pipeline", None), "size": model_size(model), "calibration": info,
                               "calibrate_seconds": round(time.perf_counter() - start, 1)})
     save_run(out, config, model.state_dict(), metrics)
     return metrics.to_json()

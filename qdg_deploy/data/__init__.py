@@ -28,12 +28,13 @@ def available_datasets() -> list[str]:
 
 
 def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | None = None,
-                class_map: dict | None = None) -> DGDataset:
+                class_map: dict | None = None, input_cfg: dict | None = None) -> DGDataset:
     """Build a data set by name (case-insensitive).
 
     rotated-mnist ignores data_dir; image_size, when given and not 28, resizes its
     digits. Folder data sets default to 224 x 224 (digits: 32 x 32); class_map ({domain: {folder: class}})
-    renames their class folders onto one label space.
+    renames their class folders onto one label space. input_cfg (folder data sets): a backbone's pretrained
+    input pipeline (models.zoo.input_config: size, resize, crop, interpolation, mean/std) instead of their own.
     """
     if class_map and (name.lower() == "rotated-mnist"):
         raise DataError("--class-map applies to folder data sets, not rotated-mnist")
@@ -41,17 +42,17 @@ def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | Non
         path = name[len(FOLDER_PREFIX):]
         if not path:
             raise DataError("folder: needs a path, e.g. folder:/data/my_dataset")
-        return build_folder(path, image_size, class_map=class_map)
+        return build_folder(path, image_size, class_map=class_map, input_cfg=input_cfg)
     key = name.lower()
     if key == "rotated-mnist":
         return build_rotated_mnist(image_size)
     if key == "office31":
-        return build_office31(data_dir, image_size, class_map)
+        return build_office31(data_dir, image_size, class_map, input_cfg)
     if key == "digits":
-        return build_digits(data_dir, image_size, class_map)
+        return build_digits(data_dir, image_size, class_map, input_cfg)
     for canonical in DOMAINBED_FOLDERS:
         if key == canonical.lower():
-            return build_domainbed(canonical, data_dir, image_size, class_map)
+            return build_domainbed(canonical, data_dir, image_size, class_map, input_cfg)
     raise DataError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
 
 
@@ -73,7 +74,7 @@ def load_class_map(path: str) -> dict:
 def run_splits(hp: dict) -> tuple[DGDataset, list[DomainSplit]]:
     """The data set and per-domain splits that a run's hyperparameters describe (train, eval, export, bench)."""
     ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
-                     class_map=hp.get("class_map"))
+                     class_map=hp.get("class_map"), input_cfg=hp.get("input"))
     return ds, split_domains(ds, hp["holdout_fraction"], hp["seed"])
 
 

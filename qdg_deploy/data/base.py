@@ -21,6 +21,9 @@ class DGDataset:
     # False when train and eval transforms are identical (no augmentation), which
     # lets `split_domains` hand out one object for both `train` and `in_eval`.
     augments: bool = True
+    # The eval input pipeline (size, resize, crop, interpolation, mean/std, channel order): config.json's "input"
+    # and the ONNX metadata, so that a deployment feeds the exported model what it was trained on.
+    pipeline: dict | None = None
 
     def __init__(self, name: str, domains: list[str], classes: list[str],
                  input_shape: tuple[int, int, int]):

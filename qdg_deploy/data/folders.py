@@ -128,9 +128,10 @@ class ImageList(Dataset):
 
 class FolderDGDataset(DGDataset):
     def __init__(self, name: str, root: str, domain_dirs: dict[str, str], size: int,
-                 train_tf, eval_tf, augments: bool = True, class_map: dict | None = None):
+                 train_tf, eval_tf, augments: bool = True, class_map: dict | None = None, pipeline: dict | None = None):
         classes, samples, self.notes = _scan_domains(root, domain_dirs, class_map)
         super().__init__(name, list(samples), classes, (3, size, size))
+        self.pipeline = pipeline or plain_pipeline(size, IMAGENET_MEAN, IMAGENET_STD)
         self.root = root
         self.samples = [samples[d] for d in self.domains]
         self.train_tf, self.eval_tf, self.augments = train_tf, eval_tf, augments
@@ -139,11 +140,35 @@ class FolderDGDataset(DGDataset):
         return ImageList(self.samples[i], self.train_tf if train else self.eval_tf)
 
 
-def domainbed_transforms(size: int):
-    """DomainBed's ImageNet-style augmentation (train) and plain resize (eval)."""
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+def plain_pipeline(size: int, mean, std) -> dict:
+    """What the eval transform of the data sets' own pipeline does (config.json's "input", ONNX metadata)."""
+    return {"size": size, "resize": [size, size], "crop": None, "interpolation": "bilinear", "mean": list(mean),
+            "std": list(std), "channel_order": "RGB", "scale": "pixel / 255, then (x - mean) / std"}
+
+
+def backbone_pipeline(cfg: dict) -> dict:
+    """A backbone's pretrained input configuration (models.zoo.input_config) as a pipeline record."""
+    return {"size": cfg["size"], "resize": cfg["resize"], "crop": cfg["size"], "interpolation": cfg["interpolation"],
+            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "channel_order": "RGB",
+            "scale": "pixel / 255, then (x - mean) / std", "source": cfg.get("source")}
+
+
+def backbone_transforms(cfg: dict):
+    """DomainBed's augmentation at the backbone's size, interpolation and mean/std (train); the backbone's own
+    eval pipeline: shorter side resized to `resize`, centre crop `size` (eval)."""
+    mode = T.InterpolationMode(cfg["interpolation"])
+    normalize = T.Normalize(cfg["mean"], cfg["std"])
+    return domainbed_transforms(cfg["size"], normalize, mode)[0], T.Compose(
+        [T.Resize(cfg["resize"], interpolation=mode), T.CenterCrop(cfg["size"]), T.ToTensor(), normalize])
+
+
+def domainbed_transforms(size: int, normalize=None, mode=None):
+    """DomainBed's ImageNet-style augmentation (train) and plain resize (eval); a backbone's normalization and
+    interpolation where given."""
+    normalize = normalize or T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    mode = mode or T.InterpolationMode.BILINEAR
     train = T.Compose([
-        T.RandomResizedCrop(size, scale=(0.7, 1.0)),
+        T.RandomResizedCrop(size, scale=(0.7, 1.0), interpolation=mode),
         T.RandomHorizontalFlip(),
         T.ColorJitter(0.3, 0.3, 0.3, 0.3),
         T.RandomGrayscale(),
@@ -172,23 +197,32 @@ def _need_data_dir(name: str, data_dir: str | None, folder: str) -> str:
     return _require_dir(os.path.abspath(os.path.expanduser(data_dir)), "data directory")
 
 
+def _transforms(size: int, backbone: dict | None) -> dict:
+    """FolderDGDataset's train_tf, eval_tf and pipeline: a backbone's (input_cfg) or DomainBed's."""
+    if backbone:
+        train, ev = backbone_transforms(backbone)
+        return dict(size=backbone["size"], train_tf=train, eval_tf=ev, pipeline=backbone_pipeline(backbone))
+    train, ev = domainbed_transforms(size)
+    return dict(size=size, train_tf=train, eval_tf=ev)
+
+
 def build_folder(path: str, image_size: int | None = None, name: str | None = None,
-                 class_map: dict | None = None) -> FolderDGDataset:
-    """Any PATH/<domain>/<class>/<image> tree; every visible sub-folder is a domain."""
+                 class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
+    """Any PATH/<domain>/<class>/<image> tree; every visible sub-folder is a domain. `input_cfg`: a backbone's
+    pretrained input pipeline (models.zoo.input_config) instead of DomainBed's."""
     root = _require_dir(os.path.abspath(os.path.expanduser(path)), "data set folder")
     size = _check_size(image_size, 224)
     dirs = {d: os.path.join(root, d) for d in _visible_dirs(root)}
-    return FolderDGDataset(name or f"folder:{path}", root, dirs, size, *domainbed_transforms(size),
-                           class_map=class_map)
+    return FolderDGDataset(name or f"folder:{path}", root, dirs, class_map=class_map, **_transforms(size, input_cfg))
 
 
 def build_domainbed(name: str, data_dir: str | None, image_size: int | None = None,
-                    class_map: dict | None = None) -> FolderDGDataset:
+                    class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
     folder = DOMAINBED_FOLDERS[name]
     base = _need_data_dir(name, data_dir, folder)
     root = os.path.join(base, folder)
     _require_dir(root, f"expected the {name} folder {folder!r} inside {base}")
-    return build_folder(root, image_size, name=name, class_map=class_map)
+    return build_folder(root, image_size, name=name, class_map=class_map, input_cfg=input_cfg)
 
 
 def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tuple[str, ...]) -> str:
@@ -204,7 +238,7 @@ def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tup
 
 
 def build_office31(data_dir: str | None, image_size: int | None = None,
-                   class_map: dict | None = None) -> FolderDGDataset:
+                   class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
     root = _known_domains_root("office31", data_dir, "office31", OFFICE31_DOMAINS)
     size = _check_size(image_size, 224)
     dirs = {}
@@ -216,17 +250,22 @@ def build_office31(data_dir: str | None, image_size: int | None = None,
         if _visible_dirs(path) == ["images"]:
             path = os.path.join(path, "images")
         dirs[d] = path
-    return FolderDGDataset("office31", root, dirs, size, *domainbed_transforms(size), class_map=class_map)
+    return FolderDGDataset("office31", root, dirs, class_map=class_map, **_transforms(size, input_cfg))
 
 
 def build_digits(data_dir: str | None, image_size: int | None = None,
-                 class_map: dict | None = None) -> FolderDGDataset:
+                 class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
     root = _known_domains_root("digits", data_dir, "digits", DIGITS_DOMAINS)
     size = _check_size(image_size, 32)
     dirs = {d: os.path.join(root, d) for d in DIGITS_DOMAINS if os.path.isdir(os.path.join(root, d))}
-    # Small digit images: no augmentation, so train and eval share one transform.
-    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    ds = FolderDGDataset("digits", root, dirs, size, tf, tf, augments=False, class_map=class_map)
+    # Small digit images: no augmentation, so train and eval share one transform (a backbone's eval pipeline).
+    if input_cfg:
+        size, tf = input_cfg["size"], backbone_transforms(input_cfg)[1]
+        pipeline = backbone_pipeline(input_cfg)
+    else:
+        tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+        pipeline = plain_pipeline(size, (0.5,) * 3, (0.5,) * 3)
+    ds = FolderDGDataset("digits", root, dirs, size, tf, tf, augments=False, class_map=class_map, pipeline=pipeline)
     if ds.classes != [str(c) for c in range(10)]:
         raise DataError(f"digits classes in {root} must be the folders 0-9, found {ds.classes}")
     return ds

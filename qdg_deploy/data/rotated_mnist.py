@@ -63,5 +63,8 @@ def build_rotated_mnist(image_size: int | None = None) -> TensorDGDataset:
             x = F.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         tensors.append((x.contiguous(), labels[d::len(ANGLES)].clone()))
     ds = TensorDGDataset(NAME, [str(a) for a in ANGLES], [str(c) for c in range(10)], tensors)
+    ds.pipeline = {"size": size, "resize": None if size == 28 else [size, size], "crop": None,
+                   "interpolation": "bilinear", "mean": [0.0], "std": [1.0], "channel_order": "gray",
+                   "scale": "pixel / 255 (28 x 28 MNIST digits, white on black)"}
     _CACHE[size] = ds
     return ds

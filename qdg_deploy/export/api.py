@@ -17,6 +17,7 @@ from ..io import atomic_path, writable_folder
 from ..ort_session import ort_session
 from ..quant import strip_quantizers
 from ..quant.plan import add_plans, pool_plans
+from .metadata import base_metadata, run_metadata, set_metadata
 from .onnx_writer import DEFAULT_OPSET, LoweredGraph, lower_to_onnx
 from .records import LayerRecord
 from .report import ExportReport, OrtFusion, ensemble_note, graph_notes
@@ -93,14 +94,18 @@ class Exported:
 
 def write_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort",
                  opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, fp32: bool = False,
-                 residual_qdq: bool | None = None, int_bias: bool | None = None, graph: str = "exact") -> Exported:
-    """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`."""
+                 residual_qdq: bool | None = None, int_bias: bool | None = None, graph: str = "exact",
+                 metadata: dict[str, str] | None = None) -> Exported:
+    """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`, its
+    metadata_props the toolkit's keys (export/metadata.py) and `metadata`."""
     low = lower_to_onnx(model, input_shape, target=target, opset=opset, dynamic_batch=dynamic_batch, fp32=fp32,
-                      residual_qdq=residual_qdq, int_bias=int_bias, graph=graph)
-    file_bytes = save_onnx(low.proto, Path(path))
-    fp32_bytes = file_bytes if fp32 else len(lower_to_onnx(model, input_shape, target=target, opset=opset,
-                                                          dynamic_batch=dynamic_batch, fp32=True)
-                                             .proto.SerializeToString())
+                        residual_qdq=residual_qdq, int_bias=int_bias, graph=graph)
+    meta = {**base_metadata(input_shape, target, "onnx-fp32" if fp32 else "onnx"), **(metadata or {})}
+    file_bytes = save_onnx(set_metadata(low.proto, meta), Path(path))
+    # the float network's file as it would be written, the same metadata included: the size ratio compares graphs
+    fp32_bytes = file_bytes if fp32 else len(set_metadata(lower_to_onnx(model, input_shape, target=target, opset=opset,
+                                                                        dynamic_batch=dynamic_batch, fp32=True).proto,
+                                                          meta).SerializeToString())
     fusion = None
     if not fp32:  # residual Adds the model computes as QLinearAdd (quant/kernels.py), where it has integer biases
         kernels = target == "ort" and low.settings.int_bias
@@ -112,14 +117,15 @@ def write_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str =
 
 def export_onnx(model: nn.Module, input_shape, path: str | Path, *, target: str = "ort", opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                int_bias: bool | None = None, graph: str = "exact") -> dict:
+                int_bias: bool | None = None, graph: str = "exact", metadata: dict[str, str] | None = None) -> dict:
     """Write the model's QDQ ONNX (or, with fp32=True, the float network with BN folded) to `path`.
 
     Returns the writer's info plus file_bytes, fp32_bytes (the float network's ONNX), packed_bytes and which
-    layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto".
+    layers ONNX Runtime fuses into integer kernels. The onnx proto is under the key "proto". `metadata`: extra
+    metadata_props (classes, mean, std, ...: export/metadata.py) beside the toolkit's own.
     """
     return write_onnx(model, input_shape, path, target=target, opset=opset, dynamic_batch=dynamic_batch,
-                        fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias, graph=graph).info()
+                      fp32=fp32, residual_qdq=residual_qdq, int_bias=int_bias, graph=graph, metadata=metadata).info()
 
 
 def _bits(scheme) -> tuple[int, int]:
@@ -179,10 +185,12 @@ def plan_export(run_dir, *, fmt: str = "onnx", target: str = "ort", out=None, op
 def export_step(run, model: nn.Module, plan: ExportPlan, tmp_path: Path) -> tuple[Exported, ExportReport]:
     """Lower the run's model once, write it to `tmp_path` (ONNX Runtime loads it back) and start its report."""
     shape = run.config["model"]["input_shape"]
-    ex = write_onnx(model, shape, tmp_path, fp32=plan.fp32, graph=plan.graph, **plan.lowering)
-    ort_session(tmp_path, level="none")  # ORT loads the file itself before it replaces anything
     scheme = None if plan.fp32 else run.scheme
     bits, act_bits = _bits(scheme)
+    meta = run_metadata({**run.config, "hparams": {**run.config.get("hparams", {}), "method": run.metrics.get("method")}},
+                        {"scheme": None if scheme is None else scheme.name, "bits": bits, "act_bits": act_bits})
+    ex = write_onnx(model, shape, tmp_path, fp32=plan.fp32, graph=plan.graph, metadata=meta, **plan.lowering)
+    ort_session(tmp_path, level="none")  # ORT loads the file itself before it replaces anything
     report = ExportReport(
         run=str(plan.run_dir), path=str(plan.path), format=plan.fmt, target=plan.target,
         scheme=None if scheme is None else scheme.name, arch=run.config["model"]["arch"], graph=plan.graph,

@@ -1,7 +1,10 @@
-"""Model registry: every model adapts to the data set's channels and class count; weights only from a local file."""
+"""Model registry: every model adapts to the data set's channels and class count. Short names (below), any
+torchvision classification model as `tv:NAME` and any timm model as `timm:NAME` (models/zoo.py); weights from a
+local file, or (`pretrained`) the library's own ImageNet weights through its own cache."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +14,7 @@ from torch import nn
 from ..errors import QdgError
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
+from . import zoo
 
 
 def _resnet(depth: int):
@@ -35,21 +39,61 @@ def available_models() -> list[str]:
     return list(MODELS)
 
 
-def build_model(name: str, in_channels: int, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    try:
+def build_model(name: str, in_channels: int, num_classes: int, weights: str | Path | None = None,
+                pretrained: bool = False) -> nn.Module:
+    """The network `name` for `in_channels` and `num_classes`; `weights`: a local state dict (backbone loaded,
+    tensors of another shape skipped); `pretrained`: the library's default ImageNet weights (tv:/timm: only)."""
+    check_arch(name, weights, pretrained)
+    if name.startswith((zoo.TV, zoo.TIMM)):
+        net = zoo.build_zoo(name, in_channels, num_classes, pretrained)
+    else:
         net = MODELS[name](in_channels, num_classes)
-    except KeyError:
-        raise QdgError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
     if weights:
         load_pretrained(net, weights)
     return net
+
+
+def check_arch(name: str, weights=None, pretrained: bool = False) -> None:
+    """QdgError for a name no library has (the closest ones listed) or a --pretrained it cannot honour."""
+    if weights and pretrained:
+        raise QdgError("--weights FILE and --pretrained both give the starting weights: choose one")
+    if name.startswith((zoo.TV, zoo.TIMM)):
+        zoo.check_name(name)
+    elif name not in MODELS:
+        raise QdgError(f"unknown model {name!r}{unknown_hint(name)}")
+    elif pretrained:
+        hint = f" (as tv:{name}, torchvision's {name})" if name in zoo.tv_names() else ""
+        raise QdgError(f"--pretrained loads a library's ImageNet weights: give a tv:NAME or timm:NAME "
+                       f"architecture{hint}, or --weights FILE for {name}")
+
+
+def unknown_hint(name: str) -> str:
+    """The closest short names, tv: and timm: names to an unknown bare name."""
+    tv = [n for n in zoo.tv_names() if n == name]
+    if tv:
+        return f": torchvision's is tv:{name}"
+    choices = {**{n: n for n in MODELS}, **{n: zoo.TV + n for n in zoo.tv_names()},
+               **{n: zoo.TIMM + n for n in zoo.timm_names() if n not in zoo.tv_names()}}
+    import difflib
+    near = [choices[n] for n in difflib.get_close_matches(name, list(choices), n=5, cutoff=0.0)]
+    return (f"; closest: {', '.join(near)}" if near else f"; short names: {', '.join(MODELS)}") + \
+        " (or tv:NAME, timm:NAME: `qdg-deploy models` lists them)"
+
+
+def weights_name_hint(path: str | Path) -> str:
+    """For a torchvision weights name given where a file is expected (IMAGENET1K_V1, DEFAULT): a pointer to
+    --pretrained; '' otherwise."""
+    if re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", str(path)):
+        return (f" ({path} looks like a torchvision weights name, not a file: --pretrained with --arch tv:NAME "
+                f"loads the library's default ImageNet weights)")
+    return ""
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file, never executing code from it."""
     path = Path(path)
     if not path.is_file():
-        raise QdgError(f"weights file not found: {path}")
+        raise QdgError(f"weights file not found: {path}{weights_name_hint(path)}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -49,7 +49,8 @@ class Algorithm(nn.Module):
         super().__init__()
         self.hparams = hparams
         self.num_classes = num_classes
-        self.network = build_model(hparams["arch"], input_shape[0], num_classes, hparams.get("weights"))
+        self.network = build_model(hparams["arch"], input_shape[0], num_classes, hparams.get("weights"),
+                                   pretrained=bool(hparams.get("pretrained")))
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:

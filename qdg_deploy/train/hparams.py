@@ -70,8 +70,12 @@ HPARAMS: list[HParam] = [
       "(training-domain validation)."),
     E("test_env", str, "0", shown=True, help="Held-out domain: a name, an index, or 'all' for every one in turn."),
     E("arch", str, "resnet50", family={"rotated-mnist": "digits-resnet", "digits": "resnet18"},
-      help="digits-resnet (rotated-mnist's default), mnist-cnn, resnet18, resnet50 (default by data set)."),
+      help="digits-resnet (rotated-mnist's default), mnist-cnn, resnet18, resnet50 (default by data set), tv:NAME "
+      "(any torchvision classifier), timm:NAME (any timm model); see `qdg-deploy models`."),
     E("weights", str, help="Local pretrained state dict (.safetensors or .pt); never downloaded."),
+    E("pretrained", bool, False, negatable=False, help="tv:/timm: archs: the library's default ImageNet weights, from "
+      "its own cache (torch hub / Hugging Face; downloaded there when online); classifier and stem of other shapes "
+      "start fresh."),
     E("steps", int, 5000, family={"rotated-mnist": 300, "digits": 2000}, low=1,
       help="Training steps (default by data set)."),
     E("q_steps", int, 100, family={"digits": 500}, low=0, quant=True,

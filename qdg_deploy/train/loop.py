@@ -23,6 +23,7 @@ from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threa
 from ..data import Splits, get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..accuracy import accuracy_and_loss, domain_metrics, make_progress
+from ..models.zoo import backbone_input
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
@@ -68,7 +69,19 @@ def resolve_hparams(dataset: str, **overrides) -> dict:
         hp["bits"], hp["act_bits"] = scheme.weight.bits, scheme.act.bits if scheme.act else 0
     if isinstance(hp.get("class_map"), (str, Path)):  # stored as the mapping, so eval/export/bench rebuild the data
         hp["class_map"] = load_class_map(str(hp["class_map"]))
+    backbone_input(hp, given.get("image_size"))
     return hp
+
+
+def random_init_warning(hp: dict) -> str | None:
+    """DomainBed's image benchmarks (and QT-DoG, SWAD) fine-tune an ImageNet-pretrained backbone: a run of an
+    ImageNet-size network that starts from random weights is not their protocol."""
+    if hp["dataset"] in ("rotated-mnist", "digits") or hp["arch"] in ("mnist-cnn", "digits-resnet"):
+        return None
+    if hp.get("weights") or hp.get("pretrained") or hp.get("init"):
+        return None
+    return (f"{hp['arch']} trains from random weights on {hp['dataset']}: the DomainBed protocol (and QT-DoG's) "
+            f"assumes ImageNet weights (--pretrained with a tv:/timm: arch, or --weights FILE)")
 
 
 def apply_init(hp: dict) -> dict | None:
@@ -269,6 +282,8 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     notes = getattr(ds, "notes", [])
     for note in notes if dist.main else ():  # e.g. a domain lacking classes: it trains (accuracy over those it has)
         (console or Console(stderr=True)).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if dist.main and (warning := random_init_warning(hp)):
+        (console or Console(stderr=True)).print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     algo.place(device, amp, bool(hp.get("channels_last")), dist)
     result = Fit(WeightAveraging(hp, algo.averaging_start()))
@@ -318,7 +333,7 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
     scheme = scheme_from_hparams(hp) if algo.quantizes else None
     metrics = Metrics.of(scored, bits=scheme.weight.bits if scheme else 32, scheme=scheme.name if scheme else None,
                          method=hp["method"])
-    extra = {"size": model_size(algo.network), "history": result.history,
+    extra = {"input": getattr(ds, "pipeline", None), "size": model_size(algo.network), "history": result.history,
              "train_seconds": round(time.perf_counter() - start, 1)}
     if init:
         extra["init"] = init
@@ -344,7 +359,7 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
     domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
-                          class_map=hp.get("class_map")).domains
+                          class_map=hp.get("class_map"), input_cfg=hp.get("input")).domains
     for d in domains:  # every output folder, before the first domain trains
         prepare_out(out / d, overwrite, hp.get("resume", False))
     runs = {}

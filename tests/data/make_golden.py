@@ -18,6 +18,9 @@ Issue 18 writes an `ort` model's snapped classifier as the QGemm ORT runs it (Ge
 and its quantized global pool as QLinearGlobalAveragePool: the two `ort` onnx:ort entries were re-recorded.
 Issue 18 then writes every graph's nodes in breadth-first order (export/graph_builder.breadth_first): every entry was
 re-recorded, after checking that each of the 18 exports holds the same nodes and initializers in either order.
+Issue 29 writes metadata_props into every export (class names, mean/std, toolkit version: export/metadata.py): the
+hashes and sizes here are the graph's, the file without its metadata_props (`graph_only`), so golden.json was left as
+recorded, and a new version number does not change it.
 """
 
 from __future__ import annotations
@@ -102,6 +105,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def graph_only(path: Path, report: dict) -> tuple[str, dict]:
+    """SHA-256 of the exported file without its metadata_props, and the report's sizes without them (the
+    exporter adds the same metadata to the float graph it measures fp32_bytes on, so both shrink alike)."""
+    from qdg_deploy.export.metadata import without_metadata
+
+    data = path.read_bytes()
+    graph = without_metadata(data)
+    meta = len(data) - len(graph)
+    assert meta > 0, f"{path}: no metadata_props"
+    report = dict(report)
+    if "file_bytes" in report:
+        report["file_bytes"] -= meta
+        report["fp32_bytes"] -= meta
+        report["size_ratio"] = round(report["file_bytes"] / report["fp32_bytes"], 4)
+        report["packed_ratio"] = round(report["packed_bytes"] / report["fp32_bytes"], 4)
+    return hashlib.sha256(graph).hexdigest(), report
+
+
 def _report(info: dict) -> dict:
     """The parts of export_onnx's info that reach the .export.json report, JSON-normalized."""
     keep = {k: v for k, v in info.items() if k not in ("proto", "probes", "weight_bits")}
@@ -117,8 +138,8 @@ def run_exports(name: str) -> dict:
         for fmt, target in [("onnx", t) for t in TARGETS] + [("onnx-fp32", "ort")]:
             path = Path(d) / f"{fmt}-{target}.onnx"
             report = export_run_dir(GOLDEN / name, fmt=fmt, target=target, out=path, verify=False)
-            out[f"{fmt}:{target}"] = {"sha256": sha256(path),
-                                      "report": {k: v for k, v in report.items() if k not in PATH_KEYS}}
+            digest, report = graph_only(path, {k: v for k, v in report.items() if k not in PATH_KEYS})
+            out[f"{fmt}:{target}"] = {"sha256": digest, "report": report}
     return out
 
 
@@ -131,7 +152,8 @@ def resnet_exports(scheme: str) -> dict:
         for target in TARGETS:
             path = Path(d) / f"{target}.onnx"
             info = export_onnx(resnet_case(scheme), RESNET_SHAPE, path, target=target)
-            out[f"onnx:{target}"] = {"sha256": sha256(path), "report": _report(info)}
+            digest, report = graph_only(path, _report(info))
+            out[f"onnx:{target}"] = {"sha256": digest, "report": report}
     return out
 
 
