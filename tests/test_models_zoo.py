@@ -272,11 +272,11 @@ def test_random_init_on_folder_data_warns_once(tmp_path, capsys):
 
 def test_every_export_carries_metadata(tmp_path):
     """A run written before config.json recorded its pipeline (the committed golden run): rotated-MNIST's."""
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
     from qdg_deploy.export.metadata import read_metadata
 
     run = Path(__file__).parent / "data" / "golden" / "ort"
-    export_run(run, out=tmp_path / "m.onnx", verify=False, target="tensorrt")
+    export_run_dir(run, out=tmp_path / "m.onnx", verify=False, target="tensorrt")
     meta = read_metadata(tmp_path / "m.onnx")
     assert meta["classes"] == [str(c) for c in range(10)] and meta["channel_order"] == "gray"
     assert (meta["input_size"], meta["mean"], meta["std"]) == ([1, 28, 28], [0.0], [1.0])
