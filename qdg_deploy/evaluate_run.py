@@ -6,10 +6,10 @@ from pathlib import Path
 
 from .data import run_splits
 from .device import resolve_device
-from .io import write_json
-from .runs import load_run
 from .errors import QdgError
 from .evaluation import domain_metrics
+from .io import write_json
+from .runs import load_run
 
 
 def evaluate_onnx(path: Path, json_path: str | Path | None, data_dir: str | None) -> dict:
