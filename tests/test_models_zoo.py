@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from test_bad_inputs import cli, make_tree, one_error_line, snapshot
 from torch import nn
 
 from qdg_deploy.errors import QdgError
 from qdg_deploy.models import build_model, zoo
-
-from test_bad_inputs import cli, make_tree, one_error_line, snapshot
 
 SIZE = 32  # folder images are resized to this: tiny, and large enough for every network below
 
@@ -256,7 +255,9 @@ def test_pretrained_train_export_metadata_and_bare_onnx_eval(caches, capsys):
     code, _, err = cli(capsys, "eval", run)
     want = json.loads((run / "eval.json").read_text())
     assert got["per_domain"] == want["per_domain"] and got["test_env"] == "photo"
-    from qdg_deploy import bench as B  # bench of the bare file scores it on the data set its metadata names
+    from qdg_deploy import (
+        bench as B,  # bench of the bare file scores it on the data set its metadata names
+    )
     rec = B.bench([bare], ["ort-cpu"], [1], warmup_ms=0, duration_s=0.01, min_iters=1, threads=1)["records"][0]
     assert rec["accuracy"]["per_domain"]["photo"]["acc"] == pytest.approx(want["test_acc"])
 

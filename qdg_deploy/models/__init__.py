@@ -12,9 +12,9 @@ import torchvision
 from torch import nn
 
 from ..errors import QdgError
+from . import zoo
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
-from . import zoo
 
 
 def _resnet(depth: int):

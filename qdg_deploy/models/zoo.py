@@ -246,7 +246,8 @@ def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) 
         return timm.create_model(name, pretrained=False, **kw)
     from timm.models import get_pretrained_cfg
 
-    from . import load_state_file  # never unpickles: safetensors, or torch.load(weights_only=True)
+    # never unpickles: safetensors, or torch.load(weights_only=True)
+    from . import load_state_file
     cfg = get_pretrained_cfg(name).to_dict()
     state = load_state_file(timm_weights_file(cfg))
     # timm's own loader, handed the file's tensors: it drops a classifier of another class count and adapts the
