@@ -95,6 +95,9 @@ def train(
     checkpoint_freq: Optional[int] = typer.Option(None, help="Evaluate (and maybe select) every N steps."),
     image_size: Optional[int] = typer.Option(None, help="Input size for folder data sets (default 224)."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics frozen."),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm "
+                                           "normalizes with the global batch's statistics (SyncBatchNorm; default on "
+                                           "when BatchNorm is not frozen); --no-sync-bn: each rank's own."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: Optional[str] = typer.Option(None, help="Autocast of the float parts: bf16, fp16 (CUDA) or off (default: "
@@ -121,7 +124,7 @@ def train(
     hp = resolve_hparams(dataset, method=method, data_dir=data_dir, test_env=test_env, arch=arch, weights=weights,
                          steps=steps, q_steps=q_steps, scheme=scheme, bits=bits, act_bits=act_bits,
                          quantizer=quantizer, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn,
+                         checkpoint_freq=checkpoint_freq, image_size=image_size, freeze_bn=freeze_bn, sync_bn=sync_bn,
                          threads=threads, seed=seed, source=source, target=target, quant=quant, init=init, crp=crp,
                          grad_approx="off" if no_grad_approx else grad_approx, optimizer=optimizer,
                          momentum=momentum, lr_schedule=lr_schedule, act_range=act_range, lam=lam, lam2=lam2, da=da,

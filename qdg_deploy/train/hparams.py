@@ -41,7 +41,10 @@ COMMON = dict(method="erm", scheme="paper", bits=None, act_bits=None, quantizer=
               # available), autocast (None: bf16 on a CUDA device that has it, else off), channels-last, DataLoader
               # workers per stream of folder data sets (None: 0 on the CPU, up to 4 in all on a GPU), deterministic
               # algorithms, resume from last.ckpt.
-              device="auto", amp=None, channels_last=False, workers=None, deterministic=False, resume=False)
+              device="auto", amp=None, channels_last=False, workers=None, deterministic=False, resume=False,
+              # Under torchrun: BatchNorm with the global batch's statistics (None: on for a network with BatchNorm
+              # that is not frozen; False: per-rank statistics, as DDP alone gives; train/syncbn.py).
+              sync_bn=None)
 
 # Domain adaptation (DANN / DSAN / AlignQ): labelled --source, unlabelled --target. AlignQ's values are
 # the AlignQ README's (lam 1, lam2 4, act_range 2; ADMM mu 0.2, rho 0.3; DSAN --param 0.3).

@@ -28,7 +28,8 @@ CHOICES = {"optimizer": ("sgd", "adam"), "lr_schedule": ("none", "step"), "grad_
 QUANT_OPTIONS = ("scheme", "bits", "act_bits", "quantizer", "q_steps", "q_lr", "freeze_after_swap", "q_init")
 METHOD_OPTIONS = {"coral_weight": ("coral",), "mixstyle_p": ("mixstyle",), "mixstyle_alpha": ("mixstyle",),
                   "crp": ("alignq",), "grad_approx": ("alignq",), "act_range": ("alignq",), "lam": ("alignq",),
-                  "lam2": ("alignq",), "da": ("alignq",), "q_init": ("erm", "qtdog", "coral", "mixstyle")}
+                  "lam2": ("alignq",), "da": ("alignq",), "q_init": ("erm", "qtdog", "coral", "mixstyle"),
+                  "sync_bn": ("erm", "qtdog", "mixstyle")}  # the methods torchrun trains data parallel
 ALWAYS_QUANTIZED = ("qtdog", "alignq")
 
 
