@@ -1,6 +1,5 @@
 """`train --sync-bn`'s BatchNorm (train/syncbn.py): 2 gloo processes compute one BatchNorm over the whole batch."""
 
-import copy
 import os
 import socket
 
@@ -59,7 +58,7 @@ def test_two_gloo_ranks_compute_the_whole_batchs_batchnorm():
     procs = [ctx.Process(target=_rank, args=(r, port, x, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict((r[0], r[1:]) for r in (queue.get(), queue.get()))
+    results = {r[0]: r[1:] for r in (queue.get(), queue.get())}
     for p in procs:
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
