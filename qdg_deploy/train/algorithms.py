@@ -13,6 +13,7 @@ from ..models import build_model
 from ..calibration.core import calibrate_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
 from .dist import SINGLE, Dist, wrap
+from .syncbn import synced, use_sync_bn
 
 def scheme_from_hparams(hp: dict):
     return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"),
@@ -44,6 +45,7 @@ class Algorithm(nn.Module):
     # Under torchrun: DistributedDataParallel over `network` (set by `replaced`, with object.__setattr__ so that it
     # stays out of the module tree and the state dict); None in one process.
     ddp = None
+    sync_bn = False  # under torchrun: the training forward normalizes with the global batch's statistics (syncbn.py)
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()
@@ -84,6 +86,7 @@ class Algorithm(nn.Module):
         DistributedDataParallel under torchrun."""
         self.device, self.amp, self.channels_last, self.dist = device, amp, channels_last, dist
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        self.sync_bn = use_sync_bn(self.network, self.hparams, dist.world)
         self.replaced()
 
     def replaced(self) -> None:
@@ -93,8 +96,10 @@ class Algorithm(nn.Module):
         object.__setattr__(self, "ddp", wrap(self.network, self.dist, self.device))
 
     def forward_train(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's training forward: through DDP (which all-reduces the gradients) when there is one."""
-        return (self.ddp or self.network)(x)
+        """The network's training forward: through DDP (which all-reduces the gradients) when there is one, with
+        BatchNorm synchronized across the ranks under `sync_bn`."""
+        with synced(self.network, self.sync_bn):
+            return (self.ddp or self.network)(x)
 
     def autocast(self):
         return autocast(self.device, self.amp)

@@ -3,8 +3,9 @@
 `qdg-deploy train …` run by `torchrun --nproc-per-node N` finds WORLD_SIZE / RANK / LOCAL_RANK in its environment.
 Every rank draws the same global batch of each domain (same seeds) and keeps its own slice of it, so the global batch
 is the one asked for and N processes compute what one would (up to the order of float sums in the all-reduce), with
-one exception: MixStyle mixes the statistics of the samples within each rank's slice (its shuffle never crosses
-ranks), so its mixing partners differ from one process's. Only rank 0 evaluates, selects, averages (SWAD) and
+two exceptions: MixStyle mixes the statistics of the samples within each rank's slice (its shuffle never crosses
+ranks), so its mixing partners differ from one process's; and with --no-sync-bn BatchNorm normalizes each rank's
+slice with its own statistics (syncbn.py). Only rank 0 evaluates, selects, averages (SWAD) and
 writes."""
 
 from __future__ import annotations

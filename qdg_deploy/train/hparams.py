@@ -159,6 +159,11 @@ HPARAMS: list[HParam] = [
     E("image_size", int, 224, family={"rotated-mnist": 28, "digits": 32}, low=8,
       help="Input size for folder data sets (default 224)."),
     E("freeze_bn", bool, False, help="Keep BatchNorm statistics frozen."),
+    # Under torchrun: BatchNorm with the global batch's statistics (None: on for a network with BatchNorm that is not
+    # frozen; False: per-rank statistics, as DDP alone gives; train/syncbn.py).
+    E("sync_bn", bool, methods=("erm", "qtdog", "mixstyle"), help="Under torchrun: BatchNorm normalizes with the "
+      "global batch's statistics (SyncBatchNorm; default on when BatchNorm is not frozen); --no-sync-bn: each rank's "
+      "own."),
     # Where it runs (not what it computes; a resumed run may change them).
     E("threads", int, low=1, unset=True, runtime=True, help="torch CPU threads (default: all cores)."),
     E("device", str, "auto", shown=True, runtime=True, help="auto (CUDA when available), cpu, cuda or cuda:N."),

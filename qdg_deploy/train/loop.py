@@ -27,12 +27,13 @@ from ..models.zoo import backbone_input
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
-from .dist import check_distributed, close_dist, init_dist
+from .dist import SINGLE, check_distributed, close_dist, init_dist
 from .resume import LAST, read_checkpoint, restore, save_checkpoint
 from .streams import infinite_batches
 from .methods import get_algorithm
 from .hparams import default_hparams, method_defaults
 from .swad import WeightAveraging, recompute_bn
+from .syncbn import sync_note
 from .validate import check_applicable, check_choices, check_ranges
 
 DG_METHODS = ("erm", "qtdog", "coral", "mixstyle")
@@ -286,6 +287,8 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
         (console or Console(stderr=True)).print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     algo = get_algorithm(hp["method"])(ds.input_shape, ds.num_classes, len(setup.train_splits), hp)
     algo.place(device, amp, bool(hp.get("channels_last")), dist)
+    if dist.main and (line := sync_note(algo.network, hp, dist.world)):
+        (console or Console(stderr=True)).print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
     result = Fit(WeightAveraging(hp, algo.averaging_start()))
     ckpt = out / LAST
     done = restore(read_checkpoint(ckpt, hp), algo, result) if hp.get("resume") and ckpt.is_file() else 0
@@ -294,18 +297,22 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
                                device=device, channels_last=algo.channels_last, skip=done)
     streams = [stream(s.train, seed=hp["seed"] * 1000 + i) for i, s in enumerate(setup.train_splits)]
     target_stream = stream(setup.splits[setup.test_env].train, seed=hp["seed"] * 1000 + 999) if setup.da else None
+    # SyncBatchNorm: SWAD's BatchNorm recompute (rank 0 alone) reads the global batches one process reads after the
+    # training steps, not rank 0's slices (lazy: nothing is loaded unless it runs)
+    bn_streams = [stream(s.train, seed=hp["seed"] * 1000 + i, dist=SINGLE, skip=hp["steps"])
+                  for i, s in enumerate(setup.train_splits)] if algo.sync_bn and dist.main else streams
     label = (f"{hp['method']} · {ds.domains[setup.source]} → {ds.domains[setup.test_env]}" if setup.da
              else f"{hp['method']} · test env {ds.domains[setup.test_env]}")
     fresh = not out.exists()
     try:
         return _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress,
-                             init, notes)
+                             init, notes, bn_streams)
     except BaseException:  # a failure or Ctrl-C ends the run: its checkpoint goes too (a SIGKILL leaves it to resume)
         if dist.main and not hp.get("resume"):
             discard_checkpoint(out, fresh)
         raise
     finally:  # their DataLoader workers stop here, a Ctrl-C's included
-        for s in [*streams, target_stream]:
+        for s in {id(s): s for s in [*streams, *bn_streams, target_stream]}.values():
             if s is not None:
                 s.close()
 
@@ -321,7 +328,7 @@ def discard_checkpoint(out: Path, fresh: bool) -> None:
 
 
 def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress, init,
-                  notes) -> dict | None:
+                  notes, bn_streams) -> dict | None:
     ds, dist = setup.ds, algo.dist
     start = time.perf_counter()
     bar = progress or make_progress(console if dist.main else Console(stderr=True, quiet=True))
@@ -329,7 +336,7 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
         result = fit(algo, hp, setup, streams, target_stream, bar, label, result, done, out)
     if not dist.main:
         return None
-    scored = finish(algo, hp, setup, result, streams)
+    scored = finish(algo, hp, setup, result, bn_streams)
     scheme = scheme_from_hparams(hp) if algo.quantizes else None
     metrics = Metrics.of(scored, bits=scheme.weight.bits if scheme else 32, scheme=scheme.name if scheme else None,
                          method=hp["method"])
@@ -340,7 +347,8 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
     if notes:
         extra["data_notes"] = notes
     extra["device"] = {"device": str(algo.device), "amp": algo.amp, "channels_last": algo.channels_last,
-                       "world_size": dist.world, "resumed_at_step": done or None}
+                       "world_size": dist.world, "resumed_at_step": done or None,
+                       "sync_bn": algo.sync_bn}
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
         extra["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
                                       "selection": "source out accuracy"}
