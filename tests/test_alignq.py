@@ -167,7 +167,8 @@ def test_alignq_update_reshapes_gradients_and_runs_admm():
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
     # the reshaped gradient is the raw one times the factor
     algo.optimizer.zero_grad()
-    fs, ft = algo.featurize(xs), algo.featurize(xt)
+    fs = algo.featurize(xs)
+    algo.featurize(xt)  # the target batch goes through the hooks as in a training step
     loss = torch.nn.functional.cross_entropy(algo.head(fs), ys) + algo.extra_loss()[0]
     loss.backward()
     raw = layers["conv3"].weight.grad.clone()

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import run_cli
 from qdg_deploy.device import autocast, resolve_amp, resolve_device

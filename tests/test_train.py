@@ -112,6 +112,6 @@ def test_cli_reports_bad_data_in_one_line(image_tree, tmp_path, breakage, expect
         (image_tree / "photo" / "fox").rename(image_tree / "photo" / "wolf")
     r = run_cli("train", "--dataset", f"folder:{root}", "--steps", "1", "--out", tmp_path / "x")
     assert r.returncode == 2
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0].lower(), r.stderr
     assert not (tmp_path / "x" / "model.safetensors").exists()
