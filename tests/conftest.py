@@ -1,15 +1,48 @@
 import subprocess
 import sys
-from pathlib import Path
+import traceback
 
 import pytest
 from PIL import Image
 
 
 def run_cli(*args, timeout=300):
-    """Run the real console entry point in a subprocess; returns CompletedProcess."""
+    """Run the real console entry point in a subprocess; returns CompletedProcess. For what needs a process of its
+    own: signals, torchrun, a run whose process-wide settings (threads, determinism) must not leak into the tests."""
     return subprocess.run([sys.executable, "-c", "from qdg_deploy.cli import main; main()", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_here(capsys, *args) -> subprocess.CompletedProcess:
+    """Run `qdg-deploy ARGS` through main() in this process, as run_cli does in a child (same exit code, stdout,
+    stderr; an exception main lets through is what Python would print: its traceback, exit 1). Refusals cost no
+    interpreter start this way."""
+    import torch
+
+    import qdg_deploy.cli as C
+
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = ["qdg-deploy", *map(str, args)]
+    capsys.readouterr()  # what the test printed before is not this command's output
+    try:
+        C.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)  # --threads sets it process-wide
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["qdg-deploy", *map(str, args)], code, out, err)
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(*args)`: the in-process run_cli (see cli_here)."""
+    return lambda *args: cli_here(capsys, *args)
 
 
 @pytest.fixture(scope="session")

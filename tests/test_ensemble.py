@@ -88,14 +88,14 @@ def test_eval_and_bench_take_an_ensemble(world, tmp_path):
     assert {x["runtime"] for x in recs} == {"torch-fp32", "torch-fq"}
 
 
-def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path):
+def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path, cli):
     float_run = tiny_train(tmp_path / "erm", world["data"], method="erm", seed=2)
     other_env = tiny_train(tmp_path / "q_d1", world["data"], seed=3, test_env="d1")
     cases = [((world["runs"][0], float_run), "scheme"), ((world["runs"][0], other_env), "held-out domain"),
              ((world["runs"][0], world["runs"][0]), "given twice"), ((world["runs"][0],), "at least two")]
     for members, needle in cases:
         out = tmp_path / f"bad_{needle.replace(' ', '_')}"
-        r = run_cli("ensemble", *members, "--out", out)
+        r = cli("ensemble", *members, "--out", out)
         assert r.returncode == 2, r.stdout + r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr

@@ -63,8 +63,8 @@ def test_perturbing_latent_weights_requantizes_them_at_fixed_steps(qrun):
     assert curve["losses"][0][1] != curve["losses"][0][0]
 
 
-def test_bad_radius_is_one_error_line(qrun, tmp_path):
+def test_bad_radius_is_one_error_line(qrun, tmp_path, cli):
     assert parse_radius("0..3") == (0.0, 3.0) and parse_radius("2") == (0.0, 2.0)
-    r = run_cli("flatness", qrun, "--radius", "3..1", "--out", tmp_path / "x")
+    r = cli("flatness", qrun, "--radius", "3..1", "--out", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

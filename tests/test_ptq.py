@@ -135,7 +135,7 @@ def test_calibrate_cli_writes_a_run_that_exports_exactly(float_run, tmp_path):
     assert rep["top1_agreement"] == 1.0 and rep["max_abs_diff"] == 0.0
 
 
-def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_path):
+def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_path, cli):
     out = tmp_path / "kf"
     calibrate_run(float_run, out, PtqOptions(scheme="trt", keep_float=2, num_batches=2))
     run = load_run(out)
@@ -149,7 +149,7 @@ def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_pat
     assert check_tensorrt_rules(tmp_path / "kf.onnx") == []
     notes = float_layers(tmp_path / "kf.onnx")  # the kept layers, and only they, run in float
     assert len(notes) == 2 and all(any(k in n for n in notes) for k in kept)
-    r = run_cli("check", tmp_path / "kf.onnx")
+    r = cli("check", tmp_path / "kf.onnx")
     assert r.returncode == 0 and r.stdout.count("note:") == 2
 
 
@@ -189,10 +189,10 @@ def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp
     assert any(rec.get("runtime", "").startswith("ort") for rec in (recs if isinstance(recs, list) else recs["records"]))
 
 
-def test_a_state_dict_for_other_classes_is_refused(image_tree, tmp_path):
+def test_a_state_dict_for_other_classes_is_refused(image_tree, tmp_path, cli):
     path = tmp_path / "r18.pt"
     torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), path)
-    r = run_cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--out", tmp_path / "o")
+    r = cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "fc.weight" in r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -238,18 +238,18 @@ def test_python_api_refuses_an_unsupported_op_by_name():
     (["--num-batches", "0"], "--num-batches"),
     (["--test-env", "0"], "held out"),
 ])
-def test_bad_calibrate_options(float_run, tmp_path, args, needle):
-    r = run_cli("calibrate", float_run, *args, "--out", tmp_path / "o")
+def test_bad_calibrate_options(float_run, tmp_path, args, needle, cli):
+    r = cli("calibrate", float_run, *args, "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
-def test_bad_sources(tiny_run, tmp_path):
+def test_bad_sources(tiny_run, tmp_path, cli):
     qrun, _ = tiny_run
-    r = run_cli("calibrate", qrun, "--out", tmp_path / "o")
+    r = cli("calibrate", qrun, "--out", tmp_path / "o")
     assert r.returncode == 2 and "already quantized" in r.stderr
     (tmp_path / "w.pt").write_bytes(b"junk")
-    r = run_cli("calibrate", tmp_path / "w.pt", "--out", tmp_path / "o")
+    r = cli("calibrate", tmp_path / "w.pt", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--arch" in r.stderr
     assert not (tmp_path / "o").exists()
 
