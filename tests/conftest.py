@@ -1,9 +1,18 @@
+import os
 import subprocess
 import sys
 import traceback
 
 import pytest
 from PIL import Image
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (make test: -n 2) each worker is one of N processes sharing the cores: the CLI processes the
+    # tests start take one torch thread each, as the tests in the workers do (test_export.py sets 1 for the session),
+    # instead of each starting one per core.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_cli(*args, timeout=300):

@@ -80,7 +80,8 @@ def test_resume_refuses_other_options(tmp_path, cli):
     r = cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
     assert (out / "last.ckpt").is_file()
-    r = run_cli(*ARGS, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
+    short = [*ARGS[:ARGS.index("--steps") + 1], "6", *ARGS[ARGS.index("--steps") + 2:]]  # a new run: any length
+    r = run_cli(*short, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["device"]["resumed_at_step"] is None  # a new run
