@@ -4,6 +4,7 @@ TensorRT rule checks, CLI exit codes and report keys."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -383,7 +384,8 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ort_run(tmp_path_factory):
-    """ort scheme W4A4: its uint8 zero points are requantized for --target tensorrt (measured 235 of 240 agree)."""
+    """ort scheme W4A4: its uint8 zero points are requantized for --target tensorrt (measured 235 of 240 agree on an
+    x86 VNNI CPU)."""
     return _calibrated_run(tmp_path_factory.mktemp("run") / "ort", "ort")
 
 
@@ -481,10 +483,16 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     r = cli(*args)
     assert r.returncode == 2, r.stderr
     (line,) = _error_lines(r.stderr)
-    assert line.startswith("error: export refused: top-1 agreement with torch 0.979167 (235 of 240 samples) "
-                           "< --min-agreement 0.999")
+    # The figures are ORT's kernels on this CPU (235 of 240 and out:60 at 0.925 on the x86 VNNI box they were
+    # measured on): assert what holds on any CPU, not the figures.
+    m = re.match(r"error: export refused: top-1 agreement with torch ([0-9.]+) \((\d+) of (\d+) samples\) "
+                 r"< --min-agreement 0\.999", line)
+    assert m, line
+    agreement, agree, n = float(m[1]), int(m[2]), int(m[3])
+    assert n == 240 and agree < n and agreement == pytest.approx(agree / n, rel=1e-5), line  # 40 from each split
     assert "trained with scheme ort: asymmetric zero points; TensorRT needs zero point 0" in line
-    assert "retrain with --scheme trt" in line and "worst split out:60: 0.925" in line
+    worst = re.search(r"worst split (\w+:\w+): ([0-9.]+)", line)
+    assert "retrain with --scheme trt" in line and worst and float(worst[2]) <= agreement, line  # a min <= the mean
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no report, no temporary file
 
     from qdg_deploy.export import export_run
@@ -503,7 +511,7 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     forced = json.loads(report.read_text())
     assert forced["target"] == "tensorrt" and forced["requantized"]
     assert forced["min_agreement"] == 0.999 and forced["below_min_agreement"] is True
-    assert forced["top1_agreement"] == pytest.approx(235 / 240) and forced["file_bytes"] == out.stat().st_size
+    assert forced["top1_agreement"] == pytest.approx(agree / n) and forced["file_bytes"] == out.stat().st_size
     onnx.checker.check_model(onnx.load(str(out)))
 
     lower = export_run(ort_run, min_agreement=0.95, **kw)  # above a lower bar: written, and not below it
