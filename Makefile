@@ -6,6 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 # Two workers: the suite is CPU-bound and the reference machine has two cores.
 PYTEST_WORKERS ?= 2
+# Whole files to a worker: module-scoped fixtures (trained runs) are then built once, not once per worker.
 
 .PHONY: setup demo test lint docs clean
 
@@ -26,7 +27,7 @@ demo: setup
 	$(VENV)/bin/qdg-deploy demo
 
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed-lint
 	$(VENV)/bin/ruff check .

@@ -67,6 +67,18 @@ def tiny_run(tmp_path_factory):
     return out, metrics
 
 
+@pytest.fixture(scope="session")
+def folder_runs(tmp_path_factory):
+    """test_bench's folder data set and two tiny QT-DoG `trt` runs on it (seeds 0 and 1, held-out d2), built once:
+    test_ensemble's members, test_flatness's run; read-only."""
+    from tests.test_bench import write_folder_dataset
+    from tests.test_ensemble import tiny_train
+
+    root = tmp_path_factory.mktemp("folder_runs")
+    data = write_folder_dataset(root / "data")
+    return {"data": data, "runs": {s: tiny_train(root / f"q{s}", data, seed=s) for s in (0, 1)}}
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     """A DomainBed-layout folder: two domains × three classes × 4 small PNGs."""

@@ -14,7 +14,7 @@ from qdg_deploy.runs import load_run
 from qdg_deploy.train import resolve_hparams, train_one
 from qdg_deploy.evaluation import predictions
 from tests.conftest import run_cli
-from tests.test_bench import IMAGE, write_folder_dataset
+from tests.test_bench import IMAGE
 
 
 def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"):
@@ -26,10 +26,9 @@ def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, folder_runs):
     root = tmp_path_factory.mktemp("ens")
-    data = write_folder_dataset(root / "data")
-    runs = {s: tiny_train(root / f"q{s}", data, seed=s) for s in (0, 1)}
+    data, runs = folder_runs["data"], folder_runs["runs"]
     ens = root / "eoq"
     metrics = build_ensemble([runs[0], runs[1]], ens)
     return {"root": root, "data": data, "runs": runs, "ens": ens, "metrics": metrics}

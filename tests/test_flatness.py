@@ -12,14 +12,11 @@ from qdg_deploy.flatness import loss_curve, parse_radius, perturbable, training_
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.runs import load_run
 from tests.conftest import run_cli
-from tests.test_bench import write_folder_dataset
-from tests.test_ensemble import tiny_train
 
 
 @pytest.fixture(scope="module")
-def qrun(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flat")
-    return tiny_train(root / "q", write_folder_dataset(root / "data"), scheme="trt")
+def qrun(folder_runs):
+    return folder_runs["runs"][0]  # a tiny QT-DoG trt run (conftest), shared with test_ensemble
 
 
 def test_radius_zero_is_the_training_loss_and_the_curve_is_written(qrun, tmp_path):
