@@ -1,13 +1,11 @@
-"""The README is short and true: at most 300 lines, every verb of the CLI in its table, its Python example runs, and
-its quick start runs as written (on the embedded data, into a temporary folder)."""
+"""The README is short and true: at most 300 lines, every verb of the CLI in its table, every option its commands
+use exists, its fast commands and its Python example run."""
 
 from __future__ import annotations
 
 import re
 import shlex
 from pathlib import Path
-
-import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -48,26 +46,23 @@ def test_every_verb_help_runs(cli):
         assert r.returncode == 0 and f"qdg-deploy {verb} [OPTIONS]" in r.stdout, (verb, r.stdout, r.stderr)
 
 
-@pytest.mark.slow
-def test_quick_start_runs_as_written(cli, tmp_path):
-    (quick,) = [b for b in blocks("bash") if "runs/quick" in b]
-    lines = commands(quick)
-    assert [a[0] for a in lines][:3] == ["train", "eval", "export"] and "bench" in [a[0] for a in lines]
+def test_every_command_names_options_that_exist(cli):
+    """Each `qdg-deploy …` line of the README, with --help added: click parses the whole line before --help acts, so
+    an option the verb does not have fails here (exit 2). The quick start's runs themselves take minutes, and what
+    they do is tested elsewhere (test_train, test_export, test_bench); the fast ones run below."""
+    lines = [args for block in blocks("bash") for args in commands(block)]
+    assert {a[0] for a in lines} >= {"train", "eval", "export", "bench"}
     for args in lines:
-        args = [a.replace("runs/", f"{tmp_path}/") for a in args]
+        r = cli(*args, "--help")
+        assert r.returncode == 0 and "Usage:" in r.stdout, (args, r.stderr)
+
+
+def test_fast_commands_run_as_written(cli):
+    fast = [args for block in blocks("bash") for args in commands(block) if args[-1] == "--list-runtimes"]
+    assert fast
+    for args in fast:
         r = cli(*args)
-        assert r.returncode == 0, (args, r.stderr[-2000:])
-    out = tmp_path / "quick"
-    for name in (
-        "config.json",
-        "metrics.json",
-        "model.safetensors",
-        "eval.json",
-        "model.onnx",
-        "model.export.json",
-        "bench.json",
-    ):
-        assert (out / name).is_file(), name
+        assert r.returncode == 0 and "ort-cpu" in r.stdout, (args, r.stderr)
 
 
 def test_python_example_runs(tmp_path, monkeypatch, capsys):
