@@ -13,7 +13,6 @@ from qdg_deploy.export import export_run
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import resolve_hparams, train_one
 from qdg_deploy.evaluation import predictions
-from tests.conftest import run_cli
 from tests.test_bench import IMAGE
 
 
@@ -73,12 +72,12 @@ def test_ensemble_export_is_one_graph_exact_against_torch(world, tmp_path):
     assert len(convs) == 8  # four per member, in one graph
 
 
-def test_eval_and_bench_take_an_ensemble(world, tmp_path):
-    r = run_cli("eval", world["ens"], "--json", tmp_path / "eval.json")
+def test_eval_and_bench_take_an_ensemble(world, tmp_path, cli):
+    r = cli("eval", world["ens"], "--json", tmp_path / "eval.json")
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["test_acc"] == pytest.approx(world["metrics"]["test_acc"])
-    r = run_cli("bench", world["ens"], "-r", "torch-fp32", "-r", "torch-fq", "--batch", "2", "--duration-s", "0.05",
+    r = cli("bench", world["ens"], "-r", "torch-fp32", "-r", "torch-fq", "--batch", "2", "--duration-s", "0.05",
                 "--warmup-ms", "0", "--min-iters", "2", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     recs = json.loads((tmp_path / "b.json").read_text())["records"]

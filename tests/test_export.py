@@ -21,7 +21,6 @@ from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.plan import Mode
 from qdg_deploy.quant.schemes import Scheme
-from tests.conftest import run_cli
 
 torch.set_num_threads(1)
 
@@ -395,7 +394,7 @@ REPORT_KEYS = {"top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples", "
 
 def test_cli_export_check_and_exit_codes(trained_run, tmp_path, cli):
     out = tmp_path / "m.onnx"
-    r = run_cli("export", trained_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
+    r = cli("export", trained_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "m.export.json").read_text())
     assert REPORT_KEYS <= set(report)

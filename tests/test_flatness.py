@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from qdg_deploy.flatness import loss_curve, parse_radius, perturbable, training_data
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.runs import load_run
-from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,8 @@ def qrun(folder_runs):
     return folder_runs["runs"][0]  # a tiny QT-DoG trt run (conftest), shared with test_ensemble
 
 
-def test_radius_zero_is_the_training_loss_and_the_curve_is_written(qrun, tmp_path):
-    r = run_cli("flatness", qrun, "--radius", "0..2", "--points", "3", "--directions", "3", "--out", tmp_path / "f")
+def test_radius_zero_is_the_training_loss_and_the_curve_is_written(qrun, tmp_path, cli):
+    r = cli("flatness", qrun, "--radius", "0..2", "--points", "3", "--directions", "3", "--out", tmp_path / "f")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "f" / "flatness.json").read_text())
     assert (tmp_path / "f" / "flatness.png").read_bytes()[:4] == b"\x89PNG"

@@ -66,10 +66,10 @@ def test_load_run_rebuilds_the_selected_quantized_model(tiny_run):
     assert acc == pytest.approx(metrics["per_domain"]["75"]["out_acc"])
 
 
-def test_eval_cli_writes_json(tiny_run, tmp_path):
+def test_eval_cli_writes_json(tiny_run, tmp_path, cli):
     out, metrics = tiny_run
     target = tmp_path / "e.json"
-    r = run_cli("eval", out, "--json", target)
+    r = cli("eval", out, "--json", target)
     assert r.returncode == 0, r.stderr
     result = json.loads(target.read_text())
     assert result["test_acc"] == pytest.approx(metrics["test_acc"])
