@@ -167,7 +167,8 @@ def test_alignq_update_reshapes_gradients_and_runs_admm():
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
     # the reshaped gradient is the raw one times the factor
     algo.optimizer.zero_grad()
-    fs, ft = algo.featurize(xs), algo.featurize(xt)
+    fs = algo.featurize(xs)
+    algo.featurize(xt)  # the target batch goes through the hooks as in a training step
     loss = torch.nn.functional.cross_entropy(algo.head(fs), ys) + algo.extra_loss()[0]
     loss.backward()
     raw = layers["conv3"].weight.grad.clone()
@@ -216,7 +217,7 @@ def test_da_baselines_float_and_quantized(method):
 
 # --- CLI: DA mode, load_run, --init -----------------------------------------------------------------------
 
-def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path):
+def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path, cli):
     common = ["--dataset", f"folder:{image_tree}", "--arch", "mnist-cnn", "--image-size", "16", "--source", "art",
               "--target", "photo", "--batch-size", "4", "--checkpoint-freq", "2", "--threads", "1"]
     r8 = run_cli("train", "--method", "dann", "--quant", "--bits", "8", "--act-bits", "8", "--steps", "2",
@@ -235,6 +236,6 @@ def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path):
     layers = quant_layers(run.model)
     assert layers["conv2"].act_quant.spec.quantizer == "daq" and layers["conv2"].act_quant.act_range.item() == 1.5
     assert layers["conv2"].act_quant.spec.bits == 4  # act bits follow --bits
-    bad = run_cli("train", "--method", "alignq", "--source", "art", "--dataset", f"folder:{image_tree}",
+    bad = cli("train", "--method", "alignq", "--source", "art", "--dataset", f"folder:{image_tree}",
                   "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--target" in bad.stderr

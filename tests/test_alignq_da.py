@@ -76,8 +76,8 @@ def test_step_schedule_divides_the_rate_by_ten_from_80_percent():
     (["--momentum", "1.5"], "--momentum must be in [0, 1]"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
 ])
-def test_bad_optimizer_options_are_one_error_line(args, fragment, tmp_path):
-    r = run_cli("train", "--method", "alignq", "--source", "0", "--target", "15", *args, "--out", tmp_path / "o")
+def test_bad_optimizer_options_are_one_error_line(args, fragment, tmp_path, cli):
+    r = cli("train", "--method", "alignq", "--source", "0", "--target", "15", *args, "--out", tmp_path / "o")
     assert r.returncode == 2 and fragment in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 

@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 from PIL import Image
+
+from conftest import cli_here
 
 SIZE = 16
 TRAIN = ["--arch", "mnist-cnn", "--image-size", str(SIZE), "--checkpoint-freq", "1", "--batch-size", "4",
@@ -71,24 +72,9 @@ def snapshot(*roots: Path) -> dict[str, str]:
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `qdg-deploy ARGS` through main() here: (exit code, stdout, stderr). An exception main lets through is
-    what Python would print: its traceback, exit 1."""
-    import qdg_deploy.cli as C
-
-    argv = sys.argv
-    sys.argv = ["qdg-deploy", *map(str, args)]
-    try:
-        C.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+    """Run `qdg-deploy ARGS` through main() here: (exit code, stdout, stderr)."""
+    r = cli_here(capsys, *args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def one_error_line(code: int, err: str, fragments: list[str], absent: list[str]) -> None:

@@ -101,13 +101,11 @@ import shutil
 import time
 
 import pytest
-from typer.testing import CliRunner
 
 from qdg_deploy import bench as B
 from qdg_deploy.timing import summarize, time_fn
 from qdg_deploy.bench.runtimes import COPIES_NONE
 from qdg_deploy.quant import strip_quantizers
-from qdg_deploy.cli import app
 from qdg_deploy.data import split_domains
 from qdg_deploy.errors import QdgError
 from qdg_deploy.runs import load_run
@@ -150,11 +148,14 @@ def test_list_runtimes_cpu_available_gpu_explained():
         assert "tensorrt" in rows["trt"]["reason"]
 
 
-def test_cli_list_runtimes():
-    res = CliRunner().invoke(app, ["bench", "--list-runtimes"], terminal_width=200)
-    assert res.exit_code == 0, res.output
+def test_cli_list_runtimes(cli, monkeypatch):
+    from rich.console import Console
+    import qdg_deploy.cli as C
+    monkeypatch.setattr(C, "out", Console(width=200))  # no wrapping, so the output can be searched
+    res = cli("bench", "--list-runtimes")
+    assert res.returncode == 0, res.stderr
     for name in ("torch-fp32", "torch-fq", "ort-cpu", "ort-cuda", "ort-trt", "trt"):
-        assert name in res.output
+        assert name in res.stdout
 
 
 # ---------------------------------------------------------------- statistics
@@ -408,28 +409,27 @@ def test_trt_runtime(world, tmp_path):
 # ---------------------------------------------------------------- CLI: JSON, plots, compare, errors
 
 
-def test_cli_json_plots_compare(world, tmp_path, monkeypatch):
+def test_cli_json_plots_compare(world, tmp_path, monkeypatch, cli):
     from rich.console import Console
-    import qdg_deploy.cli as cli
-    monkeypatch.setattr(cli, "out", Console(width=200))  # no wrapping, so the output can be searched
-    runner = CliRunner()
+    import qdg_deploy.cli as C
+    monkeypatch.setattr(C, "out", Console(width=200))  # no wrapping, so the output can be searched
     a, p = tmp_path / "a.json", tmp_path / "out.png"
     args = ["bench", str(world["qrun"]), "-r", "ort-cpu", "-r", "torch-fq", "--batch", "1,2",
             "--duration-s", "0.05", "--warmup-ms", "5", "--min-iters", "3", "--threads", "1"]
-    res = runner.invoke(app, [*args, "--json", str(a), "--plot", str(p)], terminal_width=200)
-    assert res.exit_code == 0, res.output
+    res = cli(*args, "--json", str(a), "--plot", str(p))
+    assert res.returncode == 0, res.stderr
     data = json.loads(a.read_text())
     assert data["schema"] == B.SCHEMA
     assert sorted((r["runtime"], r["batch"]) for r in data["records"]) == [
         ("ort-cpu", 1), ("ort-cpu", 2), ("torch-fq", 1), ("torch-fq", 2)]
-    assert "held-out" in res.output and "d1 (held-out)" in res.output
+    assert "held-out" in res.stdout and "d1 (held-out)" in res.stdout
     import matplotlib.image as mpimg
     for png in (tmp_path / "out-latency.png", tmp_path / "out-accuracy.png"):
         img = mpimg.imread(png)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300 and img[..., :3].std() > 0.05
-    res = runner.invoke(app, [*args, "--no-accuracy", "--compare", str(a)], terminal_width=200)
-    assert res.exit_code == 0, res.output
-    assert "New / old" in res.output and "ort-cpu" in res.output
+    res = cli(*args, "--no-accuracy", "--compare", str(a))
+    assert res.returncode == 0, res.stderr
+    assert "New / old" in res.stdout and "ort-cpu" in res.stdout
 
 
 # Every key of `bench --json` as it was before the tables were made to fit 80 columns: the JSON must not change.
@@ -455,18 +455,17 @@ def assert_whole(text: str, values, width: int = 80):
         assert re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", text), f"{v!r} not whole in the table"
 
 
-def test_cli_bench_tables_legible_at_80_columns_json_unchanged(world, tmp_path, monkeypatch):
+def test_cli_bench_tables_legible_at_80_columns_json_unchanged(world, tmp_path, monkeypatch, cli):
     from rich.console import Console
-    import qdg_deploy.cli as cli
+    import qdg_deploy.cli as C
     from qdg_deploy.bench.results import _count, _ms, _short
     from qdg_deploy.tables import human_bytes, pct
     con = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
-    monkeypatch.setattr(cli, "out", con)
+    monkeypatch.setattr(C, "out", con)
     js = tmp_path / "b.json"
-    res = CliRunner().invoke(app, ["bench", str(world["qrun"]), str(world["frun"]), "-r", "ort-cpu", "-r", "torch-fq",
-                                   "-r", "torch-fp32", "--batch", "1,2", "--duration-s", "0.02", "--warmup-ms", "2",
-                                   "--min-iters", "3", "--threads", "1", "--json", str(js)])
-    assert res.exit_code == 0, res.output
+    res = cli("bench", world["qrun"], world["frun"], "-r", "ort-cpu", "-r", "torch-fq", "-r", "torch-fp32", "--batch",
+              "1,2", "--duration-s", "0.02", "--warmup-ms", "2", "--min-iters", "3", "--threads", "1", "--json", js)
+    assert res.returncode == 0, res.stderr
     data = json.loads(js.read_text())
     assert set(data) == JSON_KEYS and set(data["settings"]) == SETTINGS_KEYS and set(data["environment"]) == ENV_KEYS
     assert len(data["records"]) == 2 * 5  # qrun on 3 runtimes, frun on 2, two batch sizes each
@@ -525,7 +524,7 @@ def test_compare_ratios_and_single_artifact_matching(world):
     assert B.compare(new, old) == []
 
 
-def test_errors(world, tmp_path):
+def test_errors(world, tmp_path, cli):
     with pytest.raises(QdgError, match="unknown runtime"):
         B.bench([world["fp32"]], ["nope"], [1])
     with pytest.raises(QdgError, match="not found"):
@@ -540,8 +539,8 @@ def test_errors(world, tmp_path):
     (bare_run / "model.onnx").unlink()
     with pytest.raises(QdgError, match="no model.onnx"):
         B.bench([bare_run], ["ort-cpu"], [1], **FAST)
-    res = CliRunner().invoke(app, ["bench", str(world["fp32"]), "--batch", "x"])
-    assert res.exit_code != 0
+    res = cli("bench", str(world["fp32"]), "--batch", "x")
+    assert res.returncode == 2 and res.stderr.startswith("error:"), res.stderr
 
 
 def test_bench_demo_final_table(world, tmp_path):

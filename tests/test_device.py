@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import run_cli
 from qdg_deploy.device import autocast, resolve_amp, resolve_device
@@ -11,18 +10,18 @@ from qdg_deploy.quant import get_scheme, quantize_model
 from qdg_deploy.quant.quantizers import LsqQuantizer, QuantSpec
 
 
-def test_device_cuda_without_cuda_is_one_error(tmp_path):
+def test_device_cuda_without_cuda_is_one_error(tmp_path, cli):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: the error needs a machine without it")
-    r = run_cli("train", "--device", "cuda", "--steps", "2", "--out", tmp_path / "run")
+    r = cli("train", "--device", "cuda", "--steps", "2", "--out", tmp_path / "run")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: --device cuda:"), r.stderr
     assert "CUDA is not available" in r.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("verb", ["eval", "calibrate", "export", "bench"])
-def test_every_torch_verb_refuses_a_bad_device_first(verb, tmp_path):
-    r = run_cli(verb, tmp_path / "no-run", "--device", "gpu:0")
+def test_every_torch_verb_refuses_a_bad_device_first(verb, tmp_path, cli):
+    r = cli(verb, tmp_path / "no-run", "--device", "gpu:0")
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["error: --device takes auto, cpu, cuda or cuda:N (got 'gpu:0')"], r.stderr
 

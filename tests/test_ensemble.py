@@ -13,8 +13,7 @@ from qdg_deploy.export import export_run_dir
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import resolve_hparams, train_one
 from qdg_deploy.accuracy import predictions
-from tests.conftest import run_cli
-from tests.test_bench import IMAGE, write_folder_dataset
+from tests.test_bench import IMAGE
 
 
 def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"):
@@ -26,10 +25,9 @@ def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, folder_runs):
     root = tmp_path_factory.mktemp("ens")
-    data = write_folder_dataset(root / "data")
-    runs = {s: tiny_train(root / f"q{s}", data, seed=s) for s in (0, 1)}
+    data, runs = folder_runs["data"], folder_runs["runs"]
     ens = root / "eoq"
     metrics = build_ensemble([runs[0], runs[1]], ens)
     return {"root": root, "data": data, "runs": runs, "ens": ens, "metrics": metrics}
@@ -74,12 +72,12 @@ def test_ensemble_export_is_one_graph_exact_against_torch(world, tmp_path):
     assert len(convs) == 8  # four per member, in one graph
 
 
-def test_eval_and_bench_take_an_ensemble(world, tmp_path):
-    r = run_cli("eval", world["ens"], "--json", tmp_path / "eval.json")
+def test_eval_and_bench_take_an_ensemble(world, tmp_path, cli):
+    r = cli("eval", world["ens"], "--json", tmp_path / "eval.json")
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["test_acc"] == pytest.approx(world["metrics"]["test_acc"])
-    r = run_cli("bench", world["ens"], "-r", "torch-fp32", "-r", "torch-fq", "--batch", "2", "--duration-s", "0.05",
+    r = cli("bench", world["ens"], "-r", "torch-fp32", "-r", "torch-fq", "--batch", "2", "--duration-s", "0.05",
                 "--warmup-ms", "0", "--min-iters", "2", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     recs = json.loads((tmp_path / "b.json").read_text())["records"]
@@ -88,14 +86,14 @@ def test_eval_and_bench_take_an_ensemble(world, tmp_path):
     assert {x["runtime"] for x in recs} == {"torch-fp32", "torch-fq"}
 
 
-def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path):
+def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path, cli):
     float_run = tiny_train(tmp_path / "erm", world["data"], method="erm", seed=2)
     other_env = tiny_train(tmp_path / "q_d1", world["data"], seed=3, test_env="d1")
     cases = [((world["runs"][0], float_run), "scheme"), ((world["runs"][0], other_env), "held-out domain"),
              ((world["runs"][0], world["runs"][0]), "given twice"), ((world["runs"][0],), "at least two")]
     for members, needle in cases:
         out = tmp_path / f"bad_{needle.replace(' ', '_')}"
-        r = run_cli("ensemble", *members, "--out", out)
+        r = cli("ensemble", *members, "--out", out)
         assert r.returncode == 2, r.stdout + r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr

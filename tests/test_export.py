@@ -4,6 +4,7 @@ TensorRT rule checks, CLI exit codes and report keys."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +21,6 @@ from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.plan import Mode
 from qdg_deploy.quant.schemes import Scheme
-from tests.conftest import run_cli
 
 
 def lowered(model, shape, **kw):
@@ -390,7 +390,8 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ort_run(tmp_path_factory):
-    """ort scheme W4A4: its uint8 zero points are requantized for --target tensorrt (measured 235 of 240 agree)."""
+    """ort scheme W4A4: its uint8 zero points are requantized for --target tensorrt (measured 235 of 240 agree on an
+    x86 VNNI CPU)."""
     return _calibrated_run(tmp_path_factory.mktemp("run") / "ort", "ort")
 
 
@@ -398,9 +399,9 @@ REPORT_KEYS = {"top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples", "
                "act_bits", "target", "file_bytes", "fp32_bytes", "packed_bytes"}
 
 
-def test_cli_export_check_and_exit_codes(trained_run, tmp_path):
+def test_cli_export_check_and_exit_codes(trained_run, tmp_path, cli):
     out = tmp_path / "m.onnx"
-    r = run_cli("export", trained_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
+    r = cli("export", trained_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "m.export.json").read_text())
     assert REPORT_KEYS <= set(report)
@@ -408,11 +409,11 @@ def test_cli_export_check_and_exit_codes(trained_run, tmp_path):
     assert report["file_bytes"] == out.stat().st_size and report["n_samples"] == 40 * 6
     assert report["unoptimized"]["top1_agreement"] == 1.0 and report["clipped"]
     onnx.checker.check_model(onnx.load(str(out)))
-    assert run_cli("check", out).returncode == 0
+    assert cli("check", out).returncode == 0
 
     bad = tmp_path / "bad.onnx"
     onnx.save(_graph(act_zp=5), str(bad))
-    r = run_cli("check", bad, "--target", "tensorrt")
+    r = cli("check", bad, "--target", "tensorrt")
     assert r.returncode == 1 and "non-zero zero point" in r.stdout
 
     from qdg_deploy.export import export_run_dir
@@ -421,9 +422,9 @@ def test_cli_export_check_and_exit_codes(trained_run, tmp_path):
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert "top1_agreement" not in json.loads((tmp_path / "o.export.json").read_text())
 
-    r = run_cli("export", tmp_path / "nope")
+    r = cli("export", tmp_path / "nope")
     assert r.returncode == 2 and "not a run directory" in r.stderr
-    r = run_cli("export", trained_run, "--format", "tensorrt")
+    r = cli("export", trained_run, "--format", "tensorrt")
     try:  # TensorRT is absent here: a clear error, exit 2
         import tensorrt  # noqa: F401
     except ImportError:
@@ -480,18 +481,24 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
 
-def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_run, tmp_path):
+def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_run, tmp_path, cli):
     """ort-scheme W4A4 exported for TensorRT is measurably inexact: exit 2, one line naming the cause and the
     figures; the target path and its report stay byte for byte what an earlier export left there."""
     out, report = tmp_path / "m.onnx", tmp_path / "m.export.json"
     args = ("export", ort_run, "--target", "tensorrt", "--out", out, "--max-samples", "40")
-    r = run_cli(*args)
+    r = cli(*args)
     assert r.returncode == 2, r.stderr
     (line,) = _error_lines(r.stderr)
-    assert line.startswith("error: export refused: top-1 agreement with torch 0.979167 (235 of 240 samples) "
-                           "< --min-agreement 0.999")
+    # The figures are ORT's kernels on this CPU (235 of 240 and out:60 at 0.925 on the x86 VNNI box they were
+    # measured on): assert what holds on any CPU, not the figures.
+    m = re.match(r"error: export refused: top-1 agreement with torch ([0-9.]+) \((\d+) of (\d+) samples\) "
+                 r"< --min-agreement 0\.999", line)
+    assert m, line
+    agreement, agree, n = float(m[1]), int(m[2]), int(m[3])
+    assert n == 240 and agree < n and agreement == pytest.approx(agree / n, rel=1e-5), line  # 40 from each split
     assert "trained with scheme ort: asymmetric zero points; TensorRT needs zero point 0" in line
-    assert "retrain with --scheme trt" in line and "worst split out:60: 0.925" in line
+    worst = re.search(r"worst split (\w+:\w+): ([0-9.]+)", line)
+    assert "retrain with --scheme trt" in line and worst and float(worst[2]) <= agreement, line  # a min <= the mean
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no report, no temporary file
 
     from qdg_deploy.export import export_run_dir
@@ -504,22 +511,22 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     assert (out.read_bytes(), report.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.export.json", "m.onnx"]
 
-    r = run_cli(*args, "--force")
+    r = cli(*args, "--force")
     assert r.returncode == 0, r.stderr
     assert "below --min-agreement 0.999; written because of --force" in r.stderr
     forced = json.loads(report.read_text())
     assert forced["target"] == "tensorrt" and forced["requantized"]
     assert forced["min_agreement"] == 0.999 and forced["below_min_agreement"] is True
-    assert forced["top1_agreement"] == pytest.approx(235 / 240) and forced["file_bytes"] == out.stat().st_size
+    assert forced["top1_agreement"] == pytest.approx(agree / n) and forced["file_bytes"] == out.stat().st_size
     onnx.checker.check_model(onnx.load(str(out)))
 
     lower = export_run_dir(ort_run, min_agreement=0.95, **kw)  # above a lower bar: written, and not below it
     assert lower["below_min_agreement"] is False and lower["min_agreement"] == 0.95
 
 
-def test_min_agreement_is_a_fraction(ort_run, tmp_path):
+def test_min_agreement_is_a_fraction(ort_run, tmp_path, cli):
     from qdg_deploy.export import export_run_dir
-    r = run_cli("export", ort_run, "--out", tmp_path / "m.onnx", "--min-agreement", "1.5")
+    r = cli("export", ort_run, "--out", tmp_path / "m.onnx", "--min-agreement", "1.5")
     assert r.returncode == 2 and _error_lines(r.stderr) == [
         "error: --min-agreement takes a fraction in [0, 1], e.g. 0.999 (got 1.5)"], r.stderr
     for bad in (-0.1, float("nan"), True, "0.9"):

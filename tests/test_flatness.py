@@ -11,19 +11,15 @@ import torch.nn.functional as F
 from qdg_deploy.workflows.flatness import loss_curve, parse_radius, perturbable, training_data
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.runs import load_run
-from tests.conftest import run_cli
-from tests.test_bench import write_folder_dataset
-from tests.test_ensemble import tiny_train
 
 
 @pytest.fixture(scope="module")
-def qrun(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flat")
-    return tiny_train(root / "q", write_folder_dataset(root / "data"), scheme="trt")
+def qrun(folder_runs):
+    return folder_runs["runs"][0]  # a tiny QT-DoG trt run (conftest), shared with test_ensemble
 
 
-def test_radius_zero_is_the_training_loss_and_the_curve_is_written(qrun, tmp_path):
-    r = run_cli("flatness", qrun, "--radius", "0..2", "--points", "3", "--directions", "3", "--out", tmp_path / "f")
+def test_radius_zero_is_the_training_loss_and_the_curve_is_written(qrun, tmp_path, cli):
+    r = cli("flatness", qrun, "--radius", "0..2", "--points", "3", "--directions", "3", "--out", tmp_path / "f")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "f" / "flatness.json").read_text())
     assert (tmp_path / "f" / "flatness.png").read_bytes()[:4] == b"\x89PNG"
@@ -63,8 +59,8 @@ def test_perturbing_latent_weights_requantizes_them_at_fixed_steps(qrun):
     assert curve["losses"][0][1] != curve["losses"][0][0]
 
 
-def test_bad_radius_is_one_error_line(qrun, tmp_path):
+def test_bad_radius_is_one_error_line(qrun, tmp_path, cli):
     assert parse_radius("0..3") == (0.0, 3.0) and parse_radius("2") == (0.0, 2.0)
-    r = run_cli("flatness", qrun, "--radius", "3..1", "--out", tmp_path / "x")
+    r = cli("flatness", qrun, "--radius", "3..1", "--out", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

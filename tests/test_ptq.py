@@ -19,7 +19,6 @@ from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_ba
 from qdg_deploy.quant import LsqQuantizer, QuantSpec, get_scheme, quantize_model
 from qdg_deploy.runs import load_run
 
-from conftest import run_cli
 
 
 # ---- observers, each against a hand-worked example ------------------------------------------------------------
@@ -121,9 +120,9 @@ def test_every_observer_calibrates_and_narrows_no_wider_than_minmax(float_run):
             assert torch.allclose(model(x), run.model(x), atol=1e-5)
 
 
-def test_calibrate_cli_writes_a_run_that_exports_exactly(float_run, tmp_path):
+def test_calibrate_cli_writes_a_run_that_exports_exactly(float_run, tmp_path, cli):
     out = tmp_path / "ptq"
-    r = run_cli("calibrate", float_run, "--method", "percentile", "--num-batches", "2", "--out", out)
+    r = cli("calibrate", float_run, "--method", "percentile", "--num-batches", "2", "--out", out)
     assert r.returncode == 0, r.stderr
     run = load_run(out)
     m = json.loads((out / "metrics.json").read_text())
@@ -134,7 +133,7 @@ def test_calibrate_cli_writes_a_run_that_exports_exactly(float_run, tmp_path):
     assert rep["top1_agreement"] == 1.0 and rep["max_abs_diff"] == 0.0
 
 
-def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_path):
+def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_path, cli):
     out = tmp_path / "kf"
     calibrate_run(float_run, out, PtqOptions(scheme="trt", keep_float=2, num_batches=2))
     run = load_run(out)
@@ -148,13 +147,13 @@ def test_keep_float_two_layers_stays_exact_and_tensorrt_clean(float_run, tmp_pat
     assert check_tensorrt_rules(tmp_path / "kf.onnx") == []
     notes = float_layers(tmp_path / "kf.onnx")  # the kept layers, and only they, run in float
     assert len(notes) == 2 and all(any(k in n for n in notes) for k in kept)
-    r = run_cli("check", tmp_path / "kf.onnx")
+    r = cli("check", tmp_path / "kf.onnx")
     assert r.returncode == 0 and r.stdout.count("note:") == 2
 
 
-def test_sensitivity_cli_writes_table_json_and_chart(float_run, tmp_path):
+def test_sensitivity_cli_writes_table_json_and_chart(float_run, tmp_path, cli):
     js, png = tmp_path / "s.json", tmp_path / "s.png"
-    r = run_cli("sensitivity", float_run, "--json", js, "--plot", png)
+    r = cli("sensitivity", float_run, "--json", js, "--plot", png)
     assert r.returncode == 0, r.stderr
     rep = json.loads(js.read_text())
     assert len(rep["layers"]) == 10 and rep["calibrated"]["method"] == "percentile"
@@ -167,7 +166,7 @@ def test_sensitivity_cli_writes_table_json_and_chart(float_run, tmp_path):
 # ---- a user's own weights file and network --------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", ["torchvision", "domainbed"])
-def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp_path, layout):
+def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp_path, layout, cli):
     torch.manual_seed(0)
     state = torchvision.models.resnet18(num_classes=3).state_dict()
     if layout == "domainbed":  # DomainBed/SWAD: featurizer under network.0.network, classifier network.1
@@ -176,22 +175,22 @@ def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp
     path = tmp_path / "r18.pt"
     torch.save(state, path)
     out = tmp_path / "run"
-    r = run_cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--image-size", "32",
+    r = cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--image-size", "32",
                 "--num-batches", "1", "--out", out)
     assert r.returncode == 0, r.stderr
-    r = run_cli("export", out)
+    r = cli("export", out)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "model.export.json").read_text())["top1_agreement"] == 1.0
-    r = run_cli("bench", out / "model.onnx", "--batch", "1", "--duration-s", "0.2", "--json", tmp_path / "b.json")
+    r = cli("bench", out / "model.onnx", "--batch", "1", "--duration-s", "0.2", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     recs = json.loads((tmp_path / "b.json").read_text())
     assert any(rec.get("runtime", "").startswith("ort") for rec in (recs if isinstance(recs, list) else recs["records"]))
 
 
-def test_a_state_dict_for_other_classes_is_refused(image_tree, tmp_path):
+def test_a_state_dict_for_other_classes_is_refused(image_tree, tmp_path, cli):
     path = tmp_path / "r18.pt"
     torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), path)
-    r = run_cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--out", tmp_path / "o")
+    r = cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "fc.weight" in r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -237,18 +236,18 @@ def test_python_api_refuses_an_unsupported_op_by_name():
     (["--num-batches", "0"], "--num-batches"),
     (["--test-env", "0"], "held out"),
 ])
-def test_bad_calibrate_options(float_run, tmp_path, args, needle):
-    r = run_cli("calibrate", float_run, *args, "--out", tmp_path / "o")
+def test_bad_calibrate_options(float_run, tmp_path, args, needle, cli):
+    r = cli("calibrate", float_run, *args, "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
-def test_bad_sources(tiny_run, tmp_path):
+def test_bad_sources(tiny_run, tmp_path, cli):
     qrun, _ = tiny_run
-    r = run_cli("calibrate", qrun, "--out", tmp_path / "o")
+    r = cli("calibrate", qrun, "--out", tmp_path / "o")
     assert r.returncode == 2 and "already quantized" in r.stderr
     (tmp_path / "w.pt").write_bytes(b"junk")
-    r = run_cli("calibrate", tmp_path / "w.pt", "--out", tmp_path / "o")
+    r = cli("calibrate", tmp_path / "w.pt", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--arch" in r.stderr
     assert not (tmp_path / "o").exists()
 

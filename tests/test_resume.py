@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,28 @@ def ckpt_step(path: Path) -> int:
         return 0
 
 
+# The child: the real CLI, whose checkpoint writer SIGKILLs the process right after it has written the checkpoint of
+# step STOP or later. Polling for last.ckpt from here instead raced the run: a fast child could pass STOP and
+# finish (a finished run deletes last.ckpt) between two polls.
+KILLED_AT = """
+import os, signal, sys
+import qdg_deploy.train.loop as loop
+save, stop = loop.save_checkpoint, int(sys.argv.pop(1))
+def save_then_die(path, algo, fit, step, hp):
+    save(path, algo, fit, step, hp)
+    if step >= stop:
+        os.kill(os.getpid(), signal.SIGKILL)
+loop.save_checkpoint = save_then_die
+from qdg_deploy.cli import main
+main()
+"""
+
+
 def kill_after(out: Path, step: int) -> None:
-    """Start (or resume) the run and SIGKILL it once its last.ckpt is at `step` or later."""
-    cmd = [sys.executable, "-c", "from qdg_deploy.cli import main; main()", *ARGS, "--out", str(out), "--resume"]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while ckpt_step(out / "last.ckpt") < step:
-        assert p.poll() is None, p.stderr.read().decode()
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    """Start (or resume) the run and SIGKILL it once it has written its last.ckpt at `step` or later."""
+    cmd = [sys.executable, "-c", KILLED_AT, str(step), *ARGS, "--out", str(out), "--resume"]
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()  # killed, not finished or failed
 
 
 @pytest.mark.slow
@@ -59,16 +71,17 @@ def test_kill_and_resume_gives_the_unbroken_weights(tmp_path):
     assert ma == mb, steps
 
 
-def test_resume_refuses_other_options(tmp_path):
+def test_resume_refuses_other_options(tmp_path, cli):
     out = tmp_path / "run"
     kill_after(out, 2)
-    r = run_cli(*ARGS[:-1], "--lr", "0.01", "--out", out, "--resume")  # --deterministic dropped: allowed
+    r = cli(*ARGS[:-1], "--lr", "0.01", "--out", out, "--resume")  # --deterministic dropped: allowed
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: --resume:") and "lr" in r.stderr, r.stderr
-    r = run_cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
+    r = cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
     assert (out / "last.ckpt").is_file()
-    r = run_cli(*ARGS, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
+    short = [*ARGS[:ARGS.index("--steps") + 1], "6", *ARGS[ARGS.index("--steps") + 2:]]  # a new run: any length
+    r = run_cli(*short, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["device"]["resumed_at_step"] is None  # a new run

@@ -19,7 +19,6 @@ from qdg_deploy.quant import Quantizer, get_scheme, quantize_model, strip_quanti
 from qdg_deploy.runs import load_run, model_record, save_run
 from qdg_deploy.train import resolve_hparams
 
-from conftest import run_cli
 
 
 def lowered(model, shape, **kw):
@@ -68,9 +67,9 @@ def test_strip_quantizers_gives_the_float_architecture_with_the_same_weights(res
         assert torch.equal(net(x), twin(x))
 
 
-def test_onnx_fp32_export_of_a_residual_run(resnet_run, tmp_path):
+def test_onnx_fp32_export_of_a_residual_run(resnet_run, tmp_path, cli):
     out = tmp_path / "fp32.onnx"
-    r = run_cli("export", resnet_run, "--format", "onnx-fp32", "--out", out, "--max-samples", "8")
+    r = cli("export", resnet_run, "--format", "onnx-fp32", "--out", out, "--max-samples", "8")
     assert r.returncode == 0, r.stderr
     report = load_report(out)
     assert report["format"] == "onnx-fp32" and report["scheme"] is None and report["top1_agreement"] == 1.0

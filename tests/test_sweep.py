@@ -41,11 +41,11 @@ def _sweep_args(data, out, *extra):
             "--set", "batch_size=4", "--set", "threads=1", "--out", out, *extra]
 
 
-def test_sweep_resumes_after_a_kill_without_redoing_finished_runs(tmp_path):
+def test_sweep_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, cli):
     data = write_folder_dataset(tmp_path / "data")
     out = tmp_path / "S"
     seed0, seed1 = out / "erm" / "d2" / "seed0", out / "erm" / "d2" / "seed1"
-    dry = run_cli(*_sweep_args(data, out, "--dry-run"))
+    dry = cli(*_sweep_args(data, out, "--dry-run"))
     assert dry.returncode == 0, dry.stderr
     cmds = [ln for ln in dry.stdout.splitlines() if "qdg_deploy.cli train" in ln]
     assert len(cmds) == 2 and "--image-size 16" in cmds[0] and "--seed 1" in cmds[1] and not out.exists()
@@ -101,7 +101,7 @@ def _fake_run(path: Path, test_env: str, acc: float, *, size=(250, 1000), k=None
     (path / "model.safetensors").write_bytes(b"")
 
 
-def test_report_mean_and_standard_error_on_known_numbers(tmp_path):
+def test_report_mean_and_standard_error_on_known_numbers(tmp_path, cli):
     out = tmp_path / "S"
     for te, accs, plain in (("d0", [0.5, 0.6, 0.7], [0.4, 0.5, 0.6]), ("d1", [0.8, 0.9, 1.0], [0.9, 0.9, 0.9])):
         for s, (a, p) in enumerate(zip(accs, plain)):
@@ -132,11 +132,11 @@ def test_report_mean_and_standard_error_on_known_numbers(tmp_path):
     assert mean_se([1.0]) == (1.0, None)
     r = run_cli("report", out)
     assert r.returncode == 0 and "w/o SWAD" in r.stdout and (out / "results.md").is_file()
-    r = run_cli("report", tmp_path / "nothing")
+    r = cli("report", tmp_path / "nothing")
     assert r.returncode == 2 and r.stderr.startswith("error:")
 
 
-def test_submitit_local_executor_runs_a_two_run_sweep_resumable_across_launchers(tmp_path):
+def test_submitit_local_executor_runs_a_two_run_sweep_resumable_across_launchers(tmp_path, cli):
     pytest.importorskip("submitit")
     data = write_folder_dataset(tmp_path / "data")
     out = tmp_path / "S"
@@ -147,29 +147,29 @@ def test_submitit_local_executor_runs_a_two_run_sweep_resumable_across_launchers
     assert run_state(seed0) == run_state(seed1) == "done"
     assert list((out / ".submitit").glob("*/*_result.pkl"))  # each run went through a submitit job
     # the same sweep printed for another scheduler: nothing left to do; then a broken run and a killed one
-    r = run_cli(*_sweep_args(data, out, "--launcher", "print"))
+    r = cli(*_sweep_args(data, out, "--launcher", "print"))
     assert r.returncode == 0 and (out / "commands.sh").read_text() == "", r.stderr
     (seed0 / "metrics.json").unlink()
     shutil.rmtree(seed1)
     seed1.mkdir()
     (seed1 / "last.ckpt").write_bytes(b"")  # stands for a killed run's checkpoint
-    r = run_cli(*_sweep_args(data, out, "--launcher", "print"))
+    r = cli(*_sweep_args(data, out, "--launcher", "print"))
     lines = (out / "commands.sh").read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"rm -rf {seed0} && ") and "--seed 0" in lines[0], lines
     assert "--seed 1" in lines[1] and lines[1].endswith("--resume") and "rm -rf" not in lines[1], lines
 
 
-def test_launcher_options_are_checked(tmp_path):
+def test_launcher_options_are_checked(tmp_path, cli):
     for extra, words in [(["--launcher", "slurm"], "--launcher takes one of"),
                          (["--nproc-per-node", "2"], "needs --launcher torchrun"),
                          (["--launcher", "submitit", "--cluster", "pbs"], "--cluster takes")]:
-        r = run_cli("sweep", "--methods", "erm", "--out", tmp_path / "S", *extra)
+        r = cli("sweep", "--methods", "erm", "--out", tmp_path / "S", *extra)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and words in r.stderr, r.stderr
         assert not (tmp_path / "S").exists()
 
 
-def test_torchrun_launcher_commands(tmp_path):
-    r = run_cli("sweep", "--methods", "qtdog", "--test-envs", "75", "--seeds", "0", "--launcher", "torchrun",
+def test_torchrun_launcher_commands(tmp_path, cli):
+    r = cli("sweep", "--methods", "qtdog", "--test-envs", "75", "--seeds", "0", "--launcher", "torchrun",
                 "--nproc-per-node", "2", "--out", tmp_path / "S", "--dry-run")
     assert r.returncode == 0, r.stderr
     (cmd,) = [ln for ln in r.stdout.splitlines() if "train" in ln]

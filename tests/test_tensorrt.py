@@ -12,7 +12,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import run_cli
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
 from qdg_deploy.export.check import has_qdq, quantized_layers
@@ -262,12 +261,12 @@ def _has_tensorrt() -> bool:
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the missing-TensorRT error cannot happen")
-def test_export_tensorrt_without_tensorrt_is_one_error_line_and_no_file(tmp_path):
+def test_export_tensorrt_without_tensorrt_is_one_error_line_and_no_file(tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(DATA / "golden" / "trt", run)
     before = sorted(p.name for p in run.iterdir())
     for extra in ([], ["--fp16", "--batch-range", "1,4,8", "--strict-int8", "--onnx", str(run / "nope.onnx")]):
-        r = run_cli("export", run, "--format", "tensorrt", *extra)
+        r = cli("export", run, "--format", "tensorrt", *extra)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: TensorRT is not installed")
         assert "pip install" in lines[0] and "tensorrt" in lines[0]

@@ -67,19 +67,19 @@ def test_load_run_rebuilds_the_selected_quantized_model(tiny_run):
     assert acc == pytest.approx(metrics["per_domain"]["75"]["out_acc"])
 
 
-def test_eval_cli_writes_json(tiny_run, tmp_path):
+def test_eval_cli_writes_json(tiny_run, tmp_path, cli):
     out, metrics = tiny_run
     target = tmp_path / "e.json"
-    r = run_cli("eval", out, "--json", target)
+    r = cli("eval", out, "--json", target)
     assert r.returncode == 0, r.stderr
     result = json.loads(target.read_text())
     assert result["test_acc"] == pytest.approx(metrics["test_acc"])
     assert "75 (held-out)" in r.stdout
 
 
-def test_refuses_to_overwrite_a_run(tiny_run):
+def test_refuses_to_overwrite_a_run(tiny_run, cli):
     out, _ = tiny_run
-    r = run_cli("train", "--steps", "1", "--out", out)
+    r = cli("train", "--steps", "1", "--out", out)
     assert r.returncode == 2 and "already holds a run" in r.stderr
 
 
@@ -100,7 +100,7 @@ def test_test_env_all_on_a_folder_dataset(image_tree, tmp_path):
     ("non_image", "not an image"),
     ("classes_differ", "classes"),
 ])
-def test_cli_reports_bad_data_in_one_line(image_tree, tmp_path, breakage, expected):
+def test_cli_reports_bad_data_in_one_line(image_tree, tmp_path, breakage, expected, cli):
     root = image_tree
     if breakage == "missing":
         root = tmp_path / "nowhere"
@@ -111,8 +111,8 @@ def test_cli_reports_bad_data_in_one_line(image_tree, tmp_path, breakage, expect
         (image_tree / "art" / "cat" / "notes.txt").write_text("hello")
     elif breakage == "classes_differ":
         (image_tree / "photo" / "fox").rename(image_tree / "photo" / "wolf")
-    r = run_cli("train", "--dataset", f"folder:{root}", "--steps", "1", "--out", tmp_path / "x")
+    r = cli("train", "--dataset", f"folder:{root}", "--steps", "1", "--out", tmp_path / "x")
     assert r.returncode == 2
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0].lower(), r.stderr
     assert not (tmp_path / "x" / "model.safetensors").exists()
