@@ -526,7 +526,7 @@ def models_cmd(
     Listing is instant; the exporter check (--check) builds every listed model, so it runs only when asked."""
     import json
 
-    from .models.listing import list_models
+    from .workflows.listing import list_models
     from .tables import FitTable
 
     rows = list_models(filter_text, check=check_export)

@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 
 from ..records import Metrics, RunConfig
 from ..data import Splits, load_class_map, run_data
-from ..models.zoo import backbone_input
+from ..models import backbone_input
 from ..device import resolve_device
 from ..errors import QdgError
 from ..accuracy import domain_metrics, iter_batches, make_progress
@@ -51,7 +51,7 @@ def load_source(source: str | Path, *, arch: str | None, dataset: str | None, da
     if source.is_dir():
         return _run_source(source, dataset, test_env, arch)
     if not source.is_file():
-        from ..models import weights_name_hint
+        from ..models.state import weights_name_hint
         raise QdgError(f"SOURCE {source} is neither a run directory nor a weights file{weights_name_hint(source)}")
     if not arch:
         raise QdgError(f"SOURCE {source} is a weights file: say which network it holds with --arch")

@@ -20,7 +20,7 @@ import json
 
 import onnx
 
-from .. import __version__
+from ..version import __version__
 
 JSON_KEYS = ("input_size", "mean", "std", "input", "classes", "domains", "data")
 DATA_KEYS = ("dataset", "data_dir", "seed", "holdout_fraction", "image_size", "class_map", "input")

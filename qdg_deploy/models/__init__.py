@@ -4,15 +4,14 @@ local file, or (`pretrained`) the library's own ImageNet weights through its own
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import nn
 
 from ..errors import QdgError
 from . import zoo
+from .state import load_state_file
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
 
@@ -80,38 +79,6 @@ def unknown_hint(name: str) -> str:
         " (or tv:NAME, timm:NAME: `qdg-deploy models` lists them)"
 
 
-def weights_name_hint(path: str | Path) -> str:
-    """For a torchvision weights name given where a file is expected (IMAGENET1K_V1, DEFAULT): a pointer to
-    --pretrained; '' otherwise."""
-    if re.fullmatch(r"DEFAULT|[A-Z0-9_]+_V\d+", str(path)):
-        return (f" ({path} looks like a torchvision weights name, not a file: --pretrained with --arch tv:NAME "
-                f"loads the library's default ImageNet weights)")
-    return ""
-
-
-def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file, never executing code from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise QdgError(f"weights file not found: {path}{weights_name_hint(path)}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "Weights only load failed" in str(e):  # not torch's advice to unpickle arbitrary objects: never done here
-            raise QdgError(f"cannot read weights {path}: not a plain tensor state dict (or damaged); qdg-deploy never "
-                           f"unpickles arbitrary objects: give a .safetensors file or torch.save(model.state_dict())"
-                           ) from None
-        raise QdgError(f"cannot read weights {path}: {e}".splitlines()[0]) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise QdgError(f"{path} does not hold a state dict")
-    return state
-
-
 def load_pretrained(net: nn.Module, path: str | Path) -> None:
     """Load backbone weights; tensors whose shape differs (a new classifier, other input channels) are skipped."""
     state = load_state_file(path)
@@ -120,3 +87,16 @@ def load_pretrained(net: nn.Module, path: str | Path) -> None:
     if not usable:
         raise QdgError(f"no tensor in {path} matches the model's parameter names and shapes")
     net.load_state_dict(usable, strict=False)
+
+
+def backbone_input(hp: dict, image_size: int | None) -> None:
+    """Folder data sets read by a tv:/timm: backbone take its pretrained input pipeline (size, resize, crop,
+    interpolation, mean/std; a given `image_size` overrides the size): hp["input"], which every later reader of
+    the data (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any
+    work. rotated-mnist keeps its own pipeline."""
+    check_arch(hp["arch"], hp.get("weights"), bool(hp.get("pretrained")))
+    if hp["dataset"] == "rotated-mnist" or hp.get("input"):
+        return
+    cfg = zoo.input_config(hp["arch"], image_size)
+    if cfg is not None:
+        hp["input"], hp["image_size"] = cfg, cfg["size"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import QdgError
+from .state import load_state_file
 
 TV, TIMM = "tv:", "timm:"
 NET_TIMEOUT_S = 15  # a download attempt that hears nothing for this long fails (never hangs on a dead network)
@@ -247,7 +248,6 @@ def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) 
     from timm.models import get_pretrained_cfg
 
     # never unpickles: safetensors, or torch.load(weights_only=True)
-    from . import load_state_file
     cfg = get_pretrained_cfg(name).to_dict()
     state = load_state_file(timm_weights_file(cfg))
     # timm's own loader, handed the file's tensors: it drops a classifier of another class count and adapts the
@@ -257,20 +257,6 @@ def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) 
     except RuntimeError as e:
         raise QdgError(f"--pretrained: timm could not load its weights into timm:{name}: "
                        f"{str(e).splitlines()[0]}") from None
-
-
-def backbone_input(hp: dict, image_size: int | None) -> None:
-    """Folder data sets read by a tv:/timm: backbone take its pretrained input pipeline (size, resize, crop,
-    interpolation, mean/std; a given `image_size` overrides the size): hp["input"], which every later reader of
-    the data (eval, export, bench) rebuilds it from. A model name the library lacks is refused here, before any
-    work. rotated-mnist keeps its own pipeline."""
-    from . import check_arch
-    check_arch(hp["arch"], hp.get("weights"), bool(hp.get("pretrained")))
-    if hp["dataset"] == "rotated-mnist" or hp.get("input"):
-        return
-    cfg = input_config(hp["arch"], image_size)
-    if cfg is not None:
-        hp["input"], hp["image_size"] = cfg, cfg["size"]
 
 
 def input_config(arch: str, image_size: int | None = None) -> dict | None:

@@ -23,7 +23,7 @@ from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threa
 from ..data import Splits, get_dataset, load_class_map, run_splits
 from ..errors import QdgError
 from ..accuracy import accuracy_and_loss, domain_metrics, make_progress
-from ..models.zoo import backbone_input
+from ..models import backbone_input
 from ..quant import model_size
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams

@@ -1,11 +1,12 @@
-"""`qdg-deploy models`: the architectures `--arch` takes, and (on request) whether the exporter lowers each.
+"""`qdg-deploy models`: the architectures `--arch` takes, and (on request) whether the exporter lowers each (it
+composes models/ and export/, so it lives here, not in models/).
 
 Listing is instant; the export check builds each listed network (random init) and traces it, about a second
 apiece, so it runs only with `check` (narrow the list with a filter first: timm alone has ~1,400 models)."""
 
 from __future__ import annotations
 
-from . import MODELS, zoo
+from ..models import MODELS, zoo
 
 SOURCES = {"short": "qdg-deploy", "tv": "torchvision", "timm": "timm"}
 
@@ -25,7 +26,7 @@ def export_support(arch: str, in_channels: int = 3, num_classes: int = 10) -> st
     """'yes', or 'no: <the first operation the exporter cannot lower>' (export/supported.py), for the network
     built at random init."""
     from ..export.supported import unsupported_op
-    from . import build_model
+    from ..models import build_model
 
     try:
         net = build_model(arch, in_channels, num_classes).eval()
