@@ -43,6 +43,12 @@ def _timm_funcs() -> dict:
     return {getattr(ta, k): k for k in ("resolve_self_attn_mask", "maybe_add_mask") if hasattr(ta, k)}
 
 
+def extra_functions() -> set:
+    """Functions the lowering knows beyond export/supported.py's FUNCTIONS (timm's mask helpers, fx's asserts)."""
+    import torch.fx._symbolic_trace as st
+    return set(_timm_funcs()) | {f for f in (getattr(st, "_assert_is_none", None),) if f is not None}
+
+
 class Context:
     """Per-export state: python values of non-tensor nodes, constants, shapes at two batch sizes."""
 

@@ -68,7 +68,9 @@ class QMatMul(nn.Module):
         return (self.a_quant.scale().reshape(()) * self.b_quant.scale().reshape(())).detach()
 
     def snapped(self) -> bool:
-        return not self.training and bool(self.a_quant.initialized) and bool(self.b_quant.initialized)
+        """Eval mode with both quantizers set and quantizing (not observing a float pass: calibrate/ptq)."""
+        qs = (self.a_quant, self.b_quant)
+        return not self.training and all(bool(q.initialized) and getattr(q, "observe", None) is None for q in qs)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         y = self.a_quant(a) @ self.b_quant(b)
