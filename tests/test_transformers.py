@@ -16,13 +16,13 @@ from torch import nn
 
 timm = pytest.importorskip("timm")
 
-from qdg_deploy.errors import QdgError  # noqa: E402
-from qdg_deploy.export.check import check_tensorrt_rules  # noqa: E402
-from qdg_deploy.export.onnx_writer import build_onnx  # noqa: E402
-from qdg_deploy.export.supported import check_supported  # noqa: E402
-from qdg_deploy.ort_session import ort_session  # noqa: E402
-from qdg_deploy.quant import get_scheme, quant_layers, quantize_model, strip_quantizers  # noqa: E402
-from qdg_deploy.quant.transformer import QMatMul, is_quantized_attention  # noqa: E402
+from qdg_deploy.errors import QdgError
+from qdg_deploy.export.check import check_tensorrt_rules
+from qdg_deploy.export.onnx_writer import build_onnx
+from qdg_deploy.export.supported import check_supported
+from qdg_deploy.ort_session import ort_session
+from qdg_deploy.quant import get_scheme, quant_layers, quantize_model, strip_quantizers
+from qdg_deploy.quant.transformer import QMatMul, is_quantized_attention
 
 
 def tiny_vit(in_chans: int = 1, num_classes: int = 5, img: int = 32, **kw) -> nn.Module:

@@ -7,13 +7,13 @@ import copy
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from . import transformer
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
 from .plan import PLAN_ATTRS, build_plan
 from .pool import QAvgPool, quantize_global_pools
 from .residual import QBasicBlock, QBottleneck, quantize_residual_blocks
 from .schemes import Scheme
-from . import transformer
 from .swap import recast, replace_module
 from .tracing import relu_fed_layers
 
