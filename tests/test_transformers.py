@@ -150,18 +150,13 @@ def test_ptq_calibration_and_sensitivity_on_a_tiny_vit():
 @pytest.fixture(scope="module")
 def vit_run(tmp_path_factory):
     """A tiny ViT trained with QT-DoG (paper W7, SWAD) through train_one, the `train` command's function."""
-    from qdg_deploy.models import MODELS
     from qdg_deploy.train import resolve_hparams, train_one
 
-    MODELS["test-tiny-vit"] = lambda c, k: tiny_vit(c, k, img=28)  # until the model zoo's timm:NAME is merged
     out = tmp_path_factory.mktemp("runs") / "vit"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", arch="test-tiny-vit", steps=6, q_steps=2,
+    hp = resolve_hparams("rotated-mnist", method="qtdog", arch="vit-mnist", steps=6, q_steps=2,
                          checkpoint_freq=3, batch_size=8, test_env="75", swad_n_converge=2, swad_n_tolerance=2,
                          swad_tolerance_ratio=1.0)
-    try:
-        yield out, train_one(hp, out)
-    finally:
-        MODELS.pop("test-tiny-vit", None)
+    return out, train_one(hp, out)
 
 
 def test_qtdog_swad_trains_a_tiny_vit_and_flatness_runs_on_it(vit_run):

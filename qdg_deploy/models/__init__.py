@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import QdgError
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
+from .vit_mnist import vit_mnist
 
 
 def _resnet(depth: int):
@@ -28,6 +29,7 @@ MODELS = {
     "mnist-cnn": lambda in_channels, num_classes: MnistCNN(in_channels, num_classes),
     "resnet18": _resnet(18),
     "resnet50": _resnet(50),
+    "vit-mnist": lambda in_channels, num_classes: vit_mnist(in_channels, num_classes),  # timm ViT, 7×7 patches
 }
 
 
