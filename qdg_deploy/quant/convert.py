@@ -101,7 +101,7 @@ def model_size(model: nn.Module) -> dict:
     params = 0
     fp32 = packed = 0.0
     for name, p in model.named_parameters():
-        if ".weight_quant." in name or ".act_quant." in name or ".add_quant." in name or ".id_quant." in name:
+        if any(f".{q}." in name for q in ("weight_quant", "act_quant", "add_quant", "id_quant", "a_quant", "b_quant")):
             packed += p.numel() * 4
             continue
         params += p.numel()
