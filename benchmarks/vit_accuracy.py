@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     sets = [f"steps={a.steps}", f"checkpoint_freq={a.checkpoint_freq}", f"q_steps={a.q_steps}", f"lr={a.lr}",
             f"arch={a.arch}"]
-    cli("sweep", "--dataset", "rotated-mnist", "--methods", ",".join((ERM, QT, W8)), "--test-envs", a.test_envs,
+    cli("sweep", "--dataset", "rotated-mnist", "--methods", f"{ERM},{QT},{W8}", "--test-envs", a.test_envs,
         "--seeds", a.seeds, "--jobs", a.jobs, "--ensembles", "eoq", *[x for s in sets for x in ("--set", s)],
         "--out", str(out))
     cli("report", str(out))
