@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
+from onnx import TensorProto
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import QdgError
-from ..quant.transformer import QMatMul
+from ..quant.transformer import ERF_A, ERF_P, ExactGELU, ExactLayerNorm, QMatMul
 from .graph_builder import GraphBuilder
 from .lower_qdq import act_qdq
 
@@ -235,6 +236,8 @@ def method(low, n: torch.fx.Node):
         return g.add("Transpose", [g.arg(x)], g.uid(n.name), perm=perm)
     if m == "contiguous":
         return g.arg(x)
+    if m in ("double", "float"):  # the float64 softmax of quantized attention (quant/transformer.py)
+        return g.add("Cast", [g.arg(x)], g.uid(n.name), to=TensorProto.DOUBLE if m == "double" else TensorProto.FLOAT)
     if m == "unbind":
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
         return _py(low, n, ("unbind", g.arg(x), int(dim) % ctx_of(low).rank(x)))
@@ -377,6 +380,16 @@ def module(low, n: torch.fx.Node, m: nn.Module):
     g = low.g
     if isinstance(m, QMatMul):
         return qmatmul(low, n, m)
+    exact = g.settings.exact and not g.settings.fp32
+    if isinstance(m, ExactLayerNorm):
+        x = g.arg(n.args[0])
+        if m.channels_first:
+            x = g.add("Transpose", [x], g.uid(f"{n.target}.to_last"), perm=[0, 2, 3, 1])
+        y = layer_norm64(g, x, n.target, m) if exact else layer_norm_module(g, x, n.target, m)
+        return g.add("Transpose", [y], g.uid(f"{n.target}.to_first"), perm=[0, 3, 1, 2]) if m.channels_first else y
+    if isinstance(m, ExactGELU):
+        return gelu64(g, g.arg(n.args[0]), n.target, m.approximate) if exact else \
+            gelu(g, g.arg(n.args[0]), n.target, m.approximate)
     if isinstance(m, nn.GELU):
         return gelu(g, g.arg(n.args[0]), n.target, m.approximate)
     if isinstance(m, nn.LayerNorm):
@@ -384,6 +397,56 @@ def module(low, n: torch.fx.Node, m: nn.Module):
     if isinstance(m, nn.Softmax):
         return g.add("Softmax", [g.arg(n.args[0])], g.uid(n.target), axis=int(m.dim if m.dim is not None else -1))
     return None
+
+
+def _d(g: GraphBuilder, p: str, v) -> str:
+    return g.const(g.uid(p), np.asarray(v, np.float64))
+
+
+def layer_norm64(g: GraphBuilder, x: str, p: str, m: nn.LayerNorm) -> str:
+    """LayerNorm as ExactLayerNorm computes it in eval mode: moments and normalisation in float64, one Cast."""
+    axes = list(range(-len(m.normalized_shape), 0))
+    d = g.add("Cast", [x], g.uid(f"{p}.to_double"), to=TensorProto.DOUBLE)
+
+    def mean(t: str, tag: str) -> str:
+        if g.settings.opset >= 18:
+            return g.add("ReduceMean", [t, _i64(g, f"{p}.axes", axes)], g.uid(f"{p}.{tag}"), keepdims=1)
+        return g.add("ReduceMean", [t], g.uid(f"{p}.{tag}"), axes=axes, keepdims=1)
+
+    c = g.add("Sub", [d, mean(d, "mean")], g.uid(f"{p}.centered"))
+    var = mean(g.add("Mul", [c, c], g.uid(f"{p}.sq")), "var")
+    y = g.add("Div", [c, g.add("Sqrt", [g.add("Add", [var, _d(g, f"{p}.eps", m.eps)], g.uid(p))], g.uid(p))],
+              g.uid(f"{p}.normed"))
+    if m.weight is not None:
+        y = g.add("Mul", [y, _d(g, f"{p}.weight", m.weight.detach().double().numpy())], g.uid(p))
+    if m.bias is not None:
+        y = g.add("Add", [y, _d(g, f"{p}.bias", m.bias.detach().double().numpy())], g.uid(p))
+    return g.add("Cast", [y], g.uid(f"{p}.to_float"), to=TensorProto.FLOAT)
+
+
+def gelu64(g: GraphBuilder, x: str, p: str, approximate: str) -> str:
+    """GELU as ExactGELU computes it in eval mode: float64 (erf from quant/transformer.py's erf64), one Cast."""
+    d = g.add("Cast", [x], g.uid(f"{p}.to_double"), to=TensorProto.DOUBLE)
+    if approximate == "tanh":
+        cube = g.add("Mul", [g.add("Mul", [_d(g, f"{p}.k", 0.044715), d], g.uid(p)), d], g.uid(p))
+        inner = g.add("Mul", [g.add("Add", [d, g.add("Mul", [cube, d], g.uid(p))], g.uid(p)),
+                              _d(g, f"{p}.c", math.sqrt(2 / math.pi))], g.uid(p))
+        t = g.add("Tanh", [inner], g.uid(p))
+    else:
+        z = g.add("Mul", [d, _d(g, f"{p}.rsqrt2", 1 / math.sqrt(2))], g.uid(p))
+        a = g.add("Abs", [z], g.uid(p))
+        tt = g.add("Div", [_d(g, f"{p}.one", 1.0), g.add("Add", [_d(g, f"{p}.one", 1.0), g.add(
+            "Mul", [_d(g, f"{p}.p", ERF_P), a], g.uid(p))], g.uid(p))], g.uid(f"{p}.t"))
+        poly = _d(g, f"{p}.a5", ERF_A[4])
+        for i, c in zip((4, 3, 2, 1), ERF_A[3::-1]):
+            poly = g.add("Add", [g.add("Mul", [poly, tt], g.uid(p)), _d(g, f"{p}.a{i}", c)], g.uid(p))
+        e = g.add("Exp", [g.add("Neg", [g.add("Mul", [a, a], g.uid(p))], g.uid(p))], g.uid(p))
+        one_minus = g.add("Sub", [_d(g, f"{p}.one", 1.0), g.add("Mul", [g.add("Mul", [poly, tt], g.uid(p)), e],
+                                                               g.uid(p))], g.uid(p))
+        t = g.add("Mul", [g.add("Sign", [z], g.uid(p)), one_minus], g.uid(f"{p}.erf"))
+    y = g.add("Mul", [g.add("Mul", [_d(g, f"{p}.half", 0.5), d], g.uid(p)),
+                      g.add("Add", [_d(g, f"{p}.one", 1.0), t], g.uid(p))], g.uid(p))
+    return g.add("Cast", [y], g.uid(f"{p}.gelu"), to=TensorProto.FLOAT)
 
 
 def qmatmul(low, n: torch.fx.Node, m: QMatMul) -> str:

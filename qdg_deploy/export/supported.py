@@ -25,7 +25,7 @@ FUNCTIONS.update({getattr: "getattr", operator.getitem: "getitem", operator.eq: 
                   F.gelu: "gelu", F.softmax: "softmax", F.dropout: "dropout",
                   F.scaled_dot_product_attention: "scaled_dot_product_attention"})
 METHODS += ("reshape", "view", "squeeze", "unsqueeze", "transpose", "permute", "contiguous", "unbind", "expand",
-            "softmax", "mean", "mul", "div")
+            "softmax", "mean", "mul", "div", "double", "float")
 
 
 def _function_ok(f) -> bool:
