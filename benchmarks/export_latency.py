@@ -10,6 +10,8 @@ for the previous session, on the same cores; outside load then hits every model 
   scheme) and W7 weight-only (`paper`), each quantized one as the exact and the lean graph (`--graph`);
 * resnet18: ResNet-18, 3×224×224, 7 classes, at batch 1 and 8: FP32, quantize_static (QDQ, per-channel, U8S8,
   calibrated on the same random data), and our `ort` export, exact and lean.
+* deit (`--only deit`, issue 30): DeiT-Small (timm deit_small_patch16_224, 3×224×224, 1000 classes) at batch 1
+  and 8, the same four models, with ORT's thread spinning off (session.intra_op.allow_spinning = 0).
 
 Weights are random; our quantizers are initialized by one calibration forward on random data. Latency does not
 depend on the values. The JSON gives medians, ratios, ORT's fused ops, and each acceptance target with its verdict.
@@ -35,14 +37,20 @@ from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model, strip_quantizers
 
 GROUPS = {"embedded": {"arch": "digits-resnet", "shape": (1, 28, 28), "classes": 10, "batches": (1, 32)},
-          "resnet18": {"arch": "resnet18", "shape": (3, 224, 224), "classes": 7, "batches": (1, 8)}}
+          "resnet18": {"arch": "resnet18", "shape": (3, 224, 224), "classes": 7, "batches": (1, 8)},
+          "deit": {"arch": "timm:deit_small_patch16_224", "shape": (3, 224, 224), "classes": 1000, "batches": (1, 8),
+                   "spinning": False}}
 FUSED = ("QLinearConv", "Conv", "FusedConv", "QLinearAdd", "Add", "QGemm", "Gemm", "QLinearGlobalAveragePool",
          "DequantizeLinear")
 
 
 def model_for(arch: str, shape, classes: int, scheme: str | None, calib: torch.Tensor) -> torch.nn.Module:
     torch.manual_seed(0)
-    m = build_model(arch, shape[0], classes)
+    if arch.startswith("timm:") and arch not in __import__("qdg_deploy.models").models.available_models():
+        import timm  # until the model zoo's build_model("timm:NAME") is merged
+        m = timm.create_model(arch.removeprefix("timm:"), in_chans=shape[0], num_classes=classes)
+    else:
+        m = build_model(arch, shape[0], classes)
     if scheme:
         quantize_model(m, get_scheme(scheme))
     m.eval()
@@ -66,16 +74,45 @@ def write_models(group: str, d: Path) -> dict[str, Path]:
     fp32 = strip_quantizers(model_for(g["arch"], g["shape"], g["classes"], None, calib))
     paths["fp32"] = d / f"{group}_fp32.onnx"
     export_onnx(fp32, g["shape"], paths["fp32"], fp32=True)
-    schemes = {"embedded": (("w8a8_ort", "ort"), ("w7_paper", "paper")), "resnet18": (("ours_ort", "ort"),)}[group]
+    schemes = {"embedded": (("w8a8_ort", "ort"), ("w7_paper", "paper")), "resnet18": (("ours_ort", "ort"),),
+               "deit": (("ours_ort", "ort"),)}[group]
     for label, scheme in schemes:
         m = model_for(g["arch"], g["shape"], g["classes"], scheme, calib)
         for graph in ("exact", "lean"):
             paths[f"{label}_{graph}"] = d / f"{group}_{label}_{graph}.onnx"
             export_onnx(m, g["shape"], paths[f"{label}_{graph}"], graph=graph)
-    if group == "resnet18":
+    if group in ("resnet18", "deit"):
         paths["quantize_static"] = d / f"{group}_quantize_static.onnx"
         ort_quantize_static(paths["fp32"], paths["quantize_static"], calib.numpy())
     return paths
+
+
+def latency_no_spinning(files: dict[str, str], shape, *, threads: int, batch: int, rounds: int,
+                        block: int) -> dict[str, float]:
+    """ort_latency_ms's interleaved blocks, with ORT's intra-op threads not spinning between runs (a CPU shared
+    with other work: a spinning pool would burn the cores the other sessions need)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    sessions = {}
+    for k, f in files.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[k] = ort.InferenceSession(f, so, providers=["CPUExecutionProvider"])
+    x = {"input": np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    keys = list(sessions)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            for i in range(block):
+                t0 = time.perf_counter()
+                sessions[k].run(None, x)
+                if i:
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}
 
 
 def op_time_share(path: Path, shape, batch: int, threads: int, runs: int = 20) -> dict[str, float]:
@@ -107,6 +144,10 @@ def verdicts(group: str, med: dict[int, dict]) -> dict:
             out[f"w8a8_speedup_vs_fp32_b{b}"] = {"value": round(m["fp32"] / m["w8a8_ort_exact"], 3),
                                                  "min": 1.8 if b >= 32 else 1.0}
             out[f"w7_latency_vs_fp32_b{b}"] = {"value": round(m["w7_paper_exact"] / m["fp32"], 3), "max": 1.05}
+        elif group == "deit":  # issue 30
+            out[f"ours_vs_quantize_static_b{b}"] = {"value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
+                                                    "max": 1.05}
+            out[f"ours_speedup_vs_fp32_b{b}"] = {"value": round(m["fp32"] / m["ours_ort_exact"], 3), "min": 1.0}
         else:
             out[f"ours_vs_quantize_static_b{b}"] = {"value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
                                                     "max": 0.85}
@@ -121,7 +162,8 @@ def run_group(group: str, d: Path, a) -> dict:
     paths = write_models(group, d)
     rounds = -(-a.runs // (a.block - 1))  # each block's first run is dropped
     files = {k: str(p) for k, p in paths.items()}
-    med = {b: ort_latency_ms(files, g["shape"], threads=a.threads, batch=b, rounds=rounds, block=a.block)
+    timer = ort_latency_ms if g.get("spinning", True) else latency_no_spinning
+    med = {b: timer(files, g["shape"], threads=a.threads, batch=b, rounds=rounds, block=a.block)
            for b in g["batches"]}
     lean = {b: {k.removesuffix("_lean"): round(m[k] / m[k.removesuffix("_lean") + "_exact"], 3)
                 for k in m if k.endswith("_lean")} for b, m in med.items()}

@@ -24,7 +24,8 @@ from ..quant.norms import ExportMatchedAvgPool
 from ..quant.ort_fusion import flatten_quant, pool_quant
 from ..quant.pool import QAvgPool
 from ..quant.tracing import conv_bn_pairs, trace
-from . import lower_add, lower_norm, lower_pool
+from ..quant.transformer import is_transformer
+from . import lower_add, lower_norm, lower_pool, lower_transformer
 from .graph_builder import INPUT, OUTPUT, GraphBuilder, Settings
 from .lower_layer import lower_layer
 from .records import LayerRecord, ResidualQdqRecord, ResidualQuantRecord
@@ -68,18 +69,24 @@ class _Lowering:
         self.layers: list[LayerRecord] = []
         self.residual_quant: list[ResidualQuantRecord] = []
         self.residual_qdq: list[ResidualQdqRecord] = []
+        # transformers (export/lower_transformer.py): shapes and constants of the tensor plumbing, on demand
+        self.model, self.gm, self.input_shape, self.tx = model, gm, None, None
+        self.transformer = is_transformer(model)
 
     def node(self, n: torch.fx.Node):
         """Lower one fx node; returns the graph output's fx node for the `output` node, else None."""
         g = self.g
         if n.op == "placeholder":
             g.names[n.name] = INPUT
+        elif n.op == "get_attr":  # a parameter read in forward (class token, position embedding, norm weights)
+            g.names[n.name] = lower_transformer.get_attr(self, n)
         elif n.op == "call_module":
             if n.name not in self.folded_bn:  # a folded BatchNorm is written with its conv
                 self.module(n)
         elif n.op == "call_function":
             g.names[n.name] = self.function(n)
-            g.probe("node", n.name, g.names[n.name], fx=n.name)
+            if g.names[n.name] and n.name not in (self.tx.consts if self.tx else ()):  # not a shape or constant
+                g.probe("node", n.name, g.names[n.name], fx=n.name)
         elif n.op == "call_method":
             g.names[n.name] = self.method(n)
         elif n.op == "output":
@@ -95,9 +102,19 @@ class _Lowering:
         m = self.mods[n.target]
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             bn_node = self.bn_of.get(n.name)
-            rec = lower_layer(self.g, n, m, bn_node, self.mods[bn_node.target] if bn_node is not None else None)
-            if rec is not None:
-                self.layers.append(rec)
+
+            def lower():
+                rec = lower_layer(self.g, n, m, bn_node, self.mods[bn_node.target] if bn_node is not None else None)
+                if rec is not None:
+                    self.layers.append(rec)
+            if lower_transformer.needs_tokens(self, n, m):  # a Linear on [B, N, C] tokens
+                lower_transformer.token_linear(self, n, lower)
+            else:
+                lower()
+            return
+        if (y := lower_transformer.module(self, n, m)) is not None:  # QMatMul, GELU, LayerNorm, Softmax
+            self.g.names[n.name] = y
+            self.g.probe("node", n.target, y, fx=n.name)
             return
         y, probe = self.other_module(n, m, self.g.arg(n.args[0]))
         if y is not None:
@@ -148,6 +165,8 @@ class _Lowering:
             return g.add("Relu", [g.arg(n.args[0])], g.uid(n.name))
         if f is torch.flatten and tuple(n.args[1:]) in ((1,), (1, -1)) and not n.kwargs:
             return g.add("Flatten", [g.arg(n.args[0])], g.uid(n.name), axis=1)
+        if (y := lower_transformer.function(self, n)) is not NotImplemented:
+            return y
         raise QdgError(f"cannot export function {getattr(f, '__name__', f)!r} (fx node {n.name})")
 
     def method(self, n: torch.fx.Node) -> str:
@@ -156,6 +175,8 @@ class _Lowering:
             return g.add("Flatten", [g.arg(n.args[0])], g.uid(n.name), axis=1)
         if n.target in ("relu", "relu_"):
             return g.add("Relu", [g.arg(n.args[0])], g.uid(n.name))
+        if (y := lower_transformer.method(self, n)) is not NotImplemented:
+            return y
         raise QdgError(f"cannot export tensor method .{n.target}() (fx node {n.name})")
 
 
@@ -213,9 +234,11 @@ def lower_to_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: 
             check_ready(model)
         gm = trace(model)
         low = _Lowering(model, gm, settings)
+        low.input_shape = input_shape
         with torch.no_grad():
             out = [o for o in (low.node(n) for n in gm.graph.nodes) if o is not None]
             low.g.add("Identity", [low.g.arg(out[0])], OUTPUT)
+            lower_transformer.finish(low)
             out_shape = list(model(torch.zeros(1, *input_shape)).shape[1:])
     finally:
         model.train(was_training)

@@ -17,19 +17,41 @@ MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Adapt
 FUNCTIONS = {operator.add: "add", torch.add: "torch.add", F.relu: "relu", torch.relu: "torch.relu",
              torch.flatten: "torch.flatten"}
 METHODS = ("flatten", "relu", "relu_")
+# transformers (timm ViT / DeiT / ConvNeXt: export/lower_transformer.py)
+MODULES += (nn.LayerNorm, nn.GELU, nn.Softmax)
+FUNCTIONS.update({getattr: "getattr", operator.getitem: "getitem", operator.eq: "eq", torch._assert: "_assert",
+                  torch.cat: "cat", operator.mul: "mul", torch.mul: "torch.mul", operator.truediv: "truediv",
+                  operator.matmul: "matmul", torch.matmul: "torch.matmul", F.layer_norm: "layer_norm",
+                  F.gelu: "gelu", F.softmax: "softmax", F.dropout: "dropout",
+                  F.scaled_dot_product_attention: "scaled_dot_product_attention"})
+METHODS += ("reshape", "view", "squeeze", "unsqueeze", "transpose", "permute", "contiguous", "unbind", "expand",
+            "softmax", "mean", "mul", "div", "double", "float")
+
+
+def _function_ok(f) -> bool:
+    from .lower_transformer import extra_functions
+    return f in FUNCTIONS or f in extra_functions()
+
+
+# blocks known not to lower, named before tracing (their traces fail on an op deep inside)
+REFUSED_BLOCKS = {"SwinTransformerBlock": "window-shifted attention (timm swin)",
+                  "SwinTransformerV2Block": "window-shifted attention (timm swin v2)"}
 
 
 def unsupported_op(model: nn.Module) -> str | None:
     """A description of the first operation the writer cannot lower, or None when every one is supported."""
     mods = dict(model.named_modules())
+    for name, m in mods.items():
+        if type(m).__name__ in REFUSED_BLOCKS:
+            return f"module {name!r} of type {type(m).__name__}: {REFUSED_BLOCKS[type(m).__name__]}"
     for n in trace(model).graph.nodes:
         if n.op == "call_module":
             m = mods[n.target]
-            if not isinstance(m, MODULES):
+            if not isinstance(m, MODULES) and not getattr(m, "fx_leaf", False):
                 return f"module {n.target!r} of type {type(m).__name__}"
             if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1), [1, 1]):
                 return f"module {n.target!r}: AdaptiveAvgPool2d to {m.output_size} (only global pooling, to 1)"
-        elif n.op == "call_function" and n.target not in FUNCTIONS:
+        elif n.op == "call_function" and not _function_ok(n.target):
             return f"function {getattr(n.target, '__name__', n.target)!r} (fx node {n.name})"
         elif n.op == "call_method" and n.target not in METHODS:
             return f"tensor method .{n.target}() (fx node {n.name})"
@@ -37,6 +59,13 @@ def unsupported_op(model: nn.Module) -> str | None:
 
 
 def check_supported(model: nn.Module) -> None:
-    if (op := unsupported_op(model)) is not None:
+    was = model.training
+    model.eval()  # the graph that is exported: drop-path and dropout are identities there
+    try:
+        op = unsupported_op(model)
+    finally:
+        model.train(was)
+    if op is not None:
         raise QdgError(f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
-                       f"ReLU, max and global average pooling, flatten and residual adds")
+                       f"ReLU, max and global average pooling, flatten and residual adds, and timm ViT / DeiT / ConvNeXt "
+                       f"blocks (LayerNorm, GELU, softmax attention, token reshapes)")

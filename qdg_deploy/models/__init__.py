@@ -14,6 +14,7 @@ from . import zoo
 from .state import load_state_file
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
+from .vit_mnist import vit_mnist
 
 
 def _resnet(depth: int):
@@ -31,6 +32,7 @@ MODELS = {
     "mnist-cnn": lambda in_channels, num_classes: MnistCNN(in_channels, num_classes),
     "resnet18": _resnet(18),
     "resnet50": _resnet(50),
+    "vit-mnist": lambda in_channels, num_classes: vit_mnist(in_channels, num_classes),  # timm ViT, 7×7 patches
 }
 
 

@@ -7,6 +7,7 @@ import copy
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from . import transformer
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
 from .plan import PLAN_ATTRS, build_plan
@@ -21,6 +22,7 @@ _LAYER_KIND = {nn.Conv2d: "conv", nn.Linear: "linear"}
 
 def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
     """Names of the layers the scheme quantizes, in registration (forward) order."""
+    scheme = transformer.adapt_scheme(model, scheme)  # `paper` on a ViT / ConvNeXt: its Linears too
     layers = [(name, m) for name, m in model.named_modules() if type(m) in _LAYER_KIND]
     keep = []
     for i, (name, m) in enumerate(layers):
@@ -42,6 +44,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
         act = scheme.act if (scheme.act_first or name != first) else None
         replace_module(model, name, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
                                                                          after_relu=name in after_relu))
+    transformer.prepare(model, scheme)  # timm attention: explicit matmuls, quantized with the activations
     if scheme.residual and scheme.act is not None:
         if quantize_residual_blocks(model, scheme.act) and scheme.pool:
             quantize_global_pools(model, scheme.act)
@@ -69,9 +72,9 @@ def strip_quantizers(model: nn.Module) -> nn.Module:
     net = copy.deepcopy(model)
     for name, m in list(net.named_modules()):
         cls = _FLOAT_OF.get(type(m))
-        if cls is None:
+        float_m = recast(m, cls, drop=_QUANT_STATE) if cls is not None else transformer.strip(m)
+        if float_m is None:
             continue
-        float_m = recast(m, cls, drop=_QUANT_STATE)
         if name:
             replace_module(net, name, float_m)
         else:
@@ -98,7 +101,7 @@ def model_size(model: nn.Module) -> dict:
     params = 0
     fp32 = packed = 0.0
     for name, p in model.named_parameters():
-        if ".weight_quant." in name or ".act_quant." in name or ".add_quant." in name or ".id_quant." in name:
+        if any(f".{q}." in name for q in ("weight_quant", "act_quant", "add_quant", "id_quant", "a_quant", "b_quant")):
             packed += p.numel() * 4
             continue
         params += p.numel()

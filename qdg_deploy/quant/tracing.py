@@ -3,6 +3,7 @@ ReLU's output."""
 
 from __future__ import annotations
 
+import inspect
 import operator
 
 import torch
@@ -26,12 +27,22 @@ class Tracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m, qualname):
         return (isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
+                or getattr(m, "fx_leaf", False)  # modules that say so (quant/transformer.py's QMatMul)
                 or super().is_leaf_module(m, qualname))
+
+
+def _defaults(model: nn.Module) -> dict | None:
+    """forward's optional arguments at their defaults (timm's attn_mask=None, ...): traced as constants, so the
+    graph has one input and a None mask stays None."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    found = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return found or None
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
-        return torch.fx.GraphModule(model, Tracer().trace(model))
+        return torch.fx.GraphModule(model, Tracer().trace(model, concrete_args=_defaults(model)))
     except Exception as e:  # fx raises many types
         raise QdgError(f"cannot trace the model with torch.fx: {str(e).splitlines()[0]}") from None
 

@@ -167,6 +167,9 @@ class ERM(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.quantizes = bool(hparams.get("quant"))
         self.scheme = scheme_from_hparams(hparams) if self.quantizes else None
+        if self.quantizes:  # an op the exporter cannot lower (timm swin's shifted windows) refused before training
+            from ..export.supported import check_supported
+            check_supported(self.network)
         if self.quantizes and (hparams["q_steps"] <= 0 or hparams.get("init")):
             self.quantize()
 
