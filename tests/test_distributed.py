@@ -100,7 +100,7 @@ def test_a_sync_bn_run_saves_plain_batchnorm_and_exports_exactly(tmp_path):
     """W8A8 QT-DoG on digits-resnet under torchrun (sync on by default): its BatchNorms are folded into the quantized
     convs after the swap. The saved network loads in one process, its export agrees with it on every sample, and it
     is the file a run recorded as trained without --sync-bn, at the same weights, exports."""
-    from qdg_deploy.export import export_run
+    from qdg_deploy.export import export_run_dir
 
     run = tmp_path / "run"
     r = torchrun("train", "--arch", "digits-resnet", "--method", "qtdog", "--scheme", "trt", "--optimizer", "sgd",
@@ -109,7 +109,7 @@ def test_a_sync_bn_run_saves_plain_batchnorm_and_exports_exactly(tmp_path):
     assert "SyncBatchNorm" in r.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["device"]["sync_bn"] is True and config["hparams"]["sync_bn"] is None  # the default
-    report = export_run(run, target="tensorrt", max_samples=40)
+    report = export_run_dir(run, target="tensorrt", max_samples=40)
     assert report["top1_agreement"] == 1.0
     same = tmp_path / "same"
     shutil.copytree(run, same)
@@ -117,5 +117,5 @@ def test_a_sync_bn_run_saves_plain_batchnorm_and_exports_exactly(tmp_path):
     config["hparams"]["sync_bn"] = False
     (same / "config.json").write_text(json.dumps(config))
     (same / "model.onnx").unlink()
-    export_run(same, target="tensorrt", verify=False)
+    export_run_dir(same, target="tensorrt", verify=False)
     assert (same / "model.onnx").read_bytes() == (run / "model.onnx").read_bytes()

@@ -18,11 +18,17 @@ timm = pytest.importorskip("timm")
 
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export.check import check_tensorrt_rules
-from qdg_deploy.export.onnx_writer import build_onnx
+from qdg_deploy.export.onnx_writer import lower_to_onnx
 from qdg_deploy.export.supported import check_supported
 from qdg_deploy.ort_session import ort_session
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model, strip_quantizers
 from qdg_deploy.quant.transformer import QMatMul, is_quantized_attention
+
+
+def lowered(model, shape, **kw):
+    """The in-memory ONNX and its lowering info."""
+    low = lower_to_onnx(model, shape, **kw)
+    return low.proto, low.info()
 
 
 def tiny_vit(in_chans: int = 1, num_classes: int = 5, img: int = 32, **kw) -> nn.Module:
@@ -79,7 +85,7 @@ def test_exports_agree_with_torch_and_pass_the_tensorrt_check(build, scheme):
     x = torch.randn(32, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     targets = ("ort", "tensorrt") if scheme != "ort" else ("ort",)
     for target in targets:
-        proto, _ = build_onnx(m, (1, 32, 32), target=target)
+        proto, _ = lowered(m, (1, 32, 32), target=target)
         agree, diff = _agreement(m, proto, x)
         assert agree == 1.0, (scheme, target)
         if scheme == "paper":  # float activations: float32 round-off only
@@ -94,7 +100,7 @@ def test_float_export_of_a_fused_attention_model_lowers_sdpa():
     torch.manual_seed(0)
     m = tiny_vit(global_pool="avg", class_token=False).eval()  # fused attention, mean pooling over tokens
     assert any(getattr(x, "fused_attn", False) for x in m.modules())
-    proto, _ = build_onnx(m, (1, 32, 32), fp32=True)
+    proto, _ = lowered(m, (1, 32, 32), fp32=True)
     agree, diff = _agreement(m, proto, torch.randn(16, 1, 32, 32))
     assert agree == 1.0 and diff < 1e-4
     ops = {n.op_type for n in proto.graph.node}
@@ -103,7 +109,7 @@ def test_float_export_of_a_fused_attention_model_lowers_sdpa():
 
 def test_ort_runs_the_linears_as_qgemm_and_the_attention_matmuls_as_integer_kernels():
     m = _quantized(tiny_vit, "ort")
-    proto, _ = build_onnx(m, (1, 32, 32), target="ort")
+    proto, _ = lowered(m, (1, 32, 32), target="ort")
     with tempfile.TemporaryDirectory() as d:
         ort_session(proto, level="extended", optimized_path=str(Path(d) / "opt.onnx"))
         ops = collections.Counter(n.op_type for n in onnx.load(str(Path(d) / "opt.onnx")).graph.node)
@@ -114,7 +120,7 @@ def test_ort_runs_the_linears_as_qgemm_and_the_attention_matmuls_as_integer_kern
 
 def test_tensorrt_check_counts_no_float_norm_or_softmax_and_sees_int8_matmuls():
     m = _quantized(tiny_vit, "trt")
-    proto, _ = build_onnx(m, (1, 32, 32), target="tensorrt")
+    proto, _ = lowered(m, (1, 32, 32), target="tensorrt")
     from qdg_deploy.export.check import quantized_layers
     kinds = collections.Counter(op for op, _ in quantized_layers(proto))
     assert kinds["MatMul"] == 4 and kinds["Gemm"] == 9 and kinds["Conv"] == 1
@@ -132,15 +138,15 @@ def test_window_shifted_attention_is_refused_before_any_work_naming_it():
 def test_ptq_calibration_and_sensitivity_on_a_tiny_vit():
     from torch.utils.data import TensorDataset
 
-    from qdg_deploy.ptq.core import calibrate_model
-    from qdg_deploy.ptq.sensitivity import layer_sensitivity
+    from qdg_deploy.calibration.core import calibrate_model
+    from qdg_deploy.calibration.sensitivity import layer_sensitivity
 
     torch.manual_seed(0)
     m = quantize_model(tiny_vit(), get_scheme("trt")).eval()
     batches = [torch.randn(8, 1, 32, 32) for _ in range(2)]
     done = calibrate_model(m, batches, "percentile")
     assert done["activation_quantizers"] >= 9 + 8  # every Linear's input and both operands of 4 matmuls
-    proto, _ = build_onnx(m, (1, 32, 32), target="tensorrt")
+    proto, _ = lowered(m, (1, 32, 32), target="tensorrt")
     assert _agreement(m, proto, torch.randn(16, 1, 32, 32)) == (1.0, 0.0)
     data = TensorDataset(torch.randn(16, 1, 32, 32), torch.randint(0, 5, (16,)))
     report = layer_sensitivity(m, [data])
@@ -162,7 +168,7 @@ def vit_run(tmp_path_factory):
 def test_qtdog_swad_trains_a_tiny_vit_and_flatness_runs_on_it(vit_run):
     from torch.utils.data import TensorDataset
 
-    from qdg_deploy.flatness import loss_curve
+    from qdg_deploy.workflows.flatness import loss_curve
     from qdg_deploy.runs import load_run
 
     out, metrics = vit_run
@@ -173,6 +179,6 @@ def test_qtdog_swad_trains_a_tiny_vit_and_flatness_runs_on_it(vit_run):
     data = TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     curve = loss_curve(run.model, data, [0.0, 0.5], directions=2)
     assert len(curve["radii"]) == 2
-    proto, _ = build_onnx(run.model, (1, 28, 28), target="ort")
+    proto, _ = lowered(run.model, (1, 28, 28), target="ort")
     agree, diff = _agreement(run.model, proto, torch.randn(16, 1, 28, 28))
     assert agree == 1.0 and diff < 1e-4
