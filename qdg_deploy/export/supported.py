@@ -11,12 +11,17 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant.tracing import trace
+from . import lower_mobile
 
 MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
            nn.Identity, nn.Dropout, nn.GroupNorm)
 FUNCTIONS = {operator.add: "add", torch.add: "torch.add", F.relu: "relu", torch.relu: "torch.relu",
              torch.flatten: "torch.flatten"}
 METHODS = ("flatten", "relu", "relu_")
+# the ops of mobile CNNs (export/lower_mobile.py)
+MODULES += lower_mobile.MODULES
+FUNCTIONS = {**FUNCTIONS, **lower_mobile.FUNCTIONS}
+METHODS += lower_mobile.METHODS
 
 
 def unsupported_op(model: nn.Module) -> str | None:
@@ -39,4 +44,5 @@ def unsupported_op(model: nn.Module) -> str | None:
 def check_supported(model: nn.Module) -> None:
     if (op := unsupported_op(model)) is not None:
         raise QdgError(f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
-                       f"ReLU, max and global average pooling, flatten and residual adds")
+                       f"ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, Sigmoid, max and global average pooling, flatten, "
+                       f"residual adds, multiplies (squeeze-and-excitation), channel concatenation and dropout")

@@ -26,7 +26,11 @@ class Tracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m, qualname):
         return (isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
-                or super().is_leaf_module(m, qualname))
+                or isinstance(m, _ACTIVATIONS) or super().is_leaf_module(m, qualname))
+
+
+# activations kept whole, also the eval-matched and quantized ones of quant/mobile.py
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
