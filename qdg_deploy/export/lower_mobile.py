@@ -133,6 +133,8 @@ def _mul(g: GraphBuilder, n: torch.fx.Node, a, b) -> str:
 
 def method(g: GraphBuilder, n: torch.fx.Node) -> str | None:
     """The output of a mobile-CNN tensor method, or None for a method this file does not lower."""
+    if n.target == "flatten" and not n.args[1:] and n.kwargs.get("start_dim") == 1 and n.kwargs.get("end_dim", -1) == -1:
+        return g.add("Flatten", [g.arg(n.args[0])], g.uid(n.name), axis=1)  # x.flatten(start_dim=1) (RegNet)
     if n.target == "sigmoid":
         return activation(g, g.arg(n.args[0]), n.name, "sigmoid", exact=False)
     if n.target == "mul" and len(n.args) == 2:

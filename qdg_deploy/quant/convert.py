@@ -36,6 +36,7 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
 def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """Replace eligible layers in place (sharing their weight Parameters), then plan how each runs in eval mode
     and exports (quant/plan.py); returns the model."""
+    mobile.adapt_timm(model)  # timm's fused norm-act, Linear and SE modules in forms the exporter lowers
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
     first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
     for name in eligible_layers(model, scheme):

@@ -166,3 +166,74 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
         swapped += 1
     return swapped
 
+
+
+# --- timm's modules, in the forms the tracer, the plan and the writer know (state-dict keys unchanged) ---
+
+class SplitNormAct(nn.Module):
+    """timm's BatchNormAct2d (BatchNorm, dropout and activation in one module, holding the BatchNorm's tensors
+    itself) as BatchNorm → drop → act, the BatchNorm a child `bn` the conv before it can fold. `bn` holds no state
+    of its own (it reads this module's tensors), so the state dict keeps timm's keys."""
+
+    def forward(self, x):
+        x = self.bn(x)
+        for k in ("drop", "act"):  # an Identity is left out (fusion reads a conv's output through its readers)
+            if k in self._modules:
+                x = self._modules[k](x)
+        return x
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) replaces buffers: the view reads the new ones
+        out = super()._apply(fn, *args, **kwargs)
+        _share(self, self._modules["bn"])
+        return out
+
+
+_BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _share(owner: nn.Module, view: nn.Module) -> None:
+    for k in _BN_STATE:
+        object.__setattr__(view, k, getattr(owner, k, None))
+
+
+def _split_norm_act(m: nn.Module) -> SplitNormAct:
+    view = nn.BatchNorm2d.__new__(nn.BatchNorm2d)
+    view.__dict__.update({k: v for k, v in m.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
+    view._parameters, view._buffers, view._modules = {}, {}, {}
+    _share(m, view)
+    new = recast(m, SplitNormAct)
+    for k in ("drop", "act"):
+        if type(new._modules.get(k)) is nn.Identity:
+            del new._modules[k]  # no state: the state dict is unchanged
+    new._modules["bn"] = view
+    return new
+
+
+class ExactSqueezeExcite(nn.Module):
+    """timm's SqueezeExcite with its spatial mean as a global-pool module (`pool`, no state), which a quantized
+    model computes as the exported graph does (quant/norms.ExportMatchedAvgPool)."""
+
+    def forward(self, x):
+        x_se = self.act1(self.conv_reduce(self.pool(x)))
+        return x * self.gate(self.conv_expand(x_se))
+
+
+def adapt_timm(model: nn.Module) -> int:
+    """Recast timm's BatchNormAct2d, Linear and SqueezeExcite modules into forms the exporter lowers (same
+    parameters, same state-dict keys, same outputs); returns how many. Other models are left as they are."""
+    found = 0
+    for name, m in list(model.named_modules()):
+        mod = type(m).__module__
+        if not name or not mod.startswith("timm."):
+            continue
+        if isinstance(m, nn.BatchNorm2d) and "act" in m._modules and type(m).__name__ == "BatchNormAct2d":
+            replace_module(model, name, _split_norm_act(m))
+        elif isinstance(m, nn.Linear) and type(m).__name__ == "Linear":
+            replace_module(model, name, recast(m, nn.Linear))
+        elif type(m).__name__ == "SqueezeExcite" and all(hasattr(m, a) for a in ("conv_reduce", "act1", "gate")):
+            new = replace_module(model, name, recast(m, ExactSqueezeExcite))
+            new.pool = nn.AdaptiveAvgPool2d(1)
+        else:
+            continue
+        found += 1
+    return found

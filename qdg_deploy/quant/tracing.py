@@ -25,6 +25,8 @@ class Tracer(torch.fx.Tracer):
     eval-matched subclasses) whole: fx would otherwise trace into them."""
 
     def is_leaf_module(self, m, qualname):
+        if isinstance(m, nn.BatchNorm2d) and "act" in m._modules:  # timm's BatchNormAct2d: traced into (its
+            return False  # F.batch_norm is then refused by name; quant/mobile.adapt_timm splits it first)
         return (isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
                 or isinstance(m, _ACTIVATIONS) or super().is_leaf_module(m, qualname))
 
