@@ -196,10 +196,15 @@ def _share(owner: nn.Module, view: nn.Module) -> None:
         object.__setattr__(view, k, getattr(owner, k, None))
 
 
+def _no_load(*args, **kwargs) -> None:
+    """The view's loader: its owner loads the tensors (BatchNorm's own would add a num_batches_tracked key)."""
+
+
 def _split_norm_act(m: nn.Module) -> SplitNormAct:
     view = nn.BatchNorm2d.__new__(nn.BatchNorm2d)
     view.__dict__.update({k: v for k, v in m.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
     view._parameters, view._buffers, view._modules = {}, {}, {}
+    view.__dict__["_load_from_state_dict"] = _no_load  # an instance attribute: kept when the plan recasts the view
     _share(m, view)
     new = recast(m, SplitNormAct)
     for k in ("drop", "act"):
