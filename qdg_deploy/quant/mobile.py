@@ -26,6 +26,8 @@ convolution itself.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx
 from torch import nn
@@ -134,6 +136,13 @@ def _conv_outputs(gm: torch.fx.GraphModule, mods) -> list[torch.fx.Node]:
     return out
 
 
+def _feeds_gate(n: torch.fx.Node) -> bool:
+    """Whether a multiply reads n's output (a squeeze-and-excitation block's input). Only there does a ReLU get an
+    output quantizer: networks without such blocks keep the quantizers (and state-dict keys) they always had."""
+    return any((u.op == "call_function" and u.target in (operator.mul, torch.mul))
+               or (u.op == "call_method" and u.target == "mul") for u in n.users)
+
+
 def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
     """Scheme `ort`: give the activation after each quantized conv an input quantizer (a ReLU whose output no
     single quantizer reads: an output quantizer), where no quantizer reads the conv's output yet, so that ORT
@@ -157,7 +166,7 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
         if type(act) in _Q_ACTS:
             new = replace_module(model, name, recast(act, _Q_ACTS[type(act)]))
             new.act_quant = build_quantizer(scheme.act, after_relu=False)
-        elif type(act) is nn.ReLU:
+        elif type(act) is nn.ReLU and _feeds_gate(users[0]):
             new = replace_module(model, name, recast(act, QReLU))
             new.act_quant = build_quantizer(scheme.act, after_relu=True)
         else:
