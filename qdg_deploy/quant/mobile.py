@@ -166,6 +166,8 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
         if type(act) in _Q_ACTS:
             new = replace_module(model, name, recast(act, _Q_ACTS[type(act)]))
             new.act_quant = build_quantizer(scheme.act, after_relu=False)
+            if hasattr(new, "inplace"):  # in training the quantizer's backward reads its output: never overwrite it
+                new.inplace = False
         elif type(act) is nn.ReLU and _feeds_gate(users[0]):
             new = replace_module(model, name, recast(act, QReLU))
             new.act_quant = build_quantizer(scheme.act, after_relu=True)
