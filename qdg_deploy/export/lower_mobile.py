@@ -91,7 +91,8 @@ def module(g: GraphBuilder, m: nn.Module, x: str, p: str) -> str | None:
         if isinstance(m, cls):
             if isinstance(m, mobile.INPUT_QUANT_ACTS) and not fp32:
                 x = act_qdq_shared(g, x, p, m.act_quant)[0]
-            return activation(g, x, p, kind, exact=isinstance(m, _EXACT) and not fp32)
+            # a lean graph (--graph lean) writes the ONNX ops: faster (no float64 Exp), not bit-exact
+            return activation(g, x, p, kind, exact=isinstance(m, _EXACT) and not fp32 and g.settings.exact)
     return None
 
 
