@@ -52,7 +52,7 @@ def _smallest_size(net) -> int:
             with torch.no_grad():
                 net(torch.zeros(1, 3, s, s))
             return s
-        except Exception:
+        except Exception:  # noqa: BLE001, S112 (any failure: this size is too small)
             continue
     raise RuntimeError(f"no input size in {SIZES} works")
 
@@ -81,13 +81,13 @@ def _scheme(net_fn, name: str, scheme: str, size: int, d: Path) -> dict:
 
 def run_model(name: str, schemes: list[str]) -> dict:
     t0 = time.time()
-    net_fn = lambda: torchvision.models.get_model(name, weights=None, num_classes=10)  # noqa: E731
+    net_fn = lambda: torchvision.models.get_model(name, weights=None, num_classes=10)
     net = net_fn().eval()
     row = {"model": name, "family": family(name), "params": sum(p.numel() for p in net.parameters())}
     try:
         row["input_size"] = _smallest_size(net)
         refused = unsupported_op(net)
-    except Exception as e:  # untraceable or no size: refused as quantize would refuse it
+    except Exception as e:  # noqa: BLE001 untraceable or no size: refused as quantize would refuse it
         refused = str(e).splitlines()[0]
     del net
     if refused:
@@ -98,7 +98,7 @@ def run_model(name: str, schemes: list[str]) -> dict:
         for scheme in schemes:
             try:
                 row["schemes"][scheme] = _scheme(net_fn, name, scheme, row["input_size"], Path(d))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 (recorded per model)
                 row["schemes"][scheme] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                                           "trace": traceback.format_exc(limit=3)[-600:]}
     ok = all(r.get("agreement") == 1.0 and not r.get("tensorrt_violations") and "error" not in r
@@ -137,15 +137,15 @@ def write_report(rows: list[dict], schemes: list[str]) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip("\n") + "\n\n## Model zoo support matrix\n\n" + block + "\n"
     readme.write_text(text)
     head = "| model | family | input | status | " + " | ".join(f"{s}: agreement / max abs Δlogit" for s in schemes)
     doc = ["# torchvision model zoo: calibrate → export → check", "",
-           "Written by `benchmarks/zoo_matrix.py` (random init, 10 classes, minmax calibration on 4 random images, "
-           "4 other images compared; `ort` exported for ONNX Runtime, `trt` for TensorRT and checked against its "
-           "rules). Refused models name the first operation the exporter cannot lower.", "",
+           ("Written by `benchmarks/zoo_matrix.py` (random init, 10 classes, minmax calibration on 4 random images, "
+            "4 other images compared; `ort` exported for ONNX Runtime, `trt` for TensorRT and checked against its "
+            "rules). Refused models name the first operation the exporter cannot lower."), "",
            head + " | seconds |", "|" + "---|" * (5 + len(schemes))]
     for r in sorted(rows, key=lambda r: (FAMILIES.index(r["family"]) if r["family"] in FAMILIES else 99, r["model"])):
         cells = ([_cell(r["schemes"][s]) if s in r.get("schemes", {}) else "" for s in schemes]

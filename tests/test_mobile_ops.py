@@ -141,7 +141,7 @@ def test_timm_adaptation_keeps_state_dict_keys_and_outputs():
 
 def test_own_mobilenet_v3_state_dict_through_python_api(tmp_path):
     """A user's saved torchvision MobileNetV3 state dict: load, quantize, calibrate, export exactly."""
-    make = lambda: torchvision.models.mobilenet_v3_large(weights=None, num_classes=4, width_mult=0.25)  # noqa: E731
+    make = lambda: torchvision.models.mobilenet_v3_large(weights=None, num_classes=4, width_mult=0.25)
     torch.save(make().state_dict(), tmp_path / "mine.pt")
     net = make()
     net.load_state_dict(torch.load(tmp_path / "mine.pt", weights_only=True))

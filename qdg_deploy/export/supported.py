@@ -28,6 +28,7 @@ def unsupported_op(model: nn.Module) -> str | None:
     """A description of the first operation the writer cannot lower, or None when every one is supported."""
     if any(type(m).__module__.startswith("timm.") for m in model.modules()):
         import copy
+
         from ..quant.mobile import adapt_timm
         model = copy.deepcopy(model)  # asked as `quantize` will see it: timm's fused modules split (same keys)
         adapt_timm(model)

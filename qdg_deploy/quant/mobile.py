@@ -147,13 +147,14 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
     """Scheme `ort`: give the activation after each quantized conv an input quantizer (a ReLU whose output no
     single quantizer reads: an output quantizer), where no quantizer reads the conv's output yet, so that ORT
     runs the conv as QLinearConv. Returns how many activations were swapped."""
+    from ..errors import QdgError
     from .ort_fusion import output_quantizer
     from .tracing import trace
     if scheme.act is None or not scheme.int_bias:
         return 0
     try:
         gm = trace(model)
-    except Exception:  # an untraceable model keeps its float activations (correct, only slower on ORT)
+    except QdgError:  # an untraceable model keeps its float activations (correct, only slower on ORT)
         return 0
     mods = dict(model.named_modules())
     swapped = 0
