@@ -21,11 +21,13 @@ from .calibration.core import calibrate_model
 from .export.api import export_onnx
 from .export.supported import check_supported
 from .quant import Scheme, get_scheme, quantize_model
+from .quant.mobile import adapt_timm
 
 
 def quantize(model: nn.Module, scheme: str | Scheme = "ort", *, bits: int | None = None,
              act_bits: int | None = None) -> nn.Module:
     """Swap the scheme's layers of `model` for quantized ones, in place; returns the model (eval mode)."""
+    adapt_timm(model)  # timm's BatchNormAct2d / Linear / SqueezeExcite as the exporter lowers them (same keys)
     check_supported(model)
     s = scheme if isinstance(scheme, Scheme) else get_scheme(scheme, bits=bits, act_bits=act_bits)
     return quantize_model(model, s).eval()

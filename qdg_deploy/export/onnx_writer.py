@@ -25,7 +25,7 @@ from ..quant.ort_fusion import flatten_quant, pool_quant
 from ..quant.pool import QAvgPool
 from ..quant.tracing import conv_bn_pairs, trace
 from ..quant.transformer import is_transformer
-from . import lower_add, lower_norm, lower_pool, lower_transformer
+from . import lower_add, lower_mobile, lower_norm, lower_pool, lower_transformer
 from .graph_builder import INPUT, OUTPUT, GraphBuilder, Settings
 from .lower_layer import lower_layer
 from .records import LayerRecord, ResidualQdqRecord, ResidualQuantRecord
@@ -125,6 +125,8 @@ class _Lowering:
     def other_module(self, n: torch.fx.Node, m: nn.Module, x: str) -> tuple[str | None, bool]:
         """(the module's output tensor, whether to probe it) for every module but a conv / linear layer."""
         g, p, fp32 = self.g, n.target, self.g.settings.fp32
+        if (y := lower_mobile.module(g, m, x, p)) is not None:  # ReLU6, Hardswish, SiLU, ... (quant/mobile.py)
+            return y, True
         if isinstance(m, nn.BatchNorm2d):
             return lower_norm.batch_norm(g, x, p, m), True
         if isinstance(m, nn.ReLU):
@@ -167,6 +169,8 @@ class _Lowering:
             return g.add("Flatten", [g.arg(n.args[0])], g.uid(n.name), axis=1)
         if (y := lower_transformer.function(self, n)) is not NotImplemented:
             return y
+        if (y := lower_mobile.function(g, n)) is not None:
+            return y
         raise QdgError(f"cannot export function {getattr(f, '__name__', f)!r} (fx node {n.name})")
 
     def method(self, n: torch.fx.Node) -> str:
@@ -176,6 +180,8 @@ class _Lowering:
         if n.target in ("relu", "relu_"):
             return g.add("Relu", [g.arg(n.args[0])], g.uid(n.name))
         if (y := lower_transformer.method(self, n)) is not NotImplemented:
+            return y
+        if (y := lower_mobile.method(g, n)) is not None:
             return y
         raise QdgError(f"cannot export tensor method .{n.target}() (fx node {n.name})")
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import QdgError
 from ..quant.tracing import trace
+from . import lower_mobile
 
 MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
            nn.Identity, nn.Dropout, nn.GroupNorm)
@@ -37,9 +38,20 @@ def _function_ok(f) -> bool:
 REFUSED_BLOCKS = {"SwinTransformerBlock": "window-shifted attention (timm swin)",
                   "SwinTransformerV2Block": "window-shifted attention (timm swin v2)"}
 
+# the ops of mobile CNNs (export/lower_mobile.py)
+MODULES += lower_mobile.MODULES
+FUNCTIONS = {**FUNCTIONS, **lower_mobile.FUNCTIONS}
+METHODS += lower_mobile.METHODS
+
 
 def unsupported_op(model: nn.Module) -> str | None:
     """A description of the first operation the writer cannot lower, or None when every one is supported."""
+    if any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        import copy
+
+        from ..quant.mobile import adapt_timm
+        model = copy.deepcopy(model)  # asked as `quantize` will see it: timm's fused modules split (same keys)
+        adapt_timm(model)
     mods = dict(model.named_modules())
     for name, m in mods.items():
         if type(m).__name__ in REFUSED_BLOCKS:
@@ -67,5 +79,6 @@ def check_supported(model: nn.Module) -> None:
         model.train(was)
     if op is not None:
         raise QdgError(f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
-                       f"ReLU, max and global average pooling, flatten and residual adds, and timm ViT / DeiT / ConvNeXt "
-                       f"blocks (LayerNorm, GELU, softmax attention, token reshapes)")
+                       f"ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, Sigmoid, max and global average pooling, flatten, "
+                       f"residual adds, multiplies (squeeze-and-excitation), channel concatenation, dropout, and timm "
+                       f"ViT / DeiT / ConvNeXt blocks (LayerNorm, GELU, softmax attention, token reshapes)")

@@ -7,7 +7,7 @@ import copy
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from . import transformer
+from . import mobile, transformer
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
 from .plan import PLAN_ATTRS, build_plan
@@ -37,6 +37,7 @@ def eligible_layers(model: nn.Module, scheme: Scheme) -> list[str]:
 def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     """Replace eligible layers in place (sharing their weight Parameters), then plan how each runs in eval mode
     and exports (quant/plan.py); returns the model."""
+    mobile.adapt_timm(model)  # timm's fused norm-act, Linear and SE modules in forms the exporter lowers
     after_relu = relu_fed_layers(model) if scheme.act and scheme.act.zero_point == "relu" else set()
     first = next((n for n, m in model.named_modules() if type(m) in _LAYER_KIND), None)
     for name in eligible_layers(model, scheme):
@@ -48,6 +49,9 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     if scheme.residual and scheme.act is not None:
         if quantize_residual_blocks(model, scheme.act) and scheme.pool:
             quantize_global_pools(model, scheme.act)
+    if scheme.act is not None:  # mobile CNNs' activations: eval arithmetic as the graph's (quant/mobile.py)
+        mobile.exact_activations(model)
+        mobile.quantize_conv_outputs(model, scheme)
     for name, m in list(model.named_modules()):  # eval arithmetic as the exported graph's (same state dict)
         # A weight-only model has no quantizer after its pool whose rounding a float32 sum's order could move: its
         # pool stays float32 (GlobalAveragePool, as fast as the FP32 export's) rather than a float64 mean.
@@ -62,7 +66,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 # quantized module class -> the float class it was made from
 _FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
              FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
-             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d}
+             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **mobile.FLOAT_OF}
 _QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "shared_input", *PLAN_ATTRS)
 
 

@@ -26,9 +26,15 @@ class Tracer(torch.fx.Tracer):
     eval-matched subclasses) whole: fx would otherwise trace into them."""
 
     def is_leaf_module(self, m, qualname):
+        if isinstance(m, nn.BatchNorm2d) and "act" in m._modules:  # timm's BatchNormAct2d: traced into (its
+            return False  # F.batch_norm is then refused by name; quant/mobile.adapt_timm splits it first)
         return (isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
                 or getattr(m, "fx_leaf", False)  # modules that say so (quant/transformer.py's QMatMul)
-                or super().is_leaf_module(m, qualname))
+                or isinstance(m, _ACTIVATIONS) or super().is_leaf_module(m, qualname))
+
+
+# activations kept whole, also the eval-matched and quantized ones of quant/mobile.py
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU)
 
 
 def _defaults(model: nn.Module) -> dict | None:
