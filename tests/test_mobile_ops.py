@@ -18,7 +18,7 @@ from qdg_deploy.errors import QdgError
 from qdg_deploy.export.check import check_tensorrt_rules
 from qdg_deploy.export.supported import unsupported_op
 from qdg_deploy.ort_session import ort_session
-from qdg_deploy.quant import mobile, strip_quantizers
+from qdg_deploy.quant import activations, mobile, strip_quantizers
 
 SIZE = 32
 
@@ -101,8 +101,8 @@ def test_mobile_nets_export_exactly(tmp_path, net, scheme, observer):
 
 def test_eval_matched_activations_equal_onnx_runtime_bit_for_bit():
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 6
-    for cls, kind in ((mobile.ExactHardswish, "hardswish"), (mobile.ExactHardsigmoid, "hardsigmoid"),
-                      (mobile.ExactSigmoid, "sigmoid"), (mobile.ExactSiLU, "silu"), (nn.ReLU6, "relu6")):
+    for cls, kind in ((activations.ExactHardswish, "hardswish"), (activations.ExactHardsigmoid, "hardsigmoid"),
+                      (activations.ExactSigmoid, "sigmoid"), (activations.ExactSiLU, "silu"), (nn.ReLU6, "relu6")):
         model = _float_act_graph(cls(), kind)
         s = ort_session(model)
         got = s.run(None, {"x": x.numpy()})[0]

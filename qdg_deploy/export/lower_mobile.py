@@ -20,7 +20,7 @@ from onnx import TensorProto
 from torch import nn
 
 from ..errors import QdgError
-from ..quant import mobile
+from ..quant import activations
 from .graph_builder import GraphBuilder
 from .lower_norm import reduce_axes
 from .lower_qdq import act_qdq_shared
@@ -45,7 +45,7 @@ def _f32(g: GraphBuilder, p: str, v: float) -> str:
 
 
 def _sigmoid64(g: GraphBuilder, xd: str, p: str) -> str:
-    """1 / (1 + exp(-x)) in float64, as quant/mobile.py computes it."""
+    """1 / (1 + exp(-x)) in float64, as quant/activations.py computes it."""
     one = g.const(g.uid(f"{p}.one"), np.float64(1.0))
     e = g.add("Exp", [g.add("Neg", [xd], g.uid(f"{p}.neg"))], g.uid(f"{p}.exp"))
     return g.add("Div", [one, g.add("Add", [e, one], g.uid(f"{p}.denom"))], g.uid(f"{p}.sigmoid64"))
@@ -76,20 +76,20 @@ def activation(g: GraphBuilder, x: str, p: str, kind: str, exact: bool) -> str:
 
 _KIND = ((nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"),
          (nn.SiLU, "silu"))
-_EXACT = (mobile.ExactHardswish, mobile.ExactHardsigmoid, mobile.ExactSigmoid, mobile.ExactSiLU, nn.ReLU6)
+_EXACT = (activations.ExactHardswish, activations.ExactHardsigmoid, activations.ExactSigmoid, activations.ExactSiLU, nn.ReLU6)
 
 
 def module(g: GraphBuilder, m: nn.Module, x: str, p: str) -> str | None:
     """The output of a mobile-CNN module, or None for a module this file does not lower."""
     fp32 = g.settings.fp32
-    if isinstance(m, mobile.QReLU):
+    if isinstance(m, activations.QReLU):
         y = g.add("Relu", [x], g.uid(p))
         return y if fp32 else act_qdq_shared(g, y, p, m.act_quant)[0]
     if isinstance(m, (nn.Dropout2d, nn.AlphaDropout)):
         return x
     for cls, kind in _KIND:
         if isinstance(m, cls):
-            if isinstance(m, mobile.INPUT_QUANT_ACTS) and not fp32:
+            if isinstance(m, activations.INPUT_QUANT_ACTS) and not fp32:
                 x = act_qdq_shared(g, x, p, m.act_quant)[0]
             # a lean graph (--graph lean) writes the ONNX ops: faster (no float64 Exp), not bit-exact
             return activation(g, x, p, kind, exact=isinstance(m, _EXACT) and not fp32 and g.settings.exact)

@@ -7,7 +7,7 @@ import copy
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from . import mobile, transformer
+from . import activations, mobile, transformer
 from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
 from .norms import EVAL_MATCHED, ExportMatchedAvgPool, ExportMatchedGroupNorm, FoldedBatchNorm2d
 from .plan import PLAN_ATTRS, build_plan
@@ -66,7 +66,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 # quantized module class -> the float class it was made from
 _FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
              FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
-             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **mobile.FLOAT_OF}
+             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **activations.FLOAT_OF}
 _QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "shared_input", *PLAN_ATTRS)
 
 

@@ -23,7 +23,7 @@ from .tracing import is_relu
 def user_quant(u: torch.fx.Node, mods) -> Quantizer | None:
     """The activation quantizer fx node u applies to its input (a quantized layer's or pool's, or a standalone
     residual quantizer), or None; transform (DAQ) and per-channel quantizers do not count."""
-    from .mobile import INPUT_QUANT_ACTS  # activations with an input quantizer (scheme ort, quant/mobile.py)
+    from .activations import INPUT_QUANT_ACTS  # activations with an input quantizer (scheme ort, quant/mobile.py)
     m = mods.get(u.target) if u.op == "call_module" else None
     aq = (m if isinstance(m, Quantizer) else m.act_quant if isinstance(m, (QConv2d, QLinear, QAvgPool, *INPUT_QUANT_ACTS))
           else None)
@@ -62,7 +62,7 @@ def _one_quant(users, mods, pools: bool = True) -> Quantizer | None:
 
 def output_quantizer(n: torch.fx.Node, mods) -> Quantizer | None:
     """The quantizer that alone reads node n's output (through a droppable ReLU and a MaxPool), or None."""
-    from .mobile import QReLU
+    from .activations import QReLU
     users = list(n.users)
     if len(users) == 1 and users[0].op == "call_module" and isinstance(mods.get(users[0].target), QReLU):
         q = mods[users[0].target].act_quant  # a ReLU with its output quantizer (quant/mobile.py)
