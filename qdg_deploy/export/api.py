@@ -67,7 +67,8 @@ def ort_fusion(proto: onnx.ModelProto, layers: list[LayerRecord], kernel_adds: i
     for n in g.node:
         if n.op_type in FUSED_OPS:
             fused_refs.update([n.name, *n.input])
-    fused, unfused = [], []
+    fused: list[str] = []
+    unfused: list[str] = []
     for r in layers:
         own = tuple(s for s in (r.weight_codes, r.op_node) if s)
         (fused if any(ref.startswith(own) for ref in fused_refs) else unfused).append(r.layer)

@@ -8,6 +8,7 @@ cast once to float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from torch import nn
@@ -16,6 +17,9 @@ from ..errors import QdgError
 from ..quant.bias import folded_bias
 from ..quant.kernels import fold_scales, weight_scale
 from ..quant.plan import layer_plan
+
+if TYPE_CHECKING:
+    from ..quant.quantizers import Quantizer
 
 
 @dataclass
@@ -38,7 +42,7 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     factor, _, bias = folded_bias(layer, bn, plan.int_bias)
     has_bias = layer.bias is not None or bn is not None
     bias32 = bias.astype(np.float32) if has_bias else None
-    wq = layer.weight_quant if quantized else None
+    wq = cast("Quantizer | None", layer.weight_quant if quantized else None)  # torch types it Tensor | Module
     if wq is None:
         wf = w.double().numpy() * factor.reshape((c,) + (1,) * (w.dim() - 1))
         return FoldedWeight(None, None, wf.astype(np.float32), bias32)

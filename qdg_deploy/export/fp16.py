@@ -126,6 +126,7 @@ def convert_float_remainder(model: onnx.ModelProto, keep_io: bool = True) -> tup
             return producer[t] not in locked
         return t in graph_inputs and not keep_io
 
+    half_inits: dict[str, onnx.TensorProto]
     new_nodes, half_inits, casts = [], {}, {}
 
     def cast(t: str, to: int) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -11,6 +12,9 @@ import torch.fx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QdgError
+
+if TYPE_CHECKING:
+    from .records import ActRecord
 
 INPUT, OUTPUT = "input", "logits"
 
@@ -72,7 +76,7 @@ class GraphBuilder:
     probes: list[dict] = field(default_factory=list)
     weight_bits: dict[str, int] = field(default_factory=dict)  # code initializer -> trained bits
     quantized_inputs: dict[str, str] = field(default_factory=dict)  # ONNX tensor -> its first activation DQ
-    qdq_cache: dict[tuple[int, str], tuple[str, object]] = field(default_factory=dict)  # (quantizer, tensor) -> DQ
+    qdq_cache: dict[tuple[int, str], tuple[str, ActRecord]] = field(default_factory=dict)  # (quantizer, tensor) -> DQ
     _uid: int = 0
 
     @property

@@ -98,6 +98,7 @@ def weight_dq(g: GraphBuilder, name: str, fw: FoldedWeight, weight_only: bool = 
     if fw.codes is None:
         return g.const(f"{name}.weight", fw.weight)
     codes = g.const(f"{name}.weight_q", fw.codes)
+    assert fw.bits is not None  # fold_layer sets bits with codes
     g.weight_bits[codes] = fw.bits
     if weight_only and g.target == "ort":
         scales = fw.scales.reshape((-1,) + (1,) * (fw.codes.ndim - 1))

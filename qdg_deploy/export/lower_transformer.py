@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import cast
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def ctx_of(low) -> Context:
 def _const(g: GraphBuilder, ctx: Context, n: torch.fx.Node, value: torch.Tensor) -> str:
     """A folded constant, as an initializer named after its node (pruned at the end if nothing reads it)."""
     ctx.consts[n.name] = value.detach()
-    name = n.target if n.op == "get_attr" else f"{n.name}.const"
+    name = cast(str, n.target) if n.op == "get_attr" else f"{n.name}.const"  # a get_attr target is a str
     arr = value.detach().cpu().numpy()
     g.const(name, arr.astype(np.float32) if arr.dtype == np.float64 else arr)
     ctx.attr_inits.add(name)
@@ -136,7 +137,7 @@ def _val(low, a):
 
 
 def _nodes(args) -> list[torch.fx.Node]:
-    out = []
+    out: list[torch.fx.Node] = []
     torch.fx.node.map_arg(args, out.append)
     return out
 

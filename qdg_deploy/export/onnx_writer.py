@@ -159,6 +159,7 @@ class _Lowering:
 
     def function(self, n: torch.fx.Node) -> str:
         f, g = n.target, self.g
+        y: str | None
         if f in (operator.add, torch.add) and len(n.args) == 2 and not n.kwargs:
             y, rec = lower_add.add(g, n)
             self.residual_qdq += [rec] if rec is not None else []

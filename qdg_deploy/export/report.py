@@ -87,7 +87,7 @@ def graph_notes(low: LoweredGraph, fusion: OrtFusion | None) -> dict:
 
 def _lowering_notes(layers, fusion: OrtFusion | None) -> dict:
     """The snapped layers and those computed as ORT's kernels, and the kernels this ORT build does not run."""
-    notes = {}
+    notes: dict[str, object] = {}
     snapped = [r.layer for r in layers if r.lowered is Lowered.SNAPPED]
     kernels = [r.layer for r in layers if r.lowered is Lowered.ORT_KERNEL]
     if snapped:

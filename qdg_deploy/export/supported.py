@@ -13,11 +13,11 @@ from ..errors import QdgError
 from ..quant.tracing import trace
 from . import lower_mobile
 
-MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-           nn.Identity, nn.Dropout, nn.GroupNorm)
+MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
+                                        nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.GroupNorm)
 FUNCTIONS = {operator.add: "add", torch.add: "torch.add", F.relu: "relu", torch.relu: "torch.relu",
              torch.flatten: "torch.flatten"}
-METHODS = ("flatten", "relu", "relu_")
+METHODS: tuple[str, ...] = ("flatten", "relu", "relu_")
 # transformers (timm ViT / DeiT / ConvNeXt: export/lower_transformer.py)
 MODULES += (nn.LayerNorm, nn.GELU, nn.Softmax)
 FUNCTIONS.update({getattr: "getattr", operator.getitem: "getitem", operator.eq: "eq", torch._assert: "_assert",

@@ -39,7 +39,7 @@ def onnx_names(layer: dict) -> list[str]:
 def parse_layers(info: str | dict) -> list[dict]:
     """[{name, type, precision, input_formats, tactic, onnx}] from the inspector's JSON."""
     data = json.loads(info) if isinstance(info, str) else info
-    rows = []
+    rows: list[dict] = []
     for layer in data.get("Layers", []):
         if isinstance(layer, str):  # ProfilingVerbosity below DETAILED: names only
             rows.append({"name": layer, "type": None, "precision": None, "input_formats": [], "tactic": None,
@@ -57,6 +57,7 @@ def not_int8(quantized: list[tuple[str, str]], layers: list[dict]) -> list[dict]
     """Each (op, ONNX node name) that had Q/DQ in the ONNX but whose TensorRT layer did not run in INT8:
     {onnx_node, op, layer, precision, reason}. A node found in no layer is listed with that reason."""
     by_node: dict[str, dict] = {}
+    row: dict | None
     for row in layers:
         for name in row["onnx"]:
             by_node.setdefault(name, row)

@@ -10,6 +10,8 @@ graph order, naming the first one where torch and ONNX Runtime differ by more th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import torch
@@ -163,8 +165,9 @@ def _verify_on(model, proto, probes, sets, batch_size, console, device) -> dict:
             batches = list(iter_batches(data, batch_size))
             r = compare(model, sess, batches, progress=progress, task=task, device=device)
             iname = raw.get_inputs()[0].name
-            r_raw = {"onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
-                                                    for x, _ in batches])}
+            r_raw: dict[str, Any] = {
+                "onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
+                                               for x, _ in batches])}
             r_raw["top1_agreement"] = top1_agreement(r["torch_logits"], r_raw["onnx_logits"])
             per[name] = {k: r[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples")}
             per[name]["onnx_acc"] = float((r["onnx_logits"].argmax(1) == r["labels"]).mean())

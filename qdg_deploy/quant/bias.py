@@ -11,6 +11,8 @@ unit, far below one step of the next quantizer.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -36,7 +38,7 @@ def bias_unit(layer: nn.Module, factor: np.ndarray) -> np.ndarray:
     """The int32 grid of a quantized layer's folded bias (float64 [C]): the float32 product of the two float32
     scales the exported graph holds (input, folded weight)."""
     s_x = np.float32(layer.act_quant.scale().detach().cpu().double().item())
-    c = layer.weight.shape[0]
+    c = cast(torch.Tensor, layer.weight).shape[0]
     s_w = np.broadcast_to(layer.weight_quant.scale().detach().cpu().double().numpy().reshape(-1), (c,))
     return (s_x * (s_w * np.abs(factor)).astype(np.float32)).astype(np.float64)
 
@@ -45,7 +47,7 @@ def folded_bias(layer: nn.Module, bn: nn.BatchNorm2d | None,
                 int_grid: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(factor, shift, bias) in float64 [C]: `bn`'s factors and the layer's bias with `bn` folded in, on the
     int32 grid where `int_grid` (a layer the plan gives integer biases)."""
-    c = layer.weight.shape[0]
+    c = cast(torch.Tensor, layer.weight).shape[0]
     factor, shift = bn_factors(bn, c)
     b = _own_bias(layer) * factor + shift
     if int_grid:
@@ -56,7 +58,7 @@ def folded_bias(layer: nn.Module, bn: nn.BatchNorm2d | None,
 
 
 def _own_bias(layer: nn.Module) -> np.ndarray:
-    c = layer.weight.shape[0]
+    c = cast(torch.Tensor, layer.weight).shape[0]
     return layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(c)
 
 

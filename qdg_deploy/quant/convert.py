@@ -64,9 +64,10 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 
 
 # quantized module class -> the float class it was made from
-_FLOAT_OF = {QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
-             FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
-             ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **activations.FLOAT_OF}
+_FLOAT_OF: dict[type[nn.Module], type[nn.Module]] = {
+    QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
+    FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
+    ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **activations.FLOAT_OF}
 _QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "shared_input", *PLAN_ATTRS)
 
 

@@ -19,6 +19,7 @@ Training keeps the float path (BatchNorm statistics move every step; the two dif
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ class Grid:
 
 def weight_scale(layer: nn.Module) -> np.ndarray:
     """The weight quantizer's step per output channel, float64 (the float32 values it computes with)."""
-    c = layer.weight.shape[0]
+    c = cast(torch.Tensor, layer.weight).shape[0]
     s = layer.weight_quant.scale().detach().double().cpu().numpy().reshape(-1)
     return np.broadcast_to(s, (c,)).copy()
 

@@ -27,6 +27,7 @@ convolution itself.
 from __future__ import annotations
 
 import operator
+from typing import cast
 
 import torch
 import torch.fx
@@ -93,7 +94,7 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
             new = replace_module(model, name, recast(act, _Q_ACTS[type(act)]))
             new.act_quant = build_quantizer(scheme.act, after_relu=False)
             if hasattr(new, "inplace"):  # in training the quantizer's backward reads its output: never overwrite it
-                new.inplace = False
+                new.inplace = False  # type: ignore[assignment]  # torch types __setattr__ values Tensor | Module
         elif type(act) is nn.ReLU and _feeds_gate(users[0]):
             new = replace_module(model, name, recast(act, QReLU))
             new.act_quant = build_quantizer(scheme.act, after_relu=True)
@@ -148,7 +149,7 @@ def _split_norm_act(m: nn.Module) -> SplitNormAct:
         if type(new._modules.get(k)) is nn.Identity:
             del new._modules[k]  # no state: the state dict is unchanged
     new._modules["bn"] = view
-    return new
+    return cast(SplitNormAct, new)  # recast returns a `cls` object
 
 
 class ExactSqueezeExcite(nn.Module):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import operator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.fx
@@ -129,7 +130,7 @@ def build_plan(model: nn.Module, int_bias: bool) -> dict[str, LayerPlan]:
     if all(m.act_quant is None for m in layers.values()):  # weight-only: nothing to read from the graph
         for m in layers.values():
             m.plan = LayerPlan(Mode.WEIGHT_ONLY)
-        return {n: m.plan for n, m in layers.items()}
+        return {n: cast(LayerPlan, m.plan) for n, m in layers.items()}  # each plan was just set
     try:
         gm = trace(model)
     except QdgError:

@@ -346,7 +346,8 @@ class LsqQuantizer(Quantizer):
             inside = (v >= lo) & (v <= hi)  # LSQ's regions, as _LsqFakeQuant's backward
             # d out / d s: round(v) - v inside, c - z outside, i.e. (out - x·inside) / s; d out / d z: 0 inside, -s outside
             d_s = torch.where(inside, out - x, out).div_(s) if s.requires_grad else None
-            d_z = torch.where(inside, 0.0, -s) if z is not None and z.requires_grad else None
+            d_z: torch.Tensor | float | None = (torch.where(inside, 0.0, -s) if z is not None and z.requires_grad
+                                                else None)
             if d_z is not None and bool(inside.all()):
                 d_z = 0.0  # nothing outside: z's gradient is 0, without a forward op on zeros
         pairs = [(scale_grad(p, g), d) for p, d in ((s, d_s), (z, d_z)) if d is not None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 
-def recast(module: nn.Module, cls: type, drop: tuple[str, ...] = ()) -> nn.Module:
+def recast(module: nn.Module, cls: type[nn.Module], drop: tuple[str, ...] = ()) -> nn.Module:
     """A new `cls` object holding `module`'s state (the same Parameter objects); `drop` names attributes and
     children it does not take over."""
     new = cls.__new__(cls)

@@ -123,7 +123,7 @@ def erf64(z: torch.Tensor) -> torch.Tensor:
     """erf in float64 from + − × ÷ and exp, the ops ONNX Runtime has in double (its Erf is float32 only)."""
     a = z.abs()
     t = 1.0 / (1.0 + ERF_P * a)
-    poly = ERF_A[4]
+    poly: torch.Tensor | float = ERF_A[4]
     for c in ERF_A[3::-1]:
         poly = poly * t + c
     return torch.sign(z) * (1.0 - poly * t * torch.exp(-(a * a)))
@@ -185,11 +185,12 @@ def _exact_norms_and_gelu(model: nn.Module) -> None:
         last, first = _norm_forwards()
         if isinstance(m, nn.LayerNorm) and type(m).forward in last + first:
             new = recast(m, ExactLayerNorm)
-            new.float_class, new.channels_first = type(m), type(m).forward in first
+            # the ignores: torch types Module.__setattr__'s value as Tensor | Module
+            new.float_class, new.channels_first = type(m), type(m).forward in first  # type: ignore[assignment]
             replace_module(model, name, new)
         elif type(m).__name__ == "GELU" and isinstance(m, nn.Module):
             new = ExactGELU(getattr(m, "approximate", "none"))
-            new.float_class, new.float_state = type(m), dict(m.__dict__)
+            new.float_class, new.float_state = type(m), dict(m.__dict__)  # type: ignore[assignment]  # as above
             new.train(m.training)
             replace_module(model, name, new)
 
