@@ -23,8 +23,8 @@ import torch
 from rich.console import Console
 
 from qdg_deploy.bench.ort_static import ORT_METHODS, ort_quantize_static
-from qdg_deploy.calibration import ACT_METHODS
-from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_batches
+from qdg_deploy.calibrate import ACT_METHODS
+from qdg_deploy.calibrate.run import PtqOptions, calibrate_run, calibration_batches
 from qdg_deploy.data import run_data
 from qdg_deploy.accuracy import domain_counts
 from qdg_deploy.export import export_run_dir, ort_session

@@ -11,13 +11,10 @@ residual adds is accepted; anything else is refused by `quantize` with one error
 
 from __future__ import annotations
 
-from itertools import islice
-from typing import Iterable
 
-import torch
 from torch import nn
 
-from .calibration.core import calibrate_model
+from .calibrate import calibrate_loader
 from .export.api import export_onnx
 from .export.supported import check_supported
 from .quant import Scheme, get_scheme, quantize_model
@@ -33,12 +30,7 @@ def quantize(model: nn.Module, scheme: str | Scheme = "ort", *, bits: int | None
     return quantize_model(model, s).eval()
 
 
-def calibrate(model: nn.Module, loader: Iterable, method: str = "percentile", *, num_batches: int | None = None,
-              percentile: float = 99.99, weight_method: str = "minmax") -> dict:
-    """Set a quantized model's ranges from `loader` (batches of images, or (images, labels) pairs; the first
-    `num_batches`, default all) with an observer: minmax, percentile, entropy or mse."""
-    batches = [torch.as_tensor(b[0] if isinstance(b, (tuple, list)) else b) for b in islice(loader, num_batches)]
-    return calibrate_model(model, batches, method, percentile=percentile, weight_method=weight_method)
+calibrate = calibrate_loader  # the function qdg_deploy.calibrate(...) calls, also once calibrate/ is imported
 
 
 __all__ = ["calibrate", "export_onnx", "quantize"]

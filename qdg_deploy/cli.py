@@ -134,7 +134,7 @@ def calibrate(
     """Post-training quantization: a float model in, a quantized run directory out (eval, export and bench take it).
 
     Calibration images come from the training domains only; the held-out domain is scored, never read."""
-    from .calibration.run import PtqOptions, calibrate_run
+    from .calibrate.run import PtqOptions, calibrate_run
     from .tables import per_domain_table
     from .train.hparams import default_hparams
 
@@ -164,7 +164,7 @@ def sensitivity(
     act_bits: Optional[int] = typer.Option(None, help="Float runs: activation bits."),
 ):
     """Per-layer sensitivity: each layer quantized alone (the rest float), its validation accuracy drop, sorted."""
-    from .calibration.run import PtqOptions, sensitivity_run
+    from .calibrate.run import PtqOptions, sensitivity_run
     from .tables import FitTable, pct
 
     r = sensitivity_run(run_dir, json_path=json_path, plot_path=plot,

@@ -6,7 +6,7 @@ file or inside a function (function-level imports run too), except those under `
 
 Checked:
 - no cycle between modules, and none between layers (a layer: a subpackage, or a top-level module);
-- calibration/ (the `calibrate` verb's package) imports nothing from train/;
+- calibrate/ (the `calibrate` verb's package) imports nothing from train/;
 - quant/, data/ and models/ import no other layer but the shared low modules (LOW), and LOW imports only LOW.
 """
 
@@ -126,7 +126,7 @@ def layer_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 def test_the_scan_sees_the_package():
     graph = import_graph()
-    assert {"qdg_deploy.cli", "qdg_deploy.quant.plan", "qdg_deploy.calibration.run"} <= set(graph)
+    assert {"qdg_deploy.cli", "qdg_deploy.quant.plan", "qdg_deploy.calibrate.run"} <= set(graph)
     assert "qdg_deploy.quant" in graph["qdg_deploy.runs"]  # a top-level import
     assert "qdg_deploy.models.ensemble" in graph["qdg_deploy.runs"]  # an import inside a function
     assert "qdg_deploy.quant.plan" not in graph["qdg_deploy.quant.layers"]  # only under TYPE_CHECKING
@@ -146,7 +146,7 @@ def test_no_import_cycles_between_layers():
 
 
 def test_calibration_does_not_import_train():
-    bad = sorted((m, t) for m, ts in import_graph().items() if layer(m) == "calibration"
+    bad = sorted((m, t) for m, ts in import_graph().items() if layer(m) == "calibrate"
                  for t in ts if layer(t) == "train")
     assert bad == []
 

@@ -13,9 +13,9 @@ from torch import nn
 import qdg_deploy
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
-from qdg_deploy.calibration import observers as ob
-from qdg_deploy.calibration.core import calibrate_model, float_pass, set_activation_grid
-from qdg_deploy.calibration.run import PtqOptions, calibrate_run, calibration_batches
+from qdg_deploy.calibrate import observers as ob
+from qdg_deploy.calibrate.core import calibrate_model, float_pass, set_activation_grid
+from qdg_deploy.calibrate.run import PtqOptions, calibrate_run, calibration_batches
 from qdg_deploy.quant import LsqQuantizer, QuantSpec, get_scheme, quantize_model
 from qdg_deploy.runs import load_run
 

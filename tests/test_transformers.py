@@ -138,8 +138,8 @@ def test_window_shifted_attention_is_refused_before_any_work_naming_it():
 def test_ptq_calibration_and_sensitivity_on_a_tiny_vit():
     from torch.utils.data import TensorDataset
 
-    from qdg_deploy.calibration.core import calibrate_model
-    from qdg_deploy.calibration.sensitivity import layer_sensitivity
+    from qdg_deploy.calibrate.core import calibrate_model
+    from qdg_deploy.calibrate.sensitivity import layer_sensitivity
 
     torch.manual_seed(0)
     m = quantize_model(tiny_vit(), get_scheme("trt")).eval()

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..device import autocast, place_model, to_device
 from ..models import build_model
-from ..calibration.core import calibrate_model
+from ..calibrate.core import calibrate_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
 from .dist import SINGLE, Dist, wrap
 from .syncbn import synced, use_sync_bn

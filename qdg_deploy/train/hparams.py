@@ -95,7 +95,7 @@ HPARAMS: list[HParam] = [
     E("quant", bool, False, method={"qtdog": True}, help="erm/coral/mixstyle/dann/dsan: quantize (--scheme, --bits, "
       "--quantizer) after --q-steps, or from the start with --init."),
     # QT-DoG: where LSQ step sizes start. "lsq": LSQ's 2·mean|x|/√Qp from the first tensor each quantizer sees;
-    # minmax / percentile / mse: a calibration (ptq/) on the batch of the step the network is quantized at
+    # minmax / percentile / mse: a calibration (calibrate/) on the batch of the step the network is quantized at
     # (training domains only), weights per channel (mse weights for mse, else max |w|).
     E("q_init", str, "lsq", choices=("lsq", "minmax", "percentile", "mse"), methods=DG, quant=True,
       help="Where LSQ step sizes start when the network is quantized: lsq (default: 2·mean|x|/√Qp), or a calibrated "

@@ -3,7 +3,7 @@
 The network is run in float (`float_pass`): every quantizer passes its input through and shows it to an observer,
 so each one sees the float tensor it will quantize, as TensorRT's calibrator does. A first pass finds each
 tensor's range, a second counts |x| in a histogram over it; the observer method then picks each quantizer's
-clipping threshold (calibration/observers.py), written into the same step and zero point that QAT learns. The
+clipping threshold (calibrate/observers.py), written into the same step and zero point that QAT learns. The
 calibrated network is an ordinary quantized one: its eval forward, export and check are those of a trained run.
 """
 
