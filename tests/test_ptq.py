@@ -222,8 +222,8 @@ def test_python_api_on_a_users_network_is_exact(tmp_path, scheme, target):
 
 
 def test_python_api_refuses_an_unsupported_op_by_name():
-    with pytest.raises(QdgError, match="module 'act' of type Sigmoid"):
-        qdg_deploy.quantize(_UserNet(nn.Sigmoid), "ort")
+    with pytest.raises(QdgError, match="module 'act' of type ELU"):
+        qdg_deploy.quantize(_UserNet(nn.ELU), "ort")
 
 
 # ---- bad input: one error line, exit 2, nothing written --------------------------------------------------------
