@@ -35,15 +35,21 @@ def row(rows: dict, label: str) -> float | None:
 
 def ensemble_gain(out: Path, label: str) -> float | None:
     """EoQ(K) minus the mean of its members, in points, averaged over the held-out domains."""
-    gains = [json.loads(p.read_text())["gain_over_members_mean"]
-             for p in sorted((out / f"{label}+ens").glob("*/metrics.json"))]
+    gains = [
+        json.loads(p.read_text())["gain_over_members_mean"]
+        for p in sorted((out / f"{label}+ens").glob("*/metrics.json"))
+    ]
     return 100 * sum(gains) / len(gains) if gains else None
 
 
 def target(value, bound, kind: str) -> dict:
     met = None if value is None or bound is None else (value >= bound if kind == ">=" else value > bound)
-    return {"value": None if value is None else round(value, 2), "bound": None if bound is None else round(bound, 2),
-            "test": kind, "met": met}
+    return {
+        "value": None if value is None else round(value, 2),
+        "bound": None if bound is None else round(bound, 2),
+        "test": kind,
+        "met": met,
+    }
 
 
 def main() -> None:
@@ -58,9 +64,28 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     arch = ("--set", f"arch={a.arch}") if a.arch else ()
-    cli("sweep", "--dataset", "rotated-mnist", "--methods", ",".join((ERM, QT, W8, FREEZE)), "--test-envs", a.test_envs,
-        "--seeds", a.seeds, "--jobs", a.jobs, "--ensembles", "eoq,eoa", "--set", f"steps={a.steps}",
-        "--set", f"checkpoint_freq={a.checkpoint_freq}", *arch, "--out", str(out))
+    cli(
+        "sweep",
+        "--dataset",
+        "rotated-mnist",
+        "--methods",
+        ",".join((ERM, QT, W8, FREEZE)),
+        "--test-envs",
+        a.test_envs,
+        "--seeds",
+        a.seeds,
+        "--jobs",
+        a.jobs,
+        "--ensembles",
+        "eoq,eoa",
+        "--set",
+        f"steps={a.steps}",
+        "--set",
+        f"checkpoint_freq={a.checkpoint_freq}",
+        *arch,
+        "--out",
+        str(out),
+    )
     cli("report", str(out))
     rows = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     erm_swad, erm = row(rows, ERM), row(rows, f"{ERM} w/o SWAD")
@@ -71,8 +96,11 @@ def main() -> None:
         "qtdog_w8a8_within_1.5_of_erm_swad": target(w8, None if erm_swad is None else erm_swad - 1.5, ">="),
         "eoq3_at_least_1_point_over_members": target(ensemble_gain(out, QT), 1.0, ">="),
     }
-    print(json.dumps({"settings": vars(a), "avg_held_out_acc": {k: row(rows, k) for k in rows},
-                      "targets": targets}, indent=1))
+    print(
+        json.dumps(
+            {"settings": vars(a), "avg_held_out_acc": {k: row(rows, k) for k in rows}, "targets": targets}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,18 +36,35 @@ from qdg_deploy.export.variants import ort_latency_ms
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model, strip_quantizers
 
-GROUPS = {"embedded": {"arch": "digits-resnet", "shape": (1, 28, 28), "classes": 10, "batches": (1, 32)},
-          "resnet18": {"arch": "resnet18", "shape": (3, 224, 224), "classes": 7, "batches": (1, 8)},
-          "deit": {"arch": "timm:deit_small_patch16_224", "shape": (3, 224, 224), "classes": 1000, "batches": (1, 8),
-                   "spinning": False}}
-FUSED = ("QLinearConv", "Conv", "FusedConv", "QLinearAdd", "Add", "QGemm", "Gemm", "QLinearGlobalAveragePool",
-         "DequantizeLinear")
+GROUPS = {
+    "embedded": {"arch": "digits-resnet", "shape": (1, 28, 28), "classes": 10, "batches": (1, 32)},
+    "resnet18": {"arch": "resnet18", "shape": (3, 224, 224), "classes": 7, "batches": (1, 8)},
+    "deit": {
+        "arch": "timm:deit_small_patch16_224",
+        "shape": (3, 224, 224),
+        "classes": 1000,
+        "batches": (1, 8),
+        "spinning": False,
+    },
+}
+FUSED = (
+    "QLinearConv",
+    "Conv",
+    "FusedConv",
+    "QLinearAdd",
+    "Add",
+    "QGemm",
+    "Gemm",
+    "QLinearGlobalAveragePool",
+    "DequantizeLinear",
+)
 
 
 def model_for(arch: str, shape, classes: int, scheme: str | None, calib: torch.Tensor) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch.startswith("timm:") and arch not in __import__("qdg_deploy.models").models.available_models():
         import timm  # until the model zoo's build_model("timm:NAME") is merged
+
         m = timm.create_model(arch.removeprefix("timm:"), in_chans=shape[0], num_classes=classes)
     else:
         m = build_model(arch, shape[0], classes)
@@ -74,8 +91,11 @@ def write_models(group: str, d: Path) -> dict[str, Path]:
     fp32 = strip_quantizers(model_for(g["arch"], g["shape"], g["classes"], None, calib))
     paths["fp32"] = d / f"{group}_fp32.onnx"
     export_onnx(fp32, g["shape"], paths["fp32"], fp32=True)
-    schemes = {"embedded": (("w8a8_ort", "ort"), ("w7_paper", "paper")), "resnet18": (("ours_ort", "ort"),),
-               "deit": (("ours_ort", "ort"),)}[group]
+    schemes = {
+        "embedded": (("w8a8_ort", "ort"), ("w7_paper", "paper")),
+        "resnet18": (("ours_ort", "ort"),),
+        "deit": (("ours_ort", "ort"),),
+    }[group]
     for label, scheme in schemes:
         m = model_for(g["arch"], g["shape"], g["classes"], scheme, calib)
         for graph in ("exact", "lean"):
@@ -87,8 +107,9 @@ def write_models(group: str, d: Path) -> dict[str, Path]:
     return paths
 
 
-def latency_no_spinning(files: dict[str, str], shape, *, threads: int, batch: int, rounds: int,
-                        block: int) -> dict[str, float]:
+def latency_no_spinning(
+    files: dict[str, str], shape, *, threads: int, batch: int, rounds: int, block: int
+) -> dict[str, float]:
     """ort_latency_ms's interleaved blocks, with ORT's intra-op threads not spinning between runs (a CPU shared
     with other work: a spinning pool would burn the cores the other sessions need)."""
     import statistics
@@ -106,7 +127,7 @@ def latency_no_spinning(files: dict[str, str], shape, *, threads: int, batch: in
     times: dict[str, list[float]] = {k: [] for k in sessions}
     keys = list(sessions)
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             for i in range(block):
                 t0 = time.perf_counter()
                 sessions[k].run(None, x)
@@ -141,16 +162,22 @@ def verdicts(group: str, med: dict[int, dict]) -> dict:
     out = {}
     for b, m in med.items():
         if group == "embedded":
-            out[f"w8a8_speedup_vs_fp32_b{b}"] = {"value": round(m["fp32"] / m["w8a8_ort_exact"], 3),
-                                                 "min": 1.8 if b >= 32 else 1.0}
+            out[f"w8a8_speedup_vs_fp32_b{b}"] = {
+                "value": round(m["fp32"] / m["w8a8_ort_exact"], 3),
+                "min": 1.8 if b >= 32 else 1.0,
+            }
             out[f"w7_latency_vs_fp32_b{b}"] = {"value": round(m["w7_paper_exact"] / m["fp32"], 3), "max": 1.05}
         elif group == "deit":  # issue 30
-            out[f"ours_vs_quantize_static_b{b}"] = {"value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
-                                                    "max": 1.05}
+            out[f"ours_vs_quantize_static_b{b}"] = {
+                "value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
+                "max": 1.05,
+            }
             out[f"ours_speedup_vs_fp32_b{b}"] = {"value": round(m["fp32"] / m["ours_ort_exact"], 3), "min": 1.0}
         else:
-            out[f"ours_vs_quantize_static_b{b}"] = {"value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
-                                                    "max": 0.85}
+            out[f"ours_vs_quantize_static_b{b}"] = {
+                "value": round(m["ours_ort_exact"] / m["quantize_static"], 3),
+                "max": 0.85,
+            }
             out[f"ours_speedup_vs_fp32_b{b}"] = {"value": round(m["fp32"] / m["ours_ort_exact"], 3), "min": 2.2}
     for v in out.values():
         v["holds"] = bool(v["value"] >= v["min"] if "min" in v else v["value"] <= v["max"])
@@ -163,21 +190,32 @@ def run_group(group: str, d: Path, a) -> dict:
     rounds = -(-a.runs // (a.block - 1))  # each block's first run is dropped
     files = {k: str(p) for k, p in paths.items()}
     timer = ort_latency_ms if g.get("spinning", True) else latency_no_spinning
-    med = {b: timer(files, g["shape"], threads=a.threads, batch=b, rounds=rounds, block=a.block)
-           for b in g["batches"]}
-    lean = {b: {k.removesuffix("_lean"): round(m[k] / m[k.removesuffix("_lean") + "_exact"], 3)
-                for k in m if k.endswith("_lean")} for b, m in med.items()}
+    med = {b: timer(files, g["shape"], threads=a.threads, batch=b, rounds=rounds, block=a.block) for b in g["batches"]}
+    lean = {
+        b: {
+            k.removesuffix("_lean"): round(m[k] / m[k.removesuffix("_lean") + "_exact"], 3)
+            for k in m
+            if k.endswith("_lean")
+        }
+        for b, m in med.items()
+    }
     extra = {}
     if group == "resnet18":  # where the time goes in both models (ORT's profiler, batch 1)
-        extra["kernel_time_share_batch1"] = {k: op_time_share(paths[k], g["shape"], 1, a.threads)
-                                             for k in ("quantize_static", "ours_ort_exact")}
-    return {**extra, "arch": g["arch"], "input": list(g["shape"]), "classes": g["classes"],
-            "median_ms": {f"batch{b}": m for b, m in med.items()},
-            "speedup_vs_fp32": {f"batch{b}": {k: round(m["fp32"] / v, 3) for k, v in m.items()} for b, m in med.items()},
-            "lean_vs_exact_latency": {f"batch{b}": v for b, v in lean.items()},
-            "file_bytes": {k: p.stat().st_size for k, p in paths.items()},
-            "ort_ops_after_fusion": {k: fused_ops(p, d) for k, p in paths.items()},
-            "targets": verdicts(group, med)}
+        extra["kernel_time_share_batch1"] = {
+            k: op_time_share(paths[k], g["shape"], 1, a.threads) for k in ("quantize_static", "ours_ort_exact")
+        }
+    return {
+        **extra,
+        "arch": g["arch"],
+        "input": list(g["shape"]),
+        "classes": g["classes"],
+        "median_ms": {f"batch{b}": m for b, m in med.items()},
+        "speedup_vs_fp32": {f"batch{b}": {k: round(m["fp32"] / v, 3) for k, v in m.items()} for b, m in med.items()},
+        "lean_vs_exact_latency": {f"batch{b}": v for b, v in lean.items()},
+        "file_bytes": {k: p.stat().st_size for k, p in paths.items()},
+        "ort_ops_after_fusion": {k: fused_ops(p, d) for k, p in paths.items()},
+        "targets": verdicts(group, med),
+    }
 
 
 def main(argv=None) -> dict:
@@ -190,6 +228,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from qdg_deploy.bench.env import cpu_model
+
     result = {"cpu": cpu_model(), "threads": a.threads, "runs": a.runs, "block": max(a.block, 2)}
     a.block = max(a.block, 2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +236,9 @@ def main(argv=None) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         for group in [a.only] if a.only else list(GROUPS):
             result[group] = run_group(group, d, a)
-    result["all_targets_hold"] = all(t["holds"] for gr in GROUPS if gr in result for t in result[gr]["targets"].values())
+    result["all_targets_hold"] = all(
+        t["holds"] for gr in GROUPS if gr in result for t in result[gr]["targets"].values()
+    )
     print(json.dumps(result, indent=1))
     return result
 

@@ -45,6 +45,7 @@ def harness_ns(run, x, seconds: float) -> tuple[float, int]:
 def noop_overhead(seconds: float, rounds: int) -> dict:
     def noop(x):
         return x
+
     x = np.zeros(1, np.float32)
     h, b = [], []
     for _ in range(rounds):
@@ -52,9 +53,12 @@ def noop_overhead(seconds: float, rounds: int) -> dict:
         h.append(per)
         b.append(bare_loop_ns(noop, x, n))
     hm, bm = statistics.median(h), statistics.median(b)
-    return {"noop_harness_ns_per_iter": round(hm, 1), "noop_bare_loop_ns_per_iter": round(bm, 1),
-            "harness_overhead_ns_per_iter": round(hm - bm, 1),
-            "overhead_fraction_of_1ms": (hm - bm) / 1e6}
+    return {
+        "noop_harness_ns_per_iter": round(hm, 1),
+        "noop_bare_loop_ns_per_iter": round(bm, 1),
+        "harness_overhead_ns_per_iter": round(hm - bm, 1),
+        "overhead_fraction_of_1ms": (hm - bm) / 1e6,
+    }
 
 
 def one_ms_model(threads: int = 1):
@@ -70,11 +74,19 @@ def one_ms_model(threads: int = 1):
     so.log_severity_level = 3
     width, sess, ms = 16, None, 0.0
     for _ in range(8):
-        net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
-                            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
+        net = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(width, 10),
+        ).eval()
         path = tmp / f"w{width}.onnx"
-        torch.onnx.export(net, torch.from_numpy(x), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"])
+        torch.onnx.export(
+            net, torch.from_numpy(x), str(path), dynamo=False, input_names=["input"], output_names=["logits"]
+        )
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         run = lambda a, s=sess: s.run(None, {"input": a})[0]  # noqa: E731
         for _ in range(20):
@@ -88,6 +100,7 @@ def one_ms_model(threads: int = 1):
 
 def real_model(seconds: float, rounds: int) -> dict:
     import warnings
+
     warnings.filterwarnings("ignore")
     run, x, ms, width = one_ms_model()
     ratios, hs, bs = [], [], []
@@ -97,9 +110,14 @@ def real_model(seconds: float, rounds: int) -> dict:
         hs.append(per / 1e6)
         bs.append(bare / 1e6)
         ratios.append(per / bare - 1)
-    return {"model": f"ORT CPU conv net, width {width}, 1 thread, batch 1", "model_ms": round(statistics.median(bs), 4),
-            "harness_mean_ms": round(statistics.median(hs), 4), "bare_loop_ms": round(statistics.median(bs), 4),
-            "overhead_fraction_median": statistics.median(ratios), "overhead_fraction_rounds": ratios}
+    return {
+        "model": f"ORT CPU conv net, width {width}, 1 thread, batch 1",
+        "model_ms": round(statistics.median(bs), 4),
+        "harness_mean_ms": round(statistics.median(hs), 4),
+        "bare_loop_ms": round(statistics.median(bs), 4),
+        "overhead_fraction_median": statistics.median(ratios),
+        "overhead_fraction_rounds": ratios,
+    }
 
 
 def main() -> None:
@@ -110,8 +128,17 @@ def main() -> None:
     exact = noop_overhead(args.seconds, args.rounds)
     e2e = real_model(args.seconds, args.rounds)
     target = 0.02
-    print(json.dumps({"target_fraction": target, **exact, "real_model": e2e,
-                      "within_target": exact["overhead_fraction_of_1ms"] <= target}, indent=2))
+    print(
+        json.dumps(
+            {
+                "target_fraction": target,
+                **exact,
+                "real_model": e2e,
+                "within_target": exact["overhead_fraction_of_1ms"] <= target,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

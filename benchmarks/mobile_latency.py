@@ -38,6 +38,7 @@ from qdg_deploy.ort_session import ort_session
 
 def session(path: Path, threads: int):
     import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -50,7 +51,7 @@ def interleaved_ms(paths: dict[str, Path], shape, batch: int, threads: int, roun
     times: dict[str, list[float]] = {k: [] for k in sessions}
     keys = list(sessions)
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             s, name = sessions[k], sessions[k].get_inputs()[0].name
             for i in range(block):
                 t0 = time.perf_counter()
@@ -70,12 +71,16 @@ def write_models(name: str, size: int, calib: torch.Tensor, d: Path) -> dict[str
     torch.manual_seed(0)
     net = torchvision.models.get_model(name, weights=None, num_classes=1000).eval()
     shape = (3, size, size)
-    paths = {"fp32": d / f"{name}_fp32.onnx", "quantize_static": d / f"{name}_qs.onnx", "ours_ort": d / f"{name}_ours.onnx",
-             "ours_ort_lean": d / f"{name}_ours_lean.onnx"}
+    paths = {
+        "fp32": d / f"{name}_fp32.onnx",
+        "quantize_static": d / f"{name}_qs.onnx",
+        "ours_ort": d / f"{name}_ours.onnx",
+        "ours_ort_lean": d / f"{name}_ours_lean.onnx",
+    }
     export_onnx(net, shape, paths["fp32"], fp32=True)
     ort_quantize_static(paths["fp32"], paths["quantize_static"], calib.numpy())
     q = qdg_deploy.quantize(net, "ort")
-    qdg_deploy.calibrate(q, [calib[i:i + 2] for i in range(0, len(calib), 2)], "minmax")
+    qdg_deploy.calibrate(q, [calib[i : i + 2] for i in range(0, len(calib), 2)], "minmax")
     export_onnx(q, shape, paths["ours_ort"], target="ort")
     export_onnx(q, shape, paths["ours_ort_lean"], target="ort", graph="lean")  # ONNX's own activation ops
     return paths
@@ -93,8 +98,15 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from qdg_deploy.bench.env import cpu_model
-    res = {"cpu": cpu_model(), "threads": a.threads, "spinning": "off", "runs": a.runs, "block": a.block,
-           "note": "shared CPU: compare ratios within one interleaved run"}
+
+    res = {
+        "cpu": cpu_model(),
+        "threads": a.threads,
+        "spinning": "off",
+        "runs": a.runs,
+        "block": a.block,
+        "note": "shared CPU: compare ratios within one interleaved run",
+    }
     rounds = -(-a.runs // (a.block - 1))
     calib = torch.rand(8, 3, a.size, a.size, generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +120,8 @@ def main(argv=None) -> dict:
                 r["median_ms"][f"batch{b}"] = m
                 r["ours_vs_quantize_static"][f"batch{b}"] = round(m["ours_ort"] / m["quantize_static"], 3)
                 r.setdefault("ours_lean_vs_quantize_static", {})[f"batch{b}"] = round(
-                    m["ours_ort_lean"] / m["quantize_static"], 3)
+                    m["ours_ort_lean"] / m["quantize_static"], 3
+                )
                 r["speedup_vs_fp32"][f"batch{b}"] = {k: round(m["fp32"] / v, 3) for k, v in m.items()}
             r["target_holds"] = all(v <= 1.05 for v in r["ours_vs_quantize_static"].values())
             r["ops_after_optimization"] = {k: ops_after_optimization(p, d) for k, p in paths.items()}

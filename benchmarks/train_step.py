@@ -58,6 +58,7 @@ def make_step(arch, ch, px, batch, scheme):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -72,8 +73,12 @@ def sync():
 
 
 # DA: label -> (method, options); DANN + LSQ W4A4 is the reference of the ratios.
-DA_VARIANTS = {"dann": ("dann", {}), "dann_lsq4": ("dann", {"quant": True, "quantizer": "lsq", "bits": 4}),
-               "alignq4": ("alignq", {"crp": False}), "alignq4_crp": ("alignq", {"crp": True})}
+DA_VARIANTS = {
+    "dann": ("dann", {}),
+    "dann_lsq4": ("dann", {"quant": True, "quantizer": "lsq", "bits": 4}),
+    "alignq4": ("alignq", {"crp": False}),
+    "alignq4_crp": ("alignq", {"crp": True}),
+}
 DA_CASES = [("mnist-cnn", 16), ("digits-resnet", 16)]
 
 
@@ -87,8 +92,10 @@ def make_da_step(arch, batch, method, opts):
     algo = get_algorithm(method)((1, 28, 28), 10, 1, hp)
     algo.place(DEVICE, AMP, CHANNELS_LAST)
     algo.train()
-    xs, ys, xt = (t.to(DEVICE) for t in (torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,)),
-                                         torch.rand(batch, 1, 28, 28)))
+    xs, ys, xt = (
+        t.to(DEVICE)
+        for t in (torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,)), torch.rand(batch, 1, 28, 28))
+    )
     return lambda: algo.update([(xs, ys)], 1, unlabeled=xt)
 
 
@@ -110,9 +117,12 @@ def measure_da(iters, warmup) -> dict:
     results = []
     for arch, batch in DA_CASES:
         ms = interleaved({v: make_da_step(arch, batch, *spec) for v, spec in DA_VARIANTS.items()}, iters, warmup)
-        row = {"arch": arch, "batch": f"{batch} source + {batch} target",
-               **{f"{v}_ms": round(t, 1) for v, t in ms.items()},
-               **{f"{v}_over_dann_lsq4": round(ms[v] / ms["dann_lsq4"], 3) for v in ("dann", "alignq4", "alignq4_crp")}}
+        row = {
+            "arch": arch,
+            "batch": f"{batch} source + {batch} target",
+            **{f"{v}_ms": round(t, 1) for v, t in ms.items()},
+            **{f"{v}_over_dann_lsq4": round(ms[v] / ms["dann_lsq4"], 3) for v in ("dann", "alignq4", "alignq4_crp")},
+        }
         results.append(row)
     worst = max(r["alignq4_crp_over_dann_lsq4"] for r in results)
     return {"target_ratio": 2.0, "worst_ratio": worst, "meets_target": worst <= 2.0, "results": results}
@@ -128,10 +138,15 @@ def main():
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--amp", default=None, help="bf16, fp16 or off (default: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                    help="keep: glibc keeps freed memory, as `train` does on the CPU; default: glibc's default")
-    ap.add_argument("--case", action="append", default=None, help="ARCH:CHANNELS:PX:BATCH (repeatable; default: "
-                    "the CPU cases)")
+    ap.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: glibc keeps freed memory, as `train` does on the CPU; default: glibc's default",
+    )
+    ap.add_argument(
+        "--case", action="append", default=None, help="ARCH:CHANNELS:PX:BATCH (repeatable; default: the CPU cases)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global DEVICE, AMP, CHANNELS_LAST
@@ -139,8 +154,13 @@ def main():
     AMP, CHANNELS_LAST = resolve_amp(args.amp, DEVICE), args.channels_last
     cases = [(a, int(c), int(p), int(b)) for a, c, p, b in (s.split(":") for s in args.case)] if args.case else CASES
     kept = DEVICE.type == "cpu" and args.malloc == "keep" and keep_freed_memory()
-    setup = {"threads": args.threads, "device": str(DEVICE), "amp": AMP, "channels_last": CHANNELS_LAST,
-             "malloc_keeps_freed_memory": kept}
+    setup = {
+        "threads": args.threads,
+        "device": str(DEVICE),
+        "amp": AMP,
+        "channels_last": CHANNELS_LAST,
+        "malloc_keeps_freed_memory": kept,
+    }
     if args.only == "da":
         print(json.dumps({**setup, "da": measure_da(args.iters, args.warmup)}, indent=2))
         return
@@ -148,16 +168,20 @@ def main():
     for arch, ch, px, batch in cases:
         ms = measure(arch, ch, px, batch, args.iters, args.warmup)
         base = ms[None]
-        row = {"arch": arch, "px": px, "batch": batch, "float_ms": round(base, 2),
-               "float_img_s": round(batch * 1000 / base, 1)}
+        row = {
+            "arch": arch,
+            "px": px,
+            "batch": batch,
+            "float_ms": round(base, 2),
+            "float_img_s": round(batch * 1000 / base, 1),
+        }
         for scheme in VARIANTS[1:]:
             row[f"{scheme}_ms"] = round(ms[scheme], 2)
             row[f"{scheme}_img_s"] = round(batch * 1000 / ms[scheme], 1)
             row[f"{scheme}_ratio"] = round(ms[scheme] / base, 3)
         results.append(row)
     worst = max(r[f"{s}_ratio"] for r in results for s in ("paper", "trt", "ort"))
-    report = {**setup, "target_ratio": 1.3, "worst_ratio": worst, "meets_target": worst <= 1.3,
-              "results": results}
+    report = {**setup, "target_ratio": 1.3, "worst_ratio": worst, "meets_target": worst <= 1.3, "results": results}
     if args.only is None:
         report["da"] = measure_da(args.iters, args.warmup)
     print(json.dumps(report, indent=2))

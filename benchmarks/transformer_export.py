@@ -23,8 +23,10 @@ import torch
 def build(arch: str, zoo: bool, classes: int) -> torch.nn.Module:
     if zoo:
         from qdg_deploy.models import build_model
+
         return build_model(f"timm:{arch}", 3, classes)
     import timm
+
     return timm.create_model(arch, num_classes=classes)
 
 
@@ -53,14 +55,21 @@ def run(arch: str, size: int, schemes: list[str], samples: int, zoo: bool, class
                 info = export_onnx(m, (3, size, size), path, target=target)
                 sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 got = np.concatenate([sess.run(None, {"input": b.numpy()})[0] for b in x.split(16)])
-            row = {"arch": arch, "scheme": scheme, "target": target, "file_bytes": info["file_bytes"],
-                   "fp32_bytes": info["fp32_bytes"], "size_ratio": info["size_ratio"],
-                   "packed_ratio": info["packed_ratio"],
-                   "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
-                   "max_abs_logit_diff": float(np.abs(ref - got).max()), "samples": samples,
-                   "ort_fused_layers": len(info.get("ort_fused_layers", [])),
-                   "ort_unfused_layers": info.get("ort_unfused_layers", []),
-                   "trt_violations": len(check_tensorrt_rules(info["proto"])) if target == "tensorrt" else None}
+            row = {
+                "arch": arch,
+                "scheme": scheme,
+                "target": target,
+                "file_bytes": info["file_bytes"],
+                "fp32_bytes": info["fp32_bytes"],
+                "size_ratio": info["size_ratio"],
+                "packed_ratio": info["packed_ratio"],
+                "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+                "max_abs_logit_diff": float(np.abs(ref - got).max()),
+                "samples": samples,
+                "ort_fused_layers": len(info.get("ort_fused_layers", [])),
+                "ort_unfused_layers": info.get("ort_unfused_layers", []),
+                "trt_violations": len(check_tensorrt_rules(info["proto"])) if target == "tensorrt" else None,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows

@@ -33,8 +33,12 @@ def avg(rows: dict, label: str) -> float | None:
 
 def check(value, bound, test: str) -> dict:
     met = None if value is None or bound is None else (value >= bound if test == ">=" else value > bound)
-    return {"value": None if value is None else round(value, 2), "bound": None if bound is None else round(bound, 2),
-            "test": test, "met": met}
+    return {
+        "value": None if value is None else round(value, 2),
+        "bound": None if bound is None else round(bound, 2),
+        "test": test,
+        "met": met,
+    }
 
 
 def main(argv=None) -> dict:
@@ -50,22 +54,51 @@ def main(argv=None) -> dict:
     ap.add_argument("--arch", default="vit-mnist")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    sets = [f"steps={a.steps}", f"checkpoint_freq={a.checkpoint_freq}", f"q_steps={a.q_steps}", f"lr={a.lr}",
-            f"arch={a.arch}"]
-    cli("sweep", "--dataset", "rotated-mnist", "--methods", f"{ERM},{QT},{W8}", "--test-envs", a.test_envs,
-        "--seeds", a.seeds, "--jobs", a.jobs, "--ensembles", "eoq", *[x for s in sets for x in ("--set", s)],
-        "--out", str(out))
+    sets = [
+        f"steps={a.steps}",
+        f"checkpoint_freq={a.checkpoint_freq}",
+        f"q_steps={a.q_steps}",
+        f"lr={a.lr}",
+        f"arch={a.arch}",
+    ]
+    cli(
+        "sweep",
+        "--dataset",
+        "rotated-mnist",
+        "--methods",
+        f"{ERM},{QT},{W8}",
+        "--test-envs",
+        a.test_envs,
+        "--seeds",
+        a.seeds,
+        "--jobs",
+        a.jobs,
+        "--ensembles",
+        "eoq",
+        *[x for s in sets for x in ("--set", s)],
+        "--out",
+        str(out),
+    )
     cli("report", str(out))
     rows = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     erm, erm_swad, qt, w8 = avg(rows, f"{ERM} w/o SWAD"), avg(rows, ERM), avg(rows, QT), avg(rows, W8)
     eoq = next((avg(rows, k) for k in rows if k.startswith(QT) and "eoq" in k.lower()), None)
-    result = {"settings": vars(a), "avg_held_out_acc": {k: avg(rows, k) for k in rows},
-              "rows": {"ERM_ViT": erm, "ERM_ViT + SWAD": erm_swad, "ERM_ViT + QT-DoG W7 + SWAD": qt,
-                       "QT-DoG W8A8 trt + SWAD": w8, "EoQ(3)": eoq},
-              "targets": {"qtdog_w7_within_1.0_of_erm_swad": check(qt, None if erm_swad is None else erm_swad - 1, ">="),
-                          "qtdog_w7_above_erm": check(qt, erm, ">"),
-                          "w8a8_within_1.5_of_erm_swad": check(w8, None if erm_swad is None else erm_swad - 1.5,
-                                                               ">=")}}
+    result = {
+        "settings": vars(a),
+        "avg_held_out_acc": {k: avg(rows, k) for k in rows},
+        "rows": {
+            "ERM_ViT": erm,
+            "ERM_ViT + SWAD": erm_swad,
+            "ERM_ViT + QT-DoG W7 + SWAD": qt,
+            "QT-DoG W8A8 trt + SWAD": w8,
+            "EoQ(3)": eoq,
+        },
+        "targets": {
+            "qtdog_w7_within_1.0_of_erm_swad": check(qt, None if erm_swad is None else erm_swad - 1, ">="),
+            "qtdog_w7_above_erm": check(qt, erm, ">"),
+            "w8a8_within_1.5_of_erm_swad": check(w8, None if erm_swad is None else erm_swad - 1.5, ">="),
+        },
+    }
     print(json.dumps(result, indent=1))
     return result
 

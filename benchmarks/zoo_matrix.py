@@ -36,14 +36,36 @@ SIZES = (32, 64, 96, 128, 160, 224)
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- zoo-matrix:start -->", "<!-- zoo-matrix:end -->"
 # family by name prefix, longest first; the target families of issue 29 first in the table
-FAMILIES = ["resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet", "mnasnet",
-            "shufflenet", "efficientnet_v2", "densenet", "googlenet", "inception", "squeezenet", "alexnet", "vgg",
-            "convnext", "vit", "swin", "maxvit"]
+FAMILIES = [
+    "resnet",
+    "resnext",
+    "wide_resnet",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "efficientnet",
+    "regnet",
+    "mnasnet",
+    "shufflenet",
+    "efficientnet_v2",
+    "densenet",
+    "googlenet",
+    "inception",
+    "squeezenet",
+    "alexnet",
+    "vgg",
+    "convnext",
+    "vit",
+    "swin",
+    "maxvit",
+]
 
 
 def family(name: str) -> str:
-    return max((f for f in FAMILIES if name.startswith(f) and not (f == "efficientnet" and "_v2" in name)),
-               key=len, default=name)
+    return max(
+        (f for f in FAMILIES if name.startswith(f) and not (f == "efficientnet" and "_v2" in name)),
+        key=len,
+        default=name,
+    )
 
 
 def _smallest_size(net) -> int:
@@ -69,19 +91,27 @@ def _scheme(net_fn, name: str, scheme: str, size: int, d: Path) -> dict:
         ref = model(x).numpy()
     s = ort_session(info["proto"])
     got = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
-    out = {"target": target, "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
-           "max_abs_logit_diff": float(np.abs(ref - got).max())}
+    out = {
+        "target": target,
+        "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(ref - got).max()),
+    }
     if target == "tensorrt":
         out["tensorrt_violations"] = len(check_tensorrt_rules(info["proto"]))
     else:
-        out["ort_fused_layers"], out["ort_unfused_layers"] = (len(info.get("ort_fused_layers", [])),
-                                                              len(info.get("ort_unfused_layers", [])))
+        out["ort_fused_layers"], out["ort_unfused_layers"] = (
+            len(info.get("ort_fused_layers", [])),
+            len(info.get("ort_unfused_layers", [])),
+        )
     return out
 
 
 def run_model(name: str, schemes: list[str]) -> dict:
     t0 = time.time()
-    net_fn = lambda: torchvision.models.get_model(name, weights=None, num_classes=10)
+
+    def net_fn():
+        return torchvision.models.get_model(name, weights=None, num_classes=10)
+
     net = net_fn().eval()
     row = {"model": name, "family": family(name), "params": sum(p.numel() for p in net.parameters())}
     try:
@@ -99,10 +129,14 @@ def run_model(name: str, schemes: list[str]) -> dict:
             try:
                 row["schemes"][scheme] = _scheme(net_fn, name, scheme, row["input_size"], Path(d))
             except Exception as e:  # noqa: BLE001 (recorded per model)
-                row["schemes"][scheme] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                                          "trace": traceback.format_exc(limit=3)[-600:]}
-    ok = all(r.get("agreement") == 1.0 and not r.get("tensorrt_violations") and "error" not in r
-             for r in row["schemes"].values())
+                row["schemes"][scheme] = {
+                    "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    "trace": traceback.format_exc(limit=3)[-600:],
+                }
+    ok = all(
+        r.get("agreement") == 1.0 and not r.get("tensorrt_violations") and "error" not in r
+        for r in row["schemes"].values()
+    )
     row.update(status="pass" if ok else "fail", seconds=round(time.time() - t0, 1))
     return row
 
@@ -129,10 +163,12 @@ def write_report(rows: list[dict], schemes: list[str]) -> None:
         lines.append(f"| {f} | {len(rs)} | {npass} | {'; '.join(notes)[:120]} |")
     total = sum(r["status"] == "pass" for r in rows)
     n_all = len(torchvision.models.list_models(module=torchvision.models))
-    summary = (f"{total} of the {len(rows)} models run so far (of torchvision's {n_all} classification models) pass "
-               f"(random init, smallest input, "
-               f"schemes {', '.join(schemes)}: agreement 1.0 on ONNX Runtime CPU, 0 TensorRT-rule violations); "
-               f"per model: [docs/zoo.md](docs/zoo.md). `python benchmarks/zoo_matrix.py` rewrites this table.")
+    summary = (
+        f"{total} of the {len(rows)} models run so far (of torchvision's {n_all} classification models) pass "
+        f"(random init, smallest input, "
+        f"schemes {', '.join(schemes)}: agreement 1.0 on ONNX Runtime CPU, 0 TensorRT-rule violations); "
+        f"per model: [docs/zoo.md](docs/zoo.md). `python benchmarks/zoo_matrix.py` rewrites this table."
+    )
     block = "\n".join([START, "", summary, "", *lines, "", END])
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -142,16 +178,29 @@ def write_report(rows: list[dict], schemes: list[str]) -> None:
         text = text.rstrip("\n") + "\n\n## Model zoo support matrix\n\n" + block + "\n"
     readme.write_text(text)
     head = "| model | family | input | status | " + " | ".join(f"{s}: agreement / max abs Δlogit" for s in schemes)
-    doc = ["# torchvision model zoo: calibrate → export → check", "",
-           ("Written by `benchmarks/zoo_matrix.py` (random init, 10 classes, minmax calibration on 4 random images, "
+    doc = [
+        "# torchvision model zoo: calibrate → export → check",
+        "",
+        (
+            "Written by `benchmarks/zoo_matrix.py` (random init, 10 classes, minmax calibration on 4 random images, "
             "4 other images compared; `ort` exported for ONNX Runtime, `trt` for TensorRT and checked against its "
-            "rules). Refused models name the first operation the exporter cannot lower."), "",
-           head + " | seconds |", "|" + "---|" * (5 + len(schemes))]
+            "rules). Refused models name the first operation the exporter cannot lower."
+        ),
+        "",
+        head + " | seconds |",
+        "|" + "---|" * (5 + len(schemes)),
+    ]
     for r in sorted(rows, key=lambda r: (FAMILIES.index(r["family"]) if r["family"] in FAMILIES else 99, r["model"])):
-        cells = ([_cell(r["schemes"][s]) if s in r.get("schemes", {}) else "" for s in schemes]
-                 if r["status"] != "refused" else [r["refused"][:90]] + [""] * (len(schemes) - 1))
-        doc.append(f"| {r['model']} | {r['family']} | {r.get('input_size', '')} | {r['status']} | "
-                   + " | ".join(c.replace("|", "/") for c in cells) + f" | {r['seconds']} |")
+        cells = (
+            [_cell(r["schemes"][s]) if s in r.get("schemes", {}) else "" for s in schemes]
+            if r["status"] != "refused"
+            else [r["refused"][:90]] + [""] * (len(schemes) - 1)
+        )
+        doc.append(
+            f"| {r['model']} | {r['family']} | {r.get('input_size', '')} | {r['status']} | "
+            + " | ".join(c.replace("|", "/") for c in cells)
+            + f" | {r['seconds']} |"
+        )
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "zoo.md").write_text("\n".join(doc) + "\n")
 
@@ -159,7 +208,7 @@ def write_report(rows: list[dict], schemes: list[str]) -> None:
 def _short(r: dict) -> str:
     if r["status"] == "refused":
         m = re.search(r"of type (\w+)|function '([\w.]+)'|method \.(\w+)", r["refused"])
-        return (next(g for g in m.groups() if g) if m else r["refused"][:40])
+        return next(g for g in m.groups() if g) if m else r["refused"][:40]
     return f"{r['model']} fails"
 
 
@@ -191,13 +240,28 @@ def main(argv=None) -> int:
                 continue
             row = run_model(name, schemes)
             f.write_text(json.dumps(row, indent=1))
-            print(json.dumps({k: v for k, v in row.items() if k != "schemes"} | {
-                "schemes": {s: {k: v for k, v in r.items() if k != "trace"} for s, r in row.get("schemes", {}).items()}}),
-                flush=True)
+            print(
+                json.dumps(
+                    {k: v for k, v in row.items() if k != "schemes"}
+                    | {
+                        "schemes": {
+                            s: {k: v for k, v in r.items() if k != "trace"} for s, r in row.get("schemes", {}).items()
+                        }
+                    }
+                ),
+                flush=True,
+            )
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    print(json.dumps({"models": len(rows), "pass": sum(r["status"] == "pass" for r in rows),
-                      "refused": sum(r["status"] == "refused" for r in rows),
-                      "fail": sum(r["status"] == "fail" for r in rows)}))
+    print(
+        json.dumps(
+            {
+                "models": len(rows),
+                "pass": sum(r["status"] == "pass" for r in rows),
+                "refused": sum(r["status"] == "refused" for r in rows),
+                "fail": sum(r["status"] == "fail" for r in rows),
+            }
+        )
+    )
     if not a.no_report and rows:
         write_report(rows, schemes)
     return 0

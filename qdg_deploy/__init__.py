@@ -11,5 +11,6 @@ _API = ("quantize", "calibrate", "export_onnx")
 def __getattr__(name):
     if name in _API:
         from . import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'qdg_deploy' has no attribute {name!r}")

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .data.splits import Splits
@@ -19,7 +18,7 @@ def iter_batches(dataset: Dataset, batch_size: int = 256, workers: int = 0):
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors[:2]
         for i in range(0, len(x), batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
+            yield x[i : i + batch_size], y[i : i + batch_size]
     else:
         yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
@@ -52,11 +51,13 @@ def accuracy_and_loss(predict, dataset: Dataset, batch_size: int = 256) -> tuple
 
 def correct_torch(predict, batch_size: int = 256):
     """A counter for a torch predictor (a module, or a callable on tensors): dataset -> (correct, total)."""
+
     def count(dataset: Dataset) -> tuple[int, int]:
         if len(dataset) == 0:
             return 0, 0
         logits, y = predictions(predict, dataset, batch_size)
         return int((logits.argmax(1) == y).sum()), len(y)
+
     return count
 
 
@@ -83,9 +84,14 @@ def domain_scores(count, data: Splits, training_in: bool = True) -> dict[str, di
     """The one per-domain accuracy: (correct, total) per domain and part ("in", "out"), counted by
     `count(dataset)`. The held-out domain is counted on both parts (all of it); a training domain on its `out`
     part (validation), and on its `in` part too with `training_in`."""
-    return {s.name: {part: count(d) for part, d in (("in", s.in_eval), ("out", s.out_eval))
-                     if part == "out" or training_in or i == data.test}
-            for i, s in enumerate(data.domains)}
+    return {
+        s.name: {
+            part: count(d)
+            for part, d in (("in", s.in_eval), ("out", s.out_eval))
+            if part == "out" or training_in or i == data.test
+        }
+        for i, s in enumerate(data.domains)
+    }
 
 
 def _test_and_val(scores: dict, data: Splits) -> tuple[float, float]:
@@ -122,5 +128,12 @@ def domain_counts(predict, data: Splits, batch: int, fixed_batch: int | None = N
 def make_progress(console: Console | None = None, transient: bool = False, elapsed: bool = False) -> Progress:
     """The progress bar every verb shows: time remaining, or (elapsed=True, for runs of unknown length) elapsed."""
     clock = TimeElapsedColumn() if elapsed else TimeRemainingColumn()
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), clock, console=console, transient=transient)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        clock,
+        console=console,
+        transient=transient,
+    )

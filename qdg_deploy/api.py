@@ -11,7 +11,6 @@ residual adds is accepted; anything else is refused by `quantize` with one error
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from .calibrate import calibrate_loader
@@ -21,8 +20,9 @@ from .quant import Scheme, get_scheme, quantize_model
 from .quant.mobile import adapt_timm
 
 
-def quantize(model: nn.Module, scheme: str | Scheme = "ort", *, bits: int | None = None,
-             act_bits: int | None = None) -> nn.Module:
+def quantize(
+    model: nn.Module, scheme: str | Scheme = "ort", *, bits: int | None = None, act_bits: int | None = None
+) -> nn.Module:
     """Swap the scheme's layers of `model` for quantized ones, in place; returns the model (eval mode)."""
     adapt_timm(model)  # timm's BatchNormAct2d / Linear / SqueezeExcite as the exporter lowers them (same keys)
     check_supported(model)

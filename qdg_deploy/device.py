@@ -27,8 +27,10 @@ def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> 
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise QdgError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}, "
-                       f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu")
+        raise QdgError(
+            f"--device {spec}: CUDA is not available here (torch {torch.__version__}, "
+            f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu"
+        )
     index = int(spec.split(":")[1]) if ":" in spec else (local_rank or 0)
     if index >= torch.cuda.device_count():
         raise QdgError(f"--device {spec}: there are {torch.cuda.device_count()} GPU(s) here (cuda:0..)")
@@ -127,8 +129,9 @@ def keep_freed_memory() -> bool:
     `train_one` too, and DataLoader workers it starts later) keeps its peak memory until it exits. A threshold the
     user set (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) is kept, and is the way to opt out; other C libraries:
     nothing is changed. Returns whether the setting is on."""
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",
-                                                                             "MALLOC_TRIM_THRESHOLD_")):
+    if not sys.platform.startswith("linux") or any(
+        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

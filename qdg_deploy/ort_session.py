@@ -9,8 +9,13 @@ import onnx
 LEVELS = ("all", "extended", "basic", "none")
 
 
-def ort_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1, level: str = "all",
-                optimized_path: str | None = None, providers: list[str] | None = None):
+def ort_session(
+    model: onnx.ModelProto | bytes | str | Path,
+    threads: int = 1,
+    level: str = "all",
+    optimized_path: str | None = None,
+    providers: list[str] | None = None,
+):
     """An InferenceSession on `model` (a proto, its bytes or a file) with `threads` intra-op threads (0: ORT's
     default), one inter-op thread, graph optimizations at `level`, warnings off; CPU unless `providers`."""
     import onnxruntime as ort
@@ -18,10 +23,12 @@ def ort_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1, l
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[level]
     so.log_severity_level = 3
     if optimized_path:
         so.optimized_model_filepath = optimized_path
@@ -31,6 +38,7 @@ def ort_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1, l
         return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # a runtime that cannot load a model: an expected failure, named in one line
         from .errors import QdgError
+
         what = data if isinstance(data, str) else "the model"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise QdgError(f"ONNX Runtime {ort.__version__} cannot load {what}: {first}") from None
@@ -54,10 +62,14 @@ def ort_max_opset() -> int:
             ids = [helper.make_opsetid("", opset)]
             x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
             y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-            consts = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
-                      helper.make_tensor("z", TensorProto.UINT8, [], [0])]
-            nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-                     helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+            consts = [
+                helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+            ]
+            nodes = [
+                helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+            ]
             graph = helper.make_graph(nodes, "probe", [x], [y], initializer=consts)
             model = helper.make_model(graph, opset_imports=ids, ir_version=helper.find_min_ir_version_for(ids))
             try:

@@ -32,8 +32,10 @@ def read_record_json(path: Path) -> dict:
 def _check_version(data: dict, what: str) -> int:
     version = data.get("schema_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
-        raise QdgError(f"{what} has schema_version {version!r}; this qdg-deploy {__version__} reads up to "
-                       f"{SCHEMA_VERSION}: update qdg-deploy")
+        raise QdgError(
+            f"{what} has schema_version {version!r}; this qdg-deploy {__version__} reads up to "
+            f"{SCHEMA_VERSION}: update qdg-deploy"
+        )
     return version
 
 
@@ -41,6 +43,7 @@ def _check_version(data: dict, what: str) -> int:
 class RunConfig:
     """config.json: what the run is (hyperparameters from the hparams table, data set, held-out domain, the
     network's record for runs.build_run_model) plus its producer's extras."""
+
     hparams: dict
     dataset: str
     domains: list[str]
@@ -54,8 +57,12 @@ class RunConfig:
     TYPED = ("hparams", "dataset", "domains", "test_env_index", "classes", "model")
 
     def to_json(self) -> dict:
-        return {"schema_version": self.schema_version, "qdg_deploy_version": self.qdg_deploy_version,
-                **{k: getattr(self, k) for k in self.TYPED}, **self.extra}
+        return {
+            "schema_version": self.schema_version,
+            "qdg_deploy_version": self.qdg_deploy_version,
+            **{k: getattr(self, k) for k in self.TYPED},
+            **self.extra,
+        }
 
     @classmethod
     def from_json(cls, data: dict, what: str = "config.json") -> RunConfig:
@@ -63,8 +70,12 @@ class RunConfig:
         callers that need it say what is missing)."""
         _check_version(data, what)
         extra = {k: v for k, v in data.items() if k not in (*cls.TYPED, "schema_version", "qdg_deploy_version")}
-        return cls(**{k: data.get(k) for k in cls.TYPED}, extra=extra,
-                   qdg_deploy_version=data.get("qdg_deploy_version"), schema_version=SCHEMA_VERSION)
+        return cls(
+            **{k: data.get(k) for k in cls.TYPED},
+            extra=extra,
+            qdg_deploy_version=data.get("qdg_deploy_version"),
+            schema_version=SCHEMA_VERSION,
+        )
 
     @classmethod
     def of_any(cls, config: RunConfig | dict) -> RunConfig:
@@ -81,6 +92,7 @@ class RunConfig:
 @dataclass
 class Metrics:
     """metrics.json: the selected model's accuracy (accuracy.domain_metrics' figures) and what it is."""
+
     per_domain: dict | None = None
     test_env: str | None = None
     test_acc: float | None = None
@@ -98,14 +110,19 @@ class Metrics:
     def of(cls, scored: dict, *, method: str | None, bits: int | None, scheme: str | None, **extra) -> Metrics:
         """From domain_metrics' dict (its other keys, e.g. selected_step, and `extra` go to extra)."""
         rest = {k: v for k, v in scored.items() if k not in cls.SCORED}
-        return cls(**{k: scored[k] for k in cls.SCORED}, method=method, bits=bits, scheme=scheme,
-                   extra={**rest, **extra})
+        return cls(
+            **{k: scored[k] for k in cls.SCORED}, method=method, bits=bits, scheme=scheme, extra={**rest, **extra}
+        )
 
     def to_json(self) -> dict:
         """The scored figures a run has (a fixture's run may have none), its extras, then what it is."""
         scored = {k: getattr(self, k) for k in self.SCORED if getattr(self, k) is not None}
-        return {"schema_version": self.schema_version, **scored, **self.extra,
-                **{k: getattr(self, k) for k in self.WHAT}}
+        return {
+            "schema_version": self.schema_version,
+            **scored,
+            **self.extra,
+            **{k: getattr(self, k) for k in self.WHAT},
+        }
 
     @classmethod
     def from_json(cls, data: dict, what: str = "metrics.json") -> Metrics:

@@ -43,6 +43,7 @@ class Run:
     def data(self):
         """The run's data: its data set's splits (as its hyperparameters drew them) and its held-out domain."""
         from .data import run_data
+
         return run_data(self.config["hparams"], self.config["test_env_index"])
 
 
@@ -108,11 +109,15 @@ def check_out_dir(out: str | Path, overwrite: bool, option: str = "--out") -> Pa
             if not overwrite:
                 raise QdgError(f"{out} already holds a run; choose another {option} or pass --overwrite")
         elif any(p.name not in KEPT_FILES for p in out.iterdir()):
-            raise QdgError(f"{option} {out} holds other files (not a run directory) and would be replaced whole: "
-                           f"choose another {option}")
+            raise QdgError(
+                f"{option} {out} holds other files (not a run directory) and would be replaced whole: "
+                f"choose another {option}"
+            )
     if (blocked := writable_folder(out)) is not None:  # the run is built in a sibling folder (EROFS, EACCES)
-        raise QdgError(f"{option} {out}: cannot write in {blocked} (read-only, not permitted or not a folder); "
-                       f"choose another {option}")
+        raise QdgError(
+            f"{option} {out}: cannot write in {blocked} (read-only, not permitted or not a folder); "
+            f"choose another {option}"
+        )
     return out
 
 
@@ -126,8 +131,12 @@ def _carry(src: Path, dst: Path) -> None:
 
 def model_record(arch: str, input_shape, num_classes: int, scheme: Scheme | None) -> dict:
     """What `build_run_model` needs to rebuild the network; stored under config['model']."""
-    return {"arch": arch, "input_shape": list(input_shape), "num_classes": num_classes,
-            "scheme": scheme.to_dict() if scheme else None}
+    return {
+        "arch": arch,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "scheme": scheme.to_dict() if scheme else None,
+    }
 
 
 def build_run_model(record: dict, float_only: bool = False) -> nn.Module:
@@ -135,6 +144,7 @@ def build_run_model(record: dict, float_only: bool = False) -> nn.Module:
     `models.ensemble.Ensemble`); float_only leaves every layer float."""
     if record.get("ensemble"):
         from .models.ensemble import Ensemble
+
         return Ensemble([build_run_model(r, float_only) for r in record["ensemble"]])
     net = build_model(record["arch"], record["input_shape"][0], record["num_classes"])
     if record.get("scheme") and not float_only:
@@ -167,15 +177,18 @@ def load_run(path: str | Path) -> Run:
     except QdgError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise QdgError(f"{path / CONFIG} does not describe a model ({type(e).__name__}: {e}); the run is damaged: "
-                       f"train it again") from None
+        raise QdgError(
+            f"{path / CONFIG} does not describe a model ({type(e).__name__}: {e}); the run is damaged: train it again"
+        ) from None
     try:
         state = load_file(str(path / WEIGHTS))
     except OSError:
         raise
     except Exception as e:  # safetensors' own error type: a truncated or foreign file
-        raise QdgError(f"{path / WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]}); the run is "
-                       f"damaged: train it again") from None
+        raise QdgError(
+            f"{path / WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]}); the run is "
+            f"damaged: train it again"
+        ) from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

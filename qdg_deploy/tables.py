@@ -47,8 +47,11 @@ AVERAGING_KINDS = ("swad", "sma")
 def unaveraged(label: str, metrics: dict) -> list[tuple[str, str, dict]]:
     """The one way to show a run without its weight averaging: (row label "LABEL w/o SWAD" / "LABEL w/o SMA",
     metrics key "no_swad" / "no_sma", those figures) for each such result the run's metrics.json kept."""
-    return [(f"{label} w/o {kind.upper()}", f"no_{kind}", metrics[f"no_{kind}"])
-            for kind in AVERAGING_KINDS if metrics.get(f"no_{kind}")]
+    return [
+        (f"{label} w/o {kind.upper()}", f"no_{kind}", metrics[f"no_{kind}"])
+        for kind in AVERAGING_KINDS
+        if metrics.get(f"no_{kind}")
+    ]
 
 
 def with_unaveraged(results: dict[str, dict]) -> dict[str, dict]:

@@ -23,7 +23,7 @@ PERCENTILES = (50, 90, 95, 99)
 class LatencyStats:
     batch: int
     iterations: int
-    wall_s: float            # timed phase only (warm-up excluded)
+    wall_s: float  # timed phase only (warm-up excluded)
     warmup_iterations: int
     mean_ms: float
     std_ms: float
@@ -33,7 +33,7 @@ class LatencyStats:
     p90_ms: float
     p95_ms: float
     p99_ms: float
-    throughput_ips: float       # images/s = batch / mean latency
+    throughput_ips: float  # images/s = batch / mean latency
     throughput_wall_ips: float  # images/s = batch * iterations / wall time
 
     def to_dict(self) -> dict:
@@ -49,15 +49,32 @@ def summarize(latencies_ns, batch: int, wall_ns: int | None = None, warmup_itera
     p50, p90, p95, p99 = np.percentile(lat, PERCENTILES)
     mean = float(lat.mean())
     return LatencyStats(
-        batch=batch, iterations=int(lat.size), wall_s=wall_s, warmup_iterations=warmup_iterations,
-        mean_ms=mean, std_ms=float(lat.std()), min_ms=float(lat.min()), max_ms=float(lat.max()),
-        p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99),
+        batch=batch,
+        iterations=int(lat.size),
+        wall_s=wall_s,
+        warmup_iterations=warmup_iterations,
+        mean_ms=mean,
+        std_ms=float(lat.std()),
+        min_ms=float(lat.min()),
+        max_ms=float(lat.max()),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
         throughput_ips=batch / (mean / 1e3) if mean > 0 else float("inf"),
-        throughput_wall_ips=batch * lat.size / wall_s if wall_s > 0 else float("inf"))
+        throughput_wall_ips=batch * lat.size / wall_s if wall_s > 0 else float("inf"),
+    )
 
 
-def time_fn(run: Callable, x, *, warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10,
-            max_iters: int | None = None) -> tuple[list[int], int, int]:
+def time_fn(
+    run: Callable,
+    x,
+    *,
+    warmup_ms: float = 200,
+    duration_s: float = 3.0,
+    min_iters: int = 10,
+    max_iters: int | None = None,
+) -> tuple[list[int], int, int]:
     """Call `run(x)` for `warmup_ms`, then until `duration_s` and `min_iters` are both reached.
 
     Returns (latencies_ns, timed wall ns, warm-up iterations). `run` must return only when its result is
@@ -101,7 +118,7 @@ def interleaved_medians(runs: dict[str, Callable], x, *, rounds: int = 6, block:
     times: dict[str, list[int]] = {k: [] for k in runs}
     keys = list(runs)
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             lat, _, _ = time_fn(runs[k], x, warmup_ms=0, duration_s=0, min_iters=block - 1, max_iters=block - 1)
             times[k].extend(lat)
     return {k: round(statistics.median(v) / 1e6, 4) for k, v in times.items()}

@@ -18,8 +18,12 @@ def pytest_configure(config):
 def run_cli(*args, timeout=300):
     """Run the real console entry point in a subprocess; returns CompletedProcess. For what needs a process of its
     own: signals, torchrun, a run whose process-wide settings (threads, determinism) must not leak into the tests."""
-    return subprocess.run([sys.executable, "-c", "from qdg_deploy.cli import main; main()", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from qdg_deploy.cli import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_here(capsys, *args) -> subprocess.CompletedProcess:
@@ -61,8 +65,17 @@ def tiny_run(tmp_path_factory):
     from qdg_deploy.train import resolve_hparams, train_one
 
     out = tmp_path_factory.mktemp("runs") / "qt"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="ort", steps=6, q_steps=2, checkpoint_freq=2,
-                         batch_size=8, test_env="75", swad=False)  # selection by validation (SWAD: test_swad.py)
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="qtdog",
+        scheme="ort",
+        steps=6,
+        q_steps=2,
+        checkpoint_freq=2,
+        batch_size=8,
+        test_env="75",
+        swad=False,
+    )  # selection by validation (SWAD: test_swad.py)
     metrics = train_one(hp, out)
     return out, metrics
 

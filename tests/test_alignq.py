@@ -7,20 +7,26 @@ import math
 import pytest
 import torch
 
+from conftest import run_cli
+from qdg_deploy.models import build_model
 from qdg_deploy.quant import QuantSpec, build_quantizer, get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.daq import daq_act, daq_weight, normal_cdf
-from qdg_deploy.train.alignq_terms import (CrpState, admm_loss, admm_update, crp_discrepancy, grad_approx_factor,
-                                           relation_matrix)
-from qdg_deploy.models import build_model
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams
-
-from conftest import run_cli
+from qdg_deploy.train.alignq_terms import (
+    CrpState,
+    admm_loss,
+    admm_update,
+    crp_discrepancy,
+    grad_approx_factor,
+    relation_matrix,
+)
 
 W = torch.tensor([-3.0, -1.0, 1.0, 3.0])  # mean 0, unbiased std sqrt(20/3)
 
 
 # --- DAQ transforms -----------------------------------------------------------------------------------
+
 
 def test_daq_weight_two_bits_hand_worked():
     # z = w / 2.582 = [-1.162, -0.387, 0.387, 1.162]; Phi = [.123, .349, .651, .877];
@@ -69,6 +75,7 @@ def test_daq_quantizer_codes_times_scale_is_the_forward():
 
 # --- gradient approximation ---------------------------------------------------------------------------
 
+
 def test_grad_factor_at_a_bin_edge():
     w = torch.tensor([-1.0, 0.0, 1.0])  # mean 0, std 1: the middle weight has Phi = 0.5
     # n = 3: frac(3 (0.5 + 0.5)) = 0 -> s'(0) = 1/4; factor = lam * 1/4 * 2 * pdf(0) / sigma
@@ -91,6 +98,7 @@ def test_grad_factor_inside_a_bin():
 
 
 # --- CRP: relation matrix and ADMM ----------------------------------------------------------------------
+
 
 def test_relation_matrix_hand_worked():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])
@@ -141,6 +149,7 @@ def test_crp_state_loss_and_update():
 
 # --- the algorithm ---------------------------------------------------------------------------------------
 
+
 def _batch(bs=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(bs, 1, 28, 28, generator=g), torch.randint(0, 10, (bs,), generator=g)
@@ -156,8 +165,9 @@ def test_alignq_scheme_placement():
 
 def test_alignq_update_reshapes_gradients_and_runs_admm():
     torch.manual_seed(0)
-    hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", q_steps=0, steps=10,
-                         act_range=1.5, arch="mnist-cnn")  # its layer names below
+    hp = resolve_hparams(
+        "rotated-mnist", method="alignq", source="0", target="15", q_steps=0, steps=10, act_range=1.5, arch="mnist-cnn"
+    )  # its layer names below
     algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
     layers = quant_layers(algo.network)
     assert layers["conv2"].act_quant.act_range.item() == 1.5
@@ -186,8 +196,16 @@ def test_alignq_update_reshapes_gradients_and_runs_admm():
 
 
 def test_alignq_without_crp_or_grad_approx():
-    hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", q_steps=0, crp=False,
-                         grad_approx=False, arch="mnist-cnn")
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="alignq",
+        source="0",
+        target="15",
+        q_steps=0,
+        crp=False,
+        grad_approx=False,
+        arch="mnist-cnn",
+    )
     algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
     assert algo.crp == {}
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
@@ -203,8 +221,9 @@ def test_da_baselines_float_and_quantized(method):
     (xs, ys), (xt, _) = _batch(), _batch(seed=1)
     for quant in (False, True):
         qopts = dict(q_steps=0, bits=4, act_bits=4) if quant else {}  # a float run refuses quantization options
-        hp = resolve_hparams("rotated-mnist", method=method, source="0", target="15", quant=quant, arch="mnist-cnn",
-                             **qopts)
+        hp = resolve_hparams(
+            "rotated-mnist", method=method, source="0", target="15", quant=quant, arch="mnist-cnn", **qopts
+        )
         algo = get_algorithm(method)((1, 28, 28), 10, 1, hp)
         info = algo.update([(xs, ys)], 0, unlabeled=xt)
         assert math.isfinite(info["loss"])
@@ -217,18 +236,78 @@ def test_da_baselines_float_and_quantized(method):
 
 # --- CLI: DA mode, load_run, --init -----------------------------------------------------------------------
 
+
 def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path, cli):
-    common = ["--dataset", f"folder:{image_tree}", "--arch", "mnist-cnn", "--image-size", "16", "--source", "art",
-              "--target", "photo", "--batch-size", "4", "--checkpoint-freq", "2", "--threads", "1"]
-    r8 = run_cli("train", "--method", "dann", "--quant", "--bits", "8", "--act-bits", "8", "--steps", "2",
-                 "--q-steps", "0", "--out", tmp_path / "r8", *common)
+    common = [
+        "--dataset",
+        f"folder:{image_tree}",
+        "--arch",
+        "mnist-cnn",
+        "--image-size",
+        "16",
+        "--source",
+        "art",
+        "--target",
+        "photo",
+        "--batch-size",
+        "4",
+        "--checkpoint-freq",
+        "2",
+        "--threads",
+        "1",
+    ]
+    r8 = run_cli(
+        "train",
+        "--method",
+        "dann",
+        "--quant",
+        "--bits",
+        "8",
+        "--act-bits",
+        "8",
+        "--steps",
+        "2",
+        "--q-steps",
+        "0",
+        "--out",
+        tmp_path / "r8",
+        *common,
+    )
     assert r8.returncode == 0, r8.stderr
-    r4 = run_cli("train", "--method", "alignq", "--bits", "4", "--act-range", "1.5", "--no-crp", "--steps", "2",
-                 "--lam", "1", "--lam2", "4", "--init", tmp_path / "r8", "--out", tmp_path / "r4", *common)
+    r4 = run_cli(
+        "train",
+        "--method",
+        "alignq",
+        "--bits",
+        "4",
+        "--act-range",
+        "1.5",
+        "--no-crp",
+        "--steps",
+        "2",
+        "--lam",
+        "1",
+        "--lam2",
+        "4",
+        "--init",
+        tmp_path / "r8",
+        "--out",
+        tmp_path / "r4",
+        *common,
+    )
     assert r4.returncode == 0, r4.stderr
     metrics = json.loads((tmp_path / "r4" / "metrics.json").read_text())
-    assert set(metrics) == {"schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits",
-                            "scheme", "method"}
+    assert set(metrics) == {
+        "schema_version",
+        "per_domain",
+        "test_env",
+        "test_acc",
+        "val_acc",
+        "selected_step",
+        "bits",
+        "scheme",
+        "method",
+    }
     assert metrics["test_env"] == "photo" and metrics["bits"] == 4 and metrics["scheme"] == "alignq"
     config = json.loads((tmp_path / "r4" / "config.json").read_text())
     assert config["init"]["bits"] == 8 and config["domain_adaptation"]["source"] == "art"
@@ -236,6 +315,7 @@ def test_cli_alignq_run_loads_back_and_inits(image_tree, tmp_path, cli):
     layers = quant_layers(run.model)
     assert layers["conv2"].act_quant.spec.quantizer == "daq" and layers["conv2"].act_quant.act_range.item() == 1.5
     assert layers["conv2"].act_quant.spec.bits == 4  # act bits follow --bits
-    bad = cli("train", "--method", "alignq", "--source", "art", "--dataset", f"folder:{image_tree}",
-                  "--out", tmp_path / "bad")
+    bad = cli(
+        "train", "--method", "alignq", "--source", "art", "--dataset", f"folder:{image_tree}", "--out", tmp_path / "bad"
+    )
     assert bad.returncode == 2 and "--target" in bad.stderr

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
+from conftest import run_cli
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.quant.daq import daq_weight
 from qdg_deploy.records import Metrics, RunConfig
-from qdg_deploy.workflows.report import write_report
 from qdg_deploy.train import get_algorithm, resolve_hparams
 from qdg_deploy.train.algorithms import lr_scale
 from qdg_deploy.train.alignq_terms import ApproxRound, approx_round, approx_round_derivative, grad_approx_factor
-
-from conftest import run_cli
+from qdg_deploy.workflows.report import write_report
 
 W = torch.tensor([-3.0, -1.0, 1.0, 3.0])  # mean 0, unbiased std sqrt(20/3)
 
@@ -26,6 +25,7 @@ def s_prime(x: float) -> float:
 
 
 # --- 1. activation bits follow --bits for every quantized DA method ----------------------------------------
+
 
 @pytest.mark.parametrize("method", ["dann", "dsan", "alignq"])
 def test_act_bits_follow_bits_and_both_are_recorded(method):
@@ -42,6 +42,7 @@ def test_act_bits_follow_bits_and_both_are_recorded(method):
 
 
 # --- 2. the optimizer ------------------------------------------------------------------------------------------
+
 
 def test_da_methods_default_to_sgd_with_momentum_and_dg_to_adam():
     hp = resolve_hparams("rotated-mnist", method="dann", source="0", target="15", quant=True, quantizer="lsq")
@@ -69,13 +70,16 @@ def test_step_schedule_divides_the_rate_by_ten_from_80_percent():
     assert lr_scale({**hp, "lr_schedule": "none"}, 9) == 1.0
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--optimizer", "rmsprop"], "--optimizer takes one of sgd, adam"),
-    (["--lr-schedule", "cosine"], "--lr-schedule takes one of none, step"),
-    (["--grad-approx", "double"], "--grad-approx takes one of chain, legacy, off"),
-    (["--momentum", "1.5"], "--momentum must be in [0, 1]"),
-    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--optimizer", "rmsprop"], "--optimizer takes one of sgd, adam"),
+        (["--lr-schedule", "cosine"], "--lr-schedule takes one of none, step"),
+        (["--grad-approx", "double"], "--grad-approx takes one of chain, legacy, off"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1]"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    ],
+)
 def test_bad_optimizer_options_are_one_error_line(args, fragment, tmp_path, cli):
     r = cli("train", "--method", "alignq", "--source", "0", "--target", "15", *args, "--out", tmp_path / "o")
     assert r.returncode == 2 and fragment in r.stderr, r.stderr
@@ -83,6 +87,7 @@ def test_bad_optimizer_options_are_one_error_line(args, fragment, tmp_path, cli)
 
 
 # --- 3. the gradient approximation inside the chain rule ------------------------------------------------------
+
 
 def test_approx_round_forward_and_hand_worked_derivative():
     # n = 3, lam 2, lam2 4: frac(x + 1.5) = [0, 0.25, 0, 0.5] -> 2 s'(8 * that) = 2 * [1/4, s'(2), 1/4, s'(4)]
@@ -132,8 +137,9 @@ def test_chain_is_the_straight_through_gradient_with_round_derivative_replaced_a
 
 def test_alignq_modes_set_the_rounding_of_all_convs_but_the_first():
     for mode, chain in (("chain", True), ("legacy", False), ("off", False), (True, True), (False, False)):
-        hp = resolve_hparams("rotated-mnist", method="alignq", source="0", target="15", arch="mnist-cnn",
-                             grad_approx=mode, q_steps=0)
+        hp = resolve_hparams(
+            "rotated-mnist", method="alignq", source="0", target="15", arch="mnist-cnn", grad_approx=mode, q_steps=0
+        )
         algo = get_algorithm("alignq")((1, 28, 28), 10, 1, hp)
         layers = quant_layers(algo.network)
         assert (layers["conv2"].weight_quant.round_fn is not None) == chain
@@ -142,27 +148,56 @@ def test_alignq_modes_set_the_rounding_of_all_convs_but_the_first():
 
 
 def test_cli_grad_approx_forms(tmp_path):
-    for args, mode in ((["--grad-approx"], "chain"), (["--grad-approx", "legacy"], "legacy"),
-                       (["--no-grad-approx"], "off")):
+    for args, mode in (
+        (["--grad-approx"], "chain"),
+        (["--grad-approx", "legacy"], "legacy"),
+        (["--no-grad-approx"], "off"),
+    ):
         out = tmp_path / mode
-        r = run_cli("train", "--method", "alignq", "--source", "0", "--target", "15", "--arch", "mnist-cnn",
-                    *args, "--steps", "1", "--q-steps", "0", "--batch-size", "2", "--threads", "1", "--no-crp", "--out", out)
+        r = run_cli(
+            "train",
+            "--method",
+            "alignq",
+            "--source",
+            "0",
+            "--target",
+            "15",
+            "--arch",
+            "mnist-cnn",
+            *args,
+            "--steps",
+            "1",
+            "--q-steps",
+            "0",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--no-crp",
+            "--out",
+            out,
+        )
         assert r.returncode == 0, r.stderr
         assert json.loads((out / "config.json").read_text())["hparams"]["grad_approx"] == mode
 
 
 # --- 5. the report: one column per pair --------------------------------------------------------------------------
 
+
 def test_report_has_one_column_per_da_pair(tmp_path):
     out = tmp_path / "S"
-    for label, accs in (("dann", {("0", "15"): [0.9, 0.8], ("15", "30"): [0.7, 0.7]}), ("alignq", {("0", "15"): [0.6]})):
+    for label, accs in (
+        ("dann", {("0", "15"): [0.9, 0.8], ("15", "30"): [0.7, 0.7]}),
+        ("alignq", {("0", "15"): [0.6]}),
+    ):
         for (src, tgt), values in accs.items():
             for s, acc in enumerate(values):
                 run = out / label / tgt / f"seed{s}"
                 run.mkdir(parents=True)
                 Metrics(test_env=tgt, test_acc=acc, method=label).write(run / "metrics.json")
-                RunConfig.from_json({"domains": ["0", "15", "30"],
-                                     "domain_adaptation": {"source": src, "target": tgt}}).write(run / "config.json")
+                RunConfig.from_json(
+                    {"domains": ["0", "15", "30"], "domain_adaptation": {"source": src, "target": tgt}}
+                ).write(run / "config.json")
                 (run / "model.safetensors").write_bytes(b"")
     table, md, _ = write_report(out)
     assert table["domains"] == ["0→15", "15→30"]

@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 
 from qdg_deploy.data import get_dataset
-from qdg_deploy.quant import model_size
+from qdg_deploy.quant import get_scheme, model_size
 from qdg_deploy.runs import build_run_model, model_record, save_run
-from qdg_deploy.quant import get_scheme
 
 DOMAINS = ("d0", "d1", "d2")
 CLASSES = ("a", "b", "c")
@@ -38,8 +37,15 @@ def write_folder_dataset(root: Path, per_class: int = 5) -> Path:
     return root
 
 
-def make_run(out: Path, data_root: Path, *, arch: str = "mnist-cnn", scheme: str | None = None,
-             test_env_index: int = 1, seed: int = 0) -> Path:
+def make_run(
+    out: Path,
+    data_root: Path,
+    *,
+    arch: str = "mnist-cnn",
+    scheme: str | None = None,
+    test_env_index: int = 1,
+    seed: int = 0,
+) -> Path:
     """A run directory as `qdg-deploy train` writes it, with untrained (seeded) weights."""
     torch.manual_seed(seed)
     dataset = f"folder:{data_root}"
@@ -52,10 +58,25 @@ def make_run(out: Path, data_root: Path, *, arch: str = "mnist-cnn", scheme: str
         with torch.no_grad():
             net(x)
     net.eval()
-    hp = {"dataset": dataset, "data_dir": None, "image_size": IMAGE, "holdout_fraction": 0.2, "seed": 0,
-          "method": "qtdog" if sch else "erm", "arch": arch, "scheme": scheme}
-    config = {"hparams": hp, "dataset": dataset, "domains": ds.domains, "test_env_index": test_env_index,
-              "classes": ds.classes, "model": record, "size": model_size(net)}
+    hp = {
+        "dataset": dataset,
+        "data_dir": None,
+        "image_size": IMAGE,
+        "holdout_fraction": 0.2,
+        "seed": 0,
+        "method": "qtdog" if sch else "erm",
+        "arch": arch,
+        "scheme": scheme,
+    }
+    config = {
+        "hparams": hp,
+        "dataset": dataset,
+        "domains": ds.domains,
+        "test_env_index": test_env_index,
+        "classes": ds.classes,
+        "model": record,
+        "size": model_size(net),
+    }
     metrics = {"method": hp["method"], "bits": 8 if sch else 32, "scheme": scheme}
     save_run(out, config, net.state_dict(), metrics)
     return out
@@ -64,8 +85,15 @@ def make_run(out: Path, data_root: Path, *, arch: str = "mnist-cnn", scheme: str
 def export_float_onnx(net: torch.nn.Module, path: Path, input_shape) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(1, *input_shape), str(path), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            net.eval(),
+            torch.zeros(1, *input_shape),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path
 
 
@@ -90,8 +118,15 @@ def quantize_onnx(fp32: Path, out: Path, input_shape, n_calib: int = 8) -> Path:
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     pre.unlink()
     return out
 
@@ -103,13 +138,13 @@ import time
 import pytest
 
 from qdg_deploy import bench as B
-from qdg_deploy.timing import summarize, time_fn
+from qdg_deploy.accuracy import accuracy
 from qdg_deploy.bench.runtimes import COPIES_NONE
-from qdg_deploy.quant import strip_quantizers
 from qdg_deploy.data import split_domains
 from qdg_deploy.errors import QdgError
+from qdg_deploy.quant import strip_quantizers
 from qdg_deploy.runs import load_run
-from qdg_deploy.accuracy import accuracy
+from qdg_deploy.timing import summarize, time_fn
 
 FAST = dict(warmup_ms=10, duration_s=0.05, min_iters=3, threads=1)
 
@@ -150,7 +185,9 @@ def test_list_runtimes_cpu_available_gpu_explained():
 
 def test_cli_list_runtimes(cli, monkeypatch):
     from rich.console import Console
+
     import qdg_deploy.cli as C
+
     monkeypatch.setattr(C, "out", Console(width=200))  # no wrapping, so the output can be searched
     res = cli("bench", "--list-runtimes")
     assert res.returncode == 0, res.stderr
@@ -223,8 +260,7 @@ def spin_runtime():
 
 
 def test_known_cost_runtime_gives_expected_latency(world, spin_runtime):
-    result = B.bench([world["fp32"]], ["spin-test"], [1, 4], warmup_ms=20, duration_s=0.25, min_iters=5,
-                     accuracy=False)
+    result = B.bench([world["fp32"]], ["spin-test"], [1, 4], warmup_ms=20, duration_s=0.25, min_iters=5, accuracy=False)
     recs = {r["batch"]: r for r in result["records"]}
     assert set(recs) == {1, 4}
     for b, r in recs.items():
@@ -303,8 +339,10 @@ def test_runtimes_agree_on_logits(world):
     assert np.abs(i8 - f32).max() < 0.25 * np.abs(f32).max() + 1e-3
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
 def test_torch_session_copies(world, device):
     """torch-fp32 records host<->device copies as ORT / TensorRT do: none on the CPU; on a GPU included, or excluded
     with --no-copies (the input staged on the device once, the output left there)."""
@@ -411,19 +449,42 @@ def test_trt_runtime(world, tmp_path):
 
 def test_cli_json_plots_compare(world, tmp_path, monkeypatch, cli):
     from rich.console import Console
+
     import qdg_deploy.cli as C
+
     monkeypatch.setattr(C, "out", Console(width=200))  # no wrapping, so the output can be searched
     a, p = tmp_path / "a.json", tmp_path / "out.png"
-    args = ["bench", str(world["qrun"]), "-r", "ort-cpu", "-r", "torch-fq", "--batch", "1,2",
-            "--duration-s", "0.05", "--warmup-ms", "5", "--min-iters", "3", "--threads", "1"]
+    args = [
+        "bench",
+        str(world["qrun"]),
+        "-r",
+        "ort-cpu",
+        "-r",
+        "torch-fq",
+        "--batch",
+        "1,2",
+        "--duration-s",
+        "0.05",
+        "--warmup-ms",
+        "5",
+        "--min-iters",
+        "3",
+        "--threads",
+        "1",
+    ]
     res = cli(*args, "--json", str(a), "--plot", str(p))
     assert res.returncode == 0, res.stderr
     data = json.loads(a.read_text())
     assert data["schema"] == B.SCHEMA
     assert sorted((r["runtime"], r["batch"]) for r in data["records"]) == [
-        ("ort-cpu", 1), ("ort-cpu", 2), ("torch-fq", 1), ("torch-fq", 2)]
+        ("ort-cpu", 1),
+        ("ort-cpu", 2),
+        ("torch-fq", 1),
+        ("torch-fq", 2),
+    ]
     assert "held-out" in res.stdout and "d1 (held-out)" in res.stdout
     import matplotlib.image as mpimg
+
     for png in (tmp_path / "out-latency.png", tmp_path / "out-accuracy.png"):
         img = mpimg.imread(png)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300 and img[..., :3].std() > 0.05
@@ -434,21 +495,62 @@ def test_cli_json_plots_compare(world, tmp_path, monkeypatch, cli):
 
 # Every key of `bench --json` as it was before the tables were made to fit 80 columns: the JSON must not change.
 JSON_KEYS = {"created", "environment", "records", "schema", "settings", "skipped"}
-SETTINGS_KEYS = {"accuracy", "batches", "copies", "cuda_graph", "duration_s", "input", "latency", "min_iters",
-                 "threads", "warmup_ms"}
-RECORD_KEYS = {"accuracy", "accuracy_skipped", "artifact", "artifact_kind", "artifact_path", "batch", "copies",
-               "input_shape", "iterations", "latency_ms", "run_dir", "runtime", "runtime_info", "size", "threads",
-               "throughput_ips", "throughput_wall_ips", "versions", "wall_s", "warmup_iterations", "schema_version"}
+SETTINGS_KEYS = {
+    "accuracy",
+    "batches",
+    "copies",
+    "cuda_graph",
+    "duration_s",
+    "input",
+    "latency",
+    "min_iters",
+    "threads",
+    "warmup_ms",
+}
+RECORD_KEYS = {
+    "accuracy",
+    "accuracy_skipped",
+    "artifact",
+    "artifact_kind",
+    "artifact_path",
+    "batch",
+    "copies",
+    "input_shape",
+    "iterations",
+    "latency_ms",
+    "run_dir",
+    "runtime",
+    "runtime_info",
+    "size",
+    "threads",
+    "throughput_ips",
+    "throughput_wall_ips",
+    "versions",
+    "wall_s",
+    "warmup_iterations",
+    "schema_version",
+}
 LATENCY_KEYS = {"max", "mean", "min", "p50", "p90", "p95", "p99", "std"}
 ACCURACY_KEYS = {"dataset", "per_domain", "seconds", "test_acc", "test_env", "val_acc"}
-ENV_KEYS = {"cpu", "cpu_count", "gpu", "jetson", "jetson_power_mode", "platform", "threads_requested",
-            "torch_threads", "versions"}
+ENV_KEYS = {
+    "cpu",
+    "cpu_count",
+    "gpu",
+    "jetson",
+    "jetson_power_mode",
+    "platform",
+    "threads_requested",
+    "torch_threads",
+    "versions",
+}
 
 
 def assert_whole(text: str, values, width: int = 80):
     """Every value appears whole in `text` (not cut, not ellipsized, not folded) and no line is wider than `width`."""
     import re
+
     from rich.cells import cell_len
+
     assert "…" not in text
     assert max(cell_len(line) for line in text.splitlines()) <= width
     for v in values:
@@ -457,14 +559,37 @@ def assert_whole(text: str, values, width: int = 80):
 
 def test_cli_bench_tables_legible_at_80_columns_json_unchanged(world, tmp_path, monkeypatch, cli):
     from rich.console import Console
+
     import qdg_deploy.cli as C
     from qdg_deploy.bench.results import _count, _ms, _short
     from qdg_deploy.tables import human_bytes, pct
+
     con = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
     monkeypatch.setattr(C, "out", con)
     js = tmp_path / "b.json"
-    res = cli("bench", world["qrun"], world["frun"], "-r", "ort-cpu", "-r", "torch-fq", "-r", "torch-fp32", "--batch",
-              "1,2", "--duration-s", "0.02", "--warmup-ms", "2", "--min-iters", "3", "--threads", "1", "--json", js)
+    res = cli(
+        "bench",
+        world["qrun"],
+        world["frun"],
+        "-r",
+        "ort-cpu",
+        "-r",
+        "torch-fq",
+        "-r",
+        "torch-fp32",
+        "--batch",
+        "1,2",
+        "--duration-s",
+        "0.02",
+        "--warmup-ms",
+        "2",
+        "--min-iters",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+        js,
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(js.read_text())
     assert set(data) == JSON_KEYS and set(data["settings"]) == SETTINGS_KEYS and set(data["environment"]) == ENV_KEYS
@@ -476,21 +601,36 @@ def test_cli_bench_tables_legible_at_80_columns_json_unchanged(world, tmp_path, 
     values = {"d0 (val)", "d1 (held-out)", "d2 (val)"}
     for r in data["records"]:
         lat, size, acc = r["latency_ms"], r["size"], r["accuracy"]
-        values |= {_short(r["artifact"]), r["runtime"], _ms(lat["mean"]), _ms(lat["p50"]), _ms(lat["p99"]),
-                   f"{r['throughput_ips']:.0f}", human_bytes(size["file_bytes"]), human_bytes(size["packed_bytes"]),
-                   _count(size["params"]), pct(acc["test_acc"]), pct(acc["val_acc"])}
+        values |= {
+            _short(r["artifact"]),
+            r["runtime"],
+            _ms(lat["mean"]),
+            _ms(lat["p50"]),
+            _ms(lat["p99"]),
+            f"{r['throughput_ips']:.0f}",
+            human_bytes(size["file_bytes"]),
+            human_bytes(size["packed_bytes"]),
+            _count(size["params"]),
+            pct(acc["test_acc"]),
+            pct(acc["val_acc"]),
+        }
         values |= {pct(d["acc"]) for d in acc["per_domain"].values()}
     assert_whole(text, values)
     for r in data["records"]:  # a latency row holds its batch's figures side by side
         lat = r["latency_ms"]
         figures = [str(r["batch"]), _ms(lat["mean"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{r['throughput_ips']:.0f}"]
-        assert any(line.split("│")[3:8] == [f" {v} ".rjust(len(c)) for v, c in zip(figures, line.split("│")[3:8])]
-                   for line in text.splitlines() if line.count("│") == 8), figures
+        assert any(
+            line.split("│")[3:8] == [f" {v} ".rjust(len(c)) for v, c in zip(figures, line.split("│")[3:8])]
+            for line in text.splitlines()
+            if line.count("│") == 8
+        ), figures
 
 
 def test_fit_table_stacks_to_the_width_and_keeps_every_cell_whole():
     from rich.console import Console
+
     from qdg_deploy.tables import FitTable
+
     cols = [("model", "left")] + [(f"figure number {i} of the long header", "right") for i in range(9)]
     t = FitTable("Wide", cols, keys=1)
     rows = [[f"model-{k}"] + [f"{1000 * k + i}.{i}{i}" for i in range(9)] for k in range(3)]
@@ -510,12 +650,27 @@ def test_fit_table_stacks_to_the_width_and_keeps_every_cell_whole():
 
 
 def test_compare_ratios_and_single_artifact_matching(world):
-    base = {"latency_ms": {"mean": 2.0, "p99": 4.0}, "throughput_ips": 500.0, "runtime": "ort-cpu", "batch": 1,
-            "size": {"file_bytes": 100, "packed_bytes": 80}, "accuracy": {"test_acc": 0.5}}
+    base = {
+        "latency_ms": {"mean": 2.0, "p99": 4.0},
+        "throughput_ips": 500.0,
+        "runtime": "ort-cpu",
+        "batch": 1,
+        "size": {"file_bytes": 100, "packed_bytes": 80},
+        "accuracy": {"test_acc": 0.5},
+    }
     old = {"records": [{**base, "artifact": "fp32.onnx"}]}
-    new = {"records": [{**base, "artifact": "int8.onnx", "latency_ms": {"mean": 1.0, "p99": 1.0},
-                        "throughput_ips": 1000.0, "size": {"file_bytes": 25, "packed_bytes": 20},
-                        "accuracy": {"test_acc": 0.4}}]}
+    new = {
+        "records": [
+            {
+                **base,
+                "artifact": "int8.onnx",
+                "latency_ms": {"mean": 1.0, "p99": 1.0},
+                "throughput_ips": 1000.0,
+                "size": {"file_bytes": 25, "packed_bytes": 20},
+                "accuracy": {"test_acc": 0.4},
+            }
+        ]
+    }
     (row,) = B.compare(new, old)
     assert row["mean_ratio"] == 0.5 and row["p99_ratio"] == 0.25 and row["throughput_ratio"] == 2.0
     assert row["file_ratio"] == 0.25 and row["packed_ratio"] == 0.25
@@ -545,12 +700,20 @@ def test_errors(world, tmp_path, cli):
 
 def test_bench_demo_final_table(world, tmp_path):
     from rich.console import Console
+
     from qdg_deploy.workflows.demo_bench import bench_demo, deployment_artifact
 
     assert deployment_artifact(world["qrun"]) == world["qrun"] / "model.onnx"
     con = Console(width=200, record=True)
-    res = bench_demo({"ERM": world["frun"], "QAT": world["qrun"]}, tmp_path, batches=(1, 2), duration_s=0.05,
-                     warmup_ms=5, threads=1, out=con)
+    res = bench_demo(
+        {"ERM": world["frun"], "QAT": world["qrun"]},
+        tmp_path,
+        batches=(1, 2),
+        duration_s=0.05,
+        warmup_ms=5,
+        threads=1,
+        out=con,
+    )
     text = con.export_text()
     assert "ERM" in text and "QAT" in text and "d1 (held-out) %" in text and "latency b1" in text
     # against the FP32 model (ERM's onnx-fp32 export) on the same runtime, and the export's measured agreement
@@ -561,19 +724,32 @@ def test_bench_demo_final_table(world, tmp_path):
     assert "1.00×" in row and f"{speed:.2f}×" in row, row
     row = next(line for line in text.splitlines() if "agreement with torch" in line)
     assert "—" in row, row  # these ONNX files have no export report: nothing measured, nothing shown
-    from qdg_deploy.workflows.demo_bench import final_table
     from qdg_deploy.tables import human_bytes, pct
+    from qdg_deploy.workflows.demo_bench import final_table
+
     narrow = Console(width=80, record=True, file=open(tmp_path / "tty.txt", "w"))
-    narrow.print(final_table(res, {"QT-DoG W8A8 (ort) + SWAD": world["frun"] / "model.onnx",
-                                   "EoQ(2) W7 + SWAD": world["qrun"] / "model.onnx"}))
+    narrow.print(
+        final_table(
+            res,
+            {
+                "QT-DoG W8A8 (ort) + SWAD": world["frun"] / "model.onnx",
+                "EoQ(2) W7 + SWAD": world["qrun"] / "model.onnx",
+            },
+        )
+    )
     values = {"QT-DoG", "W8A8", "(ort)", "EoQ(2)", "model.onnx", "ort-cpu", "latency b2 mean / p99 ms"}
     for r in res["records"]:
         lat = r["latency_ms"]
-        values |= {f"{lat['mean']:.2f} / {lat['p99']:.2f}", f"{r['throughput_ips']:.0f}" if r["batch"] == 2 else "",
-                   human_bytes(r["size"]["file_bytes"])} | {pct(d["acc"]) for d in r["accuracy"]["per_domain"].values()}
+        values |= {
+            f"{lat['mean']:.2f} / {lat['p99']:.2f}",
+            f"{r['throughput_ips']:.0f}" if r["batch"] == 2 else "",
+            human_bytes(r["size"]["file_bytes"]),
+        } | {pct(d["acc"]) for d in r["accuracy"]["per_domain"].values()}
     assert_whole(narrow.export_text(), values - {""})
-    assert {r["artifact_path"] for r in res["records"]} == {str(world["frun"] / "model.onnx"),
-                                                           str(world["qrun"] / "model.onnx")}
+    assert {r["artifact_path"] for r in res["records"]} == {
+        str(world["frun"] / "model.onnx"),
+        str(world["qrun"] / "model.onnx"),
+    }
     assert json.loads((tmp_path / "bench.json").read_text())["schema"] == B.SCHEMA
     assert (tmp_path / "bench-latency.png").stat().st_size > 0 and (tmp_path / "bench-accuracy.png").stat().st_size > 0
 
@@ -581,7 +757,14 @@ def test_bench_demo_final_table(world, tmp_path):
 def test_runtimes_declare_what_load_takes():
     """cuda_graph / takes_device are declared on Runtime (False), so bench reads them without getattr defaults."""
     from qdg_deploy.bench.runtimes import RUNTIMES, Runtime
+
     assert Runtime.cuda_graph is False and Runtime.takes_device is False
     takes = {name: (rt.cuda_graph, rt.takes_device) for name, rt in RUNTIMES.items()}
-    assert takes == {"torch-fp32": (False, True), "torch-fq": (False, True), "ort-cpu": (False, False),
-                     "ort-cuda": (False, False), "ort-trt": (False, False), "trt": (True, False)}
+    assert takes == {
+        "torch-fp32": (False, True),
+        "torch-fq": (False, True),
+        "ort-cpu": (False, False),
+        "ort-cuda": (False, False),
+        "ort-trt": (False, False),
+        "trt": (True, False),
+    }

@@ -12,8 +12,7 @@ from torch.utils.data import Subset, TensorDataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from qdg_deploy.data import DGDataset, available_datasets, get_dataset, split_domains
-from qdg_deploy.data import rotated_mnist
+from qdg_deploy.data import DGDataset, available_datasets, get_dataset, rotated_mnist, split_domains
 from qdg_deploy.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from qdg_deploy.errors import DataError
 
@@ -121,9 +120,11 @@ def test_rotated_mnist_splits(rmnist):
         assert isinstance(s.train, TensorDataset) and isinstance(s.out_eval, TensorDataset)
         assert s.in_eval is s.train  # no augmentation: one object serves both
         assert len(s.out_eval) == int(n * 0.2) and len(s.train) == n - int(n * 0.2)
+
         # Disjoint and covering: every image of the domain lands in exactly one part.
         def rows(t):
             return [bytes(r.numpy().tobytes()) for r in t.flatten(1)]
+
         all_rows = rows(imgs)
         assert len(set(all_rows)) == n  # (the 5,000 digits are distinct)
         parts = rows(s.train.tensors[0]) + rows(s.out_eval.tensors[0])
@@ -214,8 +215,7 @@ def test_domainbed_names(tmp_path):
     assert ds.name == "PACS"
     assert ds.domains == ["art_painting", "cartoon", "photo", "sketch"]
     assert ds.domain_dataset(2, False)[0][0].shape == (3, 8, 8)
-    expect_error([os.path.join(str(tmp_path), "office_home") + " not found"],
-                 get_dataset, "OfficeHome", str(tmp_path))
+    expect_error([os.path.join(str(tmp_path), "office_home") + " not found"], get_dataset, "OfficeHome", str(tmp_path))
     make_tree(tmp_path / "terra_incognita", domains=("L100", "L38"), per_class=1)
     assert get_dataset("terraincognita", str(tmp_path)).domains == ["L100", "L38"]
 
@@ -299,7 +299,8 @@ def test_non_image_file(tmp_path):
     expect_error([str(bad), "not an image"], get_dataset, f"folder:{root}")
     bad.unlink()
     (tmp_path / "tree" / "art" / "cat" / "UPPER.PNG").write_bytes(
-        (tmp_path / "tree" / "art" / "cat" / "0.png").read_bytes())
+        (tmp_path / "tree" / "art" / "cat" / "0.png").read_bytes()
+    )
     assert len(get_dataset(f"folder:{root}").domain_dataset(0, False)) == 4  # extensions case-insensitive
 
 
@@ -307,8 +308,11 @@ def test_classes_differ(tmp_path):
     root = make_tree(tmp_path / "tree", per_class=1)
     os.rename(tmp_path / "tree" / "sketch" / "horse", tmp_path / "tree" / "sketch" / "zebra")
     # horse and zebra each in one domain only (issue 17: a class two domains share trains, even if others lack it)
-    expect_error(["one domain only", "'horse' (only in 'art')", "'zebra' (only in 'sketch')", "--class-map"],
-                 get_dataset, f"folder:{root}")
+    expect_error(
+        ["one domain only", "'horse' (only in 'art')", "'zebra' (only in 'sketch')", "--class-map"],
+        get_dataset,
+        f"folder:{root}",
+    )
 
 
 def test_corrupt_image(tmp_path):

@@ -15,7 +15,9 @@ def test_device_cuda_without_cuda_is_one_error(tmp_path, cli):
         pytest.skip("CUDA is available here: the error needs a machine without it")
     r = cli("train", "--device", "cuda", "--steps", "2", "--out", tmp_path / "run")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: --device cuda:"), r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: --device cuda:"), (
+        r.stderr
+    )
     assert "CUDA is not available" in r.stderr and not (tmp_path / "run").exists()
 
 
@@ -69,8 +71,9 @@ def test_autocast_network_codes_unchanged():
     net(x)  # activation steps from a float32 batch
     seen = []
     quantizers = [m for m in net.modules() if isinstance(m, Quantizer)]
-    hooks = [q.register_forward_hook(lambda mod, i, o: seen.append((mod, i[0].detach(), o.detach())))
-             for q in quantizers]
+    hooks = [
+        q.register_forward_hook(lambda mod, i, o: seen.append((mod, i[0].detach(), o.detach()))) for q in quantizers
+    ]
     with torch.no_grad(), autocast(torch.device("cpu"), "bf16"):
         out = net(x)
     for h in hooks:
@@ -85,9 +88,26 @@ def test_autocast_network_codes_unchanged():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 def test_cuda_training_step(tmp_path):
-    r = run_cli("train", "--device", "cuda", "--method", "qtdog", "--steps", "4", "--q-steps", "2",
-                "--checkpoint-freq", "2", "--batch-size", "8", "--channels-last", "--amp", "bf16",
-                "--out", tmp_path / "run")
+    r = run_cli(
+        "train",
+        "--device",
+        "cuda",
+        "--method",
+        "qtdog",
+        "--steps",
+        "4",
+        "--q-steps",
+        "2",
+        "--checkpoint-freq",
+        "2",
+        "--batch-size",
+        "8",
+        "--channels-last",
+        "--amp",
+        "bf16",
+        "--out",
+        tmp_path / "run",
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -115,9 +135,11 @@ def _probe(mode: str, **env) -> list[str]:
     import os
     import subprocess
     import sys
+
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    r = subprocess.run([sys.executable, "-c", KEEP_PROBE, mode], capture_output=True, text=True, timeout=120,
-                       env={**base, **env})
+    r = subprocess.run(
+        [sys.executable, "-c", KEEP_PROBE, mode], capture_output=True, text=True, timeout=120, env={**base, **env}
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 
@@ -128,6 +150,7 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
     (MALLOC_*_THRESHOLD_) is left alone."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
         pytest.skip("not glibc 2.33 or newer: keep_freed_memory changes nothing there / mallinfo2 is missing")

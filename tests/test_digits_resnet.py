@@ -39,8 +39,17 @@ def test_default_for_rotated_mnist_and_built_from_torchvision_blocks():
 def trt_run(tmp_path_factory):
     """A run directory of the default network, scheme trt, trained briefly (quantized from step 2)."""
     out = tmp_path_factory.mktemp("runs") / "trt"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="trt", steps=4, q_steps=2, checkpoint_freq=2,
-                         batch_size=8, test_env="75", swad=False)
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="qtdog",
+        scheme="trt",
+        steps=4,
+        q_steps=2,
+        checkpoint_freq=2,
+        batch_size=8,
+        test_env="75",
+        swad=False,
+    )
     train_one(hp, out)
     return out
 

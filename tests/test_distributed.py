@@ -18,9 +18,31 @@ from qdg_deploy.train import resolve_hparams
 # computes on those rows: with BatchNorm, per-rank batch statistics would differ from the global batch's (SyncBatchNorm
 # would be needed). W8A8 (trt) so activation quantizers take LSQ's init from the first quantized batch (gathered,
 # then broadcast). SGD: Adam divides by sqrt(v), which turns round-off in near-zero gradients into whole lr steps.
-ARGS = ["train", "--arch", "mnist-cnn", "--method", "qtdog", "--scheme", "trt", "--optimizer", "sgd", "--test-env",
-        "75", "--steps", "8", "--q-steps", "3", "--checkpoint-freq", "4", "--batch-size", "8", "--threads", "1",
-        "--swad-bn-steps", "2"]
+ARGS = [
+    "train",
+    "--arch",
+    "mnist-cnn",
+    "--method",
+    "qtdog",
+    "--scheme",
+    "trt",
+    "--optimizer",
+    "sgd",
+    "--test-env",
+    "75",
+    "--steps",
+    "8",
+    "--q-steps",
+    "3",
+    "--checkpoint-freq",
+    "4",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--swad-bn-steps",
+    "2",
+]
 # The two runs differ only in the order of float sums: the all-reduce adds two half-batch gradients where one process
 # sums the whole batch. That is ~1e-7 relative per gradient, more where per-sample terms cancel, and a few 8-bit codes
 # that sit on a rounding boundary flip; measured 9e-5 (max |w| difference over every tensor, 8 steps). A wrong shard
@@ -31,8 +53,17 @@ TOLERANCE = 5e-4
 def torchrun(*args) -> subprocess.CompletedProcess:
     """`train ...` under torchrun with 2 gloo processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "qdg_deploy.cli", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "qdg_deploy.cli",
+        *map(str, args),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -61,11 +92,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
 def test_torchrun_refusals(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for kwargs, words in [(dict(method="coral"), "--method coral"), (dict(batch_size=7), "multiple of 2"),
-                          (dict(test_env="all"), "one --test-env"), (dict(device="cuda:1"), "cuda:LOCAL_RANK")]:
+    for kwargs, words in [
+        (dict(method="coral"), "--method coral"),
+        (dict(batch_size=7), "multiple of 2"),
+        (dict(test_env="all"), "one --test-env"),
+        (dict(device="cuda:1"), "cuda:LOCAL_RANK"),
+    ]:
         with pytest.raises(QdgError, match=words):
             resolve_hparams("rotated-mnist", **{"method": "erm", "test_env": "0", **kwargs})
-
 
 
 # The default network, digits-resnet, normalizes with BatchNorm: a rank's forward on its slice would use that slice's
@@ -75,8 +109,28 @@ def test_torchrun_refusals(monkeypatch):
 # alone, on the global batches) is compared too. Float, not W8A8: in a BatchNorm network a quantizer code that flips
 # at a rounding boundary moves a whole channel's statistics; one process run with --threads 2 instead of 1 (another
 # summation order only) already differs by 1e-2 from itself after 8 W8A8 QT-DoG steps.
-BN_ARGS = ["train", "--arch", "digits-resnet", "--method", "erm", "--swad", "--optimizer", "sgd", "--test-env", "75",
-           "--steps", "4", "--checkpoint-freq", "4", "--batch-size", "8", "--threads", "1", "--swad-bn-steps", "2"]
+BN_ARGS = [
+    "train",
+    "--arch",
+    "digits-resnet",
+    "--method",
+    "erm",
+    "--swad",
+    "--optimizer",
+    "sgd",
+    "--test-env",
+    "75",
+    "--steps",
+    "4",
+    "--checkpoint-freq",
+    "4",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--swad-bn-steps",
+    "2",
+]
 
 
 @pytest.mark.slow
@@ -103,9 +157,33 @@ def test_a_sync_bn_run_saves_plain_batchnorm_and_exports_exactly(tmp_path):
     from qdg_deploy.export import export_run_dir
 
     run = tmp_path / "run"
-    r = torchrun("train", "--arch", "digits-resnet", "--method", "qtdog", "--scheme", "trt", "--optimizer", "sgd",
-                 "--test-env", "75", "--steps", "4", "--q-steps", "2", "--checkpoint-freq", "2", "--batch-size", "8",
-                 "--threads", "1", "--swad-bn-steps", "2", "--out", run)
+    r = torchrun(
+        "train",
+        "--arch",
+        "digits-resnet",
+        "--method",
+        "qtdog",
+        "--scheme",
+        "trt",
+        "--optimizer",
+        "sgd",
+        "--test-env",
+        "75",
+        "--steps",
+        "4",
+        "--q-steps",
+        "2",
+        "--checkpoint-freq",
+        "2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--swad-bn-steps",
+        "2",
+        "--out",
+        run,
+    )
     assert "SyncBatchNorm" in r.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["device"]["sync_bn"] is True and config["hparams"]["sync_bn"] is None  # the default

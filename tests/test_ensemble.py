@@ -7,19 +7,30 @@ import json
 import pytest
 import torch
 
-from qdg_deploy.workflows.ensemble import Ensemble, build_ensemble
+from qdg_deploy.accuracy import predictions
 from qdg_deploy.errors import QdgError
 from qdg_deploy.export import export_run_dir
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import resolve_hparams, train_one
-from qdg_deploy.accuracy import predictions
+from qdg_deploy.workflows.ensemble import Ensemble, build_ensemble
 from tests.test_bench import IMAGE
 
 
 def tiny_train(out, data, *, method="qtdog", scheme="trt", seed=0, test_env="d2"):
     quant = dict(scheme=scheme, q_steps=2) if method != "erm" else {}  # erm refuses quantization options
-    hp = resolve_hparams(f"folder:{data}", method=method, arch="mnist-cnn", image_size=IMAGE, steps=4,
-                         checkpoint_freq=2, batch_size=4, test_env=test_env, seed=seed, threads=1, **quant)
+    hp = resolve_hparams(
+        f"folder:{data}",
+        method=method,
+        arch="mnist-cnn",
+        image_size=IMAGE,
+        steps=4,
+        checkpoint_freq=2,
+        batch_size=4,
+        test_env=test_env,
+        seed=seed,
+        threads=1,
+        **quant,
+    )
     train_one(hp, out)
     return out
 
@@ -45,8 +56,10 @@ def test_ensemble_run_sums_member_logits_and_scores_like_train(world):
     assert [r["seed"] for r in m["members"]] == [0, 1]
     assert m["members_mean_test_acc"] == pytest.approx(sum(r["test_acc"] for r in m["members"]) / 2)
     # the held-out accuracy recomputed by hand from the summed logits
-    from qdg_deploy.data import run_splits
     from torch.utils.data import ConcatDataset
+
+    from qdg_deploy.data import run_splits
+
     _, splits = run_splits(run.config["hparams"])
     held = splits[run.config["test_env_index"]]
     logits, y = predictions(lambda t: members[0](t) + members[1](t), ConcatDataset([held.in_eval, held.out_eval]))
@@ -67,6 +80,7 @@ def test_ensemble_export_is_one_graph_exact_against_torch(world, tmp_path):
     assert r["packed_bytes"] == single["packed_bytes"] + second["packed_bytes"]
     assert r["ensemble"]["k"] == 2 and r["ensemble"]["member_packed_bytes"] == r["packed_bytes"] / 2
     import onnx
+
     g = onnx.load(str(tmp_path / "eoq.onnx")).graph
     convs = [n for n in g.node if n.op_type == "Conv"]
     assert len(convs) == 8  # four per member, in one graph
@@ -77,8 +91,24 @@ def test_eval_and_bench_take_an_ensemble(world, tmp_path, cli):
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["test_acc"] == pytest.approx(world["metrics"]["test_acc"])
-    r = cli("bench", world["ens"], "-r", "torch-fp32", "-r", "torch-fq", "--batch", "2", "--duration-s", "0.05",
-                "--warmup-ms", "0", "--min-iters", "2", "--json", tmp_path / "b.json")
+    r = cli(
+        "bench",
+        world["ens"],
+        "-r",
+        "torch-fp32",
+        "-r",
+        "torch-fq",
+        "--batch",
+        "2",
+        "--duration-s",
+        "0.05",
+        "--warmup-ms",
+        "0",
+        "--min-iters",
+        "2",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert r.returncode == 0, r.stderr
     recs = json.loads((tmp_path / "b.json").read_text())["records"]
     fq = next(x for x in recs if x["runtime"] == "torch-fq")
@@ -89,8 +119,12 @@ def test_eval_and_bench_take_an_ensemble(world, tmp_path, cli):
 def test_mismatched_members_are_refused_with_one_error_line(world, tmp_path, cli):
     float_run = tiny_train(tmp_path / "erm", world["data"], method="erm", seed=2)
     other_env = tiny_train(tmp_path / "q_d1", world["data"], seed=3, test_env="d1")
-    cases = [((world["runs"][0], float_run), "scheme"), ((world["runs"][0], other_env), "held-out domain"),
-             ((world["runs"][0], world["runs"][0]), "given twice"), ((world["runs"][0],), "at least two")]
+    cases = [
+        ((world["runs"][0], float_run), "scheme"),
+        ((world["runs"][0], other_env), "held-out domain"),
+        ((world["runs"][0], world["runs"][0]), "given twice"),
+        ((world["runs"][0],), "at least two"),
+    ]
     for members, needle in cases:
         out = tmp_path / f"bad_{needle.replace(' ', '_')}"
         r = cli("ensemble", *members, "--out", out)

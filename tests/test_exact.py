@@ -13,8 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from qdg_deploy.export import export_onnx, ort_session
-from qdg_deploy.quant import get_scheme, quantize_model
-from qdg_deploy.quant import strip_quantizers
+from qdg_deploy.quant import get_scheme, quantize_model, strip_quantizers
 from qdg_deploy.quant.kernels import fused_add, fused_global_pool
 from qdg_deploy.quant.layers import is_exact
 from qdg_deploy.quant.norms import FoldedBatchNorm2d
@@ -33,10 +32,15 @@ def _x86_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
-x86_only = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
-                              reason="ORT's x86 kernel arithmetic (its ARM kernels requantize in fixed point)")
-kernels_measured = pytest.mark.skipif(not _x86_vnni(), reason="the integer-kernel arithmetic was measured on ORT's "
-                                      "x86 VNNI kernels; this CPU runs other ones (AVX2 without VNNI can saturate)")
+x86_only = pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="ORT's x86 kernel arithmetic (its ARM kernels requantize in fixed point)",
+)
+kernels_measured = pytest.mark.skipif(
+    not _x86_vnni(),
+    reason="the integer-kernel arithmetic was measured on ORT's "
+    "x86 VNNI kernels; this CPU runs other ones (AVX2 without VNNI can saturate)",
+)
 
 
 def _run(proto, x):
@@ -46,8 +50,17 @@ def _run(proto, x):
 
 def _bn_chain(scheme, c_in=8, c=16, seed=0):
     torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 1),
-                      nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(c, 5))
+    m = nn.Sequential(
+        nn.Conv2d(c_in, c, 3, padding=1),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 1),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(c, 5),
+    )
     with torch.no_grad():
         for bn in (m[1], m[4]):
             bn.running_mean.normal_(0, 0.3)
@@ -124,16 +137,27 @@ def test_fused_conv_computes_as_ort_qlinearconv(tmp_path):
 
 
 def _qadd_graph(sa, za, sb, zb, sc, zc):
-    inits = [numpy_helper.from_array(v, k) for k, v in (("sa", np.float32(sa)), ("sb", np.float32(sb)),
-                                                          ("sc", np.float32(sc)), ("za", np.uint8(za)),
-                                                          ("zb", np.uint8(zb)), ("zc", np.uint8(zc)))]
-    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["qa"]),
-             helper.make_node("DequantizeLinear", ["qa", "sa", "za"], ["da"]),
-             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["qb"]),
-             helper.make_node("DequantizeLinear", ["qb", "sb", "zb"], ["db"]),
-             helper.make_node("Add", ["da", "db"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
-             helper.make_node("QuantizeLinear", ["r", "sc", "zc"], ["qc"]),
-             helper.make_node("DequantizeLinear", ["qc", "sc", "zc"], ["y"])]
+    inits = [
+        numpy_helper.from_array(v, k)
+        for k, v in (
+            ("sa", np.float32(sa)),
+            ("sb", np.float32(sb)),
+            ("sc", np.float32(sc)),
+            ("za", np.uint8(za)),
+            ("zb", np.uint8(zb)),
+            ("zc", np.uint8(zc)),
+        )
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["qa"]),
+        helper.make_node("DequantizeLinear", ["qa", "sa", "za"], ["da"]),
+        helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["qb"]),
+        helper.make_node("DequantizeLinear", ["qb", "sb", "zb"], ["db"]),
+        helper.make_node("Add", ["da", "db"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "sc", "zc"], ["qc"]),
+        helper.make_node("DequantizeLinear", ["qc", "sc", "zc"], ["y"]),
+    ]
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b")]
     g = helper.make_graph(nodes, "qadd", vi, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -157,7 +181,11 @@ def test_fused_add_computes_as_ort_qlinearadd_over_every_code_pair():
     bad = naive_bad = 0
     for _ in range(60):
         za, zb = (int(v) for v in rng.integers(0, 256, 2))
-        sa, sb, sc = np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(0.02, 0.2))
+        sa, sb, sc = (
+            np.float32(rng.uniform(0.01, 0.1)),
+            np.float32(rng.uniform(0.01, 0.1)),
+            np.float32(rng.uniform(0.02, 0.2)),
+        )
         a = torch.from_numpy(((ka - za).astype(np.float32) * sa).astype(np.float32))
         b = torch.from_numpy(((kb - zb).astype(np.float32) * sb).astype(np.float32))
         proto = _qadd_graph(sa, za, sb, zb, sc, 0)
@@ -172,15 +200,24 @@ def test_fused_add_computes_as_ort_qlinearadd_over_every_code_pair():
 
 
 def _qgap_graph(sx, zx, sy, zy):
-    inits = [numpy_helper.from_array(v, k) for k, v in (("sx", np.float32(sx)), ("sy", np.float32(sy)),
-                                                          ("zx", np.uint8(zx)), ("zy", np.uint8(zy)))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
-             helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
-             helper.make_node("GlobalAveragePool", ["dx"], ["m"]),
-             helper.make_node("QuantizeLinear", ["m", "sy", "zy"], ["qy"]),
-             helper.make_node("DequantizeLinear", ["qy", "sy", "zy"], ["y"])]
-    g = helper.make_graph(nodes, "qgap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    inits = [
+        numpy_helper.from_array(v, k)
+        for k, v in (("sx", np.float32(sx)), ("sy", np.float32(sy)), ("zx", np.uint8(zx)), ("zy", np.uint8(zy)))
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
+        helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
+        helper.make_node("GlobalAveragePool", ["dx"], ["m"]),
+        helper.make_node("QuantizeLinear", ["m", "sy", "zy"], ["qy"]),
+        helper.make_node("DequantizeLinear", ["qy", "sy", "zy"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "qgap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -246,5 +283,5 @@ def test_calibration_in_eval_mode_sees_the_float_path_before_the_next_quantizer_
         m(x)
         conv = m[0]
         y = torch.relu(conv._conv_forward(conv.act_quant(x), conv.weight_quant(conv.weight), conv.bias))
-    expected = 2 * y.abs().mean() / 255 ** 0.5  # LSQ's init on the float output
+    expected = 2 * y.abs().mean() / 255**0.5  # LSQ's init on the float output
     assert torch.allclose(q.step, expected, rtol=1e-2)  # the integer bias moves the mean a little

@@ -16,7 +16,7 @@ from torch import nn
 
 from qdg_deploy.bench.artifacts import onnx_size
 from qdg_deploy.errors import QdgError
-from qdg_deploy.export import lower_to_onnx, check_tensorrt_rules, export_onnx, float_layers, ort_session
+from qdg_deploy.export import check_tensorrt_rules, export_onnx, float_layers, lower_to_onnx, ort_session
 from qdg_deploy.export.fold import fold_layer
 from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.quant.plan import Mode
@@ -28,6 +28,7 @@ def lowered(model, shape, **kw):
     `lower_to_onnx`)."""
     low = lower_to_onnx(model, shape, **kw)
     return low.proto, low.info()
+
 
 torch.set_num_threads(1)
 
@@ -73,8 +74,10 @@ def run_ort(proto, x, level="none"):
     return ort_session(proto, level=level).run(None, {"input": x.numpy()})[0]
 
 
-@pytest.mark.parametrize("scheme,bits,act_bits", [("trt", 8, 8), ("trt", 7, 8), ("trt", 4, 4), ("trt", 2, 4),
-                                                  ("ort", 8, 8), ("ort", 4, 3), ("paper", None, None)])
+@pytest.mark.parametrize(
+    "scheme,bits,act_bits",
+    [("trt", 8, 8), ("trt", 7, 8), ("trt", 4, 4), ("trt", 2, 4), ("ort", 8, 8), ("ort", 4, 3), ("paper", None, None)],
+)
 @pytest.mark.parametrize("target", ["ort", "tensorrt"])
 def test_export_matches_torch(scheme, bits, act_bits, target):
     m = tiny(scheme, bits, act_bits)
@@ -110,8 +113,16 @@ def test_ort_default_optimizations_keep_exactness(scheme, act_bits):
 
 def _chain(scheme):
     torch.manual_seed(0)
-    chain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8, 4))
+    chain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     with torch.no_grad():
         chain[1].running_mean.normal_(0, 0.3)
         chain[1].running_var.uniform_(0.5, 2.0)
@@ -129,7 +140,9 @@ def test_model_without_integer_biases_exports_snapped_layers_and_ort_agrees_bit_
     chain = _chain(old_ort)
     assert [m.plan.mode for m in quant_layers(chain).values()] == [Mode.SNAPPED] * 3
     info = export_onnx(chain, (3, 8, 8), tmp_path / "c.onnx", target="ort")
-    assert all(e["exact"].startswith("integer accumulator snapped") and e["bias"] == "float Add" for e in info["layers"])
+    assert all(
+        e["exact"].startswith("integer accumulator snapped") and e["bias"] == "float Add" for e in info["layers"]
+    )
     x = torch.randn(32, 3, 8, 8)
     with torch.no_grad():
         assert np.array_equal(chain(x).numpy(), run_ort(info["proto"], x, "all"))
@@ -137,6 +150,7 @@ def test_model_without_integer_biases_exports_snapped_layers_and_ort_agrees_bit_
 
 def test_ort_scheme_layers_compute_as_ort_integer_kernels_bit_for_bit(tmp_path):
     from qdg_deploy.quant.bias import bias_unit, bn_factors, folded_bias
+
     chain = _chain(get_scheme("ort"))
     conv, bn = chain[0], chain[1]
     assert conv.plan.int_bias and conv.plan.bn is bn
@@ -182,17 +196,25 @@ def test_bn_fold_negative_gamma_flips_codes():
     assert bn.weight[0] < 0
     fw = fold_layer(layer, bn, quantized=True)
     codes = layer.weight_quant.integer_codes(layer.weight.detach()).numpy()
-    assert (fw.codes[0] == -codes[0]).all() and (fw.codes[1:][bn.weight.detach().numpy()[1:] > 0]
-                                                  == codes[1:][bn.weight.detach().numpy()[1:] > 0]).all()
+    assert (fw.codes[0] == -codes[0]).all() and (
+        fw.codes[1:][bn.weight.detach().numpy()[1:] > 0] == codes[1:][bn.weight.detach().numpy()[1:] > 0]
+    ).all()
     assert (fw.scales > 0).all()
     # the folded conv equals conv followed by BN (float64 reference)
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     w = torch.tensor(fw.codes.astype(np.float64)) * torch.tensor(fw.scales, dtype=torch.float64).reshape(-1, 1, 1, 1)
     folded = nn.functional.conv2d(x, w, torch.tensor(fw.bias, dtype=torch.float64), padding=1)
     wq = layer.weight_quant(layer.weight).detach().double()
-    ref = nn.functional.batch_norm(nn.functional.conv2d(x, wq, padding=1), bn.running_mean.double(),
-                                   bn.running_var.double(), bn.weight.detach().double(), bn.bias.detach().double(),
-                                   False, 0.0, bn.eps)
+    ref = nn.functional.batch_norm(
+        nn.functional.conv2d(x, wq, padding=1),
+        bn.running_mean.double(),
+        bn.running_var.double(),
+        bn.weight.detach().double(),
+        bn.bias.detach().double(),
+        False,
+        0.0,
+        bn.eps,
+    )
     assert (folded - ref).abs().max().item() < 1e-5
 
 
@@ -262,8 +284,11 @@ def test_paper_weights_fold_when_ort_loads_them_and_stay_int8_codes_in_the_file(
         opt = tmp_path / f"{level}.onnx"
         ort_session(tmp_path / "m.onnx", level=level, optimized_path=str(opt))
         g = onnx.load(str(opt)).graph
-        assert not [n.name for n in g.node if n.op_type == "DequantizeLinear"
-                    or any(i.endswith((".weight_q", ".weight_scale")) for i in n.input)]
+        assert not [
+            n.name
+            for n in g.node
+            if n.op_type == "DequantizeLinear" or any(i.endswith((".weight_q", ".weight_scale")) for i in n.input)
+        ]
         if level == "basic":  # NCHWc (level all) reorders the folded weights
             folded = {t.name: numpy_helper.to_array(t) for t in g.initializer}
             convs = {n.name: n for n in g.node if n.op_type == "Conv"}
@@ -294,13 +319,24 @@ def test_uninitialized_quantizer_refused():
 
 
 # --- TensorRT rule check: one graph per broken rule ----------------------------------------------------------
-def _graph(act_zp=0, act_scale=0.1, act_scale_const=True, act_axis_scale=False, w_axis=0, w_dq=True, x_dq=True,
-           bn_after_qdq=False, act_type=np.int8):
-    inits = [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w_q"),
-             numpy_helper.from_array(np.full(4, 0.05, np.float32), "w_s"),
-             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
-             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w_f"),
-             numpy_helper.from_array(np.asarray(act_zp, act_type), "x_zp")]
+def _graph(
+    act_zp=0,
+    act_scale=0.1,
+    act_scale_const=True,
+    act_axis_scale=False,
+    w_axis=0,
+    w_dq=True,
+    x_dq=True,
+    bn_after_qdq=False,
+    act_type=np.int8,
+):
+    inits = [
+        numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4, 0.05, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
+        numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w_f"),
+        numpy_helper.from_array(np.asarray(act_zp, act_type), "x_zp"),
+    ]
     nodes, inputs = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])]
     if act_scale_const:
         s = np.full(3, act_scale, np.float32) if act_axis_scale else np.asarray(act_scale, np.float32)
@@ -310,35 +346,44 @@ def _graph(act_zp=0, act_scale=0.1, act_scale_const=True, act_axis_scale=False, 
     else:
         inputs.append(helper.make_tensor_value_info("x_s", TensorProto.FLOAT, []))
     extra = {"axis": 1} if act_axis_scale else {}
-    nodes += [helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"], name="q", **extra),
-              helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xdq"], name="dq", **extra),
-              helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["wdq"], name="wdq", axis=w_axis)]
+    nodes += [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"], name="q", **extra),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xdq"], name="dq", **extra),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["wdq"], name="wdq", axis=w_axis),
+    ]
     nodes.append(helper.make_node("Conv", ["xdq" if x_dq else "x", "wdq" if w_dq else "w_f"], ["y"], name="conv"))
     out = "y"
     if bn_after_qdq:
-        inits += [numpy_helper.from_array(np.full(4, v, np.float32), n) for n, v in
-                  (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))]
+        inits += [
+            numpy_helper.from_array(np.full(4, v, np.float32), n)
+            for n, v in (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))
+        ]
         inits.append(numpy_helper.from_array(np.asarray(0.1, np.float32), "y_s"))
         inits.append(numpy_helper.from_array(np.asarray(0, np.int8), "y_zp"))
-        nodes += [helper.make_node("QuantizeLinear", ["y", "y_s", "y_zp"], ["yq"], name="yq"),
-                  helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["ydq"], name="ydq"),
-                  helper.make_node("BatchNormalization", ["ydq", "g", "b", "m", "v"], ["z"], name="bn")]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["y", "y_s", "y_zp"], ["yq"], name="yq"),
+            helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["ydq"], name="ydq"),
+            helper.make_node("BatchNormalization", ["ydq", "g", "b", "m", "v"], ["z"], name="bn"),
+        ]
         out = "z"
     g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({}, None),
-    ({"act_zp": 3}, "non-zero zero point"),
-    ({"act_scale": -0.1}, "non-positive"),
-    ({"act_scale": 0.0}, "non-positive"),
-    ({"act_scale_const": False}, "not a constant"),
-    ({"act_axis_scale": True}, "per-axis activation scale"),
-    ({"w_axis": 1}, "axis 1"),
-    ({"bn_after_qdq": True}, "between Conv"),
-    ({"act_type": np.uint8}, "type uint8"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({}, None),
+        ({"act_zp": 3}, "non-zero zero point"),
+        ({"act_scale": -0.1}, "non-positive"),
+        ({"act_scale": 0.0}, "non-positive"),
+        ({"act_scale_const": False}, "not a constant"),
+        ({"act_axis_scale": True}, "per-axis activation scale"),
+        ({"w_axis": 1}, "axis 1"),
+        ({"bn_after_qdq": True}, "between Conv"),
+        ({"act_type": np.uint8}, "type uint8"),
+    ],
+)
 def test_check_rules(kwargs, needle):
     problems = check_tensorrt_rules(_graph(**kwargs))
     if needle is None:
@@ -347,8 +392,9 @@ def test_check_rules(kwargs, needle):
         assert any(needle in p for p in problems), problems
 
 
-@pytest.mark.parametrize("kwargs,note", [({"x_dq": False}, "on its data input"), ({"w_dq": False}, "on its weight input"),
-                                         ({}, None)])
+@pytest.mark.parametrize(
+    "kwargs,note", [({"x_dq": False}, "on its data input"), ({"w_dq": False}, "on its weight input"), ({}, None)]
+)
 def test_check_notes_float_layers_without_calling_them_violations(kwargs, note):
     """TensorRT's explicit quantization runs a layer without Q/DQ on an input in float: a note, not a violation."""
     proto = _graph(**kwargs)
@@ -366,8 +412,9 @@ def _calibrated_run(out, scheme_name: str):
     from qdg_deploy.runs import model_record, save_run
     from qdg_deploy.train import resolve_hparams
 
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme=scheme_name, bits=4, act_bits=4, test_env="0",
-                         arch="mnist-cnn")
+    hp = resolve_hparams(
+        "rotated-mnist", method="qtdog", scheme=scheme_name, bits=4, act_bits=4, test_env="0", arch="mnist-cnn"
+    )
     ds = get_dataset("rotated-mnist")
     splits = split_domains(ds, hp["holdout_fraction"], hp["seed"])
     torch.manual_seed(0)
@@ -375,9 +422,15 @@ def _calibrated_run(out, scheme_name: str):
     m = quantize_model(build_model("mnist-cnn", 1, ds.num_classes), scheme).eval()
     with torch.no_grad():
         m(torch.stack([splits[1].train[i][0] for i in range(32)]))
-    config = {"hparams": hp, "dataset": hp["dataset"], "domains": ds.domains, "test_env_index": 0,
-              "classes": ds.classes, "model": model_record("mnist-cnn", ds.input_shape, ds.num_classes, scheme),
-              "size": model_size(m)}
+    config = {
+        "hparams": hp,
+        "dataset": hp["dataset"],
+        "domains": ds.domains,
+        "test_env_index": 0,
+        "classes": ds.classes,
+        "model": model_record("mnist-cnn", ds.input_shape, ds.num_classes, scheme),
+        "size": model_size(m),
+    }
     save_run(out, config, m.state_dict(), {"method": "qtdog", "bits": 4, "scheme": scheme_name})
     return out
 
@@ -395,8 +448,20 @@ def ort_run(tmp_path_factory):
     return _calibrated_run(tmp_path_factory.mktemp("run") / "ort", "ort")
 
 
-REPORT_KEYS = {"top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples", "onnx_acc", "torch_acc", "bits",
-               "act_bits", "target", "file_bytes", "fp32_bytes", "packed_bytes"}
+REPORT_KEYS = {
+    "top1_agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "n_samples",
+    "onnx_acc",
+    "torch_acc",
+    "bits",
+    "act_bits",
+    "target",
+    "file_bytes",
+    "fp32_bytes",
+    "packed_bytes",
+}
 
 
 def test_cli_export_check_and_exit_codes(trained_run, tmp_path, cli):
@@ -417,6 +482,7 @@ def test_cli_export_check_and_exit_codes(trained_run, tmp_path, cli):
     assert r.returncode == 1 and "non-zero zero point" in r.stdout
 
     from qdg_deploy.export import export_run_dir
+
     export_run_dir(trained_run, target="ort", dynamic_batch=False, verify=False, out=tmp_path / "o.onnx")
     m = onnx.load(str(tmp_path / "o.onnx"))
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -463,6 +529,7 @@ def test_a_gamma_zero_channel_keeps_the_bias_a_float_add(tmp_path):
 
 def test_layer_divergence_names_the_first_wrong_layer_in_the_rows_asked_for():
     from qdg_deploy.export import layer_divergence
+
     m = tiny("trt")
     proto, info = lowered(m, (3, 8, 8), target="ort")
     codes = next(t for t in proto.graph.initializer if t.name == "conv2.weight_q")
@@ -491,8 +558,11 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     (line,) = _error_lines(r.stderr)
     # The figures are ORT's kernels on this CPU (235 of 240 and out:60 at 0.925 on the x86 VNNI box they were
     # measured on): assert what holds on any CPU, not the figures.
-    m = re.match(r"error: export refused: top-1 agreement with torch ([0-9.]+) \((\d+) of (\d+) samples\) "
-                 r"< --min-agreement 0\.999", line)
+    m = re.match(
+        r"error: export refused: top-1 agreement with torch ([0-9.]+) \((\d+) of (\d+) samples\) "
+        r"< --min-agreement 0\.999",
+        line,
+    )
     assert m, line
     agreement, agree, n = float(m[1]), int(m[2]), int(m[3])
     assert n == 240 and agree < n and agreement == pytest.approx(agree / n, rel=1e-5), line  # 40 from each split
@@ -502,6 +572,7 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no report, no temporary file
 
     from qdg_deploy.export import export_run_dir
+
     kw = dict(target="tensorrt", out=out, max_samples=40)
     export_run_dir(ort_run, target="ort", out=out, max_samples=40)  # an earlier, exact export at the same path
     before = out.read_bytes(), report.read_bytes()
@@ -526,9 +597,11 @@ def test_export_below_min_agreement_is_refused_and_keeps_the_earlier_files(ort_r
 
 def test_min_agreement_is_a_fraction(ort_run, tmp_path, cli):
     from qdg_deploy.export import export_run_dir
+
     r = cli("export", ort_run, "--out", tmp_path / "m.onnx", "--min-agreement", "1.5")
     assert r.returncode == 2 and _error_lines(r.stderr) == [
-        "error: --min-agreement takes a fraction in [0, 1], e.g. 0.999 (got 1.5)"], r.stderr
+        "error: --min-agreement takes a fraction in [0, 1], e.g. 0.999 (got 1.5)"
+    ], r.stderr
     for bad in (-0.1, float("nan"), True, "0.9"):
         with pytest.raises(QdgError, match="--min-agreement takes a fraction in"):
             export_run_dir(ort_run, out=tmp_path / "m.onnx", min_agreement=bad)
@@ -537,13 +610,24 @@ def test_min_agreement_is_a_fraction(ort_run, tmp_path, cli):
 
 def test_refusal_causes_named_from_the_report():
     from pathlib import Path
+
     from qdg_deploy.export.api import refusal
-    base = {"top1_agreement": 0.75, "min_agreement": 0.9, "n_samples": 8, "scheme": "trt", "requantized": [],
-            "residual_qdq": [], "splits": {"heldout:0": {"top1_agreement": 0.5}, "out:15": {"top1_agreement": 1.0}}}
+
+    base = {
+        "top1_agreement": 0.75,
+        "min_agreement": 0.9,
+        "n_samples": 8,
+        "scheme": "trt",
+        "requantized": [],
+        "residual_qdq": [],
+        "splits": {"heldout:0": {"top1_agreement": 0.5}, "out:15": {"top1_agreement": 1.0}},
+    }
     generic = refusal({**base, "layer_divergence": {"first_divergence": "conv2 (output)"}}, Path("m.onnx"))
-    assert generic.startswith("export refused: top-1 agreement with torch 0.75 (6 of 8 samples) < --min-agreement 0.9 "
-                              "(worst split heldout:0: 0.5); cause: ONNX Runtime and the torch model disagree; "
-                              "first divergence: conv2 (output)")
+    assert generic.startswith(
+        "export refused: top-1 agreement with torch 0.75 (6 of 8 samples) < --min-agreement 0.9 "
+        "(worst split heldout:0: 0.5); cause: ONNX Runtime and the torch model disagree; "
+        "first divergence: conv2 (output)"
+    )
     assert "m.onnx not written" in generic
     residual = refusal({**base, "residual_qdq": [{"add": "add"}, {"add": "add_1"}]}, Path("m.onnx"))
     assert "cause: --residual-qdq put Q/DQ on 2 residual Add input(s)" in residual
@@ -559,8 +643,14 @@ def test_nodes_are_written_breadth_first():
 
     mk = lambda op, ins, out: helper.make_node(op, ins, [out], name=out)  # noqa: E731
     # depth-first (fx) order: a, b1, b2 (main branch), d (identity), add; w is a weight DQ
-    nodes = [mk("Relu", ["x"], "a"), mk("Relu", ["a"], "b1"), mk("Relu", ["b1"], "b2"),
-             mk("DequantizeLinear", ["w_q", "w_s"], "w"), mk("Mul", ["a", "w"], "d"), mk("Add", ["b2", "d"], "y")]
+    nodes = [
+        mk("Relu", ["x"], "a"),
+        mk("Relu", ["a"], "b1"),
+        mk("Relu", ["b1"], "b2"),
+        mk("DequantizeLinear", ["w_q", "w_s"], "w"),
+        mk("Mul", ["a", "w"], "d"),
+        mk("Add", ["b2", "d"], "y"),
+    ]
     order = [n.name for n in breadth_first(nodes, {"w_q", "w_s"})]
     assert order == ["a", "w", "b1", "d", "b2", "y"]
     with pytest.raises(QdgError, match="cycle"):
@@ -570,6 +660,7 @@ def test_nodes_are_written_breadth_first():
 def test_ort_fusion_keys_do_not_depend_on_the_model():
     """The pool keys follow the adds' rule: written whenever the export computes kernels (0 included)."""
     from qdg_deploy.export.report import OrtFusion
+
     no_pool = OrtFusion(["conv1"], [], 0, 0, fused_pools=0, kernel_pools=0).info()
     with_pool = OrtFusion(["conv1"], [], 2, 2, fused_pools=1, kernel_pools=1).info()
     assert set(no_pool) == set(with_pool) and no_pool["ort_kernel_pools"] == no_pool["ort_kernel_adds"] == 0

@@ -1,8 +1,8 @@
 """Issue 8's acceptance sweep (slow): every model × weights × scheme × bits × target, agreement on the held-out domain.
 
-    pytest -m slow tests/test_export_acceptance.py          # asserts
-    python tests/test_export_acceptance.py [--quick] [--arch resnet18,mnist-cnn] [--targets ort,tensorrt,tensorrt+residual]
-        [--json PATH]  # the figures
+pytest -m slow tests/test_export_acceptance.py          # asserts
+python tests/test_export_acceptance.py [--quick] [--arch resnet18,mnist-cnn] [--targets ort,tensorrt,tensorrt+residual]
+    [--json PATH]  # the figures
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from qdg_deploy.export import check_tensorrt_rules, export_onnx, verify_model
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import get_scheme, quantize_model
 
-CONFIGS = ([("trt", w, 8) for w in (8, 7, 4, 2)] + [("trt", w, 4) for w in (8, 7, 4, 2)]
-           + [("paper", None, None), ("ort", None, None)])
+CONFIGS = (
+    [("trt", w, 8) for w in (8, 7, 4, 2)]
+    + [("trt", w, 4) for w in (8, 7, 4, 2)]
+    + [("paper", None, None), ("ort", None, None)]
+)
 
 
 def heldout(n: int | None = None):
@@ -46,8 +49,19 @@ def trained_model(arch, scheme, bits, act_bits, out: Path):
     from qdg_deploy.runs import load_run
     from qdg_deploy.train import resolve_hparams, train_one
 
-    hp = resolve_hparams("rotated-mnist", method="qtdog", arch=arch, scheme=scheme, bits=bits, act_bits=act_bits,
-                         steps=4, q_steps=1, checkpoint_freq=4, batch_size=8, test_env="0")
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="qtdog",
+        arch=arch,
+        scheme=scheme,
+        bits=bits,
+        act_bits=act_bits,
+        steps=4,
+        q_steps=1,
+        checkpoint_freq=4,
+        batch_size=8,
+        test_env="0",
+    )
     train_one(hp, out, overwrite=True)
     return load_run(out).model
 
@@ -61,16 +75,25 @@ def one(model, target, sets, tmp: Path, residual_qdq: bool = False) -> dict:
     ties = [x["max_tie_distance"] for x in r.get("layer_divergence", {}).get("layers", []) if "max_tie_distance" in x]
     row["first_tie_distance"] = ties[0] if ties else None  # ~0: a float-rounding near-tie flipped one code
     row["min_torch_margin"] = min((x["torch_margin"] for x in r.get("disagreements", [])), default=None)
-    row.update(size_ratio=info["size_ratio"], packed_ratio=info["packed_ratio"],
-               requantized=len([e for e in info["layers"] if "requantized" in e.get("act", {})]),
-               ort_fused=len(info.get("ort_fused_layers", [])))
+    row.update(
+        size_ratio=info["size_ratio"],
+        packed_ratio=info["packed_ratio"],
+        requantized=len([e for e in info["layers"] if "requantized" in e.get("act", {})]),
+        ort_fused=len(info.get("ort_fused_layers", [])),
+    )
     if target == "tensorrt":
         row["check_violations"] = len(check_tensorrt_rules(info["proto"]))
     return row
 
 
-def sweep(archs=("mnist-cnn", "resnet18"), kinds=("random", "trained"), n=None, configs=CONFIGS, log=print,
-          targets=("ort", "tensorrt")):
+def sweep(
+    archs=("mnist-cnn", "resnet18"),
+    kinds=("random", "trained"),
+    n=None,
+    configs=CONFIGS,
+    log=print,
+    targets=("ort", "tensorrt"),
+):
     sets, splits = heldout(n)
     calib = torch.stack([splits[1].train[i][0] for i in range(64)])
     rows = []
@@ -79,12 +102,22 @@ def sweep(archs=("mnist-cnn", "resnet18"), kinds=("random", "trained"), n=None, 
         for arch in archs:
             for kind in kinds:
                 for scheme, bits, act_bits in configs:
-                    model = (random_model(arch, scheme, bits, act_bits, calib) if kind == "random"
-                             else trained_model(arch, scheme, bits, act_bits, tmp / "run"))
+                    model = (
+                        random_model(arch, scheme, bits, act_bits, calib)
+                        if kind == "random"
+                        else trained_model(arch, scheme, bits, act_bits, tmp / "run")
+                    )
                     for target in targets:
                         residual = target.endswith("+residual")
-                        row = {"arch": arch, "weights": kind, "scheme": scheme, "bits": bits, "act_bits": act_bits,
-                               "target": target, **one(model, target.split("+")[0], sets, tmp, residual)}
+                        row = {
+                            "arch": arch,
+                            "weights": kind,
+                            "scheme": scheme,
+                            "bits": bits,
+                            "act_bits": act_bits,
+                            "target": target,
+                            **one(model, target.split("+")[0], sets, tmp, residual),
+                        }
                         rows.append(row)
                         log(json.dumps(row))
     return rows
@@ -111,9 +144,14 @@ def test_acceptance_sweep():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     quick = "--quick" in sys.argv
-    archs = tuple(sys.argv[sys.argv.index("--arch") + 1].split(",")) if "--arch" in sys.argv else ("mnist-cnn", "resnet18")
-    targets = tuple(sys.argv[sys.argv.index("--targets") + 1].split(",")) if "--targets" in sys.argv else ("ort", "tensorrt")
-    result = sweep(archs=archs, n=200 if quick else None, kinds=("random",) if quick else ("random", "trained"),
-                   targets=targets)
+    archs = (
+        tuple(sys.argv[sys.argv.index("--arch") + 1].split(",")) if "--arch" in sys.argv else ("mnist-cnn", "resnet18")
+    )
+    targets = (
+        tuple(sys.argv[sys.argv.index("--targets") + 1].split(",")) if "--targets" in sys.argv else ("ort", "tensorrt")
+    )
+    result = sweep(
+        archs=archs, n=200 if quick else None, kinds=("random",) if quick else ("random", "trained"), targets=targets
+    )
     if "--json" in sys.argv:
         Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(result, indent=1))

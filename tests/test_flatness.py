@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qdg_deploy.workflows.flatness import loss_curve, parse_radius, perturbable, training_data
 from qdg_deploy.quant import quant_layers
 from qdg_deploy.runs import load_run
+from qdg_deploy.workflows.flatness import loss_curve, parse_radius, perturbable, training_data
 
 
 @pytest.fixture(scope="module")

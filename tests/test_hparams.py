@@ -31,8 +31,9 @@ def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 
 def test_docs_page_is_the_table():
-    assert DOCS.read_text(encoding="utf-8") == hparams.markdown(), \
+    assert DOCS.read_text(encoding="utf-8") == hparams.markdown(), (
         "docs/hparams.md is stale: python -m qdg_deploy.train.hparams --markdown docs/hparams.md"
+    )
 
 
 def test_every_option_of_the_table_is_in_train_help(monkeypatch):
@@ -60,8 +61,15 @@ def test_table_entries_are_consistent():
 def extra_entry(monkeypatch):
     """One more hyperparameter, added the way a developer adds one: an entry in the table (and the command rebuilt,
     as importing cli does)."""
-    entry = HParam("label_smoothing", float, 0.0, low=0, high=0.5, methods=("erm", "qtdog"),
-                   help="Test-only: label smoothing of the cross-entropy.")
+    entry = HParam(
+        "label_smoothing",
+        float,
+        0.0,
+        low=0,
+        high=0.5,
+        methods=("erm", "qtdog"),
+        help="Test-only: label smoothing of the cross-entropy.",
+    )
     monkeypatch.setattr(hparams, "HPARAMS", [*hparams.HPARAMS, entry])
     monkeypatch.setattr(cli.train, "__signature__", cli.train_signature())
     return entry
@@ -73,10 +81,14 @@ def test_an_added_entry_is_an_option_is_checked_and_lands_in_config(extra_entry,
     assert "--label-smoothing" in text and "Test-only: label smoothing of the cross-entropy." in text
 
     # 2. validated: out of range, and on a method that does not read it: one error line, exit 2, nothing written
-    for args, words in [(["--label-smoothing", "0.9"], "--label-smoothing must be in [0, 0.5] (got 0.9)"),
-                        (["--label-smoothing", "nan"], "--label-smoothing takes a finite number"),
-                        (["--method", "coral", "--label-smoothing", "0.1"],
-                         "--label-smoothing applies to --method erm or qtdog only, not coral")]:
+    for args, words in [
+        (["--label-smoothing", "0.9"], "--label-smoothing must be in [0, 0.5] (got 0.9)"),
+        (["--label-smoothing", "nan"], "--label-smoothing takes a finite number"),
+        (
+            ["--method", "coral", "--label-smoothing", "0.1"],
+            "--label-smoothing applies to --method erm or qtdog only, not coral",
+        ),
+    ]:
         code, out, err = run_main(monkeypatch, capsys, "train", *args, "--out", tmp_path / "refused")
         lines = err.strip().splitlines()
         assert code == 2 and not out and len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], err
@@ -84,11 +96,27 @@ def test_an_added_entry_is_an_option_is_checked_and_lands_in_config(extra_entry,
 
     # 3. in config.json: the given value after a tiny run, the table's default when not given
     run = tmp_path / "run"
-    code, _, err = run_main(monkeypatch, capsys, "train", "--label-smoothing", "0.25", "--steps", "2",
-                            "--checkpoint-freq", "2", "--batch-size", "4", "--test-env", "75", "--out", run)
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--label-smoothing",
+        "0.25",
+        "--steps",
+        "2",
+        "--checkpoint-freq",
+        "2",
+        "--batch-size",
+        "4",
+        "--test-env",
+        "75",
+        "--out",
+        run,
+    )
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["hparams"]["label_smoothing"] == 0.25
     from qdg_deploy.train import resolve_hparams
+
     assert resolve_hparams("rotated-mnist")["label_smoothing"] == 0.0
     assert "`--label-smoothing`" in hparams.markdown()  # and the docs page

@@ -45,7 +45,7 @@ def _targets(name: str, path: Path, node: ast.AST, mods: dict) -> list[str]:
         return [a.name for a in node.names]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     if node.level:
-        base = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = package.split(".")[: len(package.split(".")) - node.level + 1]
         mod = ".".join(base + ([node.module] if node.module else []))
     else:
         mod = node.module or ""
@@ -146,15 +146,21 @@ def test_no_import_cycles_between_layers():
 
 
 def test_calibration_does_not_import_train():
-    bad = sorted((m, t) for m, ts in import_graph().items() if layer(m) == "calibrate"
-                 for t in ts if layer(t) == "train")
+    bad = sorted(
+        (m, t) for m, ts in import_graph().items() if layer(m) == "calibrate" for t in ts if layer(t) == "train"
+    )
     assert bad == []
 
 
 def test_base_layers_import_only_themselves_and_the_low_modules():
     graph = import_graph()
-    bad = sorted((m, t) for m, ts in graph.items() if layer(m) in BASE_LAYERS
-                 for t in ts if layer(t) != layer(m) and layer(t) not in LOW)
+    bad = sorted(
+        (m, t)
+        for m, ts in graph.items()
+        if layer(m) in BASE_LAYERS
+        for t in ts
+        if layer(t) != layer(m) and layer(t) not in LOW
+    )
     assert bad == []
     low_bad = sorted((m, t) for m, ts in graph.items() if layer(m) in LOW for t in ts if layer(t) not in LOW)
     assert low_bad == []

@@ -25,18 +25,22 @@ SIZE = 32
 
 def _efficientnet_b0_small():
     from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+
     setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
     return EfficientNet(setting, dropout=0.2, last_channel=last, num_classes=7)
 
 
 def _regnet_y_small():
     from torchvision.models.regnet import BlockParams, RegNet
-    return RegNet(BlockParams.from_init_params(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25),
-                  num_classes=7)
+
+    return RegNet(
+        BlockParams.from_init_params(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25), num_classes=7
+    )
 
 
 def _resnet50_small():
     from torchvision.models.resnet import Bottleneck, ResNet
+
     return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=7, width_per_group=8)
 
 
@@ -46,8 +50,9 @@ def _timm_mobilenetv3():
 
 
 NETS = {
-    "tv:mobilenet_v3_large": lambda: torchvision.models.get_model("mobilenet_v3_large", weights=None, num_classes=7,
-                                                                  width_mult=0.25),
+    "tv:mobilenet_v3_large": lambda: torchvision.models.get_model(
+        "mobilenet_v3_large", weights=None, num_classes=7, width_mult=0.25
+    ),
     "tv:efficientnet_b0": _efficientnet_b0_small,
     "tv:regnet_y_400mf": _regnet_y_small,
     "tv:resnet50": _resnet50_small,
@@ -55,12 +60,20 @@ NETS = {
 }
 
 # (net, scheme, observer): every net with the W8A8 schemes, every observer at least once, `paper` on two nets
-CASES = [("tv:mobilenet_v3_large", "ort", "percentile"), ("tv:mobilenet_v3_large", "trt", "entropy"),
-         ("tv:mobilenet_v3_large", "paper", "minmax"), ("tv:efficientnet_b0", "ort", "mse"),
-         ("tv:efficientnet_b0", "trt", "minmax"), ("tv:efficientnet_b0", "paper", "percentile"),
-         ("tv:regnet_y_400mf", "ort", "minmax"), ("tv:regnet_y_400mf", "trt", "percentile"),
-         ("tv:resnet50", "ort", "entropy"), ("tv:resnet50", "trt", "mse"),
-         ("timm:mobilenetv3_large_100", "ort", "minmax"), ("timm:mobilenetv3_large_100", "trt", "percentile")]
+CASES = [
+    ("tv:mobilenet_v3_large", "ort", "percentile"),
+    ("tv:mobilenet_v3_large", "trt", "entropy"),
+    ("tv:mobilenet_v3_large", "paper", "minmax"),
+    ("tv:efficientnet_b0", "ort", "mse"),
+    ("tv:efficientnet_b0", "trt", "minmax"),
+    ("tv:efficientnet_b0", "paper", "percentile"),
+    ("tv:regnet_y_400mf", "ort", "minmax"),
+    ("tv:regnet_y_400mf", "trt", "percentile"),
+    ("tv:resnet50", "ort", "entropy"),
+    ("tv:resnet50", "trt", "mse"),
+    ("timm:mobilenetv3_large_100", "ort", "minmax"),
+    ("timm:mobilenetv3_large_100", "trt", "percentile"),
+]
 
 
 def _batches(seed=0):
@@ -101,8 +114,13 @@ def test_mobile_nets_export_exactly(tmp_path, net, scheme, observer):
 
 def test_eval_matched_activations_equal_onnx_runtime_bit_for_bit():
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 6
-    for cls, kind in ((activations.ExactHardswish, "hardswish"), (activations.ExactHardsigmoid, "hardsigmoid"),
-                      (activations.ExactSigmoid, "sigmoid"), (activations.ExactSiLU, "silu"), (nn.ReLU6, "relu6")):
+    for cls, kind in (
+        (activations.ExactHardswish, "hardswish"),
+        (activations.ExactHardsigmoid, "hardsigmoid"),
+        (activations.ExactSigmoid, "sigmoid"),
+        (activations.ExactSiLU, "silu"),
+        (nn.ReLU6, "relu6"),
+    ):
         model = _float_act_graph(cls(), kind)
         s = ort_session(model)
         got = s.run(None, {"x": x.numpy()})[0]
@@ -114,11 +132,17 @@ def test_eval_matched_activations_equal_onnx_runtime_bit_for_bit():
 def _float_act_graph(m, kind):
     from qdg_deploy.export.graph_builder import GraphBuilder, Settings
     from qdg_deploy.export.lower_mobile import activation
+
     g = GraphBuilder(Settings("ort", 17, False, False, False, "exact"))
     y = activation(g, "x", "act", kind, exact=True)
     g.add("Identity", [y], "y")
-    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], g.inits)
+    graph = helper.make_graph(
+        g.nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        g.inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -141,7 +165,10 @@ def test_timm_adaptation_keeps_state_dict_keys_and_outputs():
 
 def test_own_mobilenet_v3_state_dict_through_python_api(tmp_path):
     """A user's saved torchvision MobileNetV3 state dict: load, quantize, calibrate, export exactly."""
-    make = lambda: torchvision.models.mobilenet_v3_large(weights=None, num_classes=4, width_mult=0.25)
+
+    def make():
+        return torchvision.models.mobilenet_v3_large(weights=None, num_classes=4, width_mult=0.25)
+
     torch.save(make().state_dict(), tmp_path / "mine.pt")
     net = make()
     net.load_state_dict(torch.load(tmp_path / "mine.pt", weights_only=True))
@@ -172,10 +199,22 @@ def test_qat_steps_on_mobilenet_v3_then_exact_export(tmp_path, monkeypatch):
     from qdg_deploy import models
     from qdg_deploy.train.algorithms import QTDoG
     from qdg_deploy.train.hparams import default_hparams
-    monkeypatch.setitem(models.MODELS, "tv-mobilenet-v3-test", lambda c, n: torchvision.models.mobilenet_v3_large(
-        weights=None, num_classes=n, width_mult=0.25))
-    hp = {**default_hparams("pacs"), "arch": "tv-mobilenet-v3-test", "method": "qtdog", "quant": True, "q_steps": 0,
-          "scheme": "ort", "lr": 1e-3, "q_lr": 1e-4}
+
+    monkeypatch.setitem(
+        models.MODELS,
+        "tv-mobilenet-v3-test",
+        lambda c, n: torchvision.models.mobilenet_v3_large(weights=None, num_classes=n, width_mult=0.25),
+    )
+    hp = {
+        **default_hparams("pacs"),
+        "arch": "tv-mobilenet-v3-test",
+        "method": "qtdog",
+        "quant": True,
+        "q_steps": 0,
+        "scheme": "ort",
+        "lr": 1e-3,
+        "q_lr": 1e-4,
+    }
     torch.manual_seed(0)
     algo = QTDoG((3, SIZE, SIZE), 3, 2, hp)
     before = {k: v.clone() for k, v in algo.network.state_dict().items()}

@@ -55,6 +55,7 @@ def hf_cache_file(repo: str, state: dict) -> Path:
 
 # ---------------------------------------------------------------- building
 
+
 def test_short_names_build_what_they_built_before():
     """resnet18 / resnet50 keep their construction (ImageNet builder, then fc and conv1 replaced): same weights
     from the same seed."""
@@ -68,9 +69,20 @@ def test_short_names_build_what_they_built_before():
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in net.state_dict().items())
 
 
-@pytest.mark.parametrize("arch", ["tv:resnet18", "tv:mobilenet_v3_small", "tv:efficientnet_b0", "tv:regnet_y_400mf",
-                                  "tv:mnasnet0_5", "tv:shufflenet_v2_x0_5", "tv:squeezenet1_1",
-                                  "timm:test_resnet", "timm:test_efficientnet"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "tv:resnet18",
+        "tv:mobilenet_v3_small",
+        "tv:efficientnet_b0",
+        "tv:regnet_y_400mf",
+        "tv:mnasnet0_5",
+        "tv:shufflenet_v2_x0_5",
+        "tv:squeezenet1_1",
+        "timm:test_resnet",
+        "timm:test_efficientnet",
+    ],
+)
 def test_backbone_takes_the_data_sets_channels_and_classes(arch):
     net = build_model(arch, 1, 5).eval()
     with torch.no_grad():
@@ -79,14 +91,17 @@ def test_backbone_takes_the_data_sets_channels_and_classes(arch):
     assert first.in_channels == 1
 
 
-@pytest.mark.parametrize("name, fragments", [
-    ("tv:nope", ["unknown torchvision model 'tv:nope'", "closest: tv:"]),
-    ("tv:resnet5", ["closest: tv:resnet50"]),
-    ("timm:nope", ["unknown timm model 'timm:nope'", "closest: timm:"]),
-    ("timm:mobilenetv3_large_10", ["closest: timm:mobilenetv3_large_100"]),
-    ("nope", ["unknown model 'nope'", "closest:"]),
-    ("mobilenet_v3_large", ["tv:mobilenet_v3_large"]),
-])
+@pytest.mark.parametrize(
+    "name, fragments",
+    [
+        ("tv:nope", ["unknown torchvision model 'tv:nope'", "closest: tv:"]),
+        ("tv:resnet5", ["closest: tv:resnet50"]),
+        ("timm:nope", ["unknown timm model 'timm:nope'", "closest: timm:"]),
+        ("timm:mobilenetv3_large_10", ["closest: timm:mobilenetv3_large_100"]),
+        ("nope", ["unknown model 'nope'", "closest:"]),
+        ("mobilenet_v3_large", ["tv:mobilenet_v3_large"]),
+    ],
+)
 def test_unknown_names_list_the_closest(name, fragments):
     with pytest.raises(QdgError) as e:
         build_model(name, 3, 5)
@@ -95,6 +110,7 @@ def test_unknown_names_list_the_closest(name, fragments):
 
 
 # ---------------------------------------------------------------- --pretrained from the libraries' caches
+
 
 def test_torchvision_pretrained_from_torch_hub_cache(caches):
     ref = torchvision.models.squeezenet1_1().state_dict()  # random values, ImageNet's shapes (1000 classes)
@@ -114,8 +130,10 @@ def test_timm_pretrained_from_hugging_face_cache(caches):
     hf_cache_file("timm/test_resnet.r160_in1k", ref)
     net = build_model("timm:test_resnet", 3, 5, pretrained=True)
     own = net.state_dict()
-    assert sorted(k for k in own if not (own[k].shape == ref[k].shape and torch.equal(own[k], ref[k]))) == \
-        ["fc.bias", "fc.weight"]
+    assert sorted(k for k in own if not (own[k].shape == ref[k].shape and torch.equal(own[k], ref[k]))) == [
+        "fc.bias",
+        "fc.weight",
+    ]
     gray = build_model("timm:test_resnet", 1, 5, pretrained=True).state_dict()
     # timm's own stem adaptation: one channel holds the sum of the RGB filters
     assert torch.allclose(gray["conv1.0.weight"], ref["conv1.0.weight"].sum(1, keepdim=True))
@@ -130,27 +148,57 @@ def test_pretrained_weights_of_another_architecture_are_refused(caches):
 
 # ---------------------------------------------------------------- bad input through the CLI (in-process)
 
+
 def _tree(tmp_path) -> Path:
     return make_tree(tmp_path / "tree", {"art": ("cat", "dog"), "photo": ("cat", "dog")})
 
 
-TRAIN = ["train", "--method", "erm", "--image-size", str(SIZE), "--steps", "1", "--batch-size", "2", "--threads",
-         "1", "--test-env", "photo", "--checkpoint-freq", "1"]
+TRAIN = [
+    "train",
+    "--method",
+    "erm",
+    "--image-size",
+    str(SIZE),
+    "--steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--threads",
+    "1",
+    "--test-env",
+    "photo",
+    "--checkpoint-freq",
+    "1",
+]
 
 
-@pytest.mark.parametrize("arch, fragments", [
-    ("tv:squeezenet1_1", ["--pretrained", "torch's hub cache", "hub/checkpoints", "squeezenet1_1-",
-                          "--weights FILE"]),
-    ("timm:test_resnet", ["--pretrained", "Hugging Face cache", "models--timm--test_resnet.r160_in1k",
-                          "HF_HUB_OFFLINE", "--weights FILE"]),
-])
+@pytest.mark.parametrize(
+    "arch, fragments",
+    [
+        (
+            "tv:squeezenet1_1",
+            ["--pretrained", "torch's hub cache", "hub/checkpoints", "squeezenet1_1-", "--weights FILE"],
+        ),
+        (
+            "timm:test_resnet",
+            [
+                "--pretrained",
+                "Hugging Face cache",
+                "models--timm--test_resnet.r160_in1k",
+                "HF_HUB_OFFLINE",
+                "--weights FILE",
+            ],
+        ),
+    ],
+)
 def test_pretrained_offline_without_cache_is_one_line(arch, fragments, caches, capsys):
     tree = _tree(caches)
     ws = caches / "ws"
     ws.mkdir()
     before = snapshot(ws, tree)
-    code, _, err = cli(capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", arch, "--pretrained",
-                       "--out", ws / "out")
+    code, _, err = cli(
+        capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", arch, "--pretrained", "--out", ws / "out"
+    )
     assert code == 2
     one_error_line(code, err, fragments, ["Downloading"])
     assert snapshot(ws, tree) == before  # no run directory, nothing else
@@ -172,14 +220,19 @@ def test_timm_pretrained_online_setting_without_network_fails_fast(caches, monke
     assert time.perf_counter() - start < 10
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--arch", "tv:nope"], ["unknown torchvision model 'tv:nope'", "closest: tv:"]),
-    (["--arch", "timm:nope"], ["unknown timm model 'timm:nope'", "closest: timm:"]),
-    (["--arch", "mnist-cnn", "--weights", "IMAGENET1K_V1"], ["IMAGENET1K_V1", "torchvision weights name",
-                                                             "--pretrained"]),
-    (["--arch", "resnet18", "--pretrained"], ["--pretrained", "tv:resnet18"]),
-    (["--arch", "tv:resnet18", "--pretrained", "--weights", "w.pt"], ["choose one"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--arch", "tv:nope"], ["unknown torchvision model 'tv:nope'", "closest: tv:"]),
+        (["--arch", "timm:nope"], ["unknown timm model 'timm:nope'", "closest: timm:"]),
+        (
+            ["--arch", "mnist-cnn", "--weights", "IMAGENET1K_V1"],
+            ["IMAGENET1K_V1", "torchvision weights name", "--pretrained"],
+        ),
+        (["--arch", "resnet18", "--pretrained"], ["--pretrained", "tv:resnet18"]),
+        (["--arch", "tv:resnet18", "--pretrained", "--weights", "w.pt"], ["choose one"]),
+    ],
+)
 def test_bad_backbone_options(args, fragments, tmp_path, capsys):
     tree = _tree(tmp_path)
     before = snapshot(tmp_path)
@@ -189,6 +242,7 @@ def test_bad_backbone_options(args, fragments, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- input pipeline, warning, metadata, eval of a bare .onnx
+
 
 def test_folder_data_take_the_backbones_pipeline(tmp_path):
     from qdg_deploy.data import get_dataset
@@ -229,8 +283,9 @@ def test_pretrained_train_export_metadata_and_bare_onnx_eval(caches, capsys):
     torch_hub_file("resnet18", torchvision.models.resnet18().state_dict())
     tree = _tree(caches)
     run = caches / "run"
-    code, _, err = cli(capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", "tv:resnet18", "--pretrained",
-                       "--out", run)
+    code, _, err = cli(
+        capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", "tv:resnet18", "--pretrained", "--out", run
+    )
     assert code == 0, err
     assert "warning:" not in err
     config = json.loads((run / "config.json").read_text())
@@ -245,6 +300,7 @@ def test_pretrained_train_export_metadata_and_bare_onnx_eval(caches, capsys):
     assert meta["std"] == pipeline["std"] and meta["channel_order"] == "RGB"
     assert (meta["method"], meta["scheme"], meta["bits"], meta["test_env"]) == ("erm", "None", "32", "photo")
     from qdg_deploy import __version__
+
     assert meta["toolkit_version"] == __version__
     bare = caches / "elsewhere" / "net.onnx"
     bare.parent.mkdir()
@@ -258,14 +314,14 @@ def test_pretrained_train_export_metadata_and_bare_onnx_eval(caches, capsys):
     from qdg_deploy import (
         bench as B,  # bench of the bare file scores it on the data set its metadata names
     )
+
     rec = B.bench([bare], ["ort-cpu"], [1], warmup_ms=0, duration_s=0.01, min_iters=1, threads=1)["records"][0]
     assert rec["accuracy"]["per_domain"]["photo"]["acc"] == pytest.approx(want["test_acc"])
 
 
 def test_random_init_on_folder_data_warns_once(tmp_path, capsys):
     tree = _tree(tmp_path)
-    code, _, err = cli(capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", "resnet18", "--out",
-                       tmp_path / "run")
+    code, _, err = cli(capsys, *TRAIN, "--dataset", f"folder:{tree}", "--arch", "resnet18", "--out", tmp_path / "run")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "assumes ImageNet weights" in warnings[0] and "--pretrained" in warnings[0]
@@ -288,14 +344,14 @@ def test_every_export_carries_metadata(tmp_path):
 
 # ---------------------------------------------------------------- qdg-deploy models
 
+
 def test_models_lists_and_checks(capsys):
     code, out, err = cli(capsys, "models", "--filter", "mobilenet_v3_sm", "--json")
     assert code == 0, err
     rows = json.loads(out)
     assert [r["arch"] for r in rows] == ["tv:mobilenet_v3_small"] and rows[0]["export"] is None
     code, out, err = cli(capsys, "models", "--filter", "tv:resnet18", "--check", "--json")
-    assert json.loads(out) == [{"arch": "tv:resnet18", "library": "torchvision", "pretrained": True,
-                                "export": "yes"}]
+    assert json.loads(out) == [{"arch": "tv:resnet18", "library": "torchvision", "pretrained": True, "export": "yes"}]
     code, out, err = cli(capsys, "models", "--filter", "timm:test_res")
     assert code == 0 and "timm:test_resnet" in out
     code, _, err = cli(capsys, "models", "--filter", "zzzz")

@@ -42,19 +42,21 @@ def test_ort_scheme_plans_integer_kernels_and_qlinearadds():
     assert plans["fc"].mode is Mode.SNAPPED  # the logits go to no quantizer
     adds = add_plans(m)
     assert len(adds) == 8 and all(a.main.learned_zp for a in adds)  # the last feeds the pool's quantizer
-    assert m.layer4[1].add_plan.out is m.avgpool.act_quant and m.layer1[0].add_plan.identity is m.layer1[0].conv1.act_quant
+    assert (
+        m.layer4[1].add_plan.out is m.avgpool.act_quant and m.layer1[0].add_plan.identity is m.layer1[0].conv1.act_quant
+    )
 
 
 def test_alignq_scheme_keeps_the_image_float_and_snaps_daq_layers():
     m = quantize_model(build_model("mnist-cnn", 1, 10), get_scheme("alignq"))
     modes = {n: q.plan.mode for n, q in quant_layers(m).items()}
-    assert modes == {"conv1": Mode.WEIGHT_ONLY, "conv2": Mode.SNAPPED, "conv3": Mode.SNAPPED,
-                     "conv4": Mode.SNAPPED}
+    assert modes == {"conv1": Mode.WEIGHT_ONLY, "conv2": Mode.SNAPPED, "conv3": Mode.SNAPPED, "conv4": Mode.SNAPPED}
 
 
 @pytest.mark.parametrize("scheme", ["trt", "ort"])
 def test_plans_survive_a_copy_with_their_own_modules(scheme):
     import copy
+
     m = copy.deepcopy(resnet(scheme))
     conv = m.layer1[0].conv1
     assert conv.plan.bn is m.layer1[0].bn1  # the copy's BatchNorm, not the original's

@@ -11,17 +11,16 @@ import torchvision
 from torch import nn
 
 import qdg_deploy
-from qdg_deploy.errors import QdgError
-from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
 from qdg_deploy.calibrate import observers as ob
 from qdg_deploy.calibrate.core import calibrate_model, float_pass, set_activation_grid
 from qdg_deploy.calibrate.run import PtqOptions, calibrate_run, calibration_batches
+from qdg_deploy.errors import QdgError
+from qdg_deploy.export import check_tensorrt_rules, export_run_dir, float_layers
 from qdg_deploy.quant import LsqQuantizer, QuantSpec, get_scheme, quantize_model
 from qdg_deploy.runs import load_run
 
-
-
 # ---- observers, each against a hand-worked example ------------------------------------------------------------
+
 
 def test_minmax_is_the_largest_magnitude():
     h = ob.AbsHistogram(3.0, bins=6)
@@ -73,9 +72,11 @@ def test_asymmetric_grid_clips_the_range_by_hand():
 
 # ---- calibration on a real network ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
     from qdg_deploy.train import resolve_hparams, train_one
+
     out = tmp_path_factory.mktemp("ptq") / "erm"
     train_one(resolve_hparams("rotated-mnist", method="erm", steps=30, checkpoint_freq=30, test_env="75"), out)
     return out
@@ -165,18 +166,36 @@ def test_sensitivity_cli_writes_table_json_and_chart(float_run, tmp_path, cli):
 
 # ---- a user's own weights file and network --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["torchvision", "domainbed"])
 def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp_path, layout, cli):
     torch.manual_seed(0)
     state = torchvision.models.resnet18(num_classes=3).state_dict()
     if layout == "domainbed":  # DomainBed/SWAD: featurizer under network.0.network, classifier network.1
-        state = {"model_dict": {**{f"network.0.network.{k}": v for k, v in state.items() if not k.startswith("fc.")},
-                                "network.1.weight": state["fc.weight"], "network.1.bias": state["fc.bias"]}}
+        state = {
+            "model_dict": {
+                **{f"network.0.network.{k}": v for k, v in state.items() if not k.startswith("fc.")},
+                "network.1.weight": state["fc.weight"],
+                "network.1.bias": state["fc.bias"],
+            }
+        }
     path = tmp_path / "r18.pt"
     torch.save(state, path)
     out = tmp_path / "run"
-    r = cli("calibrate", path, "--arch", "resnet18", "--dataset", f"folder:{image_tree}", "--image-size", "32",
-                "--num-batches", "1", "--out", out)
+    r = cli(
+        "calibrate",
+        path,
+        "--arch",
+        "resnet18",
+        "--dataset",
+        f"folder:{image_tree}",
+        "--image-size",
+        "32",
+        "--num-batches",
+        "1",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     r = cli("export", out)
     assert r.returncode == 0, r.stderr
@@ -184,7 +203,9 @@ def test_resnet18_state_dict_file_calibrates_exports_and_benches(image_tree, tmp
     r = cli("bench", out / "model.onnx", "--batch", "1", "--duration-s", "0.2", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     recs = json.loads((tmp_path / "b.json").read_text())
-    assert any(rec.get("runtime", "").startswith("ort") for rec in (recs if isinstance(recs, list) else recs["records"]))
+    assert any(
+        rec.get("runtime", "").startswith("ort") for rec in (recs if isinstance(recs, list) else recs["records"])
+    )
 
 
 def test_a_state_dict_for_other_classes_is_refused(image_tree, tmp_path, cli):
@@ -211,6 +232,7 @@ class _UserNet(nn.Module):
 @pytest.mark.parametrize("scheme,target", [("ort", "ort"), ("trt", "tensorrt")])
 def test_python_api_on_a_users_network_is_exact(tmp_path, scheme, target):
     from qdg_deploy.ort_session import ort_session
+
     torch.manual_seed(0)
     net = qdg_deploy.quantize(_UserNet(), scheme)
     x = torch.randn(64, 3, 16, 16)
@@ -228,14 +250,18 @@ def test_python_api_refuses_an_unsupported_op_by_name():
 
 # ---- bad input: one error line, exit 2, nothing written --------------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (["--method", "kl"], "--method"),
-    (["--keep-float", "1", "--keep-float-layers", "fc"], "two ways"),
-    (["--keep-float-layers", "nope"], "nope"),
-    (["--percentile", "0"], "--percentile"),
-    (["--num-batches", "0"], "--num-batches"),
-    (["--test-env", "0"], "held out"),
-])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--method", "kl"], "--method"),
+        (["--keep-float", "1", "--keep-float-layers", "fc"], "two ways"),
+        (["--keep-float-layers", "nope"], "nope"),
+        (["--percentile", "0"], "--percentile"),
+        (["--num-batches", "0"], "--num-batches"),
+        (["--test-env", "0"], "held out"),
+    ],
+)
 def test_bad_calibrate_options(float_run, tmp_path, args, needle, cli):
     r = cli("calibrate", float_run, *args, "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and needle in r.stderr, r.stderr
@@ -254,12 +280,14 @@ def test_bad_sources(tiny_run, tmp_path, cli):
 
 # ---- QT-DoG's --q-init -----------------------------------------------------------------------------------------
 
+
 def test_q_init_starts_lsq_steps_from_a_calibration_of_the_first_quantized_batch():
     from qdg_deploy.train import resolve_hparams
     from qdg_deploy.train.methods import get_algorithm
 
-    hp = resolve_hparams("rotated-mnist", method="qtdog", scheme="ort", q_steps=0, q_init="minmax", lr=1e-12,
-                         q_lr=1e-12)
+    hp = resolve_hparams(
+        "rotated-mnist", method="qtdog", scheme="ort", q_steps=0, q_init="minmax", lr=1e-12, q_lr=1e-12
+    )
     torch.manual_seed(0)
     algo = get_algorithm("qtdog")((1, 28, 28), 10, 5, hp)
     batch = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(5)]

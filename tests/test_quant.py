@@ -3,15 +3,22 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from torch import nn
 
 from qdg_deploy.errors import QdgError
 from qdg_deploy.models import build_model
-from qdg_deploy.quant import (LsqQuantizer, QConv2d, QLinear, QuantSpec, get_scheme, model_size, quant_layers,
-                              quantize_model)
+from qdg_deploy.quant import (
+    LsqQuantizer,
+    QConv2d,
+    QLinear,
+    QuantSpec,
+    get_scheme,
+    model_size,
+    quant_layers,
+    quantize_model,
+)
 
 SPECS = [
     QuantSpec(bits=7, signed=True),
@@ -146,6 +153,7 @@ def test_fused_gradients_equal_the_composite_lsq_graph(spec, regime):
     """The hand-written backward equals autograd through the textbook LSQ expression, with elements outside the range
     and with every element inside it (where the CPU forward skips the clamp and the backward the range test)."""
     from qdg_deploy.quant.quantizers import _all_inside, _range, round_ste, scale_grad
+
     torch.manual_seed(3)
     q = LsqQuantizer(spec, channels=6, ndim=4)
     x = torch.randn(6, 3, 4, 4) * 2 + 0.3
@@ -187,6 +195,7 @@ def test_range_ends_are_inside_for_the_gradients():
     """v exactly qmin or qmax passes the gradient (LSQ: -Qn <= v <= Qp; torch 2.14's clamp would pass none there); a hair
     beyond it does not."""
     from qdg_deploy.quant.quantizers import _LsqFakeQuant
+
     x = torch.tensor([127 * 0.5, -128 * 0.5, 127 * 0.5 + 1e-3, 0.3], requires_grad=True)
     s = torch.tensor(0.5, requires_grad=True)
     _LsqFakeQuant.apply(x, s, None, -128, 127, 1.0).sum().backward()
@@ -198,6 +207,7 @@ def test_range_ends_are_inside_for_the_gradients():
 def test_range_test_uses_the_input_precision():
     """float64: a value 1e-12 beyond the range end is outside (a float32 neighbour would call it inside)."""
     from qdg_deploy.quant.quantizers import _LsqFakeQuant
+
     x = torch.tensor([1 + 1e-12, 0.5], dtype=torch.float64, requires_grad=True)
     s = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     _LsqFakeQuant.apply(x, s, None, -1, 1, 1.0).sum().backward()
@@ -210,6 +220,7 @@ def test_cpu_range_test_on_x_equals_the_test_on_x_over_s(dtype):
     to lo·s, hi·s), the two tests agree, for steps of every size (up to 1e12, where a walk from 0 would take ~1e12
     floats) and ranges shifted by a zero point."""
     from qdg_deploy.quant.quantizers import _x_bounds
+
     ft = np.float64 if dtype == torch.float64 else np.float32
     rng = np.random.default_rng(0)
     steps = [0.5, 1.0, 3.0, 0.1, 1e-8, 1 / 3, 1e5, 1e12] + list(10 ** rng.uniform(-6, 2, 40))
@@ -238,6 +249,7 @@ def test_image_input_step_gradient_comes_from_a_forward_op(scheme, first, data):
     forward op on d x_q / d s, not from the op's backward to its input. Outputs are the same bits and every gradient
     equals the one through the usual path (an input that needs a gradient takes it)."""
     import copy
+
     torch.manual_seed(0)
     head = nn.Linear(16 * 16 * 16, 10) if first == "conv" else nn.Linear(3 * 32 * 32, 10)
     # a ReLU in place right after the layer: allowed

@@ -48,8 +48,18 @@ def test_a_newer_schema_is_refused_with_one_line(tmp_path):
 def test_metrics_of_domain_figures_keeps_the_extras_between_the_figures_and_what_it_is():
     scored = {"per_domain": {}, "test_env": "a", "test_acc": 0.5, "val_acc": 0.25, "selected_step": 3}
     m = Metrics.of(scored, method="erm", bits=32, scheme=None, no_swad={"test_acc": 0.4})
-    assert list(m.to_json()) == ["schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step",
-                                 "no_swad", "bits", "scheme", "method"]
+    assert list(m.to_json()) == [
+        "schema_version",
+        "per_domain",
+        "test_env",
+        "test_acc",
+        "val_acc",
+        "selected_step",
+        "no_swad",
+        "bits",
+        "scheme",
+        "method",
+    ]
     assert Metrics.from_json(m.to_json()) == m
 
 
@@ -57,8 +67,21 @@ def test_bench_records_are_checked_in_one_place():
     from qdg_deploy.bench.record import RECORD_VERSION, BenchRecord
     from qdg_deploy.timing import summarize
 
-    rec = BenchRecord("m.onnx", "/x/m.onnx", "onnx", None, "ort-cpu", 1, [1, 1, 4, 4], "included", 1, {}, {},
-                      summarize([1_000_000, 2_000_000], 1), {"file_bytes": 10})
+    rec = BenchRecord(
+        "m.onnx",
+        "/x/m.onnx",
+        "onnx",
+        None,
+        "ort-cpu",
+        1,
+        [1, 1, 4, 4],
+        "included",
+        1,
+        {},
+        {},
+        summarize([1_000_000, 2_000_000], 1),
+        {"file_bytes": 10},
+    )
     data = rec.to_json()
     assert data["schema_version"] == RECORD_VERSION and data["latency_ms"]["mean"] == 1.5
     assert BenchRecord.problem(data) is None

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from qdg_deploy.export import lower_to_onnx, check_tensorrt_rules, ort_session
+from qdg_deploy.export import check_tensorrt_rules, lower_to_onnx, ort_session
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import Scheme, get_scheme, quantize_model
 from qdg_deploy.quant.residual import QBasicBlock, residual_quantizers
@@ -21,6 +21,7 @@ def lowered(model, shape, **kw):
     `lower_to_onnx`)."""
     low = lower_to_onnx(model, shape, **kw)
     return low.proto, low.info()
+
 
 torch.set_num_threads(1)
 SHAPE = (3, 64, 64)
@@ -62,6 +63,7 @@ def test_resnet18_residual_quantizers_and_state_dict():
     sd = m.state_dict()
     assert not any(k.startswith("layer2.0.downsample.0.act_quant") for k in sd)  # held once, under conv1
     from safetensors.torch import save  # runs.save_weights: refuses tensors that share memory
+
     save({k: v.contiguous() for k, v in sd.items()})
     fresh.load_state_dict(sd, strict=True)
     fresh.eval()
@@ -87,7 +89,8 @@ def test_resnet18_ort_fuses_every_conv_and_stays_exact(tmp_path):
     opt = tmp_path / "opt.onnx"
     for level in ("none", "all"):
         got = ort_session(proto, level=level, optimized_path=str(opt) if level == "all" else None).run(
-            None, {"input": x.numpy()})[0]
+            None, {"input": x.numpy()}
+        )[0]
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 31 / 32, level
     ops = Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
     # every conv and every residual Add, the last one too (its output is quantized for the pool)

@@ -15,9 +15,30 @@ from safetensors.torch import load_file
 from conftest import run_cli
 
 # QT-DoG (quantized from step 4, SWAD with a short valley) so the checkpoint carries quantizer and SWAD state
-ARGS = ["train", "--method", "qtdog", "--test-env", "75", "--steps", "16", "--q-steps", "4", "--checkpoint-freq",
-        "2", "--batch-size", "8", "--swad-bn-steps", "3", "--swad-n-converge", "2", "--swad-n-tolerance", "2",
-        "--threads", "1", "--deterministic"]
+ARGS = [
+    "train",
+    "--method",
+    "qtdog",
+    "--test-env",
+    "75",
+    "--steps",
+    "16",
+    "--q-steps",
+    "4",
+    "--checkpoint-freq",
+    "2",
+    "--batch-size",
+    "8",
+    "--swad-bn-steps",
+    "3",
+    "--swad-n-converge",
+    "2",
+    "--swad-n-tolerance",
+    "2",
+    "--threads",
+    "1",
+    "--deterministic",
+]
 
 
 def ckpt_step(path: Path) -> int:
@@ -80,7 +101,7 @@ def test_resume_refuses_other_options(tmp_path, cli):
     r = cli(*ARGS, "--out", out)  # without --resume a killed run's folder is not silently replaced
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
     assert (out / "last.ckpt").is_file()
-    short = [*ARGS[:ARGS.index("--steps") + 1], "6", *ARGS[ARGS.index("--steps") + 2:]]  # a new run: any length
+    short = [*ARGS[: ARGS.index("--steps") + 1], "6", *ARGS[ARGS.index("--steps") + 2 :]]  # a new run: any length
     r = run_cli(*short, "--out", out, "--overwrite")  # as its error line says: --overwrite starts anew
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
@@ -91,8 +112,16 @@ def test_deterministic_is_restored_after_the_run(tmp_path):
     from qdg_deploy.train import resolve_hparams, train_one
 
     assert not torch.are_deterministic_algorithms_enabled()
-    hp = resolve_hparams("rotated-mnist", method="erm", test_env="75", steps=2, checkpoint_freq=2, batch_size=8,
-                         threads=1, deterministic=True)
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="erm",
+        test_env="75",
+        steps=2,
+        checkpoint_freq=2,
+        batch_size=8,
+        threads=1,
+        deterministic=True,
+    )
     train_one(hp, tmp_path / "run")
     assert not torch.are_deterministic_algorithms_enabled()  # process-wide: set for the run only
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # what CUDA's deterministic cuBLAS needs (kept for the process)

@@ -20,12 +20,12 @@ from qdg_deploy.runs import load_run, model_record, save_run
 from qdg_deploy.train import resolve_hparams
 
 
-
 def lowered(model, shape, **kw):
     """The in-memory ONNX and its lowering info (what `build_onnx` returned before it was folded into
     `lower_to_onnx`)."""
     low = lower_to_onnx(model, shape, **kw)
     return low.proto, low.info()
+
 
 SHAPE = (1, 28, 28)
 
@@ -49,9 +49,14 @@ def resnet_run(request, tmp_path_factory):
     assert any(n.endswith("id_quant") for n, _ in net.named_modules())
     out = tmp_path_factory.mktemp("resnet") / request.param
     hp = resolve_hparams("rotated-mnist", method="qtdog", scheme=request.param, arch="resnet18", test_env="0")
-    config = {"hparams": hp, "dataset": hp["dataset"], "domains": ["0", "15", "30", "45", "60", "75"],
-              "test_env_index": 0, "classes": [str(i) for i in range(10)],
-              "model": model_record("resnet18", SHAPE, 10, scheme)}
+    config = {
+        "hparams": hp,
+        "dataset": hp["dataset"],
+        "domains": ["0", "15", "30", "45", "60", "75"],
+        "test_env_index": 0,
+        "classes": [str(i) for i in range(10)],
+        "model": model_record("resnet18", SHAPE, 10, scheme),
+    }
     save_run(out, config, net.state_dict(), {"method": "qtdog", "bits": 8, "scheme": request.param})
     return out
 
@@ -78,8 +83,16 @@ def test_onnx_fp32_export_of_a_residual_run(resnet_run, tmp_path, cli):
 
 
 def test_bench_torch_fp32_runs_a_residual_run(resnet_run):
-    result = B.bench([resnet_run], runtimes=["torch-fp32"], batches=[1], accuracy=False, warmup_ms=1,
-                     duration_s=0.01, min_iters=2, threads=1)
+    result = B.bench(
+        [resnet_run],
+        runtimes=["torch-fp32"],
+        batches=[1],
+        accuracy=False,
+        warmup_ms=1,
+        duration_s=0.01,
+        min_iters=2,
+        threads=1,
+    )
     assert result["skipped"] == [] and [r["runtime"] for r in result["records"]] == ["torch-fp32"]
 
 
@@ -94,6 +107,7 @@ def test_the_float_copy_leaves_the_quantized_model_as_it_was(resnet_run):
 
 def load_report(path):
     import json
+
     return json.loads(path.with_name(path.stem + ".export.json").read_text())
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
+from qdg_deploy.accuracy import predictions
 from qdg_deploy.models import build_model
+from qdg_deploy.quant import get_scheme, quant_layers, quantize_model
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams, train_one
 from qdg_deploy.train.algorithms import quantizer_params
 from qdg_deploy.train.dg import coral_penalty
-from qdg_deploy.accuracy import predictions
 from qdg_deploy.train.swad import LossValley, RunningAverage, WeightAveraging, recompute_bn
 
 
@@ -139,8 +139,9 @@ def test_quantizer_parameters_get_their_own_learning_rate_and_no_weight_decay():
 
 def _batches(n_domains=2, bs=8):
     g = torch.Generator().manual_seed(0)
-    return [(torch.rand(bs, 1, 28, 28, generator=g), torch.randint(0, 10, (bs,), generator=g))
-            for _ in range(n_domains)]
+    return [
+        (torch.rand(bs, 1, 28, 28, generator=g), torch.randint(0, 10, (bs,), generator=g)) for _ in range(n_domains)
+    ]
 
 
 def test_freeze_after_swap_stops_quantized_layers_and_trains_the_rest():
@@ -200,8 +201,18 @@ def test_quant_on_a_dg_method_quantizes_it():
 @pytest.fixture(scope="module")
 def swad_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "swad"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", steps=14, q_steps=4, checkpoint_freq=2, batch_size=8,
-                         test_env="75", swad_n_converge=2, swad_n_tolerance=2, swad_tolerance_ratio=1.0)
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="qtdog",
+        steps=14,
+        q_steps=4,
+        checkpoint_freq=2,
+        batch_size=8,
+        test_env="75",
+        swad_n_converge=2,
+        swad_n_tolerance=2,
+        swad_tolerance_ratio=1.0,
+    )
     return out, train_one(hp, out)
 
 
@@ -214,6 +225,7 @@ def test_swad_run_saves_and_scores_the_average_of_quantized_iterates(swad_run):
     assert {"test_acc", "per_domain", "val_acc", "selected_step"} <= set(on_disk["no_swad"])
     run = load_run(out)  # the saved model is the averaged one: its accuracy is the reported one
     from qdg_deploy.data import get_dataset, split_domains
+
     splits = split_domains(get_dataset("rotated-mnist"))
     logits, y = predictions(run.model, splits[5].out_eval)
     assert (logits.argmax(1) == y).float().mean().item() == pytest.approx(metrics["per_domain"]["75"]["out_acc"])

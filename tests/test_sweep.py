@@ -15,8 +15,8 @@ import pytest
 
 from qdg_deploy.errors import QdgError
 from qdg_deploy.records import Metrics, RunConfig
-from qdg_deploy.workflows.sweep import parse_methods, run_state, to_flags
 from qdg_deploy.workflows.report import collect, mean_se, write_report
+from qdg_deploy.workflows.sweep import parse_methods, run_state, to_flags
 from tests.conftest import run_cli
 from tests.test_bench import IMAGE, write_folder_dataset
 
@@ -25,7 +25,13 @@ CLI = [sys.executable, "-c", "from qdg_deploy.cli import main; main()"]
 
 def test_flags_are_generic_and_entries_carry_overrides():
     assert to_flags({"q_lr": "1e-4", "swad": "true", "freeze_after_swap": "False", "act_bits": "8"}) == [
-        "--q-lr", "1e-4", "--swad", "--no-freeze-after-swap", "--act-bits", "8"]
+        "--q-lr",
+        "1e-4",
+        "--swad",
+        "--no-freeze-after-swap",
+        "--act-bits",
+        "8",
+    ]
     entries = parse_methods("erm, qtdog,qtdog:scheme=ort:act_bits=8,qtdog:freeze_after_swap=true")
     assert [e.method for e in entries] == ["erm", "qtdog", "qtdog", "qtdog"]
     assert entries[2].overrides == {"scheme": "ort", "act_bits": "8"}
@@ -36,9 +42,32 @@ def test_flags_are_generic_and_entries_carry_overrides():
 
 
 def _sweep_args(data, out, *extra):
-    return ["sweep", "--dataset", f"folder:{data}", "--methods", "erm", "--test-envs", "d2", "--seeds", "0,1",
-            "--set", "arch=mnist-cnn", "--set", f"image_size={IMAGE}", "--set", "steps=4", "--set", "checkpoint_freq=2",
-            "--set", "batch_size=4", "--set", "threads=1", "--out", out, *extra]
+    return [
+        "sweep",
+        "--dataset",
+        f"folder:{data}",
+        "--methods",
+        "erm",
+        "--test-envs",
+        "d2",
+        "--seeds",
+        "0,1",
+        "--set",
+        "arch=mnist-cnn",
+        "--set",
+        f"image_size={IMAGE}",
+        "--set",
+        "steps=4",
+        "--set",
+        "checkpoint_freq=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "threads=1",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def test_sweep_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, cli):
@@ -51,8 +80,9 @@ def test_sweep_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, cli)
     assert len(cmds) == 2 and "--image-size 16" in cmds[0] and "--seed 1" in cmds[1] and not out.exists()
 
     # kill the sweep while its first run trains: the run is left broken, its process terminated with it
-    proc = subprocess.Popen([*CLI, *map(str, _sweep_args(data, out))], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, *map(str, _sweep_args(data, out))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (seed0 / "train.log").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -109,8 +139,11 @@ def test_report_mean_and_standard_error_on_known_numbers(tmp_path, cli):
     for te, a in (("d0", 0.75), ("d1", 0.95)):
         _fake_run(out / "qtdog_scheme=ort+ens" / te, te, a, size=(750, 3000), k=3, method="EoQ(3)")
     _fake_run(out / "erm" / "d0" / "seed0", "d0", 0.9, size=(1000, 1000), method="erm")
-    (out / "sweep.json").write_text(json.dumps({"methods": ["erm", "qtdog:scheme=ort"],
-                                                "labels": {"erm": "erm", "qtdog_scheme=ort": "qtdog:scheme=ort"}}))
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {"methods": ["erm", "qtdog:scheme=ort"], "labels": {"erm": "erm", "qtdog_scheme=ort": "qtdog:scheme=ort"}}
+        )
+    )
     table, md, js = write_report(out, tmp_path / "t.md")
     rows = {r["label"]: r for r in table["rows"]}
     assert list(rows) == ["erm", "qtdog:scheme=ort w/o SWAD", "qtdog:scheme=ort", "EoQ(3) · qtdog:scheme=ort"]
@@ -160,17 +193,33 @@ def test_submitit_local_executor_runs_a_two_run_sweep_resumable_across_launchers
 
 
 def test_launcher_options_are_checked(tmp_path, cli):
-    for extra, words in [(["--launcher", "slurm"], "--launcher takes one of"),
-                         (["--nproc-per-node", "2"], "needs --launcher torchrun"),
-                         (["--launcher", "submitit", "--cluster", "pbs"], "--cluster takes")]:
+    for extra, words in [
+        (["--launcher", "slurm"], "--launcher takes one of"),
+        (["--nproc-per-node", "2"], "needs --launcher torchrun"),
+        (["--launcher", "submitit", "--cluster", "pbs"], "--cluster takes"),
+    ]:
         r = cli("sweep", "--methods", "erm", "--out", tmp_path / "S", *extra)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and words in r.stderr, r.stderr
         assert not (tmp_path / "S").exists()
 
 
 def test_torchrun_launcher_commands(tmp_path, cli):
-    r = cli("sweep", "--methods", "qtdog", "--test-envs", "75", "--seeds", "0", "--launcher", "torchrun",
-                "--nproc-per-node", "2", "--out", tmp_path / "S", "--dry-run")
+    r = cli(
+        "sweep",
+        "--methods",
+        "qtdog",
+        "--test-envs",
+        "75",
+        "--seeds",
+        "0",
+        "--launcher",
+        "torchrun",
+        "--nproc-per-node",
+        "2",
+        "--out",
+        tmp_path / "S",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     (cmd,) = [ln for ln in r.stdout.splitlines() if "train" in ln]
     assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m qdg_deploy.cli train" in cmd, cmd

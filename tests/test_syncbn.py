@@ -28,7 +28,7 @@ def _rank(rank: int, port: int, x: torch.Tensor, queue) -> None:
     torch.set_num_threads(1)
     try:
         net = _net().train()
-        part = x[rank * 4:(rank + 1) * 4].clone().requires_grad_()
+        part = x[rank * 4 : (rank + 1) * 4].clone().requires_grad_()
         with synced(net):
             kinds = {type(m) for m in net.modules()}
             out = net(part)
@@ -37,8 +37,17 @@ def _rank(rank: int, port: int, x: torch.Tensor, queue) -> None:
         for g in grads.values():
             td.all_reduce(g)
         arrays = {n: t.detach().numpy() for n, t in net.named_buffers()}  # by value: this process ends first
-        queue.put((rank, out.detach().numpy(), part.grad.numpy(), {n: g.numpy() for n, g in grads.items()}, arrays,
-                   GlobalBatchNorm in kinds, type(net[1]) is nn.BatchNorm2d))
+        queue.put(
+            (
+                rank,
+                out.detach().numpy(),
+                part.grad.numpy(),
+                {n: g.numpy() for n, g in grads.items()},
+                arrays,
+                GlobalBatchNorm in kinds,
+                type(net[1]) is nn.BatchNorm2d,
+            )
+        )
     finally:
         td.destroy_process_group()
 
@@ -87,8 +96,10 @@ def test_synced_swaps_the_batchnorms_of_a_quantized_network_and_puts_the_same_ob
     net.train()
     with synced(net):
         inside = dict(net.named_modules())
-        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm)
-                       for m in inside.values())
+        assert not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm)
+            for m in inside.values()
+        )
         assert sum(isinstance(m, GlobalBatchNorm) for m in inside.values()) == len(folded) + len(plain)
         twin = next(m for m in inside.values() if isinstance(m, GlobalBatchNorm))
         orig = before[next(n for n, m in inside.items() if m is twin)]
@@ -105,7 +116,9 @@ def test_when_it_synchronizes(monkeypatch):
     hp = resolve_hparams("rotated-mnist", method="qtdog")
     assert hp["sync_bn"] is None and not use_sync_bn(bn, hp, 1) and sync_note(bn, hp, 1) is None
     assert use_sync_bn(bn, hp, 2) and "global batch" in sync_note(bn, hp, 2)
-    assert not use_sync_bn(bn, {**hp, "sync_bn": False}, 2) and "--no-sync-bn" in sync_note(bn, {**hp, "sync_bn": False}, 2)
+    assert not use_sync_bn(bn, {**hp, "sync_bn": False}, 2) and "--no-sync-bn" in sync_note(
+        bn, {**hp, "sync_bn": False}, 2
+    )
     frozen = {**hp, "freeze_bn": True, "sync_bn": True}
     assert not use_sync_bn(bn, frozen, 2) and "frozen, nothing to synchronize" in sync_note(bn, frozen, 2)
     assert not use_sync_bn(gn, hp, 2) and "no BatchNorm" in sync_note(gn, {**hp, "arch": "mnist-cnn"}, 2)

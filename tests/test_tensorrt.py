@@ -40,8 +40,11 @@ def exports(tmp_path_factory):
 
 # ---------------------------------------------------------------- version dispatch (pure)
 
-@pytest.mark.parametrize("version,parsed", [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)),
-                                            ("10.3.0.post1", (10, 3, 0)), ("11", (11, 0, 0))])
+
+@pytest.mark.parametrize(
+    "version,parsed",
+    [("10.7.0", (10, 7, 0)), ("11.0.0.12", (11, 0, 0)), ("10.3.0.post1", (10, 3, 0)), ("11", (11, 0, 0))],
+)
 def test_parse_version(version, parsed):
     assert parse_version(version) == parsed
 
@@ -83,8 +86,12 @@ def test_batch_range():
 def test_profile_follows_the_input_batch():
     """A dynamic batch takes --batch-range (default 1,8,32); a fixed batch b takes b,b,b (TensorRT refuses any
     other profile for a static dimension), and a --batch-range that disagrees is refused."""
-    assert profile_shapes("input", [-1, 3, 32, 32], None) == {"input": "input", "min": [1, 3, 32, 32],
-                                                              "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+    assert profile_shapes("input", [-1, 3, 32, 32], None) == {
+        "input": "input",
+        "min": [1, 3, 32, 32],
+        "opt": [8, 3, 32, 32],
+        "max": [32, 3, 32, 32],
+    }
     assert profile_shapes("input", [-1, 3, 32, 32], "2,4,16")["max"] == [16, 3, 32, 32]
     static = profile_shapes("input", [1, 3, 32, 32], None)
     assert static["min"] == static["opt"] == static["max"] == [1, 3, 32, 32]
@@ -97,11 +104,15 @@ def test_profile_follows_the_input_batch():
 
 # ---------------------------------------------------------------- FP16 float remainder
 
+
 def _qdq_params(model):
     """Every Q/DQ node's inputs with their initializer values: must survive the pass byte for byte."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return {n.name: [(t, inits[t].dtype.str, inits[t].tobytes()) for t in n.input if t in inits]
-            for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    return {
+        n.name: [(t, inits[t].dtype.str, inits[t].tobytes()) for t in n.input if t in inits]
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    }
 
 
 @pytest.mark.parametrize("name,graph", [("alignq", "lean"), ("alignq", "exact"), ("trt", "lean"), ("trt", "exact")])
@@ -115,8 +126,11 @@ def test_fp16_remainder_keeps_qdq_and_agrees_with_fp32_on_ort_cpu(exports, name,
     assert onnx.TensorProto.FLOAT16 in types
     # the Q/DQ chains untouched: every node reading a DequantizeLinear keeps its inputs' names
     producer = {o: n for n in model.graph.node for o in n.output}
-    before = {n.name: list(n.input) for n in model.graph.node
-              if any(getattr(producer.get(t), "op_type", "") == "DequantizeLinear" for t in n.input)}
+    before = {
+        n.name: list(n.input)
+        for n in model.graph.node
+        if any(getattr(producer.get(t), "op_type", "") == "DequantizeLinear" for t in n.input)
+    }
     after = {n.name: list(n.input) for n in half.graph.node if n.name in before}
     assert after == before
     # FP32 in, FP32 out; logits within FP16's precision of the FP32 graph (rtol 2e-2, atol 5e-2 on logits
@@ -167,8 +181,13 @@ def test_fp16_remainder_keeps_whole_qdq_chains_fp32(exports, name):
     inferred = onnx.shape_inference.infer_shapes(half).graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input, *inferred.output)}
     types.update({t.name: t.data_type for t in half.graph.initializer})
-    half_tensors = [(n.name, t) for n in half.graph.node if n.name in chain for t in (*n.input, *n.output)
-                    if types.get(t) == onnx.TensorProto.FLOAT16]
+    half_tensors = [
+        (n.name, t)
+        for n in half.graph.node
+        if n.name in chain
+        for t in (*n.input, *n.output)
+        if types.get(t) == onnx.TensorProto.FLOAT16
+    ]
     assert half_tensors == []
     assert _snap_chains(model.graph) == chain  # the same chains as before the pass
 
@@ -182,6 +201,7 @@ def test_fp16_remainder_io_in_fp16_when_asked(exports):
 
 
 # ---------------------------------------------------------------- inspector JSON, not-INT8 list, report schema
+
 
 def test_inspector_sample_parsed_and_matched_to_the_onnx(exports):
     layers = parse_layers(json.dumps(SAMPLE))
@@ -213,16 +233,31 @@ def test_inspector_11_layout_and_names_only():
 def test_engine_report_schema(exports):
     onnx_path = exports["alignq", "lean"]
     plan = build_plan("10.7.0", has_qdq=True, fp16=True).to_dict()
-    rep = engine_report(engine="m.engine", onnx=str(onnx_path), engine_bytes=1234, plan=plan,
-                        gpu={"name": "NVIDIA H100", "compute_capability": "9.0"},
-                        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28],
-                                   "max": [32, 1, 28, 28]}],
-                        workspace_gb=2.0, opt_level=None, timing_cache=None, build_seconds=12.3456,
-                        fp16_conversion=None, inspector_json=json.dumps(SAMPLE),
-                        quantized=quantized_layers(onnx_path), float_notes=float_layers(onnx_path))
+    rep = engine_report(
+        engine="m.engine",
+        onnx=str(onnx_path),
+        engine_bytes=1234,
+        plan=plan,
+        gpu={"name": "NVIDIA H100", "compute_capability": "9.0"},
+        profiles=[{"input": "input", "min": [1, 1, 28, 28], "opt": [8, 1, 28, 28], "max": [32, 1, 28, 28]}],
+        workspace_gb=2.0,
+        opt_level=None,
+        timing_cache=None,
+        build_seconds=12.3456,
+        fp16_conversion=None,
+        inspector_json=json.dumps(SAMPLE),
+        quantized=quantized_layers(onnx_path),
+        float_notes=float_layers(onnx_path),
+    )
     assert schema_errors(rep) == []
-    assert rep["precision"] == {"strongly_typed": False, "int8_flag": True, "fp16_flag": True, "fp16_remainder": True,
-                                "device": "GPU", "gpu_fallback": False}
+    assert rep["precision"] == {
+        "strongly_typed": False,
+        "int8_flag": True,
+        "fp16_flag": True,
+        "fp16_remainder": True,
+        "device": "GPU",
+        "gpu_fallback": False,
+    }
     assert rep["layer_precisions"] == {"FP16": 3, "INT8": 1, "FP32": 1} and rep["quantized_layers"] == 3
     assert len(rep["not_int8"]) == 2 and len(rep["float_layers"]) == 2
     json.dumps(rep)  # writable as model.engine.json
@@ -242,6 +277,7 @@ def test_has_qdq(exports, tmp_path):
 
 # ---------------------------------------------------------------- check --target tensorrt (issue item 6)
 
+
 def test_alignq_tensorrt_export_has_notes_not_violations(exports):
     """AlignQ's first conv (float input) and classifier (no Q/DQ) run in float on purpose: notes, no violation."""
     path = exports["alignq", "lean"]
@@ -252,9 +288,11 @@ def test_alignq_tensorrt_export_has_notes_not_violations(exports):
 
 # ---------------------------------------------------------------- the CLI without TensorRT
 
+
 def _has_tensorrt() -> bool:
     try:
         import tensorrt  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -276,6 +314,7 @@ def test_export_tensorrt_without_tensorrt_is_one_error_line_and_no_file(tmp_path
 
 def test_timing_cache_folder_checked_up_front(tmp_path):
     from qdg_deploy.export.tensorrt import TrtOptions
+
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(QdgError, match="--timing-cache .*cannot write in"):
@@ -286,17 +325,24 @@ def test_timing_cache_folder_checked_up_front(tmp_path):
 def test_engine_files_written_together(tmp_path):
     """build_engine writes nothing; write_engine_files puts the engine, its report and the timing cache in place."""
     from qdg_deploy.export.tensorrt import engine_report_path, write_engine_files
+
     engine, cache = tmp_path / "m.engine", tmp_path / "cache" / "trt.cache"
     write_engine_files(engine, (b"engine", {"engine_bytes": 6}, b"cache"), str(cache))
     assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"cache"
     assert json.loads(engine_report_path(engine).read_text()) == {"engine_bytes": 6}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json"]  # no temporaries
     write_engine_files(tmp_path / "n.engine", (b"e", {}, None), None)  # no --timing-cache: no cache file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "m.engine", "m.engine.json", "n.engine",
-                                                          "n.engine.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache",
+        "m.engine",
+        "m.engine.json",
+        "n.engine",
+        "n.engine.json",
+    ]
 
 
 # ---------------------------------------------------------------- a real build (TensorRT and a GPU)
+
 
 def test_real_engine_build(exports, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="needs the tensorrt package (and a CUDA GPU)")
@@ -304,6 +350,7 @@ def test_real_engine_build(exports, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (tensorrt is installed)")
     from qdg_deploy.export.tensorrt import TrtOptions, build_engine, engine_report_path, write_engine_files
+
     engine = tmp_path / "m.engine"
     opts = TrtOptions(batch_range="1,4,8", timing_cache=str(tmp_path / "cache.bin"))
     built = build_engine(exports["trt", "lean"], engine, opts)
@@ -318,8 +365,10 @@ def test_real_engine_build(exports, tmp_path):
 
 # ---------------------------------------------------------------- runtimes' pure parts, Jetson facts
 
+
 def test_in_batches_chunks_within_the_profile():
     from qdg_deploy.bench.session import in_batches
+
     calls = []
 
     def fn(b):
@@ -336,6 +385,7 @@ def test_in_batches_chunks_within_the_profile():
 
 def test_ort_trt_options_carry_the_profile_and_caches(tmp_path):
     from qdg_deploy.bench.runtime_ort import engine_settings, ort_trt_options
+
     o = ort_trt_options("input", [3, 32, 32], (1, 8, 32), tmp_path, int8=True, fp16=True, opt_level=4)
     assert o["trt_profile_min_shapes"] == "input:1x3x32x32" and o["trt_profile_max_shapes"] == "input:32x3x32x32"
     assert o["trt_profile_opt_shapes"] == "input:8x3x32x32" and o["trt_int8_enable"] and o["trt_fp16_enable"]
@@ -345,9 +395,12 @@ def test_ort_trt_options_carry_the_profile_and_caches(tmp_path):
     onnx_path.write_bytes(b"")
     assert engine_settings(onnx_path)["batch_range"] == (1, 8, 32)  # no engine report: the default range
     # a TensorRT 11 report: FP16 by conversion, fp16_flag False; the ONNX named relative to the report's folder
-    rep = {"onnx": "model.onnx", "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32],
-                                              "max": [16, 3, 32, 32]}],
-           "precision": {"fp16_flag": False, "fp16_remainder": True}, "builder_optimization_level": 5}
+    rep = {
+        "onnx": "model.onnx",
+        "profiles": [{"input": "input", "min": [2, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]}],
+        "precision": {"fp16_flag": False, "fp16_remainder": True},
+        "builder_optimization_level": 5,
+    }
     (tmp_path / "model.engine.json").write_text(json.dumps(rep))
     assert engine_settings(onnx_path) == {"batch_range": (2, 4, 16), "fp16": True, "opt_level": 5}
     (tmp_path / "model.engine.json").write_text(json.dumps(dict(rep, onnx=str(onnx_path.resolve()))))
@@ -377,6 +430,7 @@ def _jetson_tree(root: Path, *, clocks: bool) -> Path:
 def test_jetson_facts_from_sysfs(tmp_path):
     from qdg_deploy.bench.env import jetson_info
     from qdg_deploy.bench.results import jetson_note
+
     on = jetson_info(_jetson_tree(tmp_path / "a", clocks=True))
     assert on == {"board": "NVIDIA Jetson AGX Orin Developer Kit", "nvpmodel_mode": "30W (2)", "jetson_clocks": True}
     assert jetson_note(on) == "; NVIDIA Jetson AGX Orin Developer Kit, nvpmodel 30W (2), jetson_clocks on"
@@ -386,6 +440,7 @@ def test_jetson_facts_from_sysfs(tmp_path):
 def test_jetson_facts_absent_or_unreadable_refuse_nothing(tmp_path):
     from qdg_deploy.bench.env import jetson_info
     from qdg_deploy.bench.results import jetson_note
+
     assert jetson_info(tmp_path) is None and jetson_note(None) == ""
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text("")
@@ -395,6 +450,7 @@ def test_jetson_facts_absent_or_unreadable_refuse_nothing(tmp_path):
 
 def test_two_onnxruntime_packages_are_named_with_the_fix():
     from qdg_deploy.bench.runtime_ort import installed_ort_packages, ort_conflict
+
     assert ort_conflict(["onnxruntime-gpu"]) is None and ort_conflict([]) is None
     line = ort_conflict(["onnxruntime", "onnxruntime-gpu"])
     assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in line

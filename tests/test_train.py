@@ -5,21 +5,30 @@ import json
 import pytest
 import torch
 
+from conftest import run_cli
+from qdg_deploy.accuracy import predictions
 from qdg_deploy.quant import is_quantized, quant_layers
 from qdg_deploy.runs import load_run
 from qdg_deploy.train import get_algorithm, resolve_hparams
-from qdg_deploy.accuracy import predictions
 
-from conftest import run_cli
-
-METRIC_KEYS = {"schema_version", "per_domain", "test_env", "test_acc", "val_acc", "selected_step", "bits", "scheme",
-               "method"}
+METRIC_KEYS = {
+    "schema_version",
+    "per_domain",
+    "test_env",
+    "test_acc",
+    "val_acc",
+    "selected_step",
+    "bits",
+    "scheme",
+    "method",
+}
 
 
 def _batches(n_domains=2, bs=8):
     g = torch.Generator().manual_seed(0)
-    return [(torch.rand(bs, 1, 28, 28, generator=g), torch.randint(0, 10, (bs,), generator=g))
-            for _ in range(n_domains)]
+    return [
+        (torch.rand(bs, 1, 28, 28, generator=g), torch.randint(0, 10, (bs,), generator=g)) for _ in range(n_domains)
+    ]
 
 
 @pytest.mark.parametrize("scheme", ["paper", "ort"])
@@ -61,6 +70,7 @@ def test_load_run_rebuilds_the_selected_quantized_model(tiny_run):
     run = load_run(out)
     assert is_quantized(run.model)
     from qdg_deploy.data import get_dataset, split_domains
+
     splits = split_domains(get_dataset("rotated-mnist"))
     logits, y = predictions(run.model, splits[5].out_eval)
     acc = (logits.argmax(1) == y).float().mean().item()
@@ -84,9 +94,25 @@ def test_refuses_to_overwrite_a_run(tiny_run, cli):
 
 
 def test_test_env_all_on_a_folder_dataset(image_tree, tmp_path):
-    r = run_cli("train", "--dataset", f"folder:{image_tree}", "--arch", "mnist-cnn", "--image-size", "16",
-                "--steps", "2", "--checkpoint-freq", "1", "--batch-size", "2", "--test-env", "all",
-                "--out", tmp_path / "all")
+    r = run_cli(
+        "train",
+        "--dataset",
+        f"folder:{image_tree}",
+        "--arch",
+        "mnist-cnn",
+        "--image-size",
+        "16",
+        "--steps",
+        "2",
+        "--checkpoint-freq",
+        "1",
+        "--batch-size",
+        "2",
+        "--test-env",
+        "all",
+        "--out",
+        tmp_path / "all",
+    )
     assert r.returncode == 0, r.stderr
     for d in ("art", "photo"):
         m = json.loads((tmp_path / "all" / d / "metrics.json").read_text())
@@ -94,12 +120,15 @@ def test_test_env_all_on_a_folder_dataset(image_tree, tmp_path):
     assert "Avg" in r.stdout and "art" in r.stdout
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    ("missing", "not found"),
-    ("empty_class", "empty"),
-    ("non_image", "not an image"),
-    ("classes_differ", "classes"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("missing", "not found"),
+        ("empty_class", "empty"),
+        ("non_image", "not an image"),
+        ("classes_differ", "classes"),
+    ],
+)
 def test_cli_reports_bad_data_in_one_line(image_tree, tmp_path, breakage, expected, cli):
     root = image_tree
     if breakage == "missing":

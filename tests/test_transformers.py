@@ -32,8 +32,17 @@ def lowered(model, shape, **kw):
 
 
 def tiny_vit(in_chans: int = 1, num_classes: int = 5, img: int = 32, **kw) -> nn.Module:
-    return timm.create_model("vit_tiny_patch16_224", img_size=img, patch_size=img // 4, embed_dim=32, depth=2,
-                             num_heads=2, num_classes=num_classes, in_chans=in_chans, **kw)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=img,
+        patch_size=img // 4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        **kw,
+    )
 
 
 def tiny_convnext() -> nn.Module:
@@ -122,14 +131,16 @@ def test_tensorrt_check_counts_no_float_norm_or_softmax_and_sees_int8_matmuls():
     m = _quantized(tiny_vit, "trt")
     proto, _ = lowered(m, (1, 32, 32), target="tensorrt")
     from qdg_deploy.export.check import quantized_layers
+
     kinds = collections.Counter(op for op, _ in quantized_layers(proto))
     assert kinds["MatMul"] == 4 and kinds["Gemm"] == 9 and kinds["Conv"] == 1
     assert check_tensorrt_rules(proto) == []
 
 
 def test_window_shifted_attention_is_refused_before_any_work_naming_it():
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(1, 1),
-                             num_heads=(1, 2), num_classes=3)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(1, 1), num_heads=(1, 2), num_classes=3
+    )
     with pytest.raises(QdgError, match="window-shifted attention"):
         check_supported(swin)
     check_supported(tiny_vit())  # a plain ViT passes
@@ -159,17 +170,27 @@ def vit_run(tmp_path_factory):
     from qdg_deploy.train import resolve_hparams, train_one
 
     out = tmp_path_factory.mktemp("runs") / "vit"
-    hp = resolve_hparams("rotated-mnist", method="qtdog", arch="vit-mnist", steps=6, q_steps=2,
-                         checkpoint_freq=3, batch_size=8, test_env="75", swad_n_converge=2, swad_n_tolerance=2,
-                         swad_tolerance_ratio=1.0)
+    hp = resolve_hparams(
+        "rotated-mnist",
+        method="qtdog",
+        arch="vit-mnist",
+        steps=6,
+        q_steps=2,
+        checkpoint_freq=3,
+        batch_size=8,
+        test_env="75",
+        swad_n_converge=2,
+        swad_n_tolerance=2,
+        swad_tolerance_ratio=1.0,
+    )
     return out, train_one(hp, out)
 
 
 def test_qtdog_swad_trains_a_tiny_vit_and_flatness_runs_on_it(vit_run):
     from torch.utils.data import TensorDataset
 
-    from qdg_deploy.workflows.flatness import loss_curve
     from qdg_deploy.runs import load_run
+    from qdg_deploy.workflows.flatness import loss_curve
 
     out, metrics = vit_run
     assert "test_acc" in metrics

@@ -10,17 +10,61 @@ present), an `.onnx` or an `.engine`. A file's data set comes from the run direc
 parent holding config.json); a bare file gets latency and size only.
 """
 
+from ..timing import LatencyStats, measure, summarize, time_fn
 from .artifacts import Artifact, resolve_artifact
 from .core import SCHEMA, bench, domain_accuracy, select_runtimes
 from .env import environment
-from ..timing import LatencyStats, measure, summarize, time_fn
-from .results import (accuracy_table, compare, compare_table, load_result, plot_paths, results_table,
-                     runtimes_table, skipped_lines, write_plots)
-from .runtimes import (COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, RUNTIMES, Runtime, Session,
-                       get_runtime, list_runtimes, register_runtime)
+from .results import (
+    accuracy_table,
+    compare,
+    compare_table,
+    load_result,
+    plot_paths,
+    results_table,
+    runtimes_table,
+    skipped_lines,
+    write_plots,
+)
+from .runtimes import (
+    COPIES_EXCLUDED,
+    COPIES_INCLUDED,
+    COPIES_NONE,
+    RUNTIMES,
+    Runtime,
+    Session,
+    get_runtime,
+    list_runtimes,
+    register_runtime,
+)
 
-__all__ = ["Artifact", "COPIES_EXCLUDED", "COPIES_INCLUDED", "COPIES_NONE", "LatencyStats", "RUNTIMES",
-           "Runtime", "SCHEMA", "Session", "accuracy_table", "bench", "compare", "compare_table",
-           "domain_accuracy", "environment", "get_runtime", "list_runtimes", "load_result", "measure",
-           "plot_paths", "register_runtime", "resolve_artifact", "results_table", "runtimes_table",
-           "select_runtimes", "skipped_lines", "summarize", "time_fn", "write_plots"]
+__all__ = [
+    "Artifact",
+    "COPIES_EXCLUDED",
+    "COPIES_INCLUDED",
+    "COPIES_NONE",
+    "LatencyStats",
+    "RUNTIMES",
+    "Runtime",
+    "SCHEMA",
+    "Session",
+    "accuracy_table",
+    "bench",
+    "compare",
+    "compare_table",
+    "domain_accuracy",
+    "environment",
+    "get_runtime",
+    "list_runtimes",
+    "load_result",
+    "measure",
+    "plot_paths",
+    "register_runtime",
+    "resolve_artifact",
+    "results_table",
+    "runtimes_table",
+    "select_runtimes",
+    "skipped_lines",
+    "summarize",
+    "time_fn",
+    "write_plots",
+]

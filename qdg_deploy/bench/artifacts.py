@@ -23,8 +23,8 @@ ONNX_NAME, FP32_ONNX_NAME, ENGINE_NAME = "model.onnx", "model.fp32.onnx", "model
 @dataclass
 class Artifact:
     path: Path
-    kind: str                       # "run" | "onnx" | "engine"
-    run_dir: Path | None = None     # the run directory (the artifact itself, or the one around a file)
+    kind: str  # "run" | "onnx" | "engine"
+    run_dir: Path | None = None  # the run directory (the artifact itself, or the one around a file)
     label: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -34,6 +34,7 @@ class Artifact:
             return read_run_json(self.run_dir / CONFIG)
         if self.kind == "onnx":  # a bare export: what its metadata says of its run
             from ..export.metadata import config_from_metadata, read_metadata
+
             try:
                 return config_from_metadata(read_metadata(self.path))
             except Exception:  # not readable as ONNX: the runtime says so when it opens it
@@ -101,7 +102,9 @@ def resolve_artifact(path: str | Path) -> Artifact:
     suffix = p.suffix.lower()
     kind = {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}.get(suffix)
     if kind is None:
-        raise QdgError(f"{p}: unknown artifact type {suffix or '(no suffix)'}; give a run directory, an .onnx or an .engine")
+        raise QdgError(
+            f"{p}: unknown artifact type {suffix or '(no suffix)'}; give a run directory, an .onnx or an .engine"
+        )
     run_dir = p.parent if not missing_run_files(p.parent, (CONFIG, WEIGHTS)) else None
     return Artifact(p, kind, run_dir, label=str(path))
 

@@ -13,12 +13,12 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from ..errors import QdgError
 from ..accuracy import domain_counts, make_progress
 from ..data.splits import Splits
+from ..errors import QdgError
+from ..timing import measure
 from .artifacts import Artifact, onnx_input_dims, resolve_artifact
 from .env import environment
-from ..timing import measure
 from .record import BenchRecord
 from .runtimes import RUNTIMES, Session, get_runtime
 
@@ -44,8 +44,9 @@ def _splits(config: dict, cache: dict | None = None) -> Splits:
     return Splits(*read, config["test_env_index"])
 
 
-def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH,
-                    cache: dict | None = None) -> dict:
+def domain_accuracy(
+    session: Session, artifact: Artifact, batch: int = ACCURACY_BATCH, cache: dict | None = None
+) -> dict:
     """Accuracy on every domain of the artifact's data set (its run's split): a training domain on its
     held-out `out` split (validation), the held-out test domain on all of it — as `qdg-deploy eval`.
     `cache`: splits already read in this bench call (keyed by SPLIT_KEYS' values)."""
@@ -55,6 +56,7 @@ def domain_accuracy(session: Session, artifact: Artifact, batch: int = ACCURACY_
 
 
 # ---------------------------------------------------------------- the driver
+
 
 def select_runtimes(names: list[str] | None) -> tuple[list, list[dict]]:
     """(runtimes to use, skipped entries for the unavailable ones). Without names: every registered one."""
@@ -113,11 +115,23 @@ def _pairs(arts: list[Artifact], runtimes: list[str] | None) -> tuple[list[tuple
     return pairs, skipped
 
 
-def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batches=(1, 8, 32), *,
-          warmup_ms: float = 200, duration_s: float = 3.0, min_iters: int = 10, threads: int | None = None,
-          accuracy: bool = True, copies: bool = True, console: Console | None = None,
-          progress: Progress | None = None, seed: int = 0, cuda_graph: bool = False,
-          device: str | None = None) -> dict:
+def bench(
+    artifacts: list[str | Path],
+    runtimes: list[str] | None = None,
+    batches=(1, 8, 32),
+    *,
+    warmup_ms: float = 200,
+    duration_s: float = 3.0,
+    min_iters: int = 10,
+    threads: int | None = None,
+    accuracy: bool = True,
+    copies: bool = True,
+    console: Console | None = None,
+    progress: Progress | None = None,
+    seed: int = 0,
+    cuda_graph: bool = False,
+    device: str | None = None,
+) -> dict:
     """Time, size and score each artifact on each runtime; returns the JSON-ready result.
 
     Records: one per (artifact, runtime, batch). `skipped`: every pair / batch not measured, with why.
@@ -149,30 +163,78 @@ def bench(artifacts: list[str | Path], runtimes: list[str] | None = None, batche
                     session = rt.load(art, threads=threads, copies=copies, **kw)
                 except Exception as e:  # one artifact that cannot load must not end the whole bench
                     why = str(e) if isinstance(e, QdgError) else f"load failed: {type(e).__name__}: {e}"
-                    skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
-                                    "reason": why.splitlines()[0] if why else type(e).__name__})
+                    skipped.append(
+                        {
+                            "artifact": art.label,
+                            "runtime": rt.name,
+                            "batch": None,
+                            "reason": why.splitlines()[0] if why else type(e).__name__,
+                        }
+                    )
                     progress.advance(task, len(batches) + int(accuracy))
                     continue
                 try:
-                    records.extend(_bench_pair(art, rt, session, batches, rng, skipped, progress, task,
-                                               warmup_ms=warmup_ms, duration_s=duration_s, min_iters=min_iters,
-                                               accuracy=accuracy, threads=threads, splits_cache=splits_cache))
+                    records.extend(
+                        _bench_pair(
+                            art,
+                            rt,
+                            session,
+                            batches,
+                            rng,
+                            skipped,
+                            progress,
+                            task,
+                            warmup_ms=warmup_ms,
+                            duration_s=duration_s,
+                            min_iters=min_iters,
+                            accuracy=accuracy,
+                            threads=threads,
+                            splits_cache=splits_cache,
+                        )
+                    )
                 finally:
                     session.close()
     finally:
         torch.set_num_threads(torch_threads)
-    return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "environment": env,
-            "settings": {"batches": batches, "warmup_ms": warmup_ms, "duration_s": duration_s,
-                         "min_iters": min_iters, "threads": threads, "accuracy": accuracy, "cuda_graph": cuda_graph,
-                         "copies": "included" if copies else "excluded", "input": "uniform [0, 1) float32, NCHW",
-                         "latency": "per iteration, between consecutive perf_counter_ns readings (trtexec-style "
-                                    "warm-up then timed duration)"},
-            "records": records, "skipped": skipped}
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": env,
+        "settings": {
+            "batches": batches,
+            "warmup_ms": warmup_ms,
+            "duration_s": duration_s,
+            "min_iters": min_iters,
+            "threads": threads,
+            "accuracy": accuracy,
+            "cuda_graph": cuda_graph,
+            "copies": "included" if copies else "excluded",
+            "input": "uniform [0, 1) float32, NCHW",
+            "latency": "per iteration, between consecutive perf_counter_ns readings (trtexec-style "
+            "warm-up then timed duration)",
+        },
+        "records": records,
+        "skipped": skipped,
+    }
 
 
-def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warmup_ms, duration_s, min_iters,
-                accuracy, threads, splits_cache=None) -> list[dict]:
+def _bench_pair(
+    art,
+    rt,
+    session,
+    batches,
+    rng,
+    skipped,
+    progress,
+    task,
+    *,
+    warmup_ms,
+    duration_s,
+    min_iters,
+    accuracy,
+    threads,
+    splits_cache=None,
+) -> list[dict]:
     import torch
 
     shape = art.input_shape or getattr(session, "input_shape", None)
@@ -183,33 +245,72 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
         for b in batches:
             progress.update(task, info=f"batch {b}")
             if shape is None:
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
-                                "reason": "input shape unknown (no run directory and a dynamic ONNX input)"})
+                skipped.append(
+                    {
+                        "artifact": art.label,
+                        "runtime": rt.name,
+                        "batch": b,
+                        "reason": "input shape unknown (no run directory and a dynamic ONNX input)",
+                    }
+                )
             elif (other := onnx_shape_mismatch(art, shape)) is not None:
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
-                                "reason": f"the ONNX input is {other} but its run's images are {list(shape)}: "
-                                          f"export it again from its run"})
+                skipped.append(
+                    {
+                        "artifact": art.label,
+                        "runtime": rt.name,
+                        "batch": b,
+                        "reason": f"the ONNX input is {other} but its run's images are {list(shape)}: "
+                        f"export it again from its run",
+                    }
+                )
             elif session.fixed_batch and b != session.fixed_batch:
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
-                                "reason": f"the artifact has a fixed batch of {session.fixed_batch}"})
+                skipped.append(
+                    {
+                        "artifact": art.label,
+                        "runtime": rt.name,
+                        "batch": b,
+                        "reason": f"the artifact has a fixed batch of {session.fixed_batch}",
+                    }
+                )
             elif session.batch_limits and not session.batch_limits[0] <= b <= session.batch_limits[1]:
                 lo, hi = session.batch_limits
-                skipped.append({"artifact": art.label, "runtime": rt.name, "batch": b,
-                                "reason": f"outside the TensorRT optimization profile's batch range {lo}..{hi} "
-                                          f"(rebuild with export --batch-range)"})
+                skipped.append(
+                    {
+                        "artifact": art.label,
+                        "runtime": rt.name,
+                        "batch": b,
+                        "reason": f"outside the TensorRT optimization profile's batch range {lo}..{hi} "
+                        f"(rebuild with export --batch-range)",
+                    }
+                )
             else:
                 x = rng.random((b, *shape), dtype=np.float32)
-                stats = measure(session.run, x, b, warmup_ms=warmup_ms, duration_s=duration_s,
-                                min_iters=min_iters)
-                recs.append(BenchRecord(
-                    art.label, str(art.path), art.kind, str(art.run_dir) if art.run_dir else None, rt.name, b,
-                    [b, *shape], session.copies, threads, session.info, rt.versions(), stats, size))
+                stats = measure(session.run, x, b, warmup_ms=warmup_ms, duration_s=duration_s, min_iters=min_iters)
+                recs.append(
+                    BenchRecord(
+                        art.label,
+                        str(art.path),
+                        art.kind,
+                        str(art.run_dir) if art.run_dir else None,
+                        rt.name,
+                        b,
+                        [b, *shape],
+                        session.copies,
+                        threads,
+                        session.info,
+                        rt.versions(),
+                        stats,
+                        size,
+                    )
+                )
             progress.advance(task)
         if accuracy:
             progress.update(task, info="accuracy")
             if art.config is None:
-                acc_reason = ("no run directory around the artifact (parent with config.json) and no data set in "
-                              "its metadata: data set unknown")
+                acc_reason = (
+                    "no run directory around the artifact (parent with config.json) and no data set in "
+                    "its metadata: data set unknown"
+                )
             elif shape is not None and onnx_shape_mismatch(art, shape) is not None:
                 acc_reason = "accuracy skipped: the ONNX input differs from its run's images"
             else:
@@ -225,6 +326,13 @@ def _bench_pair(art, rt, session, batches, rng, skipped, progress, task, *, warm
     for r in recs:
         r.accuracy, r.accuracy_skipped = acc, acc_reason
     if not recs and acc is not None:  # no batch timed (fixed batch elsewhere): keep the accuracy anyway
-        skipped.append({"artifact": art.label, "runtime": rt.name, "batch": None,
-                        "reason": "no batch size could be timed", "accuracy": acc})
+        skipped.append(
+            {
+                "artifact": art.label,
+                "runtime": rt.name,
+                "batch": None,
+                "reason": "no batch size could be timed",
+                "accuracy": acc,
+            }
+        )
     return [r.to_json() for r in recs]

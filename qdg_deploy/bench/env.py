@@ -22,6 +22,7 @@ def cpu_model() -> str:
         pass
     try:
         import cpuinfo
+
         return cpuinfo.get_cpu_info().get("brand_raw") or platform.processor()
     except Exception:
         return platform.processor() or "unknown"
@@ -111,7 +112,14 @@ def versions() -> dict:
 def environment(threads: int | None = None) -> dict:
     import torch
 
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "threads_requested": threads, "torch_threads": threads or torch.get_num_threads(),
-            "gpu": cuda_device_name(), "jetson_power_mode": jetson_power_mode(), "jetson": jetson_info(),
-            "versions": versions()}
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "threads_requested": threads,
+        "torch_threads": threads or torch.get_num_threads(),
+        "gpu": cuda_device_name(),
+        "jetson_power_mode": jetson_power_mode(),
+        "jetson": jetson_info(),
+        "versions": versions(),
+    }

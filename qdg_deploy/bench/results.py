@@ -44,29 +44,65 @@ def results_table(result: dict, title: str | None = None) -> Group:
     env = result["environment"]
     copies = sorted({r["copies"] for r in result["records"]})
     one_copies = len(copies) == 1
-    lat = FitTable(title or f"Latency per batch — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
-                   + f", {result['settings']['threads'] or env['torch_threads']} threads"
-                   + (f"; host↔device copies: {copies[0]}" if one_copies else "") + jetson_note(env.get("jetson")),
-                   [("artifact", "left"), ("runtime", "left"), ("batch", "right"), ("mean ms", "right"),
-                    ("p50", "right"), ("p99", "right"), ("img/s", "right")] + ([] if one_copies else [("copies", "left")]),
-                   keys=3)
-    sizes = FitTable("Size and accuracy (%): held-out domain, validation", [
-        ("artifact", "left"), ("runtime", "left"), ("file", "right"), ("packed", "right"), ("params", "right"),
-        ("held-out %", "right"), ("val %", "right")], keys=2)
+    lat = FitTable(
+        title
+        or f"Latency per batch — {env['cpu']}"
+        + (f", {env['gpu']}" if env.get("gpu") else "")
+        + f", {result['settings']['threads'] or env['torch_threads']} threads"
+        + (f"; host↔device copies: {copies[0]}" if one_copies else "")
+        + jetson_note(env.get("jetson")),
+        [
+            ("artifact", "left"),
+            ("runtime", "left"),
+            ("batch", "right"),
+            ("mean ms", "right"),
+            ("p50", "right"),
+            ("p99", "right"),
+            ("img/s", "right"),
+        ]
+        + ([] if one_copies else [("copies", "left")]),
+        keys=3,
+    )
+    sizes = FitTable(
+        "Size and accuracy (%): held-out domain, validation",
+        [
+            ("artifact", "left"),
+            ("runtime", "left"),
+            ("file", "right"),
+            ("packed", "right"),
+            ("params", "right"),
+            ("held-out %", "right"),
+            ("val %", "right"),
+        ],
+        keys=2,
+    )
     recs = result["records"]
     for i, r in enumerate(recs):
         lat_ms, size, acc = r["latency_ms"], r["size"], r.get("accuracy")
         key = (r["artifact"], r["runtime"])
         first = i == 0 or key != (recs[i - 1]["artifact"], recs[i - 1]["runtime"])
         last = i == len(recs) - 1 or key != (recs[i + 1]["artifact"], recs[i + 1]["runtime"])
-        lat.add_row(_short(r["artifact"]) if first else "", r["runtime"] if first else "", str(r["batch"]),
-                    _ms(lat_ms["mean"]), _ms(lat_ms["p50"]), _ms(lat_ms["p99"]), f"{r['throughput_ips']:.0f}",
-                    *([] if one_copies else [r["copies"]]), end_section=last)
+        lat.add_row(
+            _short(r["artifact"]) if first else "",
+            r["runtime"] if first else "",
+            str(r["batch"]),
+            _ms(lat_ms["mean"]),
+            _ms(lat_ms["p50"]),
+            _ms(lat_ms["p99"]),
+            f"{r['throughput_ips']:.0f}",
+            *([] if one_copies else [r["copies"]]),
+            end_section=last,
+        )
         if first:
-            sizes.add_row(_short(r["artifact"]), r["runtime"], human_bytes(size["file_bytes"]),
-                          "—" if size.get("packed_bytes") is None else human_bytes(size["packed_bytes"]),
-                          "—" if size.get("params") is None else _count(size["params"]),
-                          pct(acc["test_acc"]) if acc else "—", pct(acc["val_acc"]) if acc else "—")
+            sizes.add_row(
+                _short(r["artifact"]),
+                r["runtime"],
+                human_bytes(size["file_bytes"]),
+                "—" if size.get("packed_bytes") is None else human_bytes(size["packed_bytes"]),
+                "—" if size.get("params") is None else _count(size["params"]),
+                pct(acc["test_acc"]) if acc else "—",
+                pct(acc["val_acc"]) if acc else "—",
+            )
     return Group(lat, sizes)
 
 
@@ -90,8 +126,11 @@ def accuracy_table(result: dict) -> FitTable | None:
     if not cols:
         return None
     first = next(iter(cols.values()))
-    t = FitTable(f"Accuracy (%) per domain of {first['dataset']} — training domains: validation split; "
-                 f"held-out domain: all of it", [("domain", "left")] + [(c, "right") for c in cols])
+    t = FitTable(
+        f"Accuracy (%) per domain of {first['dataset']} — training domains: validation split; "
+        f"held-out domain: all of it",
+        [("domain", "left")] + [(c, "right") for c in cols],
+    )
     for d, info in first["per_domain"].items():
         label = f"[bold]{d} (held-out)[/]" if info["held_out"] else f"{d} (val)"
         t.add_row(label, *[pct(a["per_domain"].get(d, {}).get("acc")) for a in cols.values()])
@@ -101,8 +140,15 @@ def accuracy_table(result: dict) -> FitTable | None:
 def skipped_lines(result: dict) -> list[str]:
     out = []
     for s in result.get("skipped", []):
-        where = " · ".join(str(x) for x in (s.get("artifact") and _short(s["artifact"]), s["runtime"],
-                                            s.get("batch") and f"batch {s['batch']}") if x)
+        where = " · ".join(
+            str(x)
+            for x in (
+                s.get("artifact") and _short(s["artifact"]),
+                s["runtime"],
+                s.get("batch") and f"batch {s['batch']}",
+            )
+            if x
+        )
         out.append(f"skipped {where}: {s['reason']}")
     seen = set()
     for r in result.get("records", []):
@@ -115,6 +161,7 @@ def skipped_lines(result: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- compare
+
 
 def load_result(path: str | Path) -> dict:
     p = Path(path)
@@ -142,6 +189,7 @@ def compare(new: dict, old: dict) -> list[dict]:
     """Ratios new / old per (artifact, runtime, batch) found in both. Artifacts match by path, then by
     file/dir name; when each side holds a single artifact they match whatever their names (so an INT8
     file can be compared with an FP32 one)."""
+
     def index(res, keyf):
         return {(keyf(r["artifact"]), r["runtime"], r["batch"]): r for r in res["records"]}
 
@@ -155,33 +203,66 @@ def compare(new: dict, old: dict) -> list[dict]:
             for k in common:
                 a, b = n[k], o[k]
                 acc_a, acc_b = a.get("accuracy"), b.get("accuracy")
-                rows.append({
-                    "artifact": a["artifact"], "old_artifact": b["artifact"], "runtime": k[1], "batch": k[2],
-                    "mean_ratio": a["latency_ms"]["mean"] / b["latency_ms"]["mean"],
-                    "p99_ratio": a["latency_ms"]["p99"] / b["latency_ms"]["p99"],
-                    "throughput_ratio": a["throughput_ips"] / b["throughput_ips"],
-                    "file_ratio": a["size"]["file_bytes"] / b["size"]["file_bytes"],
-                    "packed_ratio": (a["size"]["packed_bytes"] / b["size"]["packed_bytes"]
-                                     if a["size"].get("packed_bytes") and b["size"].get("packed_bytes") else None),
-                    "test_acc_delta": (acc_a["test_acc"] - acc_b["test_acc"] if acc_a and acc_b else None)})
+                rows.append(
+                    {
+                        "artifact": a["artifact"],
+                        "old_artifact": b["artifact"],
+                        "runtime": k[1],
+                        "batch": k[2],
+                        "mean_ratio": a["latency_ms"]["mean"] / b["latency_ms"]["mean"],
+                        "p99_ratio": a["latency_ms"]["p99"] / b["latency_ms"]["p99"],
+                        "throughput_ratio": a["throughput_ips"] / b["throughput_ips"],
+                        "file_ratio": a["size"]["file_bytes"] / b["size"]["file_bytes"],
+                        "packed_ratio": (
+                            a["size"]["packed_bytes"] / b["size"]["packed_bytes"]
+                            if a["size"].get("packed_bytes") and b["size"].get("packed_bytes")
+                            else None
+                        ),
+                        "test_acc_delta": (acc_a["test_acc"] - acc_b["test_acc"] if acc_a and acc_b else None),
+                    }
+                )
             break
     return rows
 
 
 def compare_table(rows: list[dict], old_path: str) -> FitTable:
-    t = FitTable(f"New / old ({old_path}); latency < 1 and throughput > 1 mean faster",
-                 [(col, "left" if col in ("artifact", "runtime", "vs") else "right")
-                  for col in ("artifact", "runtime", "batch", "vs", "mean lat ×", "p99 lat ×", "throughput ×",
-                              "file ×", "packed ×", "held-out Δ pts")], keys=3)
+    t = FitTable(
+        f"New / old ({old_path}); latency < 1 and throughput > 1 mean faster",
+        [
+            (col, "left" if col in ("artifact", "runtime", "vs") else "right")
+            for col in (
+                "artifact",
+                "runtime",
+                "batch",
+                "vs",
+                "mean lat ×",
+                "p99 lat ×",
+                "throughput ×",
+                "file ×",
+                "packed ×",
+                "held-out Δ pts",
+            )
+        ],
+        keys=3,
+    )
     for r in rows:
-        t.add_row(_short(r["artifact"]), r["runtime"], str(r["batch"]), _short(r["old_artifact"]),
-                  f"{r['mean_ratio']:.3f}", f"{r['p99_ratio']:.3f}", f"{r['throughput_ratio']:.3f}",
-                  f"{r['file_ratio']:.3f}", "—" if r["packed_ratio"] is None else f"{r['packed_ratio']:.3f}",
-                  "—" if r["test_acc_delta"] is None else f"{100 * r['test_acc_delta']:+.1f}")
+        t.add_row(
+            _short(r["artifact"]),
+            r["runtime"],
+            str(r["batch"]),
+            _short(r["old_artifact"]),
+            f"{r['mean_ratio']:.3f}",
+            f"{r['p99_ratio']:.3f}",
+            f"{r['throughput_ratio']:.3f}",
+            f"{r['file_ratio']:.3f}",
+            "—" if r["packed_ratio"] is None else f"{r['packed_ratio']:.3f}",
+            "—" if r["test_acc_delta"] is None else f"{100 * r['test_acc_delta']:+.1f}",
+        )
     return t
 
 
 # ---------------------------------------------------------------- plots
+
 
 def plot_paths(path: str | Path) -> tuple[Path, Path]:
     """`--plot out.png` → out-latency.png, out-accuracy.png; `--plot DIR` → DIR/latency.png, DIR/accuracy.png."""
@@ -200,6 +281,7 @@ def write_plots(result: dict, path: str | Path) -> list[Path]:
     """Latency (and throughput) vs batch, one line per (artifact, runtime); per-domain accuracy bars per
     artifact, one bar per runtime, the held-out domain hatched. Returns the files written."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -229,19 +311,31 @@ def _latency_plot(plt, result: dict, series: dict[tuple, list], path: Path) -> N
         mean = [r["latency_ms"]["mean"] for r in recs]
         lo = [r["latency_ms"]["mean"] - r["latency_ms"]["p50"] for r in recs]
         hi = [r["latency_ms"]["p99"] - r["latency_ms"]["mean"] for r in recs]
-        ax1.errorbar(b, mean, yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]], marker="o",
-                     capsize=3, label=f"{art} · {rt}")
+        ax1.errorbar(
+            b,
+            mean,
+            yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]],
+            marker="o",
+            capsize=3,
+            label=f"{art} · {rt}",
+        )
         ax2.plot(b, [r["throughput_ips"] for r in recs], marker="o", label=f"{art} · {rt}")
     bs = sorted({r["batch"] for r in result["records"]})
-    for ax, ylabel, title in ((ax1, "latency per batch (ms): mean, bar p50–p99", "Latency vs batch"),
-                              (ax2, "throughput (images/s)", "Throughput vs batch")):
+    for ax, ylabel, title in (
+        (ax1, "latency per batch (ms): mean, bar p50–p99", "Latency vs batch"),
+        (ax2, "throughput (images/s)", "Throughput vs batch"),
+    ):
         _log_axes(ax, bs, ylabel, title)
     ax1.legend(fontsize=8)
     env = result["environment"]
     copies = ", ".join(sorted({r["copies"] for r in result["records"]}))
-    fig.suptitle(f"{env['cpu']}" + (f" · {env['gpu']}" if env.get("gpu") else "")
-                 + f" · {result['settings']['threads'] or env['torch_threads']} threads"
-                 + f" · host↔device copies: {copies}", fontsize=9)
+    fig.suptitle(
+        f"{env['cpu']}"
+        + (f" · {env['gpu']}" if env.get("gpu") else "")
+        + f" · {result['settings']['threads'] or env['torch_threads']} threads"
+        + f" · host↔device copies: {copies}",
+        fontsize=9,
+    )
     _save(fig, path)
     plt.close(fig)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from ..errors import QdgError
 from ..ort_session import ort_session
 from .artifacts import Artifact, onnx_input_dims, onnx_size
@@ -14,6 +13,7 @@ from .session import COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, Runtime, Ses
 
 def _ort():
     import onnxruntime
+
     return onnxruntime
 
 
@@ -29,13 +29,21 @@ def onnx_file_size(path: Path, artifact: Artifact) -> dict:
     return size
 
 
-ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
+ORT_PACKAGES = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "ort-nightly",
+    "ort-nightly-gpu",
+)
 
 
 def installed_ort_packages() -> list[str]:
     """The ONNX Runtime distributions pip installed here (each provides the one `onnxruntime` module)."""
     from importlib import metadata
+
     found = []
     for name in ORT_PACKAGES:
         try:
@@ -51,13 +59,23 @@ def ort_conflict(packages: list[str]) -> str | None:
     last one installed wins, uninstalling one breaks the other), and the fix; None with one distribution."""
     if len(packages) < 2:
         return None
-    return (f"{' and '.join(packages)} are all installed and overwrite each other's onnxruntime module: "
-            f"pip uninstall -y {' '.join(packages)} && pip install onnxruntime-gpu")
+    return (
+        f"{' and '.join(packages)} are all installed and overwrite each other's onnxruntime module: "
+        f"pip uninstall -y {' '.join(packages)} && pip install onnxruntime-gpu"
+    )
 
 
 class OrtSession(Session):
-    def __init__(self, runtime: str, path: Path, artifact: Artifact, providers: list, threads: int | None,
-                 device: str, copies: bool):
+    def __init__(
+        self,
+        runtime: str,
+        path: Path,
+        artifact: Artifact,
+        providers: list,
+        threads: int | None,
+        device: str,
+        copies: bool,
+    ):
         try:  # threads 0: ONNX Runtime's default (one per physical core)
             self.sess = ort_session(path, threads=threads or 0, providers=providers)
         except Exception as e:
@@ -120,8 +138,10 @@ class _OrtRuntime(Runtime):
         provs = ort.get_available_providers()
         if self.provider not in provs:
             pkg = "onnxruntime-gpu" if self.device != "cpu" else "onnxruntime"
-            return False, (f"onnxruntime {ort.__version__} has no {self.provider} (has {', '.join(provs)}); "
-                           + (ort_conflict(installed_ort_packages()) or f"install {pkg}"))
+            return False, (
+                f"onnxruntime {ort.__version__} has no {self.provider} (has {', '.join(provs)}); "
+                + (ort_conflict(installed_ort_packages()) or f"install {pkg}")
+            )
         if self.device != "cpu":
             gpu = cuda_device_name()
             if gpu is None:
@@ -135,8 +155,9 @@ class _OrtRuntime(Runtime):
     def applies(self, artifact):
         if artifact.onnx_path is None:
             if artifact.kind == "run":
-                return False, (f"no model.onnx / model.fp32.onnx in the run directory "
-                               f"(run `qdg-deploy export {artifact.path}`)")
+                return False, (
+                    f"no model.onnx / model.fp32.onnx in the run directory (run `qdg-deploy export {artifact.path}`)"
+                )
             return False, f"{self.name} takes an .onnx file, not an .{artifact.kind} file"
         return True, ""
 
@@ -161,18 +182,32 @@ class OrtCUDA(_OrtRuntime):
         return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
 
-def ort_trt_options(input_name: str, chw: list[int], batch_range: tuple[int, int, int], cache: Path, *,
-                    int8: bool, fp16: bool, opt_level: int | None = None) -> dict:
+def ort_trt_options(
+    input_name: str,
+    chw: list[int],
+    batch_range: tuple[int, int, int],
+    cache: Path,
+    *,
+    int8: bool,
+    fp16: bool,
+    opt_level: int | None = None,
+) -> dict:
     """TensorRT EP options: engine and timing caches in `cache`, an explicit optimization profile over the batch
     range (so the EP builds one engine for every benched batch, like `export --format tensorrt`), and the
     precision flags TensorRT 10 needs (INT8 for Q/DQ graphs: explicit quantization runs in INT8 only with it)."""
     shapes = ["x".join(str(d) for d in (b, *chw)) for b in batch_range]
-    opts = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-            "trt_int8_enable": int8, "trt_fp16_enable": fp16,
-            "trt_profile_min_shapes": f"{input_name}:{shapes[0]}",
-            "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
-            "trt_profile_max_shapes": f"{input_name}:{shapes[2]}"}
+    opts = {
+        "device_id": 0,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_int8_enable": int8,
+        "trt_fp16_enable": fp16,
+        "trt_profile_min_shapes": f"{input_name}:{shapes[0]}",
+        "trt_profile_opt_shapes": f"{input_name}:{shapes[1]}",
+        "trt_profile_max_shapes": f"{input_name}:{shapes[2]}",
+    }
     if opt_level is not None:
         opts["trt_builder_optimization_level"] = opt_level
     return opts
@@ -198,9 +233,11 @@ def engine_settings(path: Path) -> dict:
             if report_onnx(rep, rep_path) == path.resolve():
                 prof = rep["profiles"][0]
                 # fp16_remainder: FP16 on both majors (fp16_flag is always False on TensorRT 11's typed networks)
-                return {"batch_range": (prof["min"][0], prof["opt"][0], prof["max"][0]),
-                        "fp16": bool(rep["precision"]["fp16_remainder"]),
-                        "opt_level": rep["builder_optimization_level"]}
+                return {
+                    "batch_range": (prof["min"][0], prof["opt"][0], prof["max"][0]),
+                    "fp16": bool(rep["precision"]["fp16_remainder"]),
+                    "opt_level": rep["builder_optimization_level"],
+                }
         except (ValueError, KeyError, IndexError, TypeError, OSError):
             continue
     return found
@@ -214,15 +251,26 @@ class OrtTRT(_OrtRuntime):
         import onnx
 
         from ..export.check import has_qdq
+
         cache = path.parent / "trt_cache"
         cache.mkdir(parents=True, exist_ok=True)
         model = onnx.load(str(path), load_external_data=False)
         chw = [d if isinstance(d, int) else -1 for d in onnx_input_dims(path)[1:]]
         es = engine_settings(path)
-        opts = ort_trt_options(model.graph.input[0].name, chw, es["batch_range"], cache, int8=has_qdq(model),
-                               fp16=es["fp16"], opt_level=es["opt_level"])
-        return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", {"device_id": 0}),
-                "CPUExecutionProvider"]
+        opts = ort_trt_options(
+            model.graph.input[0].name,
+            chw,
+            es["batch_range"],
+            cache,
+            int8=has_qdq(model),
+            fp16=es["fp16"],
+            opt_level=es["opt_level"],
+        )
+        return [
+            ("TensorrtExecutionProvider", opts),
+            ("CUDAExecutionProvider", {"device_id": 0}),
+            "CPUExecutionProvider",
+        ]
 
     def load(self, artifact, *, threads=None, copies=True):
         session = super().load(artifact, threads=threads, copies=copies)

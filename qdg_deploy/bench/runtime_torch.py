@@ -11,8 +11,9 @@ from .session import COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, Runtime, Ses
 
 
 class TorchSession(Session):
-    def __init__(self, runtime: str, model, file: Path, size: dict, threads: int | None, device=None,
-                 copies: bool = True):
+    def __init__(
+        self, runtime: str, model, file: Path, size: dict, threads: int | None, device=None, copies: bool = True
+    ):
         import torch
 
         from ..device import resolve_device
@@ -54,6 +55,7 @@ class TorchSession(Session):
 
 class _TorchRuntime(Runtime):
     takes_device = True  # bench --device: where the model runs
+
     def available(self):
         try:
             import torch
@@ -63,6 +65,7 @@ class _TorchRuntime(Runtime):
 
     def versions(self):
         import torch
+
         return {"torch": torch.__version__}
 
     def _needs_run(self, artifact: Artifact) -> tuple[bool, str]:
@@ -80,8 +83,12 @@ class _TorchRuntime(Runtime):
             torch.set_num_threads(threads)
         weights = artifact.run_dir / WEIGHTS
         sz = model_size(model)
-        size = {"file": str(weights), "file_bytes": weights.stat().st_size, "packed_bytes": sz["packed_bytes"],
-                "params": sz["params"]}
+        size = {
+            "file": str(weights),
+            "file_bytes": weights.stat().st_size,
+            "packed_bytes": sz["packed_bytes"],
+            "params": sz["params"],
+        }
         return TorchSession(self.name, model, weights, size, threads, device, copies)
 
 
@@ -95,6 +102,7 @@ class TorchFP32(_TorchRuntime):
     def load(self, artifact, *, threads=None, copies=True, device=None):
         from ..quant import strip_quantizers
         from ..runs import load_run
+
         return self._session(artifact, strip_quantizers(load_run(artifact.run_dir).model), threads, device, copies)
 
 
@@ -110,6 +118,7 @@ class TorchFQ(_TorchRuntime):
 
     def load(self, artifact, *, threads=None, copies=True, device=None):
         from ..runs import load_run
+
         return self._session(artifact, load_run(artifact.run_dir).model, threads, device, copies)
 
 

@@ -48,13 +48,21 @@ class TrtSession(Session):
         self.cuda_graph = cuda_graph
         self._buffers: dict[tuple, tuple] = {}
         self._graphs: dict[tuple, object] = {}
-        self.info = {"device": torch.cuda.get_device_name(0), "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
-                     "profile_batch": list(self.batch_limits) if self.batch_limits else None}
+        self.info = {
+            "device": torch.cuda.get_device_name(0),
+            "tensorrt": trt.__version__,
+            "cuda_graph": cuda_graph,
+            "profile_batch": list(self.batch_limits) if self.batch_limits else None,
+        }
         self.run = self._run_copies if copies else self._run_on_device
 
     def _dtype(self, name):
-        types = {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
-                 self._trt.int8: self._torch.int8, self._trt.int32: self._torch.int32}
+        types = {
+            self._trt.float32: self._torch.float32,
+            self._trt.float16: self._torch.float16,
+            self._trt.int8: self._torch.int8,
+            self._trt.int32: self._torch.int32,
+        }
         return types[self.engine.get_tensor_dtype(name)]
 
     def _prepare(self, shape: tuple):
@@ -136,16 +144,19 @@ class TrtRuntime(Runtime):
             return False, "the tensorrt Python package is not installed"
         try:
             import torch
+
             cuda = torch.cuda.is_available()
         except ImportError:
             cuda = False
         if not cuda:
-            return False, (f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA "
-                           f"tensors)")
+            return False, (
+                f"tensorrt {trt.__version__} found but torch sees no CUDA GPU (buffers are torch CUDA tensors)"
+            )
         return True, f"tensorrt {trt.__version__}, {torch.cuda.get_device_name(0)}"
 
     def versions(self):
         import tensorrt as trt
+
         return {"tensorrt": trt.__version__}
 
     def applies(self, artifact):

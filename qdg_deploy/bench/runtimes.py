@@ -27,11 +27,22 @@ from .runtime_torch import TorchFP32, TorchFQ
 from .runtime_trt import TrtRuntime
 from .session import COPIES_EXCLUDED, COPIES_INCLUDED, COPIES_NONE, Runtime, Session, cuda_device_name
 
-__all__ = ["COPIES_EXCLUDED", "COPIES_INCLUDED", "COPIES_NONE", "RUNTIMES", "Runtime", "Session", "cuda_device_name",
-           "get_runtime", "list_runtimes", "register_runtime"]
+__all__ = [
+    "COPIES_EXCLUDED",
+    "COPIES_INCLUDED",
+    "COPIES_NONE",
+    "RUNTIMES",
+    "Runtime",
+    "Session",
+    "cuda_device_name",
+    "get_runtime",
+    "list_runtimes",
+    "register_runtime",
+]
 
-RUNTIMES: dict[str, Runtime] = {rt.name: rt for rt in (TorchFP32(), TorchFQ(), OrtCPU(), OrtCUDA(), OrtTRT(),
-                                                       TrtRuntime())}
+RUNTIMES: dict[str, Runtime] = {
+    rt.name: rt for rt in (TorchFP32(), TorchFQ(), OrtCPU(), OrtCUDA(), OrtTRT(), TrtRuntime())
+}
 
 
 def register_runtime(rt: Runtime) -> Runtime:
@@ -55,8 +66,15 @@ def list_runtimes() -> list[dict]:
             ok, why = rt.available()
         except Exception as e:  # detection must never take the command down
             ok, why = False, f"detection failed: {type(e).__name__}: {e}"
-        rows.append({"name": rt.name, "description": rt.description, "available": ok, "reason": why,
-                     "versions": rt.versions() if ok else {}})
+        rows.append(
+            {
+                "name": rt.name,
+                "description": rt.description,
+                "available": ok,
+                "reason": why,
+                "versions": rt.versions() if ok else {},
+            }
+        )
     return rows
 
 

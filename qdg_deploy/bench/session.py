@@ -19,7 +19,7 @@ class Session:
     runtime: str = ""
     copies: str = COPIES_NONE
     file: Path | None = None
-    fixed_batch: int | None = None   # the only batch size the artifact accepts, if it has one
+    fixed_batch: int | None = None  # the only batch size the artifact accepts, if it has one
     batch_limits: tuple[int, int] | None = None  # (min, max) batch it accepts: a TensorRT optimization profile
     threads: int | None = None
     info: dict = {}
@@ -46,7 +46,7 @@ def in_batches(fn, x: np.ndarray, limits: tuple[int, int] | None) -> np.ndarray:
     lo, hi = limits
     outs = []
     for i in range(0, len(x), hi):
-        part = x[i:i + hi]
+        part = x[i : i + hi]
         n = len(part)
         if n < lo:
             part = np.concatenate([part, np.zeros((lo - n, *part.shape[1:]), part.dtype)])
@@ -83,14 +83,16 @@ def cuda_device_name() -> str | None:
     """Name of CUDA device 0, or None where there is none (torch first, then nvidia-smi)."""
     try:
         import torch
+
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:
         pass
     if shutil.which("nvidia-smi"):
         try:
-            r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=10)
+            r = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            )
             names = [s.strip() for s in r.stdout.splitlines() if s.strip()]
             if r.returncode == 0 and names:
                 return names[0]

@@ -16,8 +16,15 @@ from .core import calibrate_model, float_pass
 from .observers import ACT_METHODS, WEIGHT_METHODS
 
 
-def calibrate_loader(model, loader: Iterable, method: str = "percentile", *, num_batches: int | None = None,
-                     percentile: float = 99.99, weight_method: str = "minmax") -> dict:
+def calibrate_loader(
+    model,
+    loader: Iterable,
+    method: str = "percentile",
+    *,
+    num_batches: int | None = None,
+    percentile: float = 99.99,
+    weight_method: str = "minmax",
+) -> dict:
     """Set a quantized model's ranges from `loader` (batches of images, or (images, labels) pairs; the first
     `num_batches`, default all) with an observer: minmax, percentile, entropy or mse."""
     import torch

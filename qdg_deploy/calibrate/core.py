@@ -28,8 +28,7 @@ def _ignore(x: torch.Tensor) -> None:
 
 
 @contextmanager
-def float_pass(model: nn.Module, observers: dict[Quantizer, Callable] | None = None,
-               active: Iterable[Quantizer] = ()):
+def float_pass(model: nn.Module, observers: dict[Quantizer, Callable] | None = None, active: Iterable[Quantizer] = ()):
     """`model` (eval mode) computing in float: quantizers not in `active` pass their input through (shown to
     `observers[q]` where given), layers run unplanned (no snapping, float biases) and folded BatchNorms normalize
     again. Everything is put back on exit."""
@@ -72,8 +71,10 @@ def check_calibratable(model: nn.Module) -> None:
     """Calibration writes uniform LSQ grids (step, zero point); other quantizers have other parameters."""
     for name, q in model.named_modules():
         if isinstance(q, Quantizer) and type(q) is not LsqQuantizer:
-            raise QdgError(f"quantizer {name} is {q.spec.quantizer!r}: calibration sets LSQ grids only "
-                           f"(schemes trt, ort, paper with --quantizer lsq)")
+            raise QdgError(
+                f"quantizer {name} is {q.spec.quantizer!r}: calibration sets LSQ grids only "
+                f"(schemes trt, ort, paper with --quantizer lsq)"
+            )
 
 
 @torch.no_grad()
@@ -111,15 +112,19 @@ def _seen(q: Quantizer, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, batches: list[torch.Tensor], method: str, percentile: float = 99.99,
-                          progress=None) -> int:
+def calibrate_activations(
+    model: nn.Module, batches: list[torch.Tensor], method: str, percentile: float = 99.99, progress=None
+) -> int:
     """Set every activation quantizer's step (and zero point) from `batches`; returns how many were set."""
     acts = [m for m in model.modules() if isinstance(m, Quantizer) and not m.is_weight]
     if not acts:
         return 0
     ranges = {q: _RangeObserver(q) for q in acts}
-    task = progress.add_task("calibrating", total=2 * len(batches), info=f"{method}, {len(acts)} tensors") \
-        if progress is not None else None
+    task = (
+        progress.add_task("calibrating", total=2 * len(batches), info=f"{method}, {len(acts)} tensors")
+        if progress is not None
+        else None
+    )
     with float_pass(model, ranges):
         for x in batches:
             model(x)
@@ -153,8 +158,15 @@ def set_activation_grid(q: Quantizer, t: float, lo: float, hi: float) -> None:
     q.initialized.fill_(True)
 
 
-def calibrate_model(model: nn.Module, batches: list[torch.Tensor], method: str = "percentile", *,
-                    percentile: float = 99.99, weight_method: str = "minmax", progress=None) -> dict:
+def calibrate_model(
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    method: str = "percentile",
+    *,
+    percentile: float = 99.99,
+    weight_method: str = "minmax",
+    progress=None,
+) -> dict:
     """Calibrate a quantized model in place (weights, then activations on `batches`); returns what was done."""
     check_method(method, weight_method, percentile)
     check_calibratable(model)
@@ -162,6 +174,12 @@ def calibrate_model(model: nn.Module, batches: list[torch.Tensor], method: str =
         raise QdgError("calibration needs at least one batch of images")
     n_w = calibrate_weights(model, weight_method)
     n_a = calibrate_activations(model, batches, method, percentile, progress)
-    return {"method": method, "percentile": percentile if method == "percentile" else None,
-            "weight_method": weight_method, "images": sum(len(x) for x in batches), "batches": len(batches),
-            "weight_quantizers": n_w, "activation_quantizers": n_a}
+    return {
+        "method": method,
+        "percentile": percentile if method == "percentile" else None,
+        "weight_method": weight_method,
+        "images": sum(len(x) for x in batches),
+        "batches": len(batches),
+        "weight_quantizers": n_w,
+        "activation_quantizers": n_a,
+    }

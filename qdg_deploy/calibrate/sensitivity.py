@@ -19,8 +19,11 @@ def layer_sensitivity(model: nn.Module, sets: list[Dataset], progress=None) -> d
     """{float_acc, quantized_acc, layers: [{layer, acc, drop}] most sensitive first} for a calibrated or trained
     quantized model; `sets` are the validation sets (training domains' `out` splits)."""
     layers = quant_layers(model)
-    task = progress.add_task("sensitivity", total=len(layers) + 1, info="one layer quantized at a time") \
-        if progress is not None else None
+    task = (
+        progress.add_task("sensitivity", total=len(layers) + 1, info="one layer quantized at a time")
+        if progress is not None
+        else None
+    )
     with float_pass(model):
         float_acc = val_accuracy(model, sets)
     progress is not None and progress.advance(task)
@@ -41,6 +44,7 @@ def most_sensitive(report: dict, k: int) -> tuple[str, ...]:
 
 def plot_sensitivity(report: dict, path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -48,8 +52,11 @@ def plot_sensitivity(report: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.2))
     ax.barh([r["layer"] for r in rows][::-1], [100 * r["drop"] for r in rows][::-1], color="tab:red")
     ax.set_xlabel("validation accuracy drop (points) with only this layer quantized")
-    ax.set_title(f"Layer sensitivity (float val {100 * report['float_acc']:.1f} %, "
-                 f"all quantized {100 * report['quantized_acc']:.1f} %)", fontsize=9)
+    ax.set_title(
+        f"Layer sensitivity (float val {100 * report['float_acc']:.1f} %, "
+        f"all quantized {100 * report['quantized_acc']:.1f} %)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -10,14 +10,21 @@ Every item is (x: FloatTensor[C, H, W], y: int).
 from __future__ import annotations
 
 from qdg_deploy.data.base import DGDataset, DomainSplit, split_domains
-from qdg_deploy.data.folders import (DOMAINBED_FOLDERS, build_digits, build_domainbed, build_folder,
-                                     build_office31)
+from qdg_deploy.data.folders import DOMAINBED_FOLDERS, build_digits, build_domainbed, build_folder, build_office31
 from qdg_deploy.data.rotated_mnist import build_rotated_mnist
 from qdg_deploy.data.splits import Splits
 from qdg_deploy.errors import DataError
 
-__all__ = ["DGDataset", "DomainSplit", "Splits", "available_datasets", "get_dataset", "run_data", "run_splits",
-           "split_domains"]
+__all__ = [
+    "DGDataset",
+    "DomainSplit",
+    "Splits",
+    "available_datasets",
+    "get_dataset",
+    "run_data",
+    "run_splits",
+    "split_domains",
+]
 
 FOLDER_PREFIX = "folder:"
 
@@ -27,8 +34,14 @@ def available_datasets() -> list[str]:
     return ["rotated-mnist", *DOMAINBED_FOLDERS, "office31", "digits", FOLDER_PREFIX + "PATH"]
 
 
-def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | None = None,
-                class_map: dict | None = None, input_cfg: dict | None = None) -> DGDataset:
+def get_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    image_size: int | None = None,
+    class_map: dict | None = None,
+    input_cfg: dict | None = None,
+) -> DGDataset:
     """Build a data set by name (case-insensitive).
 
     rotated-mnist ignores data_dir; image_size, when given and not 28, resizes its
@@ -39,7 +52,7 @@ def get_dataset(name: str, data_dir: str | None = None, *, image_size: int | Non
     if class_map and (name.lower() == "rotated-mnist"):
         raise DataError("--class-map applies to folder data sets, not rotated-mnist")
     if name.startswith(FOLDER_PREFIX):
-        path = name[len(FOLDER_PREFIX):]
+        path = name[len(FOLDER_PREFIX) :]
         if not path:
             raise DataError("folder: needs a path, e.g. folder:/data/my_dataset")
         return build_folder(path, image_size, class_map=class_map, input_cfg=input_cfg)
@@ -63,7 +76,7 @@ def load_class_map(path: str) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"--class-map {p} not found (a JSON file: {{\"domain\": {{\"folder\": \"class\"}}}})")
+        raise DataError(f'--class-map {p} not found (a JSON file: {{"domain": {{"folder": "class"}}}})')
     try:
         data = json.loads(p.read_text())
     except (UnicodeDecodeError, ValueError) as e:
@@ -73,8 +86,13 @@ def load_class_map(path: str) -> dict:
 
 def run_splits(hp: dict) -> tuple[DGDataset, list[DomainSplit]]:
     """The data set and per-domain splits that a run's hyperparameters describe (train, eval, export, bench)."""
-    ds = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
-                     class_map=hp.get("class_map"), input_cfg=hp.get("input"))
+    ds = get_dataset(
+        hp["dataset"],
+        hp.get("data_dir"),
+        image_size=hp.get("image_size"),
+        class_map=hp.get("class_map"),
+        input_cfg=hp.get("input"),
+    )
     return ds, split_domains(ds, hp["holdout_fraction"], hp["seed"])
 
 

@@ -25,8 +25,7 @@ class DGDataset:
     # and the ONNX metadata, so that a deployment feeds the exported model what it was trained on.
     pipeline: dict | None = None
 
-    def __init__(self, name: str, domains: list[str], classes: list[str],
-                 input_shape: tuple[int, int, int]):
+    def __init__(self, name: str, domains: list[str], classes: list[str], input_shape: tuple[int, int, int]):
         self.name = name
         self.domains = list(domains)
         self.classes = list(classes)
@@ -50,8 +49,10 @@ class DGDataset:
                 index = int(index)
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and 0 <= index < n:
             return int(index)
-        raise DataError(f"unknown domain {name_or_index!r} for {self.name}: use one of "
-                        f"{', '.join(self.domains)} or an index 0-{n - 1}")
+        raise DataError(
+            f"unknown domain {name_or_index!r} for {self.name}: use one of "
+            f"{', '.join(self.domains)} or an index 0-{n - 1}"
+        )
 
     def domain_dataset(self, i: int, train: bool) -> Dataset:
         """The whole of domain `i`, with the training (augmenting) or the eval transform."""
@@ -67,8 +68,10 @@ class DGDataset:
         return Subset(self.domain_dataset(i, train), indices)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, domains={self.domains}, "
-                f"num_classes={self.num_classes}, input_shape={self.input_shape})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, domains={self.domains}, "
+            f"num_classes={self.num_classes}, input_shape={self.input_shape})"
+        )
 
 
 class LabelledTensorDataset(TensorDataset):
@@ -87,8 +90,9 @@ class TensorDGDataset(DGDataset):
 
     augments = False
 
-    def __init__(self, name: str, domains: list[str], classes: list[str],
-                 tensors: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(
+        self, name: str, domains: list[str], classes: list[str], tensors: list[tuple[torch.Tensor, torch.Tensor]]
+    ):
         super().__init__(name, domains, classes, tuple(tensors[0][0].shape[1:]))
         self.tensors = tensors
 
@@ -103,9 +107,9 @@ class TensorDGDataset(DGDataset):
 
 @dataclass
 class DomainSplit:
-    name: str          # domain name
-    train: Dataset     # the 'in' part, training (augmenting) transform
-    in_eval: Dataset   # the same 'in' indices, eval transform
+    name: str  # domain name
+    train: Dataset  # the 'in' part, training (augmenting) transform
+    in_eval: Dataset  # the same 'in' indices, eval transform
     out_eval: Dataset  # the held-out part, eval transform
 
 

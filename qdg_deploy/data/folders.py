@@ -77,16 +77,34 @@ def _scan_domains(root: str, domain_dirs: dict[str, str], class_map: dict | None
     alone = {c: ds[0] for c, ds in alone.items() if len(ds) == 1}
     if alone:
         listed = ", ".join(f"{c!r} (only in {d!r})" for c, d in alone.items())
-        raise DataError(f"classes found in one domain only in {root}: {listed}; if other domains name them "
-                        f"differently, map the folders onto one label space with --class-map FILE.json "
-                        f"({{\"domain\": {{\"folder\": \"class\"}}}}), else remove those folders")
+        raise DataError(
+            f"classes found in one domain only in {root}: {listed}; if other domains name them "
+            f"differently, map the folders onto one label space with --class-map FILE.json "
+            f'({{"domain": {{"folder": "class"}}}}), else remove those folders'
+        )
     index = {c: i for i, c in enumerate(classes)}
-    samples = {d: [(f, index[c]) for c in sorted(folders[d]) for n in folders[d][c]
-                   for f in _scan_class(os.path.join(domain_dirs[d], n))] for d in folders}
-    lacking = [f"{d!r} lacks {', '.join(sorted(set(classes) - set(folders[d])))}" for d in folders
-               if set(classes) - set(folders[d])]
-    notes = [f"not every domain has every class ({'; '.join(lacking)}): each trains on what it has, and its "
-             f"accuracy counts only its own classes"] if lacking else []
+    samples = {
+        d: [
+            (f, index[c])
+            for c in sorted(folders[d])
+            for n in folders[d][c]
+            for f in _scan_class(os.path.join(domain_dirs[d], n))
+        ]
+        for d in folders
+    }
+    lacking = [
+        f"{d!r} lacks {', '.join(sorted(set(classes) - set(folders[d])))}"
+        for d in folders
+        if set(classes) - set(folders[d])
+    ]
+    notes = (
+        [
+            f"not every domain has every class ({'; '.join(lacking)}): each trains on what it has, and its "
+            f"accuracy counts only its own classes"
+        ]
+        if lacking
+        else []
+    )
     return classes, samples, notes
 
 
@@ -127,8 +145,18 @@ class ImageList(Dataset):
 
 
 class FolderDGDataset(DGDataset):
-    def __init__(self, name: str, root: str, domain_dirs: dict[str, str], size: int,
-                 train_tf, eval_tf, augments: bool = True, class_map: dict | None = None, pipeline: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        domain_dirs: dict[str, str],
+        size: int,
+        train_tf,
+        eval_tf,
+        augments: bool = True,
+        class_map: dict | None = None,
+        pipeline: dict | None = None,
+    ):
         classes, samples, self.notes = _scan_domains(root, domain_dirs, class_map)
         super().__init__(name, list(samples), classes, (3, size, size))
         self.pipeline = pipeline or plain_pipeline(size, IMAGENET_MEAN, IMAGENET_STD)
@@ -142,15 +170,31 @@ class FolderDGDataset(DGDataset):
 
 def plain_pipeline(size: int, mean, std) -> dict:
     """What the eval transform of the data sets' own pipeline does (config.json's "input", ONNX metadata)."""
-    return {"size": size, "resize": [size, size], "crop": None, "interpolation": "bilinear", "mean": list(mean),
-            "std": list(std), "channel_order": "RGB", "scale": "pixel / 255, then (x - mean) / std"}
+    return {
+        "size": size,
+        "resize": [size, size],
+        "crop": None,
+        "interpolation": "bilinear",
+        "mean": list(mean),
+        "std": list(std),
+        "channel_order": "RGB",
+        "scale": "pixel / 255, then (x - mean) / std",
+    }
 
 
 def backbone_pipeline(cfg: dict) -> dict:
     """A backbone's pretrained input configuration (models.zoo.input_config) as a pipeline record."""
-    return {"size": cfg["size"], "resize": cfg["resize"], "crop": cfg["size"], "interpolation": cfg["interpolation"],
-            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "channel_order": "RGB",
-            "scale": "pixel / 255, then (x - mean) / std", "source": cfg.get("source")}
+    return {
+        "size": cfg["size"],
+        "resize": cfg["resize"],
+        "crop": cfg["size"],
+        "interpolation": cfg["interpolation"],
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "channel_order": "RGB",
+        "scale": "pixel / 255, then (x - mean) / std",
+        "source": cfg.get("source"),
+    }
 
 
 def backbone_transforms(cfg: dict):
@@ -159,7 +203,8 @@ def backbone_transforms(cfg: dict):
     mode = T.InterpolationMode(cfg["interpolation"])
     normalize = T.Normalize(cfg["mean"], cfg["std"])
     return domainbed_transforms(cfg["size"], normalize, mode)[0], T.Compose(
-        [T.Resize(cfg["resize"], interpolation=mode), T.CenterCrop(cfg["size"]), T.ToTensor(), normalize])
+        [T.Resize(cfg["resize"], interpolation=mode), T.CenterCrop(cfg["size"]), T.ToTensor(), normalize]
+    )
 
 
 def domainbed_transforms(size: int, normalize=None, mode=None):
@@ -167,14 +212,16 @@ def domainbed_transforms(size: int, normalize=None, mode=None):
     interpolation where given."""
     normalize = normalize or T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     mode = mode or T.InterpolationMode.BILINEAR
-    train = T.Compose([
-        T.RandomResizedCrop(size, scale=(0.7, 1.0), interpolation=mode),
-        T.RandomHorizontalFlip(),
-        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
-        T.RandomGrayscale(),
-        T.ToTensor(),
-        normalize,
-    ])
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.7, 1.0), interpolation=mode),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+            T.RandomGrayscale(),
+            T.ToTensor(),
+            normalize,
+        ]
+    )
     return train, T.Compose([T.Resize((size, size)), T.ToTensor(), normalize])
 
 
@@ -206,8 +253,13 @@ def _transforms(size: int, backbone: dict | None) -> dict:
     return dict(size=size, train_tf=train, eval_tf=ev)
 
 
-def build_folder(path: str, image_size: int | None = None, name: str | None = None,
-                 class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
+def build_folder(
+    path: str,
+    image_size: int | None = None,
+    name: str | None = None,
+    class_map: dict | None = None,
+    input_cfg: dict | None = None,
+) -> FolderDGDataset:
     """Any PATH/<domain>/<class>/<image> tree; every visible sub-folder is a domain. `input_cfg`: a backbone's
     pretrained input pipeline (models.zoo.input_config) instead of DomainBed's."""
     root = _require_dir(os.path.abspath(os.path.expanduser(path)), "data set folder")
@@ -216,8 +268,13 @@ def build_folder(path: str, image_size: int | None = None, name: str | None = No
     return FolderDGDataset(name or f"folder:{path}", root, dirs, class_map=class_map, **_transforms(size, input_cfg))
 
 
-def build_domainbed(name: str, data_dir: str | None, image_size: int | None = None,
-                    class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
+def build_domainbed(
+    name: str,
+    data_dir: str | None,
+    image_size: int | None = None,
+    class_map: dict | None = None,
+    input_cfg: dict | None = None,
+) -> FolderDGDataset:
     folder = DOMAINBED_FOLDERS[name]
     base = _need_data_dir(name, data_dir, folder)
     root = os.path.join(base, folder)
@@ -233,12 +290,12 @@ def _known_domains_root(name: str, data_dir: str | None, folder: str, known: tup
         return root
     if any(os.path.isdir(os.path.join(base, d)) for d in known):
         return base
-    raise DataError(f"{root} not found (expected the {name} folder with domains "
-                    f"{', '.join(known)} inside {base})")
+    raise DataError(f"{root} not found (expected the {name} folder with domains {', '.join(known)} inside {base})")
 
 
-def build_office31(data_dir: str | None, image_size: int | None = None,
-                   class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
+def build_office31(
+    data_dir: str | None, image_size: int | None = None, class_map: dict | None = None, input_cfg: dict | None = None
+) -> FolderDGDataset:
     root = _known_domains_root("office31", data_dir, "office31", OFFICE31_DOMAINS)
     size = _check_size(image_size, 224)
     dirs = {}
@@ -253,8 +310,9 @@ def build_office31(data_dir: str | None, image_size: int | None = None,
     return FolderDGDataset("office31", root, dirs, class_map=class_map, **_transforms(size, input_cfg))
 
 
-def build_digits(data_dir: str | None, image_size: int | None = None,
-                 class_map: dict | None = None, input_cfg: dict | None = None) -> FolderDGDataset:
+def build_digits(
+    data_dir: str | None, image_size: int | None = None, class_map: dict | None = None, input_cfg: dict | None = None
+) -> FolderDGDataset:
     root = _known_domains_root("digits", data_dir, "digits", DIGITS_DOMAINS)
     size = _check_size(image_size, 32)
     dirs = {d: os.path.join(root, d) for d in DIGITS_DOMAINS if os.path.isdir(os.path.join(root, d))}

@@ -54,17 +54,24 @@ def build_rotated_mnist(image_size: int | None = None) -> TensorDGDataset:
     images, labels = images[perm], labels[perm]
     tensors = []
     for d, angle in enumerate(ANGLES):
-        x = images[d::len(ANGLES)].float()
+        x = images[d :: len(ANGLES)].float()
         # One batched rotation per domain. Zero padding outside the image is the
         # DomainBed fill=0; rounding keeps the uint8 levels PIL + ToTensor would give
         # (checked: within 1/255 of DomainBed's per-image PIL rotation).
         x = F.rotate(x, angle, interpolation=InterpolationMode.BILINEAR).round().div_(255.0)
         if size != 28:
             x = F.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        tensors.append((x.contiguous(), labels[d::len(ANGLES)].clone()))
+        tensors.append((x.contiguous(), labels[d :: len(ANGLES)].clone()))
     ds = TensorDGDataset(NAME, [str(a) for a in ANGLES], [str(c) for c in range(10)], tensors)
-    ds.pipeline = {"size": size, "resize": None if size == 28 else [size, size], "crop": None,
-                   "interpolation": "bilinear", "mean": [0.0], "std": [1.0], "channel_order": "gray",
-                   "scale": "pixel / 255 (28 x 28 MNIST digits, white on black)"}
+    ds.pipeline = {
+        "size": size,
+        "resize": None if size == 28 else [size, size],
+        "crop": None,
+        "interpolation": "bilinear",
+        "mean": [0.0],
+        "std": [1.0],
+        "channel_order": "gray",
+        "scale": "pixel / 255 (28 x 28 MNIST digits, white on black)",
+    }
     _CACHE[size] = ds
     return ds

@@ -17,7 +17,7 @@ from .base import DGDataset, DomainSplit
 class Splits:
     ds: DGDataset
     domains: list[DomainSplit]  # one per domain, in the data set's order
-    test: int                   # index of the held-out domain
+    test: int  # index of the held-out domain
 
     @property
     def heldout(self) -> DomainSplit:
@@ -43,8 +43,10 @@ class Splits:
     def scored_sets(self, max_samples: int | None = None) -> dict[str, Dataset]:
         """What an export is verified on: "heldout:NAME" (all of it), then "out:NAME" per training domain;
         `max_samples` keeps the first that many of each."""
-        sets = {f"heldout:{self.heldout.name}": self.heldout_data(),
-                **{f"out:{name}": d for name, d in self.validation().items()}}
+        sets = {
+            f"heldout:{self.heldout.name}": self.heldout_data(),
+            **{f"out:{name}": d for name, d in self.validation().items()},
+        }
         if max_samples:
             sets = {k: Subset(v, range(min(len(v), max_samples))) for k, v in sets.items()}
         return sets

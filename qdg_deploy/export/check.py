@@ -44,17 +44,26 @@ def _plain_inputs(g: onnx.GraphProto):
     producer = {o: n for n in g.node for o in n.output}
     for n in g.node:
         if n.op_type in WEIGHTED:
-            yield n, [role for i, role in ((0, "data"), (1, "weight"))
-                      if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) != "DequantizeLinear"]
+            yield (
+                n,
+                [
+                    role
+                    for i, role in ((0, "data"), (1, "weight"))
+                    if i < len(n.input) and getattr(producer.get(n.input[i]), "op_type", None) != "DequantizeLinear"
+                ],
+            )
 
 
 def float_layers(model) -> list[str]:
     """A note per Conv/Gemm/MatMul that TensorRT will run in float: one of its data and weight inputs is not read
     through DequantizeLinear (AlignQ's first conv and classifier, `calibrate --keep-float` layers). Explicit
     quantization runs such a layer in high precision: legal, but not INT8, which is worth knowing."""
-    return [f"{n.op_type} {n.name or n.output[0]!r} runs in float (no DequantizeLinear on its "
-            f"{' and '.join(plain)} input{'s' if len(plain) > 1 else ''})"
-            for n, plain in _plain_inputs(_load(model).graph) if plain]
+    return [
+        f"{n.op_type} {n.name or n.output[0]!r} runs in float (no DequantizeLinear on its "
+        f"{' and '.join(plain)} input{'s' if len(plain) > 1 else ''})"
+        for n, plain in _plain_inputs(_load(model).graph)
+        if plain
+    ]
 
 
 def quantized_layers(model) -> list[tuple[str, str]]:
@@ -110,6 +119,8 @@ def check_tensorrt_rules(model) -> list[str]:
                 while chain is not None and chain.op_type in QDQ:
                     chain = producer.get(chain.input[0])
                 if chain is not None and chain.op_type in WEIGHTED:
-                    out.append(f"BatchNormalization {n.name or n.output[0]!r}: Q/DQ between {chain.op_type} "
-                               f"{chain.name!r} and the BatchNormalization (fold BN first)")
+                    out.append(
+                        f"BatchNormalization {n.name or n.output[0]!r}: Q/DQ between {chain.op_type} "
+                        f"{chain.name!r} and the BatchNormalization (fold BN first)"
+                    )
     return out

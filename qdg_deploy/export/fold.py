@@ -47,11 +47,15 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
         wf = w.double().numpy() * factor.reshape((c,) + (1,) * (w.dim() - 1))
         return FoldedWeight(None, None, wf.astype(np.float32), bias32)
     if wq.zero_point_int() != 0:
-        raise QdgError(f"weight zero point {wq.zero_point_int()} is not supported for export (weights must be symmetric)")
+        raise QdgError(
+            f"weight zero point {wq.zero_point_int()} is not supported for export (weights must be symmetric)"
+        )
     if wq.qmin < -128 or wq.qmax > 127:  # e.g. 8-bit DAQ: codes [-255, 255] (k + 1 signed bits)
-        raise QdgError(f"{type(layer).__name__} weights quantized by {wq.spec.quantizer or 'its quantizer'} at "
-                       f"{wq.spec.bits} bits take codes [{wq.qmin}, {wq.qmax}], more than int8 holds (ONNX Q/DQ "
-                       f"weights are int8): train with --bits {wq.spec.bits - 1} or fewer")
+        raise QdgError(
+            f"{type(layer).__name__} weights quantized by {wq.spec.quantizer or 'its quantizer'} at "
+            f"{wq.spec.bits} bits take codes [{wq.qmin}, {wq.qmax}], more than int8 holds (ONNX Q/DQ "
+            f"weights are int8): train with --bits {wq.spec.bits - 1} or fewer"
+        )
     codes = wq.integer_codes(w).numpy().astype(np.int64)
     scale = weight_scale(layer)
     sign, scales32, zero = fold_scales(scale, factor)
@@ -59,11 +63,12 @@ def fold_layer(layer: nn.Module, bn: nn.BatchNorm2d | None, quantized: bool) -> 
     if zero.any():
         codes[zero] = 0  # gamma == 0: the channel's weights contribute nothing
     if codes.min() < -128 or codes.max() > 127:
-        raise QdgError("a negative BatchNorm gamma flips a -128 weight code to 128, which int8 cannot hold; "
-                       "use a narrow-range weight scheme")
+        raise QdgError(
+            "a negative BatchNorm gamma flips a -128 weight code to 128, which int8 cannot hold; "
+            "use a narrow-range weight scheme"
+        )
     if not (scales32 > 0).all() or not np.isfinite(scales32).all():
         raise QdgError("a folded weight scale is not a positive finite float32")
     # storage bits: the trained bit-width, or more where a quantizer's codes span more (DAQ: k + 1)
     bits = max(wq.spec.bits, int(np.ceil(np.log2(wq.qmax - wq.qmin + 1))))
     return FoldedWeight(codes.astype(np.int8), scales32, None, bias32, bits, bool(zero.any()))
-

@@ -22,9 +22,33 @@ from .check import QDQ
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # elementwise ops TensorRT fuses after a quantized Conv/Gemm (the exact graph's Div/Round/Mul snap, bias, activation)
-POINTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Round", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "Erf",
-                       "Abs", "Neg", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow", "Exp", "HardSigmoid", "HardSwish",
-                       "Identity"})
+POINTWISE = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Round",
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "Sigmoid",
+        "Tanh",
+        "Erf",
+        "Abs",
+        "Neg",
+        "Max",
+        "Min",
+        "Floor",
+        "Ceil",
+        "Sqrt",
+        "Pow",
+        "Exp",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+    }
+)
 FLOAT_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}  # float32 whatever the data type (scales)
 
 
@@ -72,10 +96,13 @@ def locked_nodes(graph: onnx.GraphProto, keep_io: bool = True) -> set[int]:
     """Indices of the nodes that stay float32: the Q/DQ chains (with keep_io, the graph's float32 inputs and
     outputs count as float32 neighbours, so a pass-through op next to them needs no Cast either)."""
     producer, consumers, ops = _links(graph)
-    locked = {i for i, n in enumerate(graph.node)
-              if ops[i] in QDQ
-              or any(ops[producer[t]] == "DequantizeLinear" for t in n.input if t in producer)
-              or any(ops[c] == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))}
+    locked = {
+        i
+        for i, n in enumerate(graph.node)
+        if ops[i] in QDQ
+        or any(ops[producer[t]] == "DequantizeLinear" for t in n.input if t in producer)
+        or any(ops[c] == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
+    }
     locked |= chain_nodes(graph, keep_io)  # the whole fused chain, however many pointwise ops it holds
     boundary = {v.name for v in (*graph.input, *graph.output)} if keep_io else set()
     changed = True
@@ -174,6 +201,11 @@ def convert_float_remainder(model: onnx.ModelProto, keep_io: bool = True) -> tup
     del g.node[:], g.initializer[:], g.value_info[:]
     g.node.extend(new_nodes)
     g.initializer.extend([*kept, *half_inits.values()])
-    summary = {"fp16_nodes": n_before - len(locked), "fp32_nodes": len(locked),
-               "fp16_initializers": len(half_inits), "casts_added": len(new_nodes) - n_before, "io_fp32": keep_io}
+    summary = {
+        "fp16_nodes": n_before - len(locked),
+        "fp32_nodes": len(locked),
+        "fp16_initializers": len(half_inits),
+        "casts_added": len(new_nodes) - n_before,
+        "io_fp32": keep_io,
+    }
     return out, summary

@@ -22,6 +22,7 @@ INPUT, OUTPUT = "input", "logits"
 @dataclass
 class Settings:
     """What the export was asked for (lower_to_onnx's arguments, defaults resolved)."""
+
     target: str  # "ort" | "tensorrt"
     opset: int
     fp32: bool  # the float network: quantizers not written
@@ -102,17 +103,27 @@ class GraphBuilder:
         return self.names[a.name]
 
     def probe(self, kind: str, layer: str, tensor: str, fx: str | None = None) -> None:
-        self.probes.append({"kind": kind, "layer": layer, "tensor": tensor} if fx is None else
-                           {"kind": kind, "layer": layer, "fx": fx, "tensor": tensor})
+        self.probes.append(
+            {"kind": kind, "layer": layer, "tensor": tensor}
+            if fx is None
+            else {"kind": kind, "layer": layer, "fx": fx, "tensor": tensor}
+        )
 
     def model(self, input_shape, out_shape, dynamic_batch: bool) -> onnx.ModelProto:
         batch = "batch" if dynamic_batch else 1
-        graph = helper.make_graph(breadth_first(self.nodes, {t.name for t in self.inits}), "qdg_deploy",
-                                  [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *input_shape])],
-                                  [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, *out_shape])],
-                                  self.inits)
+        graph = helper.make_graph(
+            breadth_first(self.nodes, {t.name for t in self.inits}),
+            "qdg_deploy",
+            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *input_shape])],
+            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, *out_shape])],
+            self.inits,
+        )
         opsets = [helper.make_opsetid("", self.settings.opset)]
-        proto = helper.make_model(graph, opset_imports=opsets, producer_name="qdg-deploy",
-                                  ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+        proto = helper.make_model(
+            graph,
+            opset_imports=opsets,
+            producer_name="qdg-deploy",
+            ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True),
+        )
         onnx.checker.check_model(proto, full_check=True)
         return proto

@@ -43,17 +43,26 @@ def daq_act_qdq(w, x: str, layer: str, aq) -> tuple[str, ActRecord]:
         zp_val, zp = 0, np.int8(0)
         typ = "int8"
     if n > 127:
-        raise QdgError(f"{layer}: {aq.spec.bits}-bit DAQ codes span [-{n}, {n}], wider than 8 bits; "
-                       "export supports DAQ up to 7 bits")
+        raise QdgError(
+            f"{layer}: {aq.spec.bits}-bit DAQ codes span [-{n}, {n}], wider than 8 bits; "
+            "export supports DAQ up to 7 bits"
+        )
     sc, zpn = w.const(f"{q}.scale", step), w.const(f"{q}.zero_point", zp)
     qn = w.add("QuantizeLinear", [y, sc, zpn], f"{q}.q")
     dq = w.add("DequantizeLinear", [qn, sc, zpn], f"{q}.dq")
     w.probe("act", layer, dq)
-    rec = ActRecord(bits=aq.spec.bits, trained_range=[-n, n], trained_zero_point=0, scale=float(step), type=typ,
-                    zero_point=zp_val,
-                    # Q/DQ reproduces the codes exactly, but ORT's Erf and torch's erf may differ in the last bit,
-                    # so an input within an ulp of a bin edge can take the neighbouring code.
-                    exact=False, inexact_because="Erf last-bit differences at DAQ bin edges",
-                    transform=f"daq: Erf normal CDF, round to {n} steps, odd codes 2r-{n} (k+1 = "
-                              f"{aq.spec.bits + 1} signed bits), range {aq.range_value():g}")
+    rec = ActRecord(
+        bits=aq.spec.bits,
+        trained_range=[-n, n],
+        trained_zero_point=0,
+        scale=float(step),
+        type=typ,
+        zero_point=zp_val,
+        # Q/DQ reproduces the codes exactly, but ORT's Erf and torch's erf may differ in the last bit,
+        # so an input within an ulp of a bin edge can take the neighbouring code.
+        exact=False,
+        inexact_because="Erf last-bit differences at DAQ bin edges",
+        transform=f"daq: Erf normal CDF, round to {n} steps, odd codes 2r-{n} (k+1 = "
+        f"{aq.spec.bits + 1} signed bits), range {aq.range_value():g}",
+    )
     return dq, rec

@@ -28,13 +28,17 @@ from .lower_qdq import act_qdq_shared, weight_dq
 from .records import Bias, LayerRecord, Lowered
 
 
-def lower_layer(g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.fx.Node | None,
-                bn: nn.BatchNorm2d | None) -> LayerRecord | None:
+def lower_layer(
+    g: GraphBuilder, n: torch.fx.Node, m: nn.Module, bn_node: torch.fx.Node | None, bn: nn.BatchNorm2d | None
+) -> LayerRecord | None:
     """Write the layer (and the BatchNorm `bn` it folds); returns its record, None for a float layer."""
     name = n.target
     quant = not g.settings.fp32 and isinstance(m, (QConv2d, QLinear))
-    rec = LayerRecord(layer=name, op="Conv" if isinstance(m, nn.Conv2d) else "Gemm",
-                      bn_folded=bn_node.target if bn_node is not None else None)
+    rec = LayerRecord(
+        layer=name,
+        op="Conv" if isinstance(m, nn.Conv2d) else "Gemm",
+        bn_folded=bn_node.target if bn_node is not None else None,
+    )
     x = g.arg(n.args[0])
     aq = m.act_quant if quant else None
     if aq is not None:
@@ -113,7 +117,15 @@ def op(g: GraphBuilder, m: nn.Module, name: str, ins: list[str], rec: LayerRecor
             raise QdgError(f"{name}: only zero padding given as numbers can be exported")
         ph, pw = m.padding
         rec.op_node = f"{name}.conv"
-        return g.add("Conv", ins, rec.op_node, kernel_shape=list(m.kernel_size), strides=list(m.stride),
-                     pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+        return g.add(
+            "Conv",
+            ins,
+            rec.op_node,
+            kernel_shape=list(m.kernel_size),
+            strides=list(m.stride),
+            pads=[ph, pw, ph, pw],
+            dilations=list(m.dilation),
+            group=m.groups,
+        )
     rec.op_node = f"{name}.gemm"
     return g.add("Gemm", ins, rec.op_node, transB=1)

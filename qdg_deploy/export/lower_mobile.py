@@ -32,9 +32,19 @@ except ImportError:  # pragma: no cover - torchvision is a dependency
 
 _ACTS = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU)
 MODULES = (*_ACTS, nn.Dropout2d, nn.AlphaDropout)
-FUNCTIONS = {operator.mul: "mul", torch.mul: "torch.mul", torch.cat: "torch.cat", F.relu6: "relu6",
-             F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu", torch.sigmoid: "sigmoid",
-             F.sigmoid: "sigmoid", F.dropout: "dropout", F.adaptive_avg_pool2d: "adaptive_avg_pool2d"}
+FUNCTIONS = {
+    operator.mul: "mul",
+    torch.mul: "torch.mul",
+    torch.cat: "torch.cat",
+    F.relu6: "relu6",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    F.silu: "silu",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    F.dropout: "dropout",
+    F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
+}
 if stochastic_depth is not None:
     FUNCTIONS[stochastic_depth] = "stochastic_depth"
 METHODS = ("mean", "sigmoid", "mul")
@@ -57,10 +67,16 @@ def activation(g: GraphBuilder, x: str, p: str, kind: str, exact: bool) -> str:
         return g.add("Clip", [x, _f32(g, p, 0.0), _f32(g, p, 6.0)], g.uid(p))
     if kind in ("hardswish", "hardsigmoid"):
         if not exact and (kind == "hardsigmoid" or g.settings.opset >= 14):
-            return (g.add("HardSwish", [x], g.uid(p)) if kind == "hardswish" else
-                    g.add("HardSigmoid", [x], g.uid(p), alpha=1.0 / 6, beta=0.5))
-        c = g.add("Clip", [g.add("Add", [x, _f32(g, p, 3.0)], g.uid(f"{p}.add3")), _f32(g, p, 0.0), _f32(g, p, 6.0)],
-                  g.uid(f"{p}.clip"))
+            return (
+                g.add("HardSwish", [x], g.uid(p))
+                if kind == "hardswish"
+                else g.add("HardSigmoid", [x], g.uid(p), alpha=1.0 / 6, beta=0.5)
+            )
+        c = g.add(
+            "Clip",
+            [g.add("Add", [x, _f32(g, p, 3.0)], g.uid(f"{p}.add3")), _f32(g, p, 0.0), _f32(g, p, 6.0)],
+            g.uid(f"{p}.clip"),
+        )
         if kind == "hardswish":
             c = g.add("Mul", [x, c], g.uid(f"{p}.mul"))
         return g.add("Div", [c, _f32(g, p, 6.0)], g.uid(p))
@@ -74,9 +90,20 @@ def activation(g: GraphBuilder, x: str, p: str, kind: str, exact: bool) -> str:
     return g.add("Cast", [s], g.uid(p), to=TensorProto.FLOAT)
 
 
-_KIND = ((nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"),
-         (nn.SiLU, "silu"))
-_EXACT = (activations.ExactHardswish, activations.ExactHardsigmoid, activations.ExactSigmoid, activations.ExactSiLU, nn.ReLU6)
+_KIND = (
+    (nn.ReLU6, "relu6"),
+    (nn.Hardswish, "hardswish"),
+    (nn.Hardsigmoid, "hardsigmoid"),
+    (nn.Sigmoid, "sigmoid"),
+    (nn.SiLU, "silu"),
+)
+_EXACT = (
+    activations.ExactHardswish,
+    activations.ExactHardsigmoid,
+    activations.ExactSigmoid,
+    activations.ExactSiLU,
+    nn.ReLU6,
+)
 
 
 def module(g: GraphBuilder, m: nn.Module, x: str, p: str) -> str | None:
@@ -121,8 +148,14 @@ def function(g: GraphBuilder, n: torch.fx.Node) -> str | None:
         if size not in (1, (1, 1), [1, 1]):
             raise QdgError(f"cannot export adaptive_avg_pool2d to {size} (fx node {n.name}): only global pooling")
         return g.add("GlobalAveragePool", [g.arg(n.args[0])], g.uid(n.name))
-    kind = {F.relu6: "relu6", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu",
-            torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}[f]
+    kind = {
+        F.relu6: "relu6",
+        F.hardswish: "hardswish",
+        F.hardsigmoid: "hardsigmoid",
+        F.silu: "silu",
+        torch.sigmoid: "sigmoid",
+        F.sigmoid: "sigmoid",
+    }[f]
     return activation(g, g.arg(n.args[0]), n.name, kind, exact=False)
 
 
@@ -134,7 +167,12 @@ def _mul(g: GraphBuilder, n: torch.fx.Node, a, b) -> str:
 
 def method(g: GraphBuilder, n: torch.fx.Node) -> str | None:
     """The output of a mobile-CNN tensor method, or None for a method this file does not lower."""
-    if n.target == "flatten" and not n.args[1:] and n.kwargs.get("start_dim") == 1 and n.kwargs.get("end_dim", -1) == -1:
+    if (
+        n.target == "flatten"
+        and not n.args[1:]
+        and n.kwargs.get("start_dim") == 1
+        and n.kwargs.get("end_dim", -1) == -1
+    ):
         return g.add("Flatten", [g.arg(n.args[0])], g.uid(n.name), axis=1)  # x.flatten(start_dim=1) (RegNet)
     if n.target == "sigmoid":
         return activation(g, g.arg(n.args[0]), n.name, "sigmoid", exact=False)
@@ -146,6 +184,7 @@ def method(g: GraphBuilder, n: torch.fx.Node) -> str | None:
         if dims is None or sorted(d % 4 for d in _dims(dims)) != [2, 3]:
             raise QdgError(f"cannot export .mean over {dims} (fx node {n.name}): only the spatial mean (2, 3)")
         axes = reduce_axes(g, n.name)
-        return g.add("ReduceMean", [g.arg(n.args[0]), *axes["inputs"]], g.uid(n.name), keepdims=int(bool(keep)),
-                     **axes["attrs"])
+        return g.add(
+            "ReduceMean", [g.arg(n.args[0]), *axes["inputs"]], g.uid(n.name), keepdims=int(bool(keep)), **axes["attrs"]
+        )
     return None

@@ -20,11 +20,18 @@ def reduce_axes(g: GraphBuilder, p: str) -> dict:
 def batch_norm(g: GraphBuilder, x: str, p: str, m: nn.BatchNorm2d) -> str | None:
     if not m.num_features:
         return None
-    return g.add("BatchNormalization", [x, g.const(f"{p}.weight", m.weight.detach().numpy()),
-                                        g.const(f"{p}.bias", m.bias.detach().numpy()),
-                                        g.const(f"{p}.mean", m.running_mean.numpy()),
-                                        g.const(f"{p}.var", m.running_var.numpy())],
-                 g.uid(p), epsilon=float(m.eps))
+    return g.add(
+        "BatchNormalization",
+        [
+            x,
+            g.const(f"{p}.weight", m.weight.detach().numpy()),
+            g.const(f"{p}.bias", m.bias.detach().numpy()),
+            g.const(f"{p}.mean", m.running_mean.numpy()),
+            g.const(f"{p}.var", m.running_var.numpy()),
+        ],
+        g.uid(p),
+        epsilon=float(m.eps),
+    )
 
 
 def group_norm(g: GraphBuilder, n: torch.fx.Node, m: nn.GroupNorm, float64: bool = True) -> str:
@@ -33,8 +40,7 @@ def group_norm(g: GraphBuilder, n: torch.fx.Node, m: nn.GroupNorm, float64: bool
     float64=False (a lean graph): the same ops all in float32, as any exporter writes them (not bit-exact)."""
     x, p = g.arg(n.args[0]), n.target
     grp, c = m.num_groups, m.num_channels
-    xr = g.add("Reshape", [x, g.const(f"{p}.groups_shape", np.array([0, grp, c // grp, -1], np.int64))],
-               f"{p}.reshape")
+    xr = g.add("Reshape", [x, g.const(f"{p}.groups_shape", np.array([0, grp, c // grp, -1], np.int64))], f"{p}.reshape")
     mean, var = _moments(g, xr, p, float64)
     # 1/sqrt(var + eps) in float64 too: ORT's float Sqrt is not correctly rounded (a fast approximation),
     # its double one is; one cast to float32 at the end then gives the same value in both runtimes
@@ -47,8 +53,11 @@ def group_norm(g: GraphBuilder, n: torch.fx.Node, m: nn.GroupNorm, float64: bool
     gamma = m.weight.detach().numpy() if m.affine else np.ones(c, np.float32)
     beta = m.bias.detach().numpy() if m.affine else np.zeros(c, np.float32)
     scale = g.add("Mul", [rstd, g.const(f"{p}.weight", gamma.reshape(grp, c // grp, 1))], f"{p}.scale")
-    shift = g.add("Sub", [g.const(f"{p}.bias", beta.reshape(grp, c // grp, 1)),
-                          g.add("Mul", [mean, scale], f"{p}.mean_scale")], f"{p}.shift")
+    shift = g.add(
+        "Sub",
+        [g.const(f"{p}.bias", beta.reshape(grp, c // grp, 1)), g.add("Mul", [mean, scale], f"{p}.mean_scale")],
+        f"{p}.shift",
+    )
     y = g.add("Add", [g.add("Mul", [xr, scale], f"{p}.mul"), shift], f"{p}.add")
     return g.add("Reshape", [y, g.add("Shape", [x], f"{p}.shape")], f"{p}.unshape")
 
@@ -59,6 +68,7 @@ def _moments(g: GraphBuilder, xr: str, p: str, float64: bool) -> tuple[str, str]
     xd = g.add("Cast", [xr], f"{p}.to_double", to=TensorProto.DOUBLE) if float64 else xr
     mean = g.add("ReduceMean", [xd, *axes["inputs"]], f"{p}.mean", keepdims=1, **axes["attrs"])
     d = g.add("Sub", [xd, mean], f"{p}.centered")
-    var = g.add("ReduceMean", [g.add("Mul", [d, d], f"{p}.sq"), *axes["inputs"]], f"{p}.var", keepdims=1,
-                **axes["attrs"])
+    var = g.add(
+        "ReduceMean", [g.add("Mul", [d, d], f"{p}.sq"), *axes["inputs"]], f"{p}.var", keepdims=1, **axes["attrs"]
+    )
     return mean, var

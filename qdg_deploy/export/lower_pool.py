@@ -20,8 +20,9 @@ def max_pool(g: GraphBuilder, x: str, p: str, m: nn.MaxPool2d, pre_quant) -> str
     if pre_quant is not None:
         x, _ = act_qdq(g, x, f"{p}.pre", pre_quant, probe=False)
     k, s, pd, d = (pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
-    return g.add("MaxPool", [x], g.uid(p), kernel_shape=k, strides=s, pads=pd + pd, dilations=d,
-                 ceil_mode=int(m.ceil_mode))
+    return g.add(
+        "MaxPool", [x], g.uid(p), kernel_shape=k, strides=s, pads=pd + pd, dilations=d, ceil_mode=int(m.ceil_mode)
+    )
 
 
 def global_avg_pool(g: GraphBuilder, x: str, p: str, float64: bool, post_quant=None) -> str:

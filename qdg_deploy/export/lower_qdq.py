@@ -36,14 +36,17 @@ def act_qdq(g: GraphBuilder, x: str, layer: str, aq: Quantizer, probe: bool = Tr
     if aq.transform == "daq":  # AlignQ: Erf-based CDF transform ahead of the Q/DQ
         return daq_act_qdq(g, x, layer, aq)
     if not aq.qdq_activations:
-        raise QdgError(f"{layer}: {aq.spec.quantizer} activations have non-uniform levels that "
-                       "QuantizeLinear/DequantizeLinear cannot express; train with --quantizer lsq, "
-                       "dorefa or uniform (or --act-bits 0) to export")
+        raise QdgError(
+            f"{layer}: {aq.spec.quantizer} activations have non-uniform levels that "
+            "QuantizeLinear/DequantizeLinear cannot express; train with --quantizer lsq, "
+            "dorefa or uniform (or --act-bits 0) to export"
+        )
     s = np.float32(aq.scale().reshape(-1)[0].item())
     if aq.scale().numel() != 1:
         raise QdgError(f"{layer}: per-channel activation quantization cannot be exported")
-    rec = ActRecord(bits=aq.spec.bits, trained_range=[aq.qmin, aq.qmax], trained_zero_point=aq.zero_point_int(),
-                    scale=float(s))
+    rec = ActRecord(
+        bits=aq.spec.bits, trained_range=[aq.qmin, aq.qmax], trained_zero_point=aq.zero_point_int(), scale=float(s)
+    )
     lower = _uint8_qdq if g.target == "ort" else _int8_qdq
     q, sc, zpn = lower(g, x, f"{layer}.act", aq, s, rec)
     dq = g.add("DequantizeLinear", [q, sc, zpn], f"{layer}.act.dq")
@@ -59,8 +62,11 @@ def _uint8_qdq(g: GraphBuilder, x: str, p: str, aq: Quantizer, s: np.float32, re
     sc, zpn = g.const(f"{p}.scale", s), g.const(f"{p}.zero_point", np.uint8(zp))
     q = g.add("QuantizeLinear", [x, sc, zpn], f"{p}.q")
     if (lo, hi) != (0, 255):
-        q = g.add("Clip", [q, g.const(f"{p}.code_min", np.uint8(lo)), g.const(f"{p}.code_max", np.uint8(hi))],
-                  f"{p}.code_clip")
+        q = g.add(
+            "Clip",
+            [q, g.const(f"{p}.code_min", np.uint8(lo)), g.const(f"{p}.code_max", np.uint8(hi))],
+            f"{p}.code_clip",
+        )
         rec.clip = f"uint8 codes clipped to [{lo}, {hi}] between Q and DQ"
     rec.type, rec.zero_point, rec.exact = "uint8", zp, True
     return q, sc, zpn
@@ -77,8 +83,9 @@ def _int8_qdq(g: GraphBuilder, x: str, p: str, aq: Quantizer, s: np.float32, rec
         s2 = np.float32(max(abs(lo_f), abs(hi_f)) / 127.0)
         rec.requantized = f"zero point {z}, range [{qmin}, {qmax}] -> int8 symmetric, scale {float(s2):.6g}"
     if not exact or (qmin, qmax) != (-128, 127):
-        x = g.add("Clip", [x, g.const(f"{p}.min", np.float32(lo_f)), g.const(f"{p}.max", np.float32(hi_f))],
-                  f"{p}.clip")
+        x = g.add(
+            "Clip", [x, g.const(f"{p}.min", np.float32(lo_f)), g.const(f"{p}.max", np.float32(hi_f))], f"{p}.clip"
+        )
         rec.clip = f"float Clip to [{float(lo_f):.6g}, {float(hi_f):.6g}] before Q"
     sc, zpn = g.const(f"{p}.scale", s2), g.const(f"{p}.zero_point", np.int8(0))
     q = g.add("QuantizeLinear", [x, sc, zpn], f"{p}.q")
@@ -104,6 +111,13 @@ def weight_dq(g: GraphBuilder, name: str, fw: FoldedWeight, weight_only: bool = 
         scales = fw.scales.reshape((-1,) + (1,) * (fw.codes.ndim - 1))
         w = g.add("Cast", [codes], f"{name}.weight_cast", to=TensorProto.FLOAT)
         return g.add("Mul", [w, g.const(f"{name}.weight_scale", scales)], f"{name}.weight_dq")
-    return g.add("DequantizeLinear", [codes, g.const(f"{name}.weight_scale", fw.scales),
-                                      g.const(f"{name}.weight_zero_point", np.zeros(len(fw.scales), np.int8))],
-                 f"{name}.weight_dq", axis=0)
+    return g.add(
+        "DequantizeLinear",
+        [
+            codes,
+            g.const(f"{name}.weight_scale", fw.scales),
+            g.const(f"{name}.weight_zero_point", np.zeros(len(fw.scales), np.int8)),
+        ],
+        f"{name}.weight_dq",
+        axis=0,
+    )

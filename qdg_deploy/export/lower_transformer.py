@@ -48,6 +48,7 @@ def _timm_funcs() -> dict:
 def extra_functions() -> set:
     """Functions the lowering knows beyond export/supported.py's FUNCTIONS (timm's mask helpers, fx's asserts)."""
     import torch.fx._symbolic_trace as st
+
     return set(_timm_funcs()) | {f for f in (getattr(st, "_assert_is_none", None),) if f is not None}
 
 
@@ -66,8 +67,13 @@ class Context:
             out = []
             for b in (2, 3):
                 ShapeProp(self.gm).propagate(torch.zeros(b, *self.input_shape))
-                out.append({n.name: list(n.meta["tensor_meta"].shape) for n in self.gm.graph.nodes
-                            if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)})
+                out.append(
+                    {
+                        n.name: list(n.meta["tensor_meta"].shape)
+                        for n in self.gm.graph.nodes
+                        if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
+                    }
+                )
             self._shapes = (out[0], out[1])
         return self._shapes
 
@@ -257,8 +263,10 @@ def method(low, n: torch.fx.Node):
 def _binary(low, n: torch.fx.Node, op: str) -> str:
     g = low.g
     a, b = n.args[0], n.args[1]
-    ins = [g.arg(v) if isinstance(v, torch.fx.Node) else _f32(g, f"{n.name}.c", v) if _is_float_scalar(v) else None
-           for v in (a, b)]
+    ins = [
+        g.arg(v) if isinstance(v, torch.fx.Node) else _f32(g, f"{n.name}.c", v) if _is_float_scalar(v) else None
+        for v in (a, b)
+    ]
     if None in ins:
         raise QdgError(f"cannot export {op} of {a!r} and {b!r} (fx node {n.name})")
     return g.add(op, ins, g.uid(n.name))
@@ -275,15 +283,23 @@ def _getitem(low, n: torch.fx.Node):
     if not isinstance(v, torch.fx.Node):
         raise QdgError(f"cannot export indexing of {v!r} (fx node {n.name})")
     y, axis = g.arg(src), 0
-    for item in (idx if isinstance(idx, tuple) else (idx,)):
+    for item in idx if isinstance(idx, tuple) else (idx,):
         if isinstance(item, slice):
             if item != slice(None):
                 if item.step not in (None, 1):
                     raise QdgError(f"cannot export a strided slice (fx node {n.name})")
                 lo = item.start or 0
                 hi = item.stop if item.stop is not None else np.iinfo(np.int64).max
-                y = g.add("Slice", [y, _i64(g, f"{n.name}.starts", [lo]), _i64(g, f"{n.name}.ends", [hi]),
-                                    _i64(g, f"{n.name}.axes", [axis])], g.uid(n.name))
+                y = g.add(
+                    "Slice",
+                    [
+                        y,
+                        _i64(g, f"{n.name}.starts", [lo]),
+                        _i64(g, f"{n.name}.ends", [hi]),
+                        _i64(g, f"{n.name}.axes", [axis]),
+                    ],
+                    g.uid(n.name),
+                )
             axis += 1
         elif isinstance(item, int):
             y = g.add("Gather", [y, g.const(g.uid(f"{n.name}.index"), np.int64(item))], g.uid(n.name), axis=axis)
@@ -341,8 +357,9 @@ def layer_norm_module(g: GraphBuilder, x: str, p: str, m: nn.LayerNorm) -> str:
         raise QdgError(f"LayerNorm needs --opset 17 or newer (LayerNormalization); got {g.settings.opset}")
     shape = list(m.normalized_shape)
     w = m.weight.detach().numpy() if m.weight is not None else np.ones(shape, np.float32)
-    ins = [x, g.const(f"{p}.weight", w)] + ([g.const(f"{p}.bias", m.bias.detach().numpy())] if m.bias is not None
-                                            else [])
+    ins = [x, g.const(f"{p}.weight", w)] + (
+        [g.const(f"{p}.bias", m.bias.detach().numpy())] if m.bias is not None else []
+    )
     return g.add("LayerNormalization", ins, g.uid(p), axis=-len(shape), epsilon=float(m.eps))
 
 
@@ -389,8 +406,11 @@ def module(low, n: torch.fx.Node, m: nn.Module):
         y = layer_norm64(g, x, n.target, m) if exact else layer_norm_module(g, x, n.target, m)
         return g.add("Transpose", [y], g.uid(f"{n.target}.to_first"), perm=[0, 3, 1, 2]) if m.channels_first else y
     if isinstance(m, ExactGELU):
-        return gelu64(g, g.arg(n.args[0]), n.target, m.approximate) if exact else \
-            gelu(g, g.arg(n.args[0]), n.target, m.approximate)
+        return (
+            gelu64(g, g.arg(n.args[0]), n.target, m.approximate)
+            if exact
+            else gelu(g, g.arg(n.args[0]), n.target, m.approximate)
+        )
     if isinstance(m, nn.GELU):
         return gelu(g, g.arg(n.args[0]), n.target, m.approximate)
     if isinstance(m, nn.LayerNorm):
@@ -416,8 +436,11 @@ def layer_norm64(g: GraphBuilder, x: str, p: str, m: nn.LayerNorm) -> str:
 
     c = g.add("Sub", [d, mean(d, "mean")], g.uid(f"{p}.centered"))
     var = mean(g.add("Mul", [c, c], g.uid(f"{p}.sq")), "var")
-    y = g.add("Div", [c, g.add("Sqrt", [g.add("Add", [var, _d(g, f"{p}.eps", m.eps)], g.uid(p))], g.uid(p))],
-              g.uid(f"{p}.normed"))
+    y = g.add(
+        "Div",
+        [c, g.add("Sqrt", [g.add("Add", [var, _d(g, f"{p}.eps", m.eps)], g.uid(p))], g.uid(p))],
+        g.uid(f"{p}.normed"),
+    )
     if m.weight is not None:
         y = g.add("Mul", [y, _d(g, f"{p}.weight", m.weight.detach().double().numpy())], g.uid(p))
     if m.bias is not None:
@@ -430,23 +453,36 @@ def gelu64(g: GraphBuilder, x: str, p: str, approximate: str) -> str:
     d = g.add("Cast", [x], g.uid(f"{p}.to_double"), to=TensorProto.DOUBLE)
     if approximate == "tanh":
         cube = g.add("Mul", [g.add("Mul", [_d(g, f"{p}.k", 0.044715), d], g.uid(p)), d], g.uid(p))
-        inner = g.add("Mul", [g.add("Add", [d, g.add("Mul", [cube, d], g.uid(p))], g.uid(p)),
-                              _d(g, f"{p}.c", math.sqrt(2 / math.pi))], g.uid(p))
+        inner = g.add(
+            "Mul",
+            [g.add("Add", [d, g.add("Mul", [cube, d], g.uid(p))], g.uid(p)), _d(g, f"{p}.c", math.sqrt(2 / math.pi))],
+            g.uid(p),
+        )
         t = g.add("Tanh", [inner], g.uid(p))
     else:
         z = g.add("Mul", [d, _d(g, f"{p}.rsqrt2", 1 / math.sqrt(2))], g.uid(p))
         a = g.add("Abs", [z], g.uid(p))
-        tt = g.add("Div", [_d(g, f"{p}.one", 1.0), g.add("Add", [_d(g, f"{p}.one", 1.0), g.add(
-            "Mul", [_d(g, f"{p}.p", ERF_P), a], g.uid(p))], g.uid(p))], g.uid(f"{p}.t"))
+        tt = g.add(
+            "Div",
+            [
+                _d(g, f"{p}.one", 1.0),
+                g.add("Add", [_d(g, f"{p}.one", 1.0), g.add("Mul", [_d(g, f"{p}.p", ERF_P), a], g.uid(p))], g.uid(p)),
+            ],
+            g.uid(f"{p}.t"),
+        )
         poly = _d(g, f"{p}.a5", ERF_A[4])
         for i, c in zip((4, 3, 2, 1), ERF_A[3::-1]):
             poly = g.add("Add", [g.add("Mul", [poly, tt], g.uid(p)), _d(g, f"{p}.a{i}", c)], g.uid(p))
         e = g.add("Exp", [g.add("Neg", [g.add("Mul", [a, a], g.uid(p))], g.uid(p))], g.uid(p))
-        one_minus = g.add("Sub", [_d(g, f"{p}.one", 1.0), g.add("Mul", [g.add("Mul", [poly, tt], g.uid(p)), e],
-                                                               g.uid(p))], g.uid(p))
+        one_minus = g.add(
+            "Sub", [_d(g, f"{p}.one", 1.0), g.add("Mul", [g.add("Mul", [poly, tt], g.uid(p)), e], g.uid(p))], g.uid(p)
+        )
         t = g.add("Mul", [g.add("Sign", [z], g.uid(p)), one_minus], g.uid(f"{p}.erf"))
-    y = g.add("Mul", [g.add("Mul", [_d(g, f"{p}.half", 0.5), d], g.uid(p)),
-                      g.add("Add", [_d(g, f"{p}.one", 1.0), t], g.uid(p))], g.uid(p))
+    y = g.add(
+        "Mul",
+        [g.add("Mul", [_d(g, f"{p}.half", 0.5), d], g.uid(p)), g.add("Add", [_d(g, f"{p}.one", 1.0), t], g.uid(p))],
+        g.uid(p),
+    )
     return g.add("Cast", [y], g.uid(f"{p}.gelu"), to=TensorProto.FLOAT)
 
 

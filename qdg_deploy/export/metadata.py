@@ -27,8 +27,13 @@ DATA_KEYS = ("dataset", "data_dir", "seed", "holdout_fraction", "image_size", "c
 
 
 def base_metadata(input_shape, target: str, fmt: str) -> dict[str, str]:
-    return {"toolkit": "qdg-deploy", "toolkit_version": __version__, "input_size": json.dumps(list(input_shape)),
-            "target": target, "format": fmt}
+    return {
+        "toolkit": "qdg-deploy",
+        "toolkit_version": __version__,
+        "input_size": json.dumps(list(input_shape)),
+        "target": target,
+        "format": fmt,
+    }
 
 
 def default_pipeline(dataset: str, size: int) -> dict:
@@ -37,8 +42,14 @@ def default_pipeline(dataset: str, size: int) -> dict:
         return {"size": size, "mean": [0.0], "std": [1.0], "channel_order": "gray"}
     if dataset == "digits":
         return {"size": size, "resize": [size, size], "mean": [0.5] * 3, "std": [0.5] * 3, "channel_order": "RGB"}
-    return {"size": size, "resize": [size, size], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
+    return {
+        "size": size,
+        "resize": [size, size],
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "channel_order": "RGB",
+    }
 
 
 def run_metadata(config: dict, report: dict) -> dict[str, str]:
@@ -48,12 +59,20 @@ def run_metadata(config: dict, report: dict) -> dict[str, str]:
     pipeline = config.get("input") or default_pipeline(config.get("dataset", ""), shape[-1])
     domains = config.get("domains") or []
     test = config.get("test_env_index")
-    meta = {"classes": json.dumps(config.get("classes") or []), "domains": json.dumps(domains),
-            "dataset": str(config.get("dataset")), "channel_order": pipeline.get("channel_order", "RGB"),
-            "mean": json.dumps(pipeline.get("mean")), "std": json.dumps(pipeline.get("std")),
-            "input": json.dumps(pipeline), "arch": str(config["model"].get("arch")),
-            "method": str(config.get("hparams", {}).get("method")), "scheme": str(report.get("scheme")),
-            "bits": str(report.get("bits")), "act_bits": str(report.get("act_bits"))}
+    meta = {
+        "classes": json.dumps(config.get("classes") or []),
+        "domains": json.dumps(domains),
+        "dataset": str(config.get("dataset")),
+        "channel_order": pipeline.get("channel_order", "RGB"),
+        "mean": json.dumps(pipeline.get("mean")),
+        "std": json.dumps(pipeline.get("std")),
+        "input": json.dumps(pipeline),
+        "arch": str(config["model"].get("arch")),
+        "method": str(config.get("hparams", {}).get("method")),
+        "scheme": str(report.get("scheme")),
+        "bits": str(report.get("bits")),
+        "act_bits": str(report.get("act_bits")),
+    }
     if isinstance(test, int) and 0 <= test < len(domains):
         meta["test_env"] = domains[test]
     hp = config.get("hparams", {})
@@ -69,11 +88,19 @@ def config_from_metadata(meta: dict) -> dict | None:
         return None
     hp = {k: data.get(k) for k in DATA_KEYS}
     scheme = meta.get("scheme")
-    return {"hparams": {**hp, "method": meta.get("method")}, "dataset": data["dataset"],
-            "test_env_index": data.get("test_env_index"), "classes": meta.get("classes"),
-            "domains": meta.get("domains"), "from_metadata": True,
-            "model": {"arch": meta.get("arch"), "input_shape": meta["input_size"],
-                      "scheme": None if scheme in (None, "None") else scheme}}
+    return {
+        "hparams": {**hp, "method": meta.get("method")},
+        "dataset": data["dataset"],
+        "test_env_index": data.get("test_env_index"),
+        "classes": meta.get("classes"),
+        "domains": meta.get("domains"),
+        "from_metadata": True,
+        "model": {
+            "arch": meta.get("arch"),
+            "input_shape": meta["input_size"],
+            "scheme": None if scheme in (None, "None") else scheme,
+        },
+    }
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
@@ -86,8 +113,11 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProt
 
 def read_metadata(path_or_proto) -> dict:
     """An ONNX file's (or proto's) metadata_props as a dict, the JSON-valued keys decoded; {} where it has none."""
-    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
-        str(path_or_proto), load_external_data=False)
+    proto = (
+        path_or_proto
+        if isinstance(path_or_proto, onnx.ModelProto)
+        else onnx.load(str(path_or_proto), load_external_data=False)
+    )
     out = {}
     for p in proto.metadata_props:
         value = p.value

@@ -39,6 +39,7 @@ MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 @dataclass
 class LoweredGraph:
     """The ONNX model and what each lowering step wrote."""
+
     proto: onnx.ModelProto
     settings: Settings
     dynamic_batch: bool
@@ -51,11 +52,19 @@ class LoweredGraph:
     def info(self) -> dict:
         """the lowering's info dict (JSON-ready records, probes, code bit-widths)."""
         s = self.settings
-        return {"target": s.target, "graph": s.graph, "opset": s.opset, "dynamic_batch": self.dynamic_batch, "fp32": s.fp32,
-                "int_bias": s.int_bias, "layers": [r.as_json() for r in self.layers],
-                "residual_qdq": [r.as_json() for r in self.residual_qdq],
-                "residual_quantizers": [r.as_json() for r in self.residual_quantizers], "probes": self.probes,
-                "weight_bits": self.weight_bits}
+        return {
+            "target": s.target,
+            "graph": s.graph,
+            "opset": s.opset,
+            "dynamic_batch": self.dynamic_batch,
+            "fp32": s.fp32,
+            "int_bias": s.int_bias,
+            "layers": [r.as_json() for r in self.layers],
+            "residual_qdq": [r.as_json() for r in self.residual_qdq],
+            "residual_quantizers": [r.as_json() for r in self.residual_quantizers],
+            "probes": self.probes,
+            "weight_bits": self.weight_bits,
+        }
 
 
 class _Lowering:
@@ -107,6 +116,7 @@ class _Lowering:
                 rec = lower_layer(self.g, n, m, bn_node, self.mods[bn_node.target] if bn_node is not None else None)
                 if rec is not None:
                     self.layers.append(rec)
+
             if lower_transformer.needs_tokens(self, n, m):  # a Linear on [B, N, C] tokens
                 lower_transformer.token_linear(self, n, lower)
             else:
@@ -145,8 +155,11 @@ class _Lowering:
             # the classifier's Q right after the pool (not after Flatten), so ORT fuses DQ → pool → Q into
             # QLinearGlobalAveragePool: exact where the plan has the pool compute that kernel (quant/pool.py), else
             # (lean only) as quantize_static's graphs do, not bit-exact
-            post = None if fp32 or not isinstance(m, QAvgPool) else (
-                m.pool_plan.out if ort_pool(g, m) else None if g.settings.exact else flatten_quant(n, self.mods))
+            post = (
+                None
+                if fp32 or not isinstance(m, QAvgPool)
+                else (m.pool_plan.out if ort_pool(g, m) else None if g.settings.exact else flatten_quant(n, self.mods))
+            )
             float64 = isinstance(m, ExportMatchedAvgPool) and not fp32 and g.settings.exact and post is None
             return lower_pool.global_avg_pool(g, x, p, float64=float64, post_quant=post), post is None
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
@@ -218,13 +231,28 @@ def _settings(model, target, opset, fp32, residual_qdq, int_bias, graph) -> Sett
     # --residual-qdq follows TensorRT's advice. A model whose scheme trains residual quantizers (trt/ort,
     # `Scheme.residual`) has them as fx nodes: their Q/DQ are always written and exact, and this flag then finds
     # nothing left to add.
-    return Settings(target, opset, fp32, bool(residual_qdq) and not fp32,
-                    trained_for_ort(model) if int_bias is None else int_bias, graph)
+    return Settings(
+        target,
+        opset,
+        fp32,
+        bool(residual_qdq) and not fp32,
+        trained_for_ort(model) if int_bias is None else int_bias,
+        graph,
+    )
 
 
-def lower_to_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: int = DEFAULT_OPSET,
-                  dynamic_batch: bool = True, fp32: bool = False, residual_qdq: bool | None = None,
-                  int_bias: bool | None = None, graph: str = "exact") -> LoweredGraph:
+def lower_to_onnx(
+    model: nn.Module,
+    input_shape,
+    *,
+    target: str = "ort",
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    fp32: bool = False,
+    residual_qdq: bool | None = None,
+    int_bias: bool | None = None,
+    graph: str = "exact",
+) -> LoweredGraph:
     """The model's ONNX graph (in memory) and the lowering records (layers, clips, requantizations, probes).
 
     int_bias (target ort): keep the bias inside the convs ORT can run as QLinearConv, which rounds it to
@@ -250,5 +278,13 @@ def lower_to_onnx(model: nn.Module, input_shape, *, target: str = "ort", opset: 
     finally:
         model.train(was_training)
     proto = low.g.model(input_shape, out_shape, dynamic_batch)
-    return LoweredGraph(proto, settings, dynamic_batch, low.layers, low.residual_quant, low.residual_qdq,
-                        low.g.probes, low.g.weight_bits)
+    return LoweredGraph(
+        proto,
+        settings,
+        dynamic_batch,
+        low.layers,
+        low.residual_quant,
+        low.residual_qdq,
+        low.g.probes,
+        low.g.weight_bits,
+    )

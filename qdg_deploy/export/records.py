@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 
 class Lowered(enum.Enum):
     """How a quantized layer was written: the plan's mode (quant/plan.py) as this target runs it."""
+
     FLOAT_OP = "float op"  # weight-only or fake-quant: dequantized codes (lower_qdq.weight_dq) into a float Conv / Gemm
     SNAPPED = "integer accumulator snapped (Div, Round, Mul), bias a float Add"
     ORT_KERNEL = "computes as ORT's integer kernel into the next quantizer (QLinearConv / QGemm)"
@@ -33,6 +34,7 @@ def _json(record) -> dict:
 @dataclass
 class ActRecord:
     """One activation Q/DQ: the trained grid and the one written."""
+
     bits: int
     trained_range: list[int]
     trained_zero_point: int
@@ -53,6 +55,7 @@ class ActRecord:
 @dataclass
 class LayerRecord:
     """One quantized Conv2d / Linear."""
+
     layer: str
     op: str  # "Conv" | "Gemm"
     bn_folded: str | None
@@ -82,6 +85,7 @@ class LayerRecord:
 class ResidualQuantRecord:
     """A trained standalone activation quantizer written as exact Q/DQ: a residual Add's input (add_quant /
     id_quant) or the global pool's input (the last Add's output, scheme pool=True)."""
+
     quantizer: str
     act: ActRecord
 
@@ -92,6 +96,7 @@ class ResidualQuantRecord:
 @dataclass
 class ResidualQdqRecord:
     """--residual-qdq: an Add that reads quantized tensors in place of float ones (TensorRT's placement)."""
+
     add: str
     quantized_inputs: list[str]
 

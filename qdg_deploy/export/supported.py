@@ -13,30 +13,77 @@ from ..errors import QdgError
 from ..quant.tracing import trace
 from . import lower_mobile
 
-MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
-                                        nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.GroupNorm)
-FUNCTIONS = {operator.add: "add", torch.add: "torch.add", F.relu: "relu", torch.relu: "torch.relu",
-             torch.flatten: "torch.flatten"}
+MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.GroupNorm,
+)
+FUNCTIONS = {
+    operator.add: "add",
+    torch.add: "torch.add",
+    F.relu: "relu",
+    torch.relu: "torch.relu",
+    torch.flatten: "torch.flatten",
+}
 METHODS: tuple[str, ...] = ("flatten", "relu", "relu_")
 # transformers (timm ViT / DeiT / ConvNeXt: export/lower_transformer.py)
 MODULES += (nn.LayerNorm, nn.GELU, nn.Softmax)
-FUNCTIONS.update({getattr: "getattr", operator.getitem: "getitem", operator.eq: "eq", torch._assert: "_assert",
-                  torch.cat: "cat", operator.mul: "mul", torch.mul: "torch.mul", operator.truediv: "truediv",
-                  operator.matmul: "matmul", torch.matmul: "torch.matmul", F.layer_norm: "layer_norm",
-                  F.gelu: "gelu", F.softmax: "softmax", F.dropout: "dropout",
-                  F.scaled_dot_product_attention: "scaled_dot_product_attention"})
-METHODS += ("reshape", "view", "squeeze", "unsqueeze", "transpose", "permute", "contiguous", "unbind", "expand",
-            "softmax", "mean", "mul", "div", "double", "float")
+FUNCTIONS.update(
+    {
+        getattr: "getattr",
+        operator.getitem: "getitem",
+        operator.eq: "eq",
+        torch._assert: "_assert",
+        torch.cat: "cat",
+        operator.mul: "mul",
+        torch.mul: "torch.mul",
+        operator.truediv: "truediv",
+        operator.matmul: "matmul",
+        torch.matmul: "torch.matmul",
+        F.layer_norm: "layer_norm",
+        F.gelu: "gelu",
+        F.softmax: "softmax",
+        F.dropout: "dropout",
+        F.scaled_dot_product_attention: "scaled_dot_product_attention",
+    }
+)
+METHODS += (
+    "reshape",
+    "view",
+    "squeeze",
+    "unsqueeze",
+    "transpose",
+    "permute",
+    "contiguous",
+    "unbind",
+    "expand",
+    "softmax",
+    "mean",
+    "mul",
+    "div",
+    "double",
+    "float",
+)
 
 
 def _function_ok(f) -> bool:
     from .lower_transformer import extra_functions
+
     return f in FUNCTIONS or f in extra_functions()
 
 
 # blocks known not to lower, named before tracing (their traces fail on an op deep inside)
-REFUSED_BLOCKS = {"SwinTransformerBlock": "window-shifted attention (timm swin)",
-                  "SwinTransformerV2Block": "window-shifted attention (timm swin v2)"}
+REFUSED_BLOCKS = {
+    "SwinTransformerBlock": "window-shifted attention (timm swin)",
+    "SwinTransformerV2Block": "window-shifted attention (timm swin v2)",
+}
 
 # the ops of mobile CNNs (export/lower_mobile.py)
 MODULES += lower_mobile.MODULES
@@ -50,6 +97,7 @@ def unsupported_op(model: nn.Module) -> str | None:
         import copy
 
         from ..quant.mobile import adapt_timm
+
         model = copy.deepcopy(model)  # asked as `quantize` will see it: timm's fused modules split (same keys)
         adapt_timm(model)
     mods = dict(model.named_modules())
@@ -78,7 +126,9 @@ def check_supported(model: nn.Module) -> None:
     finally:
         model.train(was)
     if op is not None:
-        raise QdgError(f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
-                       f"ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, Sigmoid, max and global average pooling, flatten, "
-                       f"residual adds, multiplies (squeeze-and-excitation), channel concatenation, dropout, and timm "
-                       f"ViT / DeiT / ConvNeXt blocks (LayerNorm, GELU, softmax attention, token reshapes)")
+        raise QdgError(
+            f"unsupported operation: {op}; the exporter lowers Conv2d, Linear, BatchNorm2d, GroupNorm, "
+            f"ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, Sigmoid, max and global average pooling, flatten, "
+            f"residual adds, multiplies (squeeze-and-excitation), channel concatenation, dropout, and timm "
+            f"ViT / DeiT / ConvNeXt blocks (LayerNorm, GELU, softmax attention, token reshapes)"
+        )

@@ -20,8 +20,10 @@ from .fp16 import convert_float_remainder
 from .trt_plan import build_plan, parse_batch_range, profile_shapes
 from .trt_report import engine_report
 
-INSTALL = ("pip install 'tensorrt-cu12>=10,<12' (or tensorrt-cu13) on a machine with an NVIDIA GPU; on a Jetson "
-           "use JetPack's TensorRT; or export --format onnx --target tensorrt and build the engine where TensorRT runs")
+INSTALL = (
+    "pip install 'tensorrt-cu12>=10,<12' (or tensorrt-cu13) on a machine with an NVIDIA GPU; on a Jetson "
+    "use JetPack's TensorRT; or export --format onnx --target tensorrt and build the engine where TensorRT runs"
+)
 
 
 def require_tensorrt():
@@ -56,12 +58,15 @@ class TrtOptions:
         if self.gpu_fallback and self.dla_core is None:
             raise QdgError("--gpu-fallback needs --dla-core N (layers the DLA cannot run fall back to the GPU)")
         if self.timing_cache and (blocked := writable_folder(self.timing_cache)) is not None:
-            raise QdgError(f"--timing-cache {self.timing_cache}: cannot write in {blocked} (read-only, not permitted "
-                           f"or not a folder); choose another path")
+            raise QdgError(
+                f"--timing-cache {self.timing_cache}: cannot write in {blocked} (read-only, not permitted "
+                f"or not a folder); choose another path"
+            )
 
 
 def require_gpu(trt_device_index: int = 0) -> dict:
     import torch
+
     if not torch.cuda.is_available():
         raise QdgError(f"TensorRT is installed but torch sees no CUDA GPU; {INSTALL}")
     major, minor = torch.cuda.get_device_capability(trt_device_index)
@@ -106,8 +111,9 @@ def engine_report_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOptions | None = None,
-                 onnx_label: str | None = None) -> tuple[bytes, dict, bytes | None]:
+def build_engine(
+    onnx_path: str | Path, engine_path: str | Path, opts: TrtOptions | None = None, onnx_label: str | None = None
+) -> tuple[bytes, dict, bytes | None]:
     """(engine bytes, report, timing-cache bytes or None) built from the QDQ ONNX; writes nothing, so the caller
     commits every file together once all its work is done (`write_engine_files`).
 
@@ -119,8 +125,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
     gpu = require_gpu()
     model = onnx.load(str(onnx_path))
     quantized, float_notes = quantized_layers(model), float_layers(model)
-    plan = build_plan(trt.__version__, has_qdq=has_qdq(model), fp16=opts.fp16, dla_core=opts.dla_core,
-                      gpu_fallback=opts.gpu_fallback)
+    plan = build_plan(
+        trt.__version__, has_qdq=has_qdq(model), fp16=opts.fp16, dla_core=opts.dla_core, gpu_fallback=opts.gpu_fallback
+    )
     conversion = None
     if plan.convert_fp16:  # TensorRT 11: FP16 comes from the graph's types
         model, conversion = convert_float_remainder(model)
@@ -139,24 +146,37 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: TrtOption
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     # the ONNX by absolute name: bench's ort-trt matches it to the ONNX it runs, whatever bench's working directory
-    report = engine_report(engine=str(engine_path), onnx=str(Path(onnx_label or onnx_path).resolve()),
-                           engine_bytes=len(data), plan=plan.to_dict(), gpu=gpu, profiles=profiles,
-                           workspace_gb=opts.workspace_gb, opt_level=opts.opt_level,
-                           timing_cache=str(cache_path) if cache_path else None, build_seconds=seconds,
-                           fp16_conversion=conversion, inspector_json=info, quantized=quantized,
-                           float_notes=float_notes)
+    report = engine_report(
+        engine=str(engine_path),
+        onnx=str(Path(onnx_label or onnx_path).resolve()),
+        engine_bytes=len(data),
+        plan=plan.to_dict(),
+        gpu=gpu,
+        profiles=profiles,
+        workspace_gb=opts.workspace_gb,
+        opt_level=opts.opt_level,
+        timing_cache=str(cache_path) if cache_path else None,
+        build_seconds=seconds,
+        fp16_conversion=conversion,
+        inspector_json=info,
+        quantized=quantized,
+        float_notes=float_notes,
+    )
     if opts.strict_int8 and report["not_int8"]:
         first = report["not_int8"][0]
-        raise QdgError(f"--strict-int8: {len(report['not_int8'])} quantized layer(s) did not run in INT8, first "
-                       f"{first['op']} {first['onnx_node']!r} ({first['precision'] or 'not found'}; "
-                       f"{first['reason'] or 'no reason given'}); {engine_path} not written")
+        raise QdgError(
+            f"--strict-int8: {len(report['not_int8'])} quantized layer(s) did not run in INT8, first "
+            f"{first['op']} {first['onnx_node']!r} ({first['precision'] or 'not found'}; "
+            f"{first['reason'] or 'no reason given'}); {engine_path} not written"
+        )
     # the timing cache grows with each build: later builds of similar layers are faster
     cache = bytes(config.get_timing_cache().serialize()) if cache_path else None
     return data, report, cache
 
 
-def write_engine_files(engine_path: str | Path, built: tuple[bytes, dict, bytes | None],
-                       timing_cache: str | None) -> None:
+def write_engine_files(
+    engine_path: str | Path, built: tuple[bytes, dict, bytes | None], timing_cache: str | None
+) -> None:
     """Write build_engine's result: the engine, its report and (given a path) the timing cache, each under a
     temporary name first, all renamed into place together at the end (the caller's last step)."""
     data, report, cache = built

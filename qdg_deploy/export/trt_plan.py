@@ -49,21 +49,24 @@ class BuildPlan:
     tensorrt: str
     major: int
     strongly_typed: bool
-    builder_flags: tuple[str, ...]      # BuilderFlag names set on the config
-    convert_fp16: bool                  # the ONNX's float remainder converted to float16 before parsing
-    device: str                         # "GPU" or "DLA"
+    builder_flags: tuple[str, ...]  # BuilderFlag names set on the config
+    convert_fp16: bool  # the ONNX's float remainder converted to float16 before parsing
+    device: str  # "GPU" or "DLA"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None = None,
-               gpu_fallback: bool = False) -> BuildPlan:
+def build_plan(
+    version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None = None, gpu_fallback: bool = False
+) -> BuildPlan:
     """The builder flags and graph rewrite for this TensorRT version and these options."""
     major = parse_version(version)[0]
     if major not in SUPPORTED_MAJORS:
-        raise QdgError(f"TensorRT {version} is not supported: the engine builder knows TensorRT 10.x and 11.x "
-                       f"(pip install 'tensorrt-cu12>=10,<12')")
+        raise QdgError(
+            f"TensorRT {version} is not supported: the engine builder knows TensorRT 10.x and 11.x "
+            f"(pip install 'tensorrt-cu12>=10,<12')"
+        )
     flags: list[str] = []
     strongly_typed = major >= 11
     if not strongly_typed:
@@ -73,9 +76,14 @@ def build_plan(version: str, *, has_qdq: bool, fp16: bool, dla_core: int | None 
             flags.append("FP16")
     if dla_core is not None and gpu_fallback:
         flags.append("GPU_FALLBACK")
-    return BuildPlan(tensorrt=str(version), major=major, strongly_typed=strongly_typed,
-                     builder_flags=tuple(flags), convert_fp16=strongly_typed and (fp16 or dla_core is not None),
-                     device="GPU" if dla_core is None else "DLA")
+    return BuildPlan(
+        tensorrt=str(version),
+        major=major,
+        strongly_typed=strongly_typed,
+        builder_flags=tuple(flags),
+        convert_fp16=strongly_typed and (fp16 or dla_core is not None),
+        device="GPU" if dla_core is None else "DLA",
+    )
 
 
 def parse_batch_range(text: str) -> tuple[int, int, int]:
@@ -99,8 +107,10 @@ def profile_batches(input_batch: int, batch_range: str | None) -> tuple[int, int
         return parse_batch_range(batch_range or DEFAULT_BATCH_RANGE)
     fixed = (input_batch,) * 3
     if batch_range is not None and parse_batch_range(batch_range) != fixed:
-        raise QdgError(f"--batch-range {batch_range} disagrees with the ONNX input's fixed batch {input_batch} "
-                       f"(--static-batch exports batch 1): leave --batch-range out, or export with --dynamic-batch")
+        raise QdgError(
+            f"--batch-range {batch_range} disagrees with the ONNX input's fixed batch {input_batch} "
+            f"(--static-batch exports batch 1): leave --batch-range out, or export with --dynamic-batch"
+        )
     return fixed
 
 
@@ -108,7 +118,9 @@ def profile_shapes(name: str, dims: list[int], batch_range: str | None) -> dict:
     """The optimization profile of one network input of shape `dims` (-1: dynamic): {input, min, opt, max}."""
     chw = [int(d) for d in dims[1:]]
     if any(d <= 0 for d in chw):
-        raise QdgError(f"input {name!r} has a dynamic dimension besides the batch {list(dims)}: export with "
-                       f"fixed C, H, W (--batch-range sets the batch only)")
+        raise QdgError(
+            f"input {name!r} has a dynamic dimension besides the batch {list(dims)}: export with "
+            f"fixed C, H, W (--batch-range sets the batch only)"
+        )
     lo, mid, hi = profile_batches(int(dims[0]), batch_range)
     return {"input": name, "min": [lo, *chw], "opt": [mid, *chw], "max": [hi, *chw]}

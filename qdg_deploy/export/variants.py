@@ -20,8 +20,9 @@ def other_graph(graph: str) -> str:
     return GRAPHS[1 - GRAPHS.index(graph)]
 
 
-def ort_latency_ms(protos: dict[str, onnx.ModelProto], input_shape, *, threads: int, batch: int = 1,
-                   rounds: int = 6, block: int = 8) -> dict[str, float]:
+def ort_latency_ms(
+    protos: dict[str, onnx.ModelProto], input_shape, *, threads: int, batch: int = 1, rounds: int = 6, block: int = 8
+) -> dict[str, float]:
     """Median ORT-CPU latency of each graph, timed side by side by the timing harness (timing.interleaved_medians:
     rounds of `block` back-to-back runs per graph, each block's first run dropped)."""
     sessions = {k: ort_session(p, threads=threads, level="all") for k, p in protos.items()}
@@ -34,7 +35,14 @@ def graph_comparison(graph: str, written: dict, other: dict, latency: dict[str, 
     """The report's `graphs` entry: each graph's latency and agreement (verify dicts), the written one named."""
     rows = {}
     for name, v in ((graph, written), (other_graph(graph), other)):
-        rows[name] = {"ort_cpu_ms_batch1": latency[name], "top1_agreement": v.get("top1_agreement"),
-                      "max_abs_diff": v.get("max_abs_diff")}
-    return {"written": graph, "threads": threads, **rows,
-            "lean_vs_exact_latency": round(latency["lean"] / latency["exact"], 3)}
+        rows[name] = {
+            "ort_cpu_ms_batch1": latency[name],
+            "top1_agreement": v.get("top1_agreement"),
+            "max_abs_diff": v.get("max_abs_diff"),
+        }
+    return {
+        "written": graph,
+        "threads": threads,
+        **rows,
+        "lean_vs_exact_latency": round(latency["lean"] / latency["exact"], 3),
+    }

@@ -34,8 +34,15 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def compare(model: nn.Module, session, batches, labels_known: bool = True, progress=None, task=None,
-            device: torch.device = torch.device("cpu")) -> dict:
+def compare(
+    model: nn.Module,
+    session,
+    batches,
+    labels_known: bool = True,
+    progress=None,
+    task=None,
+    device: torch.device = torch.device("cpu"),
+) -> dict:
     """Run both over (x, y) batches (torch on `device`); returns logits-level figures and per-sample arrays."""
     model.eval()
     name = session.get_inputs()[0].name
@@ -49,14 +56,26 @@ def compare(model: nn.Module, session, batches, labels_known: bool = True, progr
             progress.update(task, advance=len(x))
     t, o, y = np.concatenate(t_logits), np.concatenate(o_logits), np.concatenate(ys)
     diff = np.abs(t - o)
-    return {"torch_logits": t, "onnx_logits": o, "labels": y,
-            "top1_agreement": top1_agreement(t, o), "max_abs_diff": float(diff.max()),
-            "mean_abs_diff": float(diff.mean()), "n_samples": int(len(y))}
+    return {
+        "torch_logits": t,
+        "onnx_logits": o,
+        "labels": y,
+        "top1_agreement": top1_agreement(t, o),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "n_samples": int(len(y)),
+    }
 
 
 @torch.no_grad()
-def layer_divergence(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], x: torch.Tensor,
-                     level: str = "all", samples: list[int] | None = None) -> dict:
+def layer_divergence(
+    model: nn.Module,
+    proto: onnx.ModelProto,
+    probes: list[dict],
+    x: torch.Tensor,
+    level: str = "all",
+    samples: list[int] | None = None,
+) -> dict:
     """Compare every probed intermediate tensor on input x; returns the per-layer table and the first divergence.
 
     `samples`: compare only these rows of the batch. Run the whole batch a disagreement came from: ORT's float
@@ -96,8 +115,10 @@ def _torch_values(model: nn.Module, probes: list[dict], x: torch.Tensor):
             quantizers[p["layer"]] = m.act_quant
         elif isinstance(m, Quantizer):  # a standalone quantizer (residual Add input): its output is codes too
             quantizers[p["layer"]] = m
-    hooks = [q.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach().clone(), o.detach())))
-             for k, q in quantizers.items()]
+    hooks = [
+        q.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, (i[0].detach().clone(), o.detach())))
+        for k, q in quantizers.items()
+    ]
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
@@ -131,8 +152,11 @@ def _row(p: dict, ref: np.ndarray, got: np.ndarray, pre, quantizer) -> dict:
     d = np.abs(ref - got)
     scale = float(np.abs(ref).max()) or 1.0
     bad = d > REL_TOL * scale
-    row = {"tensor": f"{p['layer']} ({'quantized input' if p['kind'] == 'act' else 'output'})",
-           "max_abs_diff": float(d.max()), "mismatch_fraction": float(bad.mean())}
+    row = {
+        "tensor": f"{p['layer']} ({'quantized input' if p['kind'] == 'act' else 'output'})",
+        "max_abs_diff": float(d.max()),
+        "mismatch_fraction": float(bad.mean()),
+    }
     if pre is not None and bad.any():
         # how far from a rounding tie (in steps) the torch input was where the codes differ: ~0 means a
         # float-reordering difference upstream moved a value across a tie, not a wrong graph
@@ -142,8 +166,16 @@ def _row(p: dict, ref: np.ndarray, got: np.ndarray, pre, quantizer) -> dict:
     return row
 
 
-def verify_model(model: nn.Module, proto: onnx.ModelProto, probes: list[dict], sets: dict, *, batch_size: int = 128,
-                 console=None, device: torch.device = torch.device("cpu")) -> dict:
+def verify_model(
+    model: nn.Module,
+    proto: onnx.ModelProto,
+    probes: list[dict],
+    sets: dict,
+    *,
+    batch_size: int = 128,
+    console=None,
+    device: torch.device = torch.device("cpu"),
+) -> dict:
     """Agreement of ONNX Runtime CPU (default optimizations, as deployed) with the torch model over `sets`, torch on
     `device` (bit-for-bit agreement is a CPU property: GPU kernels sum in other orders). The model is measured on
     `device` and left on the device it came on."""
@@ -166,8 +198,10 @@ def _verify_on(model, proto, probes, sets, batch_size, console, device) -> dict:
             r = compare(model, sess, batches, progress=progress, task=task, device=device)
             iname = raw.get_inputs()[0].name
             r_raw: dict[str, Any] = {
-                "onnx_logits": np.concatenate([raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0]
-                                               for x, _ in batches])}
+                "onnx_logits": np.concatenate(
+                    [raw.run(None, {iname: torch.as_tensor(x).float().numpy()})[0] for x, _ in batches]
+                )
+            }
             r_raw["top1_agreement"] = top1_agreement(r["torch_logits"], r_raw["onnx_logits"])
             per[name] = {k: r[k] for k in ("top1_agreement", "max_abs_diff", "mean_abs_diff", "n_samples")}
             per[name]["onnx_acc"] = float((r["onnx_logits"].argmax(1) == r["labels"]).mean())
@@ -180,28 +214,42 @@ def _verify_on(model, proto, probes, sets, batch_size, console, device) -> dict:
     t, o, u = np.concatenate(all_t), np.concatenate(all_o), np.concatenate(all_r)
     d = np.abs(t - o)
     heldout = next(k for k in per if k.startswith("heldout"))
-    result = {"top1_agreement": top1_agreement(t, o), "max_abs_diff": float(d.max()),
-              "mean_abs_diff": float(d.mean()), "n_samples": int(len(t)),
-              "onnx_acc": per[heldout]["onnx_acc"], "torch_acc": per[heldout]["torch_acc"], "acc_split": heldout,
-              "unoptimized": {"top1_agreement": top1_agreement(t, u),
-                              "max_abs_diff": float(np.abs(t - u).max()),
-                              "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
-                                      "int32 bias rounding or fused integer kernels"}}
+    result = {
+        "top1_agreement": top1_agreement(t, o),
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "n_samples": int(len(t)),
+        "onnx_acc": per[heldout]["onnx_acc"],
+        "torch_acc": per[heldout]["torch_acc"],
+        "acc_split": heldout,
+        "unoptimized": {
+            "top1_agreement": top1_agreement(t, u),
+            "max_abs_diff": float(np.abs(t - u).max()),
+            "note": "ORT with graph optimizations off: the ONNX graph's own arithmetic, no "
+            "int32 bias rounding or fused integer kernels",
+        },
+    }
     if result["top1_agreement"] < 1.0 or result["unoptimized"]["top1_agreement"] < 1.0:
         batches = [torch.as_tensor(x).float() for b in per.values() for x, _ in b["_inputs"]]
         bad = np.flatnonzero((t.argmax(1) != o.argmax(1)) | (t.argmax(1) != u.argmax(1)))[:8]
         top2 = np.sort(t[bad], axis=1)[:, -2:]
         # torch_margin below max_abs_diff: the two best logits were (nearly) tied, float noise picks the class
-        result["disagreements"] = [{"index": int(i), "torch_top1": int(t[i].argmax()), "onnx_top1": int(o[i].argmax()),
-                                    "torch_margin": float(m[1] - m[0]), "max_abs_diff": float(d[i].max())}
-                                   for i, m in zip(bad, top2)]
+        result["disagreements"] = [
+            {
+                "index": int(i),
+                "torch_top1": int(t[i].argmax()),
+                "onnx_top1": int(o[i].argmax()),
+                "torch_margin": float(m[1] - m[0]),
+                "max_abs_diff": float(d[i].max()),
+            }
+            for i, m in zip(bad, top2)
+        ]
         # the batch of the first disagreement, as compare() ran it, and that batch's disagreeing rows
         ends = np.cumsum([len(b) for b in batches])
         k = int(np.searchsorted(ends, bad[0], side="right"))
         start = int(ends[k] - len(batches[k]))
         rows = [int(i - start) for i in bad if start <= i < ends[k]]
-        result["layer_divergence"] = layer_divergence(model.cpu(), proto, probes, batches[k], level="all",
-                                                      samples=rows)
+        result["layer_divergence"] = layer_divergence(model.cpu(), proto, probes, batches[k], level="all", samples=rows)
     for v in per.values():
         v.pop("_inputs")
     result["splits"] = per

@@ -11,9 +11,9 @@ from torch import nn
 
 from ..errors import QdgError
 from . import zoo
-from .state import load_state_file
 from .digits_resnet import DigitsResNet
 from .mnist_cnn import MnistCNN
+from .state import load_state_file
 from .vit_mnist import vit_mnist
 
 
@@ -24,6 +24,7 @@ def _resnet(depth: int):
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
         return net
+
     return build
 
 
@@ -40,8 +41,9 @@ def available_models() -> list[str]:
     return list(MODELS)
 
 
-def build_model(name: str, in_channels: int, num_classes: int, weights: str | Path | None = None,
-                pretrained: bool = False) -> nn.Module:
+def build_model(
+    name: str, in_channels: int, num_classes: int, weights: str | Path | None = None, pretrained: bool = False
+) -> nn.Module:
     """The network `name` for `in_channels` and `num_classes`; `weights`: a local state dict (backbone loaded,
     tensors of another shape skipped); `pretrained`: the library's default ImageNet weights (tv:/timm: only)."""
     check_arch(name, weights, pretrained)
@@ -64,8 +66,10 @@ def check_arch(name: str, weights=None, pretrained: bool = False) -> None:
         raise QdgError(f"unknown model {name!r}{unknown_hint(name)}")
     elif pretrained:
         hint = f" (as tv:{name}, torchvision's {name})" if name in zoo.tv_names() else ""
-        raise QdgError(f"--pretrained loads a library's ImageNet weights: give a tv:NAME or timm:NAME "
-                       f"architecture{hint}, or --weights FILE for {name}")
+        raise QdgError(
+            f"--pretrained loads a library's ImageNet weights: give a tv:NAME or timm:NAME "
+            f"architecture{hint}, or --weights FILE for {name}"
+        )
 
 
 def unknown_hint(name: str) -> str:
@@ -73,12 +77,17 @@ def unknown_hint(name: str) -> str:
     tv = [n for n in zoo.tv_names() if n == name]
     if tv:
         return f": torchvision's is tv:{name}"
-    choices = {**{n: n for n in MODELS}, **{n: zoo.TV + n for n in zoo.tv_names()},
-               **{n: zoo.TIMM + n for n in zoo.timm_names() if n not in zoo.tv_names()}}
+    choices = {
+        **{n: n for n in MODELS},
+        **{n: zoo.TV + n for n in zoo.tv_names()},
+        **{n: zoo.TIMM + n for n in zoo.timm_names() if n not in zoo.tv_names()},
+    }
     import difflib
+
     near = [choices[n] for n in difflib.get_close_matches(name, list(choices), n=5, cutoff=0.0)]
-    return (f"; closest: {', '.join(near)}" if near else f"; short names: {', '.join(MODELS)}") + \
-        " (or tv:NAME, timm:NAME: `qdg-deploy models` lists them)"
+    return (
+        f"; closest: {', '.join(near)}" if near else f"; short names: {', '.join(MODELS)}"
+    ) + " (or tv:NAME, timm:NAME: `qdg-deploy models` lists them)"
 
 
 def load_pretrained(net: nn.Module, path: str | Path) -> None:

@@ -23,15 +23,15 @@ _CLASSIFIER = ("network.1.", "classifier.")
 
 def _rename(key: str, own: dict, head: str) -> str:
     while key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     if key in own:
         return key
     for p in _CLASSIFIER:
         if key.startswith(p):
-            return f"{head}.{key[len(p):]}"
+            return f"{head}.{key[len(p) :]}"
     for p in _FEATURIZER:
-        if key.startswith(p) and key[len(p):] in own:
-            return key[len(p):]
+        if key.startswith(p) and key[len(p) :] in own:
+            return key[len(p) :]
     return key
 
 
@@ -46,14 +46,22 @@ def adapt_state_dict(state: dict, net: nn.Module, path: str | Path, arch: str) -
         if isinstance(v, torch.Tensor):
             mapped.setdefault(_rename(k, own, head), v)
     missing = [k for k in own if k not in mapped]
-    shapes = [f"{k} {list(mapped[k].shape)} (the model's {list(v.shape)})" for k, v in own.items()
-              if k in mapped and mapped[k].shape != v.shape]
+    shapes = [
+        f"{k} {list(mapped[k].shape)} (the model's {list(v.shape)})"
+        for k, v in own.items()
+        if k in mapped and mapped[k].shape != v.shape
+    ]
     if missing or shapes:
-        what = (f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}" if missing
-                else f"shape mismatch: {'; '.join(shapes[:2])}")
-        raise QdgError(f"{path} does not fit --arch {arch} ({what}); accepted layouts: the model's own state dict, "
-                       f"under module., or a DomainBed/SWAD model_dict; the classifier must have the data set's "
-                       f"class count")
+        what = (
+            f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}"
+            if missing
+            else f"shape mismatch: {'; '.join(shapes[:2])}"
+        )
+        raise QdgError(
+            f"{path} does not fit --arch {arch} ({what}); accepted layouts: the model's own state dict, "
+            f"under module., or a DomainBed/SWAD model_dict; the classifier must have the data set's "
+            f"class count"
+        )
     return {k: mapped[k] for k in own}
 
 

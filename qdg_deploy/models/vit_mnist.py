@@ -9,5 +9,14 @@ from torch import nn
 def vit_mnist(in_channels: int, num_classes: int, image_size: int = 28) -> nn.Module:
     import timm  # optional dependency: only this model needs it
 
-    return timm.create_model("vit_tiny_patch16_224", img_size=image_size, patch_size=image_size // 4, embed_dim=64,
-                             depth=4, num_heads=4, mlp_ratio=2.0, num_classes=num_classes, in_chans=in_channels)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=image_size,
+        patch_size=image_size // 4,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=num_classes,
+        in_chans=in_channels,
+    )

@@ -32,19 +32,23 @@ NET_TIMEOUT_S = 15  # a download attempt that hears nothing for this long fails 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # googlenet / inception_v3: no auxiliary heads (their tuple output in training mode is not a classifier's), and no
 # transform_input (it assumes 3 channels; a rebuilt run must compute what the trained one did whatever the weights)
-TV_EXTRA = {"googlenet": dict(aux_logits=False, transform_input=False, init_weights=True),
-            "inception_v3": dict(aux_logits=False, transform_input=False, init_weights=True)}
+TV_EXTRA = {
+    "googlenet": dict(aux_logits=False, transform_input=False, init_weights=True),
+    "inception_v3": dict(aux_logits=False, transform_input=False, init_weights=True),
+}
 
 
 @lru_cache(maxsize=1)
 def tv_names() -> tuple[str, ...]:
     import torchvision
+
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 @lru_cache(maxsize=1)
 def timm_names() -> tuple[str, ...]:
     import timm
+
     return tuple(timm.list_models())
 
 
@@ -57,30 +61,36 @@ def closest(name: str, choices, prefix: str = "") -> str:
 def check_name(arch: str) -> None:
     """QdgError for a tv:/timm: name the library does not have, listing the closest ones."""
     if arch.startswith(TV):
-        name = arch[len(TV):]
+        name = arch[len(TV) :]
         if name not in tv_names():
-            raise QdgError(f"unknown torchvision model {arch!r}{closest(name, tv_names(), TV)} "
-                           f"(`qdg-deploy models --filter tv:` lists them)")
+            raise QdgError(
+                f"unknown torchvision model {arch!r}{closest(name, tv_names(), TV)} "
+                f"(`qdg-deploy models --filter tv:` lists them)"
+            )
     elif arch.startswith(TIMM):
         import timm
-        name = arch[len(TIMM):]
+
+        name = arch[len(TIMM) :]
         if not name or not timm.is_model(name):
-            raise QdgError(f"unknown timm model {arch!r}{closest(name.split('.')[0], timm_names(), TIMM)} "
-                           f"(`qdg-deploy models --filter timm:` lists them)")
+            raise QdgError(
+                f"unknown timm model {arch!r}{closest(name.split('.')[0], timm_names(), TIMM)} "
+                f"(`qdg-deploy models --filter timm:` lists them)"
+            )
 
 
 def build_zoo(arch: str, in_channels: int, num_classes: int, pretrained: bool = False) -> nn.Module:
     check_name(arch)
     if arch.startswith(TV):
-        name = arch[len(TV):]
+        name = arch[len(TV) :]
         import torchvision
+
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **TV_EXTRA.get(name, {}))
         if in_channels != 3:
             adapt_stem(net, in_channels)
         if pretrained:
             load_tv_pretrained(net, name)
         return net
-    return build_timm(arch[len(TIMM):], in_channels, num_classes, pretrained)
+    return build_timm(arch[len(TIMM) :], in_channels, num_classes, pretrained)
 
 
 def adapt_stem(net: nn.Module, in_channels: int) -> None:
@@ -88,8 +98,17 @@ def adapt_stem(net: nn.Module, in_channels: int) -> None:
     for `in_channels`, every other setting kept."""
     for name, m in net.named_modules():
         if isinstance(m, nn.Conv2d) and m.in_channels == 3:
-            new = nn.Conv2d(in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                            groups=1, bias=m.bias is not None, padding_mode=m.padding_mode)
+            new = nn.Conv2d(
+                in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                groups=1,
+                bias=m.bias is not None,
+                padding_mode=m.padding_mode,
+            )
             parent, _, leaf = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, leaf, new)
             return
@@ -110,6 +129,7 @@ def net_timeout(seconds: float = NET_TIMEOUT_S):
 def tv_weights(name: str):
     """torchvision's DEFAULT weights enum member for a model (None where it has none)."""
     import torchvision
+
     try:
         return torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError, AttributeError):
@@ -122,8 +142,10 @@ def tv_cache_path(weights) -> Path:
 
 
 def no_weights(what: str, where: str, why: str) -> QdgError:
-    return QdgError(f"--pretrained: {what} not found in {where} and not downloadable here ({why}); put the file "
-                    f"there on a machine with network access, or pass --weights FILE (a local state dict)")
+    return QdgError(
+        f"--pretrained: {what} not found in {where} and not downloadable here ({why}); put the file "
+        f"there on a machine with network access, or pass --weights FILE (a local state dict)"
+    )
 
 
 def load_tv_pretrained(net: nn.Module, name: str) -> None:
@@ -141,8 +163,11 @@ def load_tv_pretrained(net: nn.Module, name: str) -> None:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if cached:
             raise QdgError(f"--pretrained: cannot read torchvision's cached weights {path}: {why}") from None
-        raise no_weights(f"torchvision's {weights} for tv:{name} ({path.name})", f"torch's hub cache {path.parent}",
-                         f"{weights.url}: {why}") from None
+        raise no_weights(
+            f"torchvision's {weights} for tv:{name} ({path.name})",
+            f"torch's hub cache {path.parent}",
+            f"{weights.url}: {why}",
+        ) from None
     if name.startswith("densenet"):
         state = densenet_keys(state)
     load_matching(net, state, f"torchvision's {weights} ({path})")
@@ -151,7 +176,10 @@ def load_tv_pretrained(net: nn.Module, name: str) -> None:
 def densenet_keys(state: dict) -> dict:
     """torchvision's DenseNet files name `norm1` as `norm.1` (and so on): the builder renames them on load."""
     import re
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
     out = {}
     for k, v in state.items():
         m = pattern.match(k)
@@ -167,8 +195,10 @@ def load_matching(net: nn.Module, state: dict, source: str) -> int:
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in state]
     if missing:
-        raise QdgError(f"{source} lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:3])}): "
-                       f"not this architecture's weights")
+        raise QdgError(
+            f"{source} lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:3])}): "
+            f"not this architecture's weights"
+        )
     net.load_state_dict(usable, strict=False)
     return len(usable)
 
@@ -197,8 +227,10 @@ def timm_weights_file(cfg: dict) -> Path:
 
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
-        raise QdgError(f"--pretrained: timm's {cfg.get('architecture')} has no weights on the Hugging Face hub; "
-                       f"pass --weights FILE")
+        raise QdgError(
+            f"--pretrained: timm's {cfg.get('architecture')} has no weights on the Hugging Face hub; "
+            f"pass --weights FILE"
+        )
     repo, _, revision = hub_id.partition("@")
     names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
     cache = hf_cache_dir()
@@ -213,14 +245,18 @@ def timm_weights_file(cfg: dict) -> Path:
     if (unreachable := hub_unreachable()) is not None:
         raise no_weights(f"timm's weights {repo} ({' or '.join(names)})", where, unreachable)
     import logging
+
     hub_log = logging.getLogger("huggingface_hub")
     level, hub_log.level = hub_log.level, logging.ERROR
     errors = []
     try:
         for n in names:
             try:
-                return Path(hf_hub_download(repo, n, revision=revision or None, cache_dir=str(cache),
-                                            etag_timeout=NET_TIMEOUT_S))
+                return Path(
+                    hf_hub_download(
+                        repo, n, revision=revision or None, cache_dir=str(cache), etag_timeout=NET_TIMEOUT_S
+                    )
+                )
             except Exception as e:
                 errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
     finally:
@@ -231,6 +267,7 @@ def timm_weights_file(cfg: dict) -> Path:
 def hub_unreachable() -> str | None:
     """Why the Hugging Face endpoint (HF_ENDPOINT) cannot be reached by one TCP connection, or None."""
     from huggingface_hub import constants
+
     url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -242,6 +279,7 @@ def hub_unreachable() -> str | None:
 
 def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) -> nn.Module:
     import timm
+
     kw = dict(num_classes=num_classes, in_chans=in_channels)
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kw)
@@ -255,8 +293,9 @@ def build_timm(name: str, in_channels: int, num_classes: int, pretrained: bool) 
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kw)
     except RuntimeError as e:
-        raise QdgError(f"--pretrained: timm could not load its weights into timm:{name}: "
-                       f"{str(e).splitlines()[0]}") from None
+        raise QdgError(
+            f"--pretrained: timm could not load its weights into timm:{name}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def input_config(arch: str, image_size: int | None = None) -> dict | None:
@@ -264,22 +303,33 @@ def input_config(arch: str, image_size: int | None = None) -> dict | None:
     centre crop, interpolation, mean/std; `image_size` overrides the size (the resize keeps the crop fraction).
     None for other names (their data sets keep their own pipeline)."""
     if arch.startswith(TV):
-        weights = tv_weights(arch[len(TV):])
+        weights = tv_weights(arch[len(TV) :])
         if weights is None:
             cfg = dict(size=224, resize=256, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
         else:
             t = weights.transforms()
-            cfg = dict(size=int(t.crop_size[0]), resize=int(t.resize_size[0]), interpolation=t.interpolation.value,
-                       mean=tuple(t.mean), std=tuple(t.std))
+            cfg = dict(
+                size=int(t.crop_size[0]),
+                resize=int(t.resize_size[0]),
+                interpolation=t.interpolation.value,
+                mean=tuple(t.mean),
+                std=tuple(t.std),
+            )
         source = f"torchvision {weights or 'defaults'}"
     elif arch.startswith(TIMM):
         import timm
+
         check_name(arch)
-        pc = timm.models.get_pretrained_cfg(arch[len(TIMM):]).to_dict()
+        pc = timm.models.get_pretrained_cfg(arch[len(TIMM) :]).to_dict()
         dc = timm.data.resolve_data_config(pretrained_cfg=pc)
         size = int(dc["input_size"][-1])
-        cfg = dict(size=size, resize=int(size / dc["crop_pct"]), interpolation=dc["interpolation"],
-                   mean=tuple(dc["mean"]), std=tuple(dc["std"]))
+        cfg = dict(
+            size=size,
+            resize=int(size / dc["crop_pct"]),
+            interpolation=dc["interpolation"],
+            mean=tuple(dc["mean"]),
+            std=tuple(dc["std"]),
+        )
         source = f"timm pretrained_cfg {pc.get('architecture')}.{pc.get('tag')}"
     else:
         return None

@@ -36,8 +36,12 @@ class ExactSiLU(nn.SiLU):
 
 
 # float class -> its eval-matched class (every quantized model with quantized activations)
-EXACT_ACTS = {nn.Hardswish: ExactHardswish, nn.Hardsigmoid: ExactHardsigmoid, nn.Sigmoid: ExactSigmoid,
-              nn.SiLU: ExactSiLU}
+EXACT_ACTS = {
+    nn.Hardswish: ExactHardswish,
+    nn.Hardsigmoid: ExactHardsigmoid,
+    nn.Sigmoid: ExactSigmoid,
+    nn.SiLU: ExactSiLU,
+}
 
 
 class _InputQuant:
@@ -74,12 +78,29 @@ class QReLU(nn.ReLU):
         return self.act_quant(super().forward(x))
 
 
-_Q_ACTS = {nn.ReLU6: QActReLU6, nn.Hardswish: QActHardswish, nn.Hardsigmoid: QActHardsigmoid,
-           nn.Sigmoid: QActSigmoid, nn.SiLU: QActSiLU, ExactHardswish: QActHardswish,
-           ExactHardsigmoid: QActHardsigmoid, ExactSigmoid: QActSigmoid, ExactSiLU: QActSiLU}
+_Q_ACTS = {
+    nn.ReLU6: QActReLU6,
+    nn.Hardswish: QActHardswish,
+    nn.Hardsigmoid: QActHardsigmoid,
+    nn.Sigmoid: QActSigmoid,
+    nn.SiLU: QActSiLU,
+    ExactHardswish: QActHardswish,
+    ExactHardsigmoid: QActHardsigmoid,
+    ExactSigmoid: QActSigmoid,
+    ExactSiLU: QActSiLU,
+}
 INPUT_QUANT_ACTS = tuple(set(_Q_ACTS.values()))
 
 # quantized or eval-matched class -> the float class (strip_quantizers)
-FLOAT_OF = {ExactHardswish: nn.Hardswish, ExactHardsigmoid: nn.Hardsigmoid, ExactSigmoid: nn.Sigmoid,
-            ExactSiLU: nn.SiLU, QActReLU6: nn.ReLU6, QActHardswish: nn.Hardswish,
-            QActHardsigmoid: nn.Hardsigmoid, QActSigmoid: nn.Sigmoid, QActSiLU: nn.SiLU, QReLU: nn.ReLU}
+FLOAT_OF = {
+    ExactHardswish: nn.Hardswish,
+    ExactHardsigmoid: nn.Hardsigmoid,
+    ExactSigmoid: nn.Sigmoid,
+    ExactSiLU: nn.SiLU,
+    QActReLU6: nn.ReLU6,
+    QActHardswish: nn.Hardswish,
+    QActHardsigmoid: nn.Hardsigmoid,
+    QActSigmoid: nn.Sigmoid,
+    QActSiLU: nn.SiLU,
+    QReLU: nn.ReLU,
+}

@@ -30,7 +30,7 @@ import math
 import torch
 
 from ..errors import QdgError
-from .quantizers import QuantSpec, Quantizer, round_ste
+from .quantizers import Quantizer, QuantSpec, round_ste
 
 
 def _ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,9 @@ class DorefaQuantizer(_FixedRange, Quantizer):
     learn_step = False
     learn_zero_point = False
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False):
+    def __init__(
+        self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False, after_relu: bool = False
+    ):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
         self.initialized.fill_(True)
         with torch.no_grad():
@@ -119,6 +120,7 @@ class UniformQuantizer(Quantizer):
 
 # --- APoT --------------------------------------------------------------------------------------------
 
+
 def apot_grid(b: int) -> list[int]:
     """Integer magnitudes u of the additive powers-of-two grid with 2^b levels (value = u / max u).
 
@@ -150,13 +152,16 @@ class ApotQuantizer(_FixedRange, Quantizer):
     learn_zero_point = False
     qdq_activations = False  # non-uniform levels: an exporter must not write activations as plain Q/DQ
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False):
+    def __init__(
+        self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False, after_relu: bool = False
+    ):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
         b = spec.bits - 1 if is_weight else spec.bits
         if not 1 <= b <= 6:
-            raise QdgError(f"apot {'weights' if is_weight else 'activations'} support "
-                           f"{'2..7' if is_weight else '2..6'} bits, got {spec.bits}")
+            raise QdgError(
+                f"apot {'weights' if is_weight else 'activations'} support "
+                f"{'2..7' if is_weight else '2..6'} bits, got {spec.bits}"
+            )
         grid = apot_grid(b)
         self.register_buffer("grid", torch.tensor(grid, dtype=torch.float32), persistent=False)
         self.top = grid[-1]
@@ -203,8 +208,9 @@ class BwnQuantizer(Quantizer):
     learn_zero_point = False
     qdq_activations = False  # (x > 0) is a threshold at 0, not QuantizeLinear's rounding
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False):
+    def __init__(
+        self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False, after_relu: bool = False
+    ):
         if spec.bits != 1:
             raise QdgError(f"bwn is binary: it needs 1 bit (--bits 1 --act-bits 1, or --act-bits 0), got {spec.bits}")
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)

@@ -43,8 +43,9 @@ def bias_unit(layer: nn.Module, factor: np.ndarray) -> np.ndarray:
     return (s_x * (s_w * np.abs(factor)).astype(np.float32)).astype(np.float64)
 
 
-def folded_bias(layer: nn.Module, bn: nn.BatchNorm2d | None,
-                int_grid: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def folded_bias(
+    layer: nn.Module, bn: nn.BatchNorm2d | None, int_grid: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(factor, shift, bias) in float64 [C]: `bn`'s factors and the layer's bias with `bn` folded in, on the
     int32 grid where `int_grid` (a layer the plan gives integer biases)."""
     c = cast(torch.Tensor, layer.weight).shape[0]

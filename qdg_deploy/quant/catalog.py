@@ -7,8 +7,14 @@ from .baselines import ApotQuantizer, BwnQuantizer, DorefaQuantizer, UniformQuan
 from .daq import DaqQuantizer
 from .quantizers import LsqQuantizer, Quantizer, QuantSpec
 
-QUANTIZERS: dict[str, type[Quantizer]] = {"lsq": LsqQuantizer, "dorefa": DorefaQuantizer, "uniform": UniformQuantizer,
-                                          "apot": ApotQuantizer, "bwn": BwnQuantizer, "daq": DaqQuantizer}
+QUANTIZERS: dict[str, type[Quantizer]] = {
+    "lsq": LsqQuantizer,
+    "dorefa": DorefaQuantizer,
+    "uniform": UniformQuantizer,
+    "apot": ApotQuantizer,
+    "bwn": BwnQuantizer,
+    "daq": DaqQuantizer,
+}
 
 
 def register_quantizer(name: str, cls: type[Quantizer]) -> type[Quantizer]:

@@ -43,8 +43,9 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
     for name in eligible_layers(model, scheme):
         layer = model.get_submodule(name)
         act = scheme.act if (scheme.act_first or name != first) else None
-        replace_module(model, name, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act,
-                                                                         after_relu=name in after_relu))
+        replace_module(
+            model, name, QUANT_LAYERS[type(layer)].from_float(layer, scheme.weight, act, after_relu=name in after_relu)
+        )
     transformer.prepare(model, scheme)  # timm attention: explicit matmuls, quantized with the activations
     if scheme.residual and scheme.act is not None:
         if quantize_residual_blocks(model, scheme.act) and scheme.pool:
@@ -65,9 +66,16 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> nn.Module:
 
 # quantized module class -> the float class it was made from
 _FLOAT_OF: dict[type[nn.Module], type[nn.Module]] = {
-    QConv2d: nn.Conv2d, QLinear: nn.Linear, QBasicBlock: BasicBlock, QBottleneck: Bottleneck,
-    FoldedBatchNorm2d: nn.BatchNorm2d, ExportMatchedGroupNorm: nn.GroupNorm,
-    ExportMatchedAvgPool: nn.AdaptiveAvgPool2d, QAvgPool: nn.AdaptiveAvgPool2d, **activations.FLOAT_OF}
+    QConv2d: nn.Conv2d,
+    QLinear: nn.Linear,
+    QBasicBlock: BasicBlock,
+    QBottleneck: Bottleneck,
+    FoldedBatchNorm2d: nn.BatchNorm2d,
+    ExportMatchedGroupNorm: nn.GroupNorm,
+    ExportMatchedAvgPool: nn.AdaptiveAvgPool2d,
+    QAvgPool: nn.AdaptiveAvgPool2d,
+    **activations.FLOAT_OF,
+}
 _QUANT_STATE = ("weight_quant", "act_quant", "add_quant", "id_quant", "shared_input", *PLAN_ATTRS)
 
 

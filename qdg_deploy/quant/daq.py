@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from .quantizers import QuantSpec, Quantizer, round_ste
+from .quantizers import Quantizer, QuantSpec, round_ste
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -95,8 +95,15 @@ class DaqQuantizer(Quantizer):
     learn_zero_point = False
     transform = "daq"  # tells an exporter that a CDF transform precedes the activation's Q/DQ
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False, act_range: float = 2.0):
+    def __init__(
+        self,
+        spec: QuantSpec,
+        channels: int = 1,
+        ndim: int = 4,
+        is_weight: bool = False,
+        after_relu: bool = False,
+        act_range: float = 2.0,
+    ):
         super().__init__(spec, channels=channels, ndim=ndim, is_weight=is_weight, after_relu=False)
         self.register_buffer("act_range", torch.tensor(1.0 if is_weight else float(act_range)))
         self.initialized.fill_(True)
@@ -145,4 +152,3 @@ class DaqQuantizer(Quantizer):
 
 def is_daq(q: nn.Module | None) -> bool:
     return isinstance(q, DaqQuantizer)
-

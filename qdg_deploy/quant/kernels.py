@@ -67,8 +67,12 @@ def grid(layer: nn.Module) -> Grid:
     dev = layer.weight.device
     t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
     has_bias = layer.bias is not None or bn is not None
-    return Grid(unit0=t(s_x * s_w.astype(np.float32)), mult=t(np.where(zero, 0, sign)), unit=t(s_x * s_wf),
-                bias=t(b) if has_bias else None)
+    return Grid(
+        unit0=t(s_x * s_w.astype(np.float32)),
+        mult=t(np.where(zero, 0, sign)),
+        unit=t(s_x * s_wf),
+        bias=t(b) if has_bias else None,
+    )
 
 
 def _accumulator(layer: nn.Module, x: torch.Tensor, op) -> tuple[torch.Tensor, Grid, tuple]:
@@ -157,7 +161,11 @@ def fused_global_pool(qx: Quantizer, qy: Quantizer, x: torch.Tensor) -> torch.Te
 
 def residual_add(add, training: bool, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """A ResNet block's residual Add: in eval mode as ORT's QLinearAdd where the plan has one (`add`, an AddPlan)."""
-    if (add is None or training or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself
-            or not bool(add.out.initialized)):  # a calibration pass: the next quantizer takes its range from a + b
+    if (
+        add is None
+        or training
+        or isinstance(a, torch.fx.Proxy)  # fx traces the Add itself
+        or not bool(add.out.initialized)
+    ):  # a calibration pass: the next quantizer takes its range from a + b
         return a + b
     return fused_add(add.main, add.identity, add.out, a, b)

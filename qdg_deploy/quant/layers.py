@@ -17,7 +17,7 @@ from torch import nn
 from .bias import eval_bias
 from .catalog import build_quantizer
 from .kernels import exact_eval
-from .quantizers import QuantSpec, Quantizer
+from .quantizers import Quantizer, QuantSpec
 from .swap import recast
 
 if TYPE_CHECKING:
@@ -49,8 +49,11 @@ class QuantMixin:
 
     def _setup_quant(self, weight_spec: QuantSpec | None, act_spec: QuantSpec | None, after_relu: bool):
         out_channels = self.weight.shape[0]
-        self.weight_quant = (build_quantizer(weight_spec, channels=out_channels, ndim=self.weight.dim(),
-                                             is_weight=True) if weight_spec else None)
+        self.weight_quant = (
+            build_quantizer(weight_spec, channels=out_channels, ndim=self.weight.dim(), is_weight=True)
+            if weight_spec
+            else None
+        )
         # a submodule slot even when empty (None): the `act_quant` property reads it (add_module refuses the name)
         self._modules["act_quant"] = build_quantizer(act_spec, after_relu=after_relu) if act_spec else None
         if self.weight_quant is not None:
@@ -80,8 +83,15 @@ class QuantMixin:
         q = self.act_quant
         # CPU without autocast only: on a GPU the input backward is cheap, tangent_form would sync, and the saved
         # tangents cost memory; under autocast the extra op (and its sum) would run in bf16 / fp16
-        split = (q.input_tangents(x) if q is not None and not x.requires_grad and torch.is_grad_enabled()
-                 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") else None)
+        split = (
+            q.input_tangents(x)
+            if q is not None
+            and not x.requires_grad
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            else None
+        )
         if split is None:
             return op(self.quant_input(x), self.quant_weight(), self.op_bias())
         xq, pairs = split
@@ -122,8 +132,14 @@ class _Tangents(torch.autograd.Function):
 
 def is_exact(layer: nn.Module) -> bool:
     """Whether the layer runs the exact eval path now: eval mode, and its plan snaps it (or runs it as ORT's kernel)."""
-    return (isinstance(layer, QuantMixin) and layer.plan is not None and layer.plan.exact and not layer.training
-            and layer.act_quant is not None and layer.weight_quant is not None)
+    return (
+        isinstance(layer, QuantMixin)
+        and layer.plan is not None
+        and layer.plan.exact
+        and not layer.training
+        and layer.act_quant is not None
+        and layer.weight_quant is not None
+    )
 
 
 class QConv2d(QuantMixin, nn.Conv2d):

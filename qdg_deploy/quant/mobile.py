@@ -33,12 +33,11 @@ import torch
 import torch.fx
 from torch import nn
 
-from .activations import (EXACT_ACTS, QReLU, _Q_ACTS)
+from .activations import _Q_ACTS, EXACT_ACTS, QReLU
 from .catalog import build_quantizer
 from .layers import QConv2d, QLinear
 from .schemes import Scheme
 from .swap import recast, replace_module
-
 
 
 def exact_activations(model: nn.Module) -> int:
@@ -53,6 +52,7 @@ def _conv_outputs(gm: torch.fx.GraphModule, mods) -> list[torch.fx.Node]:
     """For each quantized conv / linear with a quantized input: the node of its output (its BatchNorm's, when
     one BatchNorm alone reads it)."""
     from .tracing import conv_bn_pairs
+
     bn_of = conv_bn_pairs(gm, mods)
     out = []
     for n in gm.graph.nodes:
@@ -65,8 +65,11 @@ def _conv_outputs(gm: torch.fx.GraphModule, mods) -> list[torch.fx.Node]:
 def _feeds_gate(n: torch.fx.Node) -> bool:
     """Whether a multiply reads n's output (a squeeze-and-excitation block's input). Only there does a ReLU get an
     output quantizer: networks without such blocks keep the quantizers (and state-dict keys) they always had."""
-    return any((u.op == "call_function" and u.target in (operator.mul, torch.mul))
-               or (u.op == "call_method" and u.target == "mul") for u in n.users)
+    return any(
+        (u.op == "call_function" and u.target in (operator.mul, torch.mul))
+        or (u.op == "call_method" and u.target == "mul")
+        for u in n.users
+    )
 
 
 def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
@@ -76,6 +79,7 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
     from ..errors import QdgError
     from .ort_fusion import output_quantizer
     from .tracing import trace
+
     if scheme.act is None or not scheme.int_bias:
         return 0
     try:
@@ -105,8 +109,8 @@ def quantize_conv_outputs(model: nn.Module, scheme: Scheme) -> int:
     return swapped
 
 
-
 # --- timm's modules, in the forms the tracer, the plan and the writer know (state-dict keys unchanged) ---
+
 
 class SplitNormAct(nn.Module):
     """timm's BatchNormAct2d (BatchNorm, dropout and activation in one module, holding the BatchNorm's tensors

@@ -24,9 +24,15 @@ def user_quant(u: torch.fx.Node, mods) -> Quantizer | None:
     """The activation quantizer fx node u applies to its input (a quantized layer's or pool's, or a standalone
     residual quantizer), or None; transform (DAQ) and per-channel quantizers do not count."""
     from .activations import INPUT_QUANT_ACTS  # activations with an input quantizer (scheme ort, quant/mobile.py)
+
     m = mods.get(u.target) if u.op == "call_module" else None
-    aq = (m if isinstance(m, Quantizer) else m.act_quant if isinstance(m, (QConv2d, QLinear, QAvgPool, *INPUT_QUANT_ACTS))
-          else None)
+    aq = (
+        m
+        if isinstance(m, Quantizer)
+        else m.act_quant
+        if isinstance(m, (QConv2d, QLinear, QAvgPool, *INPUT_QUANT_ACTS))
+        else None
+    )
     if aq is None or aq.transform or aq.scale().numel() != 1:
         return None
     return aq
@@ -49,8 +55,11 @@ def flatten_quant(n: torch.fx.Node, mods) -> Quantizer | None:
 
 
 def _is_flatten(u: torch.fx.Node, mods) -> bool:
-    return ((u.op == "call_module" and isinstance(mods.get(u.target), nn.Flatten))
-            or (u.op == "call_function" and u.target is torch.flatten) or (u.op == "call_method" and u.target == "flatten"))
+    return (
+        (u.op == "call_module" and isinstance(mods.get(u.target), nn.Flatten))
+        or (u.op == "call_function" and u.target is torch.flatten)
+        or (u.op == "call_method" and u.target == "flatten")
+    )
 
 
 def _one_quant(users, mods, pools: bool = True) -> Quantizer | None:
@@ -63,6 +72,7 @@ def _one_quant(users, mods, pools: bool = True) -> Quantizer | None:
 def output_quantizer(n: torch.fx.Node, mods) -> Quantizer | None:
     """The quantizer that alone reads node n's output (through a droppable ReLU and a MaxPool), or None."""
     from .activations import QReLU
+
     users = list(n.users)
     if len(users) == 1 and users[0].op == "call_module" and isinstance(mods.get(users[0].target), QReLU):
         q = mods[users[0].target].act_quant  # a ReLU with its output quantizer (quant/mobile.py)

@@ -34,8 +34,9 @@ class QAvgPool(ExportMatchedAvgPool):
     def forward(self, x):
         x = self.act_quant(x)
         q = self.pool_plan.out if self.pool_plan is not None else None
-        if (q is None or self.training or isinstance(x, torch.fx.Proxy)
-                or not bool(q.initialized)):  # a calibration pass: the next quantizer takes its range from the mean
+        if (
+            q is None or self.training or isinstance(x, torch.fx.Proxy) or not bool(q.initialized)
+        ):  # a calibration pass: the next quantizer takes its range from the mean
             return super().forward(x)
         return fused_global_pool(self.act_quant, q, x)
 

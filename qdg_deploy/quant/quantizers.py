@@ -80,15 +80,17 @@ class Quantizer(nn.Module):
     # this callable, so the network computes in float and each quantizer sees the float tensor it will quantize.
     observe = None
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False,
-                 after_relu: bool = False):
+    def __init__(
+        self, spec: QuantSpec, channels: int = 1, ndim: int = 4, is_weight: bool = False, after_relu: bool = False
+    ):
         super().__init__()
         self.spec = spec
         self.is_weight = is_weight
         shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
         self.step = nn.Parameter(torch.ones(shape), requires_grad=self.learn_step)
-        self.learned_zp = self.learn_zero_point and (spec.zero_point == "learned"
-                                                     or (spec.zero_point == "relu" and not after_relu))
+        self.learned_zp = self.learn_zero_point and (
+            spec.zero_point == "learned" or (spec.zero_point == "relu" and not after_relu)
+        )
         # Stored as a float Parameter so LSQ+ can learn it; the forward rounds it (STE), so the value the
         # network computes with is always an integer and exports as an ONNX zero point exactly.
         self.zero_point = nn.Parameter(torch.zeros(()), requires_grad=self.learned_zp)
@@ -105,8 +107,10 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         zp = "learned zp" if self.learned_zp else "zp 0"
-        return (f"{s.quantizer} {s.bits}-bit [{self.qmin}, {self.qmax}], "
-                f"{'per-channel' if s.per_channel else 'per-tensor'}, {zp}")
+        return (
+            f"{s.quantizer} {s.bits}-bit [{self.qmin}, {self.qmax}], "
+            f"{'per-channel' if s.per_channel else 'per-tensor'}, {zp}"
+        )
 
     def _reduce_dims(self, x: torch.Tensor):
         return tuple(range(1, x.dim())) if self.spec.per_channel else tuple(range(x.dim()))
@@ -213,8 +217,11 @@ class _LsqFakeQuant(torch.autograd.Function):
         if inside:  # every element: the straight-through gradient is grad itself (an Add's backward passes it so too)
             grad_x = grad
             scratch = torch.empty_like(x) if s.dim() else None
-        elif s.dim() == 0 and x.device.type == "cpu" and (bounds := _x_bounds(x.dtype, s.item(), qmin - zf,
-                                                                              qmax - zf)) is not None:
+        elif (
+            s.dim() == 0
+            and x.device.type == "cpu"
+            and (bounds := _x_bounds(x.dtype, s.item(), qmin - zf, qmax - zf)) is not None
+        ):
             grad_x = torch.ops.aten.hardtanh_backward(grad, x, *bounds)
         else:
             # u = v: bounds one float below/above make the test inclusive, as LSQ defines it (torch's clamp passes no
@@ -230,8 +237,11 @@ class _LsqFakeQuant(torch.autograd.Function):
             # Σ grad·out - Σ grad_x·x (grad_x = grad·inside): two dots, no full-size temporary
             grad_s = (_dot_to(grad, out, s.shape, scratch) - _dot_to(grad_x, x, s.shape, scratch)).div_(s).mul_(g)
         if z is not None and ctx.needs_input_grad[2]:  # nothing outside, nothing for z
-            grad_z = torch.zeros_like(z) if inside else ((_reduce_to(grad, s.shape) - _reduce_to(grad_x, s.shape))
-                                                         * s).sum() * -g
+            grad_z = (
+                torch.zeros_like(z)
+                if inside
+                else ((_reduce_to(grad, s.shape) - _reduce_to(grad_x, s.shape)) * s).sum() * -g
+            )
         return grad_x, grad_s, grad_z, None, None, None
 
 
@@ -296,6 +306,7 @@ def _x_bounds(dtype: torch.dtype, s: float, lo_v: float, hi_v: float) -> tuple[f
                 return float(t)
             t = np.nextafter(t, out)
         return None
+
     a, b = first_above(lo_v, -1), first_above(hi_v, 1)
     return None if a is None or b is None else (a, b)
 
@@ -346,8 +357,9 @@ class LsqQuantizer(Quantizer):
             inside = (v >= lo) & (v <= hi)  # LSQ's regions, as _LsqFakeQuant's backward
             # d out / d s: round(v) - v inside, c - z outside, i.e. (out - x·inside) / s; d out / d z: 0 inside, -s outside
             d_s = torch.where(inside, out - x, out).div_(s) if s.requires_grad else None
-            d_z: torch.Tensor | float | None = (torch.where(inside, 0.0, -s) if z is not None and z.requires_grad
-                                                else None)
+            d_z: torch.Tensor | float | None = (
+                torch.where(inside, 0.0, -s) if z is not None and z.requires_grad else None
+            )
             if d_z is not None and bool(inside.all()):
                 d_z = 0.0  # nothing outside: z's gradient is 0, without a forward op on zeros
         pairs = [(scale_grad(p, g), d) for p, d in ((s, d_s), (z, d_z)) if d is not None]

@@ -35,6 +35,7 @@ class Scheme:
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
+
         return asdict(self)
 
     @classmethod
@@ -52,23 +53,38 @@ _W8_NARROW = QuantSpec(bits=8, signed=True, narrow=True, per_channel=True)
 SCHEMES: dict[str, Scheme] = {
     # QT-DoG as its public code runs it: LSQ on every Conv2d's weights, 7-bit full signed range
     # [-64, 63], one step per output channel, no zero point; activations and the classifier float.
-    "paper": Scheme("paper", ("conv",), QuantSpec(bits=7, signed=True, narrow=False, per_channel=True), None,
-                    note="weight-only: buys size, not speed"),
+    "paper": Scheme(
+        "paper",
+        ("conv",),
+        QuantSpec(bits=7, signed=True, narrow=False, per_channel=True),
+        None,
+        note="weight-only: buys size, not speed",
+    ),
     # TensorRT explicit quantization: symmetric narrow-range per-channel weights, int8 zp-0 activations.
-    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True,
-                  pool=True),
+    "trt": Scheme("trt", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=True), residual=True, pool=True),
     # ONNX Runtime CPU (U8S8 kernels): uint8 activations, zp 0 after a ReLU so ORT can fold the ReLU.
-    "ort": Scheme("ort", ("conv", "linear"), _W8_NARROW, QuantSpec(bits=8, signed=False, zero_point="relu"),
-                  residual=True, int_bias=True, pool=True),
+    "ort": Scheme(
+        "ort",
+        ("conv", "linear"),
+        _W8_NARROW,
+        QuantSpec(bits=8, signed=False, zero_point="relu"),
+        residual=True,
+        int_bias=True,
+        pool=True,
+    ),
     # AlignQ's placement: DAQ on conv weights and conv inputs (not the image), classifier float, same bits for both.
-    "alignq": Scheme("alignq", ("conv",), QuantSpec(bits=4, signed=True, quantizer="daq"),
-                     QuantSpec(bits=4, signed=True, quantizer="daq"), act_first=False,
-                     note="AlignQ DAQ W4A4 on convs; first conv weight-only, classifier float"),
+    "alignq": Scheme(
+        "alignq",
+        ("conv",),
+        QuantSpec(bits=4, signed=True, quantizer="daq"),
+        QuantSpec(bits=4, signed=True, quantizer="daq"),
+        act_first=False,
+        note="AlignQ DAQ W4A4 on convs; first conv weight-only, classifier float",
+    ),
 }
 
 
-def get_scheme(name: str, bits: int | None = None, act_bits: int | None = None,
-               quantizer: str | None = None) -> Scheme:
+def get_scheme(name: str, bits: int | None = None, act_bits: int | None = None, quantizer: str | None = None) -> Scheme:
     """A named scheme with optional overrides; act_bits=0 means float activations."""
     try:
         scheme = SCHEMES[name]
@@ -77,13 +93,13 @@ def get_scheme(name: str, bits: int | None = None, act_bits: int | None = None,
     # The quantizer goes in together with the bits: a spec validates its bits against its quantizer
     # (1 bit exists only for "bwn").
     wq = quantizer if quantizer is not None else scheme.weight.quantizer
-    scheme = replace(scheme, weight=replace(scheme.weight, quantizer=wq,
-                                            bits=bits if bits is not None else scheme.weight.bits))
+    scheme = replace(
+        scheme, weight=replace(scheme.weight, quantizer=wq, bits=bits if bits is not None else scheme.weight.bits)
+    )
     if act_bits == 0:
         scheme = replace(scheme, act=None)
     elif act_bits is not None or (quantizer is not None and scheme.act):
         base = scheme.act or QuantSpec(bits=8, signed=True)
         aq = quantizer if quantizer is not None else base.quantizer
-        scheme = replace(scheme, act=replace(base, quantizer=aq,
-                                             bits=act_bits if act_bits is not None else base.bits))
+        scheme = replace(scheme, act=replace(base, quantizer=aq, bits=act_bits if act_bits is not None else base.bits))
     return scheme

@@ -28,9 +28,12 @@ class Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m, qualname):
         if isinstance(m, nn.BatchNorm2d) and "act" in m._modules:  # timm's BatchNormAct2d: traced into (its
             return False  # F.batch_norm is then refused by name; quant/mobile.adapt_timm splits it first)
-        return (isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
-                or getattr(m, "fx_leaf", False)  # modules that say so (quant/transformer.py's QMatMul)
-                or isinstance(m, _ACTIVATIONS) or super().is_leaf_module(m, qualname))
+        return (
+            isinstance(m, (QConv2d, QLinear, Quantizer, nn.GroupNorm, nn.BatchNorm2d, nn.AdaptiveAvgPool2d))
+            or getattr(m, "fx_leaf", False)  # modules that say so (quant/transformer.py's QMatMul)
+            or isinstance(m, _ACTIVATIONS)
+            or super().is_leaf_module(m, qualname)
+        )
 
 
 # activations kept whole, also the eval-matched and quantized ones of quant/mobile.py
@@ -41,8 +44,11 @@ def _defaults(model: nn.Module) -> dict | None:
     """forward's optional arguments at their defaults (timm's attn_mask=None, ...): traced as constants, so the
     graph has one input and a None mask stays None."""
     params = list(inspect.signature(model.forward).parameters.values())[1:]
-    found = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    found = {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     return found or None
 
 
@@ -56,15 +62,19 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
 def is_relu(n: torch.fx.Node, mods, relu6: bool = False) -> bool:
     """A ReLU node (module, function or method); with relu6, ReLU6 counts too (non-negative output)."""
     modules, funcs = ((nn.ReLU, nn.ReLU6), {F.relu, torch.relu, F.relu6}) if relu6 else (nn.ReLU, {F.relu, torch.relu})
-    return ((n.op == "call_module" and isinstance(mods.get(n.target), modules))
-            or (n.op == "call_function" and n.target in funcs)
-            or (n.op == "call_method" and n.target in ("relu", "relu_")))
+    return (
+        (n.op == "call_module" and isinstance(mods.get(n.target), modules))
+        or (n.op == "call_function" and n.target in funcs)
+        or (n.op == "call_method" and n.target in ("relu", "relu_"))
+    )
 
 
 def _passes(n: torch.fx.Node, mods) -> bool:
-    return ((n.op == "call_module" and isinstance(mods.get(n.target), _PASS_MODULES))
-            or (n.op == "call_function" and n.target in _PASS_FUNCS)
-            or (n.op == "call_method" and n.target in _PASS_METHODS))
+    return (
+        (n.op == "call_module" and isinstance(mods.get(n.target), _PASS_MODULES))
+        or (n.op == "call_function" and n.target in _PASS_FUNCS)
+        or (n.op == "call_method" and n.target in _PASS_METHODS)
+    )
 
 
 def relu_fed_layers(model: nn.Module) -> set[str]:
@@ -99,7 +109,11 @@ def conv_bn_pairs(gm: torch.fx.GraphModule, mods) -> dict[str, torch.fx.Node]:
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods.get(n.target), nn.BatchNorm2d):
             src = n.args[0]
-            if (isinstance(src, torch.fx.Node) and src.op == "call_module"
-                    and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            if (
+                isinstance(src, torch.fx.Node)
+                and src.op == "call_module"
+                and isinstance(mods.get(src.target), nn.Conv2d)
+                and len(src.users) == 1
+            ):
                 out[src.name] = n
     return out

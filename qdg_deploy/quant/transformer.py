@@ -221,8 +221,9 @@ def prepare(model: nn.Module, scheme: Scheme) -> None:
             continue
         for attr in ("gate", "rope"):  # variants (gated / rotary attention) the forward above does not compute
             if getattr(m, attr, None) is not None:
-                raise QdgError(f"unsupported operation: attention {name!r} with {attr} (only plain ViT attention "
-                               f"can be quantized)")
+                raise QdgError(
+                    f"unsupported operation: attention {name!r} with {attr} (only plain ViT attention can be quantized)"
+                )
         if not hasattr(m, "attn_dim"):
             m.attn_dim = m.num_heads * m.head_dim
         q = recast(m, _quantized_class(type(m)))

@@ -3,11 +3,27 @@ train/hparams.py) does not import torch."""
 
 from importlib import import_module
 
-_FROM = {"Algorithm": ".algorithms", "ALGORITHMS": ".methods", "get_algorithm": ".methods", "register": ".methods",
-         "default_hparams": ".hparams", "resolve_hparams": ".loop", "train": ".loop", "train_one": ".loop"}
+_FROM = {
+    "Algorithm": ".algorithms",
+    "ALGORITHMS": ".methods",
+    "get_algorithm": ".methods",
+    "register": ".methods",
+    "default_hparams": ".hparams",
+    "resolve_hparams": ".loop",
+    "train": ".loop",
+    "train_one": ".loop",
+}
 
-__all__ = ["ALGORITHMS", "Algorithm", "default_hparams", "get_algorithm", "register", "resolve_hparams", "train",
-           "train_one"]
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "default_hparams",
+    "get_algorithm",
+    "register",
+    "resolve_hparams",
+    "train",
+    "train_one",
+]
 
 
 def __getattr__(name: str):

@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibrate.core import calibrate_model
 from ..device import autocast, place_model, to_device
 from ..models import build_model
-from ..calibrate.core import calibrate_model
 from ..quant import Quantizer, get_scheme, is_quantized, quant_layers, quantize_model
 from .dist import SINGLE, Dist, wrap
 from .syncbn import synced, use_sync_bn
 
+
 def scheme_from_hparams(hp: dict):
-    return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"),
-                      quantizer=hp.get("quantizer"))
+    return get_scheme(hp["scheme"], bits=hp.get("bits"), act_bits=hp.get("act_bits"), quantizer=hp.get("quantizer"))
 
 
 def lr_scale(hp: dict, step: int) -> float:
@@ -51,8 +51,13 @@ class Algorithm(nn.Module):
         super().__init__()
         self.hparams = hparams
         self.num_classes = num_classes
-        self.network = build_model(hparams["arch"], input_shape[0], num_classes, hparams.get("weights"),
-                                   pretrained=bool(hparams.get("pretrained")))
+        self.network = build_model(
+            hparams["arch"],
+            input_shape[0],
+            num_classes,
+            hparams.get("weights"),
+            pretrained=bool(hparams.get("pretrained")),
+        )
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -169,6 +174,7 @@ class ERM(Algorithm):
         self.scheme = scheme_from_hparams(hparams) if self.quantizes else None
         if self.quantizes:  # an op the exporter cannot lower (timm swin's shifted windows) refused before training
             from ..export.supported import check_supported
+
             check_supported(self.network)
         if self.quantizes and (hparams["q_steps"] <= 0 or hparams.get("init")):
             self.quantize()

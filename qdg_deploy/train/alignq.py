@@ -40,8 +40,11 @@ from .da import DomainAdaptation
 
 def crp_quantizers(net: nn.Module) -> dict[str, nn.Module]:
     """name -> DAQ activation quantizer that carries a CRP term (see the module docstring)."""
-    blocks = [(n, m) for n, m in net.named_modules()
-              if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck))]
+    blocks = [
+        (n, m)
+        for n, m in net.named_modules()
+        if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck))
+    ]
     if blocks:
         found = {f"{n}.conv1": input_quant(m.conv1) for n, m in blocks}
     else:
@@ -74,8 +77,9 @@ class AlignQ(DomainAdaptation):
                 m.act_quant.act_range.fill_(float(hp.get("act_range", 2.0)))
         # Gradient approximation: DAQ weights of every quantized conv but the network's first conv.
         first = next(n for n, m in self.network.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-        self.approx_layers = [m for n, m in layers.items()
-                              if n != first and isinstance(m, nn.Conv2d) and is_daq(m.weight_quant)]
+        self.approx_layers = [
+            m for n, m in layers.items() if n != first and isinstance(m, nn.Conv2d) and is_daq(m.weight_quant)
+        ]
         if self.grad_approx == "chain":
             for m in self.approx_layers:
                 m.weight_quant.round_fn = approx_round(hp.get("lam", 1.0), hp.get("lam2", 4.0))
@@ -118,5 +122,6 @@ class AlignQ(DomainAdaptation):
         hp = self.hparams
         for m in self.approx_layers:
             if m.weight.grad is not None:
-                m.weight.grad.mul_(grad_approx_factor(m.weight, m.weight_quant.spec.bits,
-                                                      hp.get("lam", 1.0), hp.get("lam2", 4.0)))
+                m.weight.grad.mul_(
+                    grad_approx_factor(m.weight, m.weight_quant.spec.bits, hp.get("lam", 1.0), hp.get("lam2", 4.0))
+                )

@@ -82,12 +82,12 @@ def crp_discrepancy(x: torch.Tensor) -> torch.Tensor:
     return relation_matrix(normal_cdf(x)) - relation_matrix(x)
 
 
-def admm_loss(d: torch.Tensor, a: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2,
-              rho: float = 0.3) -> torch.Tensor:
+def admm_loss(d: torch.Tensor, a: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2, rho: float = 0.3) -> torch.Tensor:
     """mu * mean|A| + (rho / 2) * sqrt(mean((D - A)^2)) + mean(Gamma * |D - A|); A, Gamma constants."""
     diff = d - a
-    return (mu * a.abs().mean() + rho / 2 * torch.sqrt((diff * diff).mean().clamp_min(1e-20))
-            + (gamma * diff.abs()).mean())
+    return (
+        mu * a.abs().mean() + rho / 2 * torch.sqrt((diff * diff).mean().clamp_min(1e-20)) + (gamma * diff.abs()).mean()
+    )
 
 
 @torch.no_grad()
@@ -95,7 +95,9 @@ def admm_update(d: torch.Tensor, gamma: torch.Tensor, mu: float = 0.2, rho: floa
     """Closed form: V = D + Gamma / rho; A = max(0, 1 - (mu / rho) / ||V||_F) * V; Gamma += rho (D - A)."""
     v = d + gamma / rho
     norm = torch.linalg.norm(v)
-    shrink = torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype, device=v.device)
+    shrink = (
+        torch.clamp(1.0 - (mu / rho) / norm, min=0.0) if norm > 0 else torch.zeros((), dtype=v.dtype, device=v.device)
+    )
     a = shrink * v
     return a, gamma + rho * (d - a)
 
@@ -140,4 +142,3 @@ class CrpTerm:
     def _record(self, module: nn.Module, args) -> None:
         if module.training:
             self.relations.append(crp_discrepancy(args[0]))
-

@@ -50,10 +50,12 @@ def split_network(net: nn.Module):
     if callable(getattr(net, "features", None)) and isinstance(getattr(net, "fc", None), nn.Linear):
         return net.features, net.fc, net.fc.in_features
     if isinstance(net, torchvision.models.ResNet):
+
         def features(x):
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
             x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
             return torch.flatten(net.avgpool(x), 1)
+
         return features, net.fc, net.fc.in_features
     raise QdgError(f"{type(net).__name__} has no features()/fc split for domain adaptation")
 

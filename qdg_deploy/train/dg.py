@@ -44,8 +44,9 @@ class CORAL(ERM):
         ce = F.cross_entropy(head(feats), y)
         parts = feats.split(sizes)
         pairs = [(i, j) for i in range(len(parts)) for j in range(i + 1, len(parts))]
-        penalty = (sum(coral_penalty(parts[i], parts[j]) for i, j in pairs) / len(pairs) if pairs
-                   else feats.new_zeros(()))
+        penalty = (
+            sum(coral_penalty(parts[i], parts[j]) for i, j in pairs) / len(pairs) if pairs else feats.new_zeros(())
+        )
         loss = ce + self.hparams.get("coral_weight", 1.0) * penalty
         return loss, {"ce": ce.item(), "coral": float(penalty.detach())}
 

@@ -77,16 +77,21 @@ def check_distributed(hp: dict) -> None:
     if world == 1:
         return
     if hp["method"] not in DDP_METHODS or hp.get("source") is not None:
-        raise QdgError(f"under torchrun, --method {hp['method']} does not train data parallel (its loss calls the "
-                       f"network in parts); methods that do: {', '.join(DDP_METHODS)}")
+        raise QdgError(
+            f"under torchrun, --method {hp['method']} does not train data parallel (its loss calls the "
+            f"network in parts); methods that do: {', '.join(DDP_METHODS)}"
+        )
     if hp["batch_size"] % world:
-        raise QdgError(f"--batch-size {hp['batch_size']} does not split into {world} equal per-rank slices: "
-                       f"use a multiple of {world}")
+        raise QdgError(
+            f"--batch-size {hp['batch_size']} does not split into {world} equal per-rank slices: "
+            f"use a multiple of {world}"
+        )
     if str(hp["test_env"]) == "all":
         raise QdgError("under torchrun, give one --test-env (launch one torchrun per held-out domain)")
     if re.fullmatch(r"cuda:\d+", str(hp.get("device") or "").strip().lower()):
-        raise QdgError(f"under torchrun, --device {hp['device']}: each rank uses cuda:LOCAL_RANK; give --device cuda "
-                       f"or auto")
+        raise QdgError(
+            f"under torchrun, --device {hp['device']}: each rank uses cuda:LOCAL_RANK; give --device cuda or auto"
+        )
 
 
 def init_dist(spec: str | None) -> tuple[Dist, torch.device]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 import os
 import random
 import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +18,20 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import TensorDataset
 
-from ..records import Metrics, RunConfig
-from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threads
-from ..data import Splits, get_dataset, load_class_map, run_splits
-from ..errors import QdgError
 from ..accuracy import accuracy_and_loss, domain_metrics, make_progress
+from ..data import Splits, get_dataset, load_class_map, run_splits
+from ..device import keep_freed_memory, resolve_amp, resolve_device, torch_threads
+from ..errors import QdgError
 from ..models import backbone_input
 from ..quant import model_size
+from ..records import Metrics, RunConfig
 from ..runs import WEIGHTS, check_out_dir, model_record, save_run
 from .algorithms import scheme_from_hparams
 from .dist import SINGLE, check_distributed, close_dist, init_dist
+from .hparams import default_hparams, method_defaults
+from .methods import get_algorithm
 from .resume import LAST, read_checkpoint, restore, save_checkpoint
 from .streams import infinite_batches
-from .methods import get_algorithm
-from .hparams import default_hparams, method_defaults
 from .swad import WeightAveraging, recompute_bn
 from .syncbn import sync_note
 from .validate import check_applicable, check_choices, check_ranges
@@ -81,8 +81,10 @@ def random_init_warning(hp: dict) -> str | None:
         return None
     if hp.get("weights") or hp.get("pretrained") or hp.get("init"):
         return None
-    return (f"{hp['arch']} trains from random weights on {hp['dataset']}: the DomainBed protocol (and QT-DoG's) "
-            f"assumes ImageNet weights (--pretrained with a tv:/timm: arch, or --weights FILE)")
+    return (
+        f"{hp['arch']} trains from random weights on {hp['dataset']}: the DomainBed protocol (and QT-DoG's) "
+        f"assumes ImageNet weights (--pretrained with a tv:/timm: arch, or --weights FILE)"
+    )
 
 
 def apply_init(hp: dict) -> dict | None:
@@ -92,14 +94,14 @@ def apply_init(hp: dict) -> dict | None:
     if not hp.get("init"):
         return None
     from ..runs import CONFIG, check_run_dir, read_run_json
+
     run = check_run_dir(hp["init"], (CONFIG, WEIGHTS), role="--init ")
     model = read_run_json(run / CONFIG).get("model", {})
     if model.get("arch") and model["arch"] != hp["arch"]:
         raise QdgError(f"--init {run} holds a {model['arch']} but this run trains a {hp['arch']}")
     hp["weights"] = str(run / WEIGHTS)
     scheme = model.get("scheme")
-    return {"run": str(run), "arch": model.get("arch"),
-            "bits": scheme["weight"]["bits"] if scheme else 32}
+    return {"run": str(run), "arch": model.get("arch"), "bits": scheme["weight"]["bits"] if scheme else 32}
 
 
 def seed_everything(seed: int) -> None:
@@ -113,8 +115,9 @@ def prepare_out(out: Path, overwrite: bool, resume: bool = False) -> None:
     if resume and (out / LAST).is_file():
         return
     if (out / LAST).is_file() and not overwrite:
-        raise QdgError(f"{out} holds a killed run's {LAST}: continue it with --resume, or pass --overwrite to "
-                       f"start anew")
+        raise QdgError(
+            f"{out} holds a killed run's {LAST}: continue it with --resume, or pass --overwrite to start anew"
+        )
     check_out_dir(out, overwrite)
 
 
@@ -165,11 +168,21 @@ class Fit:
 def validation_score(algo, train_splits) -> tuple[float, float]:
     """Mean accuracy and mean cross-entropy over the training domains' `out` splits."""
     scores = [accuracy_and_loss(algo.predict, s.out_eval) for s in train_splits]
-    return float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))
+    return float(np.mean([a for a, _ in scores])), float(np.mean([loss for _, loss in scores]))
 
 
-def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress, label: str, result: Fit,
-        start: int = 0, out: Path | None = None) -> Fit:
+def fit(
+    algo,
+    hp: dict,
+    setup: Setup,
+    streams,
+    target_stream,
+    progress: Progress,
+    label: str,
+    result: Fit,
+    start: int = 0,
+    out: Path | None = None,
+) -> Fit:
     """The training loop from update `start` on: update, feed the weight averaging, evaluate and select every
     checkpoint_freq steps (and write `out`/last.ckpt there). Under torchrun only rank 0 evaluates, averages and
     writes; the other ranks update."""
@@ -181,8 +194,10 @@ def fit(algo, hp: dict, setup: Setup, streams, target_stream, progress: Progress
         algo.schedule_lr(step)
         losses = algo.update([next(s) for s in streams], step, unlabeled=unlabeled)
         if not math.isfinite(losses["loss"]):
-            raise QdgError(f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "
-                           f"lower --lr; nothing was written")
+            raise QdgError(
+                f"training diverged: the loss is {losses['loss']} at step {step + 1} (--lr {hp['lr']:g}); "
+                f"lower --lr; nothing was written"
+            )
         if main:
             result.averaging.observe(algo.network, step + 1)
         if main and ((step + 1) % hp["checkpoint_freq"] == 0 or step + 1 == hp["steps"]):
@@ -229,8 +244,14 @@ def finish(algo, hp: dict, setup: Setup, result: Fit, streams) -> dict:
     return {**scored, "selected_step": None, **extra, f"no_{result.averaging.kind}": plain}
 
 
-def train_one(hp: dict, out: str | Path, *, console: Console | None = None, overwrite: bool = False,
-              progress: Progress | None = None) -> dict | None:
+def train_one(
+    hp: dict,
+    out: str | Path,
+    *,
+    console: Console | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict | None:
     """Train one leave-one-domain-out run into `out`; returns its metrics (None on a torchrun rank other than 0).
     With hp["resume"], continue from `out`/last.ckpt where a killed run left one."""
     out = Path(out)
@@ -293,20 +314,50 @@ def _train_one(hp, out, console, overwrite, progress, device, amp, dist) -> dict
     ckpt = out / LAST
     done = restore(read_checkpoint(ckpt, hp), algo, result) if hp.get("resume") and ckpt.is_file() else 0
     workers = loader_workers(hp, setup.train_splits[0].train, device, len(setup.train_splits) + setup.da)
-    stream = functools.partial(infinite_batches, batch_size=hp["batch_size"], workers=workers, dist=dist,
-                               device=device, channels_last=algo.channels_last, skip=done)
+    stream = functools.partial(
+        infinite_batches,
+        batch_size=hp["batch_size"],
+        workers=workers,
+        dist=dist,
+        device=device,
+        channels_last=algo.channels_last,
+        skip=done,
+    )
     streams = [stream(s.train, seed=hp["seed"] * 1000 + i) for i, s in enumerate(setup.train_splits)]
     target_stream = stream(setup.splits[setup.test_env].train, seed=hp["seed"] * 1000 + 999) if setup.da else None
     # SyncBatchNorm: SWAD's BatchNorm recompute (rank 0 alone) reads the global batches one process reads after the
     # training steps, not rank 0's slices (lazy: nothing is loaded unless it runs)
-    bn_streams = [stream(s.train, seed=hp["seed"] * 1000 + i, dist=SINGLE, skip=hp["steps"])
-                  for i, s in enumerate(setup.train_splits)] if algo.sync_bn and dist.main else streams
-    label = (f"{hp['method']} · {ds.domains[setup.source]} → {ds.domains[setup.test_env]}" if setup.da
-             else f"{hp['method']} · test env {ds.domains[setup.test_env]}")
+    bn_streams = (
+        [
+            stream(s.train, seed=hp["seed"] * 1000 + i, dist=SINGLE, skip=hp["steps"])
+            for i, s in enumerate(setup.train_splits)
+        ]
+        if algo.sync_bn and dist.main
+        else streams
+    )
+    label = (
+        f"{hp['method']} · {ds.domains[setup.source]} → {ds.domains[setup.test_env]}"
+        if setup.da
+        else f"{hp['method']} · test env {ds.domains[setup.test_env]}"
+    )
     fresh = not out.exists()
     try:
-        return _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress,
-                             init, notes, bn_streams)
+        return _fit_and_save(
+            algo,
+            hp,
+            setup,
+            streams,
+            target_stream,
+            label,
+            result,
+            done,
+            out,
+            console,
+            progress,
+            init,
+            notes,
+            bn_streams,
+        )
     except BaseException:  # a failure or Ctrl-C ends the run: its checkpoint goes too (a SIGKILL leaves it to resume)
         if dist.main and not hp.get("resume"):
             discard_checkpoint(out, fresh)
@@ -327,8 +378,9 @@ def discard_checkpoint(out: Path, fresh: bool) -> None:
         out.rmdir()
 
 
-def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, out, console, progress, init,
-                  notes, bn_streams) -> dict | None:
+def _fit_and_save(
+    algo, hp, setup, streams, target_stream, label, result, done, out, console, progress, init, notes, bn_streams
+) -> dict | None:
     ds, dist = setup.ds, algo.dist
     start = time.perf_counter()
     bar = progress or make_progress(console if dist.main else Console(stderr=True, quiet=True))
@@ -338,23 +390,42 @@ def _fit_and_save(algo, hp, setup, streams, target_stream, label, result, done, 
         return None
     scored = finish(algo, hp, setup, result, bn_streams)
     scheme = scheme_from_hparams(hp) if algo.quantizes else None
-    metrics = Metrics.of(scored, bits=scheme.weight.bits if scheme else 32, scheme=scheme.name if scheme else None,
-                         method=hp["method"])
-    extra = {"input": getattr(ds, "pipeline", None), "size": model_size(algo.network), "history": result.history,
-             "train_seconds": round(time.perf_counter() - start, 1)}
+    metrics = Metrics.of(
+        scored, bits=scheme.weight.bits if scheme else 32, scheme=scheme.name if scheme else None, method=hp["method"]
+    )
+    extra = {
+        "input": getattr(ds, "pipeline", None),
+        "size": model_size(algo.network),
+        "history": result.history,
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
     if init:
         extra["init"] = init
     if notes:
         extra["data_notes"] = notes
-    extra["device"] = {"device": str(algo.device), "amp": algo.amp, "channels_last": algo.channels_last,
-                       "world_size": dist.world, "resumed_at_step": done or None,
-                       "sync_bn": algo.sync_bn}
+    extra["device"] = {
+        "device": str(algo.device),
+        "amp": algo.amp,
+        "channels_last": algo.channels_last,
+        "world_size": dist.world,
+        "resumed_at_step": done or None,
+        "sync_bn": algo.sync_bn,
+    }
     if setup.da:  # selected by source 'out' accuracy; test_acc is the target's accuracy over all of it
-        extra["domain_adaptation"] = {"source": ds.domains[setup.source], "target": ds.domains[setup.test_env],
-                                      "selection": "source out accuracy"}
-    config = RunConfig(hparams=hp, dataset=hp["dataset"], domains=ds.domains, test_env_index=setup.test_env,
-                       classes=ds.classes, model=model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
-                       extra=extra)
+        extra["domain_adaptation"] = {
+            "source": ds.domains[setup.source],
+            "target": ds.domains[setup.test_env],
+            "selection": "source out accuracy",
+        }
+    config = RunConfig(
+        hparams=hp,
+        dataset=hp["dataset"],
+        domains=ds.domains,
+        test_env_index=setup.test_env,
+        classes=ds.classes,
+        model=model_record(hp["arch"], ds.input_shape, ds.num_classes, scheme),
+        extra=extra,
+    )
     save_run(out, config, algo.network.state_dict(), metrics)
     return metrics.to_json()
 
@@ -366,13 +437,17 @@ def train(hp: dict, out: str | Path, *, console: Console | None = None, overwrit
         return {"runs": {str(hp.get("target")): train_one(hp, out, console=console, overwrite=overwrite)}}
     if str(hp["test_env"]) != "all":
         return {"runs": {str(hp["test_env"]): train_one(hp, out, console=console, overwrite=overwrite)}}
-    domains = get_dataset(hp["dataset"], hp.get("data_dir"), image_size=hp.get("image_size"),
-                          class_map=hp.get("class_map"), input_cfg=hp.get("input")).domains
+    domains = get_dataset(
+        hp["dataset"],
+        hp.get("data_dir"),
+        image_size=hp.get("image_size"),
+        class_map=hp.get("class_map"),
+        input_cfg=hp.get("input"),
+    ).domains
     for d in domains:  # every output folder, before the first domain trains
         prepare_out(out / d, overwrite, hp.get("resume", False))
     runs = {}
     with make_progress(console) as progress:
         for d in domains:
-            runs[d] = train_one({**hp, "test_env": d}, out / d, console=console, overwrite=overwrite,
-                                progress=progress)
+            runs[d] = train_one({**hp, "test_env": d}, out / d, console=console, overwrite=overwrite, progress=progress)
     return {"runs": runs}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import QdgError
-from .algorithms import ERM, QTDoG, Algorithm
+from .algorithms import ERM, Algorithm, QTDoG
 from .alignq import AlignQ
 from .da import DANN, DSAN
 from .dg import CORAL, MixStyle

@@ -24,7 +24,7 @@ from ..io import atomic_path
 from ..quant import is_quantized
 from ..runs import CHECKPOINT
 from . import hparams
-from .swad import LossValley, RunningAverage, Segment
+from .swad import RunningAverage, Segment
 
 LAST = CHECKPOINT
 FORMAT = 1
@@ -48,12 +48,19 @@ def averaging_state(wa) -> dict:
     state = {"segment": average_state(wa.segment, ids), "sma": average_state(wa.sma, ids)}
     v = wa.valley
     if v is not None:
-        state["valley"] = {"converge_q": [seg(s) for s in v.converge_q], "pending": [seg(s) for s in v.pending],
-                           "window": None if v.window is None else average_state(v.window, ids),
-                           "threshold": v.threshold, "converge_step": v.converge_step, "dead": v.dead,
-                           "joined": list(v.joined), "last": seg(v.last)}
-    state["averages"] = [{"sum": a.sum, "count": a.count, "end_step": a.end_step}
-                         for _, a in sorted(ids.values(), key=lambda t: t[0])]
+        state["valley"] = {
+            "converge_q": [seg(s) for s in v.converge_q],
+            "pending": [seg(s) for s in v.pending],
+            "window": None if v.window is None else average_state(v.window, ids),
+            "threshold": v.threshold,
+            "converge_step": v.converge_step,
+            "dead": v.dead,
+            "joined": list(v.joined),
+            "last": seg(v.last),
+        }
+    state["averages"] = [
+        {"sum": a.sum, "count": a.count, "end_step": a.end_step} for _, a in sorted(ids.values(), key=lambda t: t[0])
+    ]
     return state
 
 
@@ -78,11 +85,17 @@ def load_averaging(wa, state: dict, device: torch.device) -> None:
 
 def rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached": float(cached)},
-            "python": json.dumps(random.getstate())}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": json.dumps(random.getstate()),
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -96,12 +109,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, algo, fit, step: int, hp: dict) -> None:
-    state = {"format": FORMAT, "step": step, "signature": run_signature(hp),
-             "quantized": is_quantized(algo.network), "algorithm": algo.state_dict(),
-             "extra": algo.extra_state(), "optimizer": algo.optimizer.state_dict(),
-             "scaler": algo.scaler.state_dict() if algo.scaler is not None else None,
-             "best": {"val": fit.best_val, "step": fit.best_step, "state": fit.best_state},
-             "history": json.dumps(fit.history), "averaging": averaging_state(fit.averaging), "rng": rng_state()}
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "signature": run_signature(hp),
+        "quantized": is_quantized(algo.network),
+        "algorithm": algo.state_dict(),
+        "extra": algo.extra_state(),
+        "optimizer": algo.optimizer.state_dict(),
+        "scaler": algo.scaler.state_dict() if algo.scaler is not None else None,
+        "best": {"val": fit.best_val, "step": fit.best_step, "state": fit.best_state},
+        "history": json.dumps(fit.history),
+        "averaging": averaging_state(fit.averaging),
+        "rng": rng_state(),
+    }
     buf = io.BytesIO()  # serialized in memory: torch.save reports a full disk as a RuntimeError, a write as OSError
     torch.save(state, buf)
     with atomic_path(path) as tmp:
@@ -113,15 +134,18 @@ def read_checkpoint(path: Path, hp: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: os.replace never leaves one, but a user can
-        raise QdgError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}); remove it to start "
-                       f"anew") from None
+        raise QdgError(
+            f"--resume: {path} is not a readable checkpoint ({type(e).__name__}); remove it to start anew"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise QdgError(f"--resume: {path} is not a qdg-deploy checkpoint of format {FORMAT}")
     if state["signature"] != run_signature(hp):
         old, new = json.loads(state["signature"]), json.loads(run_signature(hp))
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise QdgError(f"--resume: {path} was written by a run with other options ({', '.join(diff)}); resume "
-                       f"with the same options, or remove it to start anew")
+        raise QdgError(
+            f"--resume: {path} was written by a run with other options ({', '.join(diff)}); resume "
+            f"with the same options, or remove it to start anew"
+        )
     return state
 
 

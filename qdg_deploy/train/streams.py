@@ -39,8 +39,17 @@ def ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0, *, dist: Dist = SINGLE,
-                     device: torch.device = torch.device("cpu"), channels_last: bool = False, skip: int = 0):
+def infinite_batches(
+    dataset,
+    batch_size: int,
+    seed: int,
+    workers: int = 0,
+    *,
+    dist: Dist = SINGLE,
+    device: torch.device = torch.device("cpu"),
+    channels_last: bool = False,
+    skip: int = 0,
+):
     """Endless (x, y) batches of `dataset` on `device`; in-memory TensorDatasets are indexed directly, folder data
     sets load through DataLoader workers (into pinned memory when the device is a GPU)."""
     indices = IndexBatches(len(dataset), batch_size, seed, dist.shard(batch_size), skip)
@@ -51,9 +60,15 @@ def infinite_batches(dataset, batch_size: int, seed: int, workers: int = 0, *, d
             yield move_batch((pin(x[idx], device), pin(y[idx], device)), device, channels_last)
     # Its own generator: the loader's base seed (the workers' RNG seeds) then comes from the stream's seed, and
     # starting the loader draws nothing from the global RNG (which a resumed run restores from last.ckpt).
-    loader = DataLoader(dataset, batch_sampler=indices, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, worker_init_fn=ignore_sigint if workers else None,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_sampler=indices,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=ignore_sigint if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
     batches = iter(loader)
     try:
         for batch in batches:

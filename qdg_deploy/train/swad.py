@@ -129,7 +129,7 @@ class LossValley:
 
     def _decide(self, lookahead: int) -> None:
         while self.opened and not self.dead and self.pending and len(self.pending) >= lookahead:
-            if min(s.loss for s in self.pending[:self.n_tolerance]) > self.threshold:
+            if min(s.loss for s in self.pending[: self.n_tolerance]) > self.threshold:
                 self.dead = True
                 self.pending = []
                 return
@@ -152,12 +152,23 @@ class LossValley:
     def record(self) -> dict:
         if self.window is None:  # final() falls back to the last segment
             n = self.last.average.count if self.last is not None else 0
-            return {"opened": self.opened, "closed": self.dead, "start_step": self.converge_step,
-                    "threshold": self.threshold, "segments_averaged": [self.last.end_step] if n else [],
-                    "iterates_averaged": n, "note": "the valley never opened: the last segment's average is used"}
-        return {"opened": self.opened, "closed": self.dead, "start_step": self.converge_step,
-                "threshold": self.threshold, "segments_averaged": list(self.joined),
-                "iterates_averaged": self.window.count}
+            return {
+                "opened": self.opened,
+                "closed": self.dead,
+                "start_step": self.converge_step,
+                "threshold": self.threshold,
+                "segments_averaged": [self.last.end_step] if n else [],
+                "iterates_averaged": n,
+                "note": "the valley never opened: the last segment's average is used",
+            }
+        return {
+            "opened": self.opened,
+            "closed": self.dead,
+            "start_step": self.converge_step,
+            "threshold": self.threshold,
+            "segments_averaged": list(self.joined),
+            "iterates_averaged": self.window.count,
+        }
 
 
 @torch.no_grad()
@@ -194,8 +205,11 @@ class WeightAveraging:
         self.start = start if self.kind != "sma" else max(start, int(hp["sma"]))
         self.segment = RunningAverage()
         self.sma = RunningAverage()
-        self.valley = LossValley(hp.get("swad_n_converge", 3), hp.get("swad_n_tolerance", 6),
-                                 hp.get("swad_tolerance_ratio", 0.3)) if self.kind == "swad" else None
+        self.valley = (
+            LossValley(hp.get("swad_n_converge", 3), hp.get("swad_n_tolerance", 6), hp.get("swad_tolerance_ratio", 0.3))
+            if self.kind == "swad"
+            else None
+        )
 
     def observe(self, net: nn.Module, done: int) -> None:
         if self.kind is None or done <= self.start:
@@ -218,7 +232,12 @@ class WeightAveraging:
 
     def record(self) -> dict:
         if self.kind == "swad":
-            return {"kind": "swad", "start_after_step": self.start, "n_converge": self.valley.n_converge,
-                    "n_tolerance": self.valley.n_tolerance, "tolerance_ratio": self.valley.tolerance_ratio,
-                    **self.valley.record()}
+            return {
+                "kind": "swad",
+                "start_after_step": self.start,
+                "n_converge": self.valley.n_converge,
+                "n_tolerance": self.valley.n_tolerance,
+                "tolerance_ratio": self.valley.tolerance_ratio,
+                **self.valley.record(),
+            }
         return {"kind": self.kind, "start_after_step": self.start, "iterates_averaged": self.sma.count}

@@ -52,8 +52,13 @@ class GlobalBatchNorm(nn.SyncBatchNorm):
 
     def forward(self, x):
         group = self.process_group or td.group.WORLD
-        if not (self.training and x.device.type == "cpu" and td.is_available() and td.is_initialized()
-                and td.get_world_size(group) > 1):
+        if not (
+            self.training
+            and x.device.type == "cpu"
+            and td.is_available()
+            and td.is_initialized()
+            and td.get_world_size(group) > 1
+        ):
             return super().forward(x)
         self._check_input_dim(x)
         c = x.shape[1]
@@ -103,8 +108,10 @@ def sync_note(net: nn.Module, hp: dict, world: int) -> str | None:
     if not has_batchnorm(net):
         return f"{hp['arch']} has no BatchNorm: nothing to synchronize across the {world} ranks"
     if hp.get("freeze_bn"):
-        return (f"--freeze-bn: BatchNorm statistics are frozen, nothing to synchronize across the {world} ranks "
-                f"(no SyncBatchNorm)")
+        return (
+            f"--freeze-bn: BatchNorm statistics are frozen, nothing to synchronize across the {world} ranks "
+            f"(no SyncBatchNorm)"
+        )
     if hp.get("sync_bn") is False:
         return f"--no-sync-bn: each of the {world} ranks normalizes with its own slice's BatchNorm statistics"
     return f"SyncBatchNorm: BatchNorm statistics of the global batch across the {world} ranks (--no-sync-bn: per rank)"

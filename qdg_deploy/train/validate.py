@@ -24,8 +24,7 @@ def check_ranges(hp: dict) -> None:
             raise QdgError(f"{h.option} takes a finite number (got {v!r})")
         below = h.low is not None and (v < h.low or (v == h.low and h.strict))
         if below or (h.high is not None and v > h.high):
-            rng = (f"in [{h.low}, {h.high}]" if h.high is not None
-                   else f"{'>' if h.strict else '>='} {h.low}")
+            rng = f"in [{h.low}, {h.high}]" if h.high is not None else f"{'>' if h.strict else '>='} {h.low}"
             raise QdgError(f"{h.option} must be {rng} (got {v!r})")
 
 
@@ -56,18 +55,22 @@ def check_applicable(method: str, given: dict) -> None:
     method's options."""
     quantizes = method in ALWAYS_QUANTIZED or bool(given.get("quant"))
     if method == "qtdog" and given.get("quant") is False:
-        raise QdgError("--no-quant contradicts --method qtdog (QT-DoG is erm --quant): use --method erm for a "
-                       "float run")
+        raise QdgError(
+            "--no-quant contradicts --method qtdog (QT-DoG is erm --quant): use --method erm for a float run"
+        )
     if not quantizes:
-        used = [h.option for h in hparams.HPARAMS
-                if h.quant and given.get(h.name) is not None and not applies(method, h.name, False)]
+        used = [
+            h.option
+            for h in hparams.HPARAMS
+            if h.quant and given.get(h.name) is not None and not applies(method, h.name, False)
+        ]
         if used:
             many = len(used) > 1
-            raise QdgError(f"{', '.join(used)} only appl{'y' if many else 'ies'} to quantized training, and --method "
-                           f"{method} trains a float network: add --quant (or use --method qtdog), or leave "
-                           f"{'them' if many else 'it'} out")
+            raise QdgError(
+                f"{', '.join(used)} only appl{'y' if many else 'ies'} to quantized training, and --method "
+                f"{method} trains a float network: add --quant (or use --method qtdog), or leave "
+                f"{'them' if many else 'it'} out"
+            )
     for h in hparams.HPARAMS:
         if h.methods and given.get(h.name) is not None and not applies(method, h.name, quantizes):
-            raise QdgError(f"{h.option} applies to --method {' or '.join(h.methods)} only, not {method}: leave it "
-                           f"out")
-
+            raise QdgError(f"{h.option} applies to --method {' or '.join(h.methods)} only, not {method}: leave it out")

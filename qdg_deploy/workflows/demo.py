@@ -7,16 +7,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..tables import models_table, with_unaveraged
-from ..runs import load_run
-from ..train import default_hparams, resolve_hparams, train_one
 from ..accuracy import make_progress
+from ..runs import load_run
+from ..tables import models_table, with_unaveraged
+from ..train import default_hparams, resolve_hparams, train_one
 
 
 def w8a8_scheme() -> str:
     """TensorRT's scheme where TensorRT is installed, else ONNX Runtime's (the runtime this machine has)."""
     try:
         import tensorrt  # noqa: F401
+
         return "trt"
     except ImportError:
         return "ort"
@@ -26,10 +27,12 @@ def demo_models() -> dict[str, dict]:
     """Directory name → (label, training overrides) of each model the demo trains. Every run averages with SWAD and
     keeps its result without averaging too; the two QT-DoG W7 seeds make the EoQ."""
     w8 = w8a8_scheme()
-    return {"erm": ("ERM", dict(method="erm", swad=True)),
-            "qtdog-w7": ("QT-DoG W7", dict(method="qtdog", scheme="paper")),
-            "qtdog-w7-seed1": ("QT-DoG W7 (seed+1)", dict(method="qtdog", scheme="paper", seed_offset=1)),
-            "qtdog-w8a8": (f"QT-DoG W8A8 ({w8})", dict(method="qtdog", scheme=w8))}
+    return {
+        "erm": ("ERM", dict(method="erm", swad=True)),
+        "qtdog-w7": ("QT-DoG W7", dict(method="qtdog", scheme="paper")),
+        "qtdog-w7-seed1": ("QT-DoG W7 (seed+1)", dict(method="qtdog", scheme="paper", seed_offset=1)),
+        "qtdog-w8a8": (f"QT-DoG W8A8 ({w8})", dict(method="qtdog", scheme=w8)),
+    }
 
 
 def train_step(out_dir: Path, steps: int | None, seed: int, test_env: str, console=None) -> tuple[dict, dict]:
@@ -51,17 +54,29 @@ def train_step(out_dir: Path, steps: int | None, seed: int, test_env: str, conso
     return dirs, results
 
 
-def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, test_env: str = "75",
-             console: Console | None = None, out: Console | None = None) -> dict:
+def run_demo(
+    out_dir: Path,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    test_env: str = "75",
+    console: Console | None = None,
+    out: Console | None = None,
+) -> dict:
     out = out or Console()
     start = time.perf_counter()
     dirs, results = train_step(Path(out_dir), steps, seed, test_env, console)
     arch = default_hparams("rotated-mnist")["arch"]
     out.print(models_table(results, title=f"rotated-MNIST (embedded), {arch}, held-out {test_env}°, seed {seed}"))
-    shipped = {"ERM": dirs["erm"], "QT-DoG W7": dirs["qtdog-w7"],
-               demo_models()["qtdog-w8a8"][0]: dirs["qtdog-w8a8"], "EoQ(2) W7": dirs["eoq"]}
+    shipped = {
+        "ERM": dirs["erm"],
+        "QT-DoG W7": dirs["qtdog-w7"],
+        demo_models()["qtdog-w8a8"][0]: dirs["qtdog-w8a8"],
+        "EoQ(2) W7": dirs["eoq"],
+    }
     exports = export_step(shipped, console=console, out=out)
     from .demo_bench import bench_demo  # bench each exported model, one final table
+
     bench = bench_demo(shipped, out_dir, console=console, out=out)
     out.print(f"runs in {out_dir}; {time.perf_counter() - start:.0f} s in all")
     return {"results": results, "dirs": {k: str(v) for k, v in dirs.items()}, "exports": exports, "bench": bench}
@@ -80,7 +95,10 @@ def export_step(dirs: dict[str, Path], *, console: Console | None = None, out: C
         target = "tensorrt" if scheme.name == "trt" else "ort"
         r = export_run_dir(run_dir, target=target, console=console)
         reports[label] = r
-        out.print(f"{label}: {r['path']} ({r['size_ratio']:.2f}× FP32 ONNX, packed {r['packed_ratio']:.2f}×), "
-                  f"--target {target}: top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} "
-                  f"samples, max |Δlogit| {r['max_abs_diff']:.2g}", highlight=False)
+        out.print(
+            f"{label}: {r['path']} ({r['size_ratio']:.2f}× FP32 ONNX, packed {r['packed_ratio']:.2f}×), "
+            f"--target {target}: top-1 agreement with torch {r['top1_agreement']:.4f} over {r['n_samples']} "
+            f"samples, max |Δlogit| {r['max_abs_diff']:.2g}",
+            highlight=False,
+        )
     return reports

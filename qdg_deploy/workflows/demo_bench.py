@@ -14,11 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..io import write_json
-from ..tables import FitTable, human_bytes, pct
 from ..bench.artifacts import ENGINE_NAME, FP32_ONNX_NAME, ONNX_NAME
 from ..bench.core import bench
 from ..bench.results import write_plots
+from ..io import write_json
+from ..tables import FitTable, human_bytes, pct
 
 
 def deployment_artifact(run_dir: str | Path) -> Path:
@@ -37,20 +37,39 @@ def _export_float_if_missing(run_dir: Path) -> None:
     if deployment_artifact(run_dir) != run_dir or load_run(run_dir).scheme is not None:
         return
     from ..export import export_run_dir
+
     export_run_dir(run_dir, fmt="onnx-fp32", verify=False)
 
 
-def bench_demo(runs: dict[str, str | Path], out_dir: str | Path, *, batches=(1, 32), duration_s: float = 1.0,
-               warmup_ms: float = 200, threads: int | None = None, export_float: bool = True,
-               console: Console | None = None, out: Console | None = None) -> dict:
+def bench_demo(
+    runs: dict[str, str | Path],
+    out_dir: str | Path,
+    *,
+    batches=(1, 32),
+    duration_s: float = 1.0,
+    warmup_ms: float = 200,
+    threads: int | None = None,
+    export_float: bool = True,
+    console: Console | None = None,
+    out: Console | None = None,
+) -> dict:
     out = out or Console()
     out_dir = Path(out_dir)
     if export_float:
         for d in runs.values():
             _export_float_if_missing(Path(d))
     arts = {label: deployment_artifact(d) for label, d in runs.items()}
-    result = bench(list(arts.values()), None, batches, warmup_ms=warmup_ms, duration_s=duration_s,
-                   min_iters=10, threads=threads, accuracy=True, console=console)
+    result = bench(
+        list(arts.values()),
+        None,
+        batches,
+        warmup_ms=warmup_ms,
+        duration_s=duration_s,
+        min_iters=10,
+        threads=threads,
+        accuracy=True,
+        console=console,
+    )
     write_json(out_dir / "bench.json", result)
     plots = write_plots(result, out_dir / "bench.png")
     out.print(final_table(result, arts))
@@ -61,6 +80,7 @@ def bench_demo(runs: dict[str, str | Path], out_dir: str | Path, *, batches=(1, 
 def _export_report(path: Path) -> dict:
     """The export report beside an ONNX artifact ({} when there is none)."""
     from ..export import report_name
+
     rp = report_name(Path(path))
     return json.loads(rp.read_text()) if Path(path).suffix == ".onnx" and rp.is_file() else {}
 
@@ -96,12 +116,28 @@ def _vs_fp32_rows(t: FitTable, cols: list[tuple], batches) -> None:
         return cells
 
     lo, hi = batches[0], batches[-1]
-    t.add_row(f"speed vs FP32 b{lo}", *ratio(lambda bb, r, k: r[lo]["latency_ms"]["mean"] * k
-                                             / bb[lo]["latency_ms"]["mean"] if lo in bb and lo in r else None))
-    t.add_row(f"throughput vs FP32 b{hi}", *ratio(lambda bb, r, k: bb[hi]["throughput_ips"] * k
-                                                  / r[hi]["throughput_ips"] if hi in bb and hi in r else None))
-    t.add_row("file vs FP32", *ratio(lambda bb, r, k: next(iter(bb.values()))["size"]["file_bytes"]
-                                      / (k * next(iter(r.values()))["size"]["file_bytes"])))
+    t.add_row(
+        f"speed vs FP32 b{lo}",
+        *ratio(
+            lambda bb, r, k: (
+                r[lo]["latency_ms"]["mean"] * k / bb[lo]["latency_ms"]["mean"] if lo in bb and lo in r else None
+            )
+        ),
+    )
+    t.add_row(
+        f"throughput vs FP32 b{hi}",
+        *ratio(
+            lambda bb, r, k: bb[hi]["throughput_ips"] * k / r[hi]["throughput_ips"] if hi in bb and hi in r else None
+        ),
+    )
+    t.add_row(
+        "file vs FP32",
+        *ratio(
+            lambda bb, r, k: (
+                next(iter(bb.values()))["size"]["file_bytes"] / (k * next(iter(r.values()))["size"]["file_bytes"])
+            )
+        ),
+    )
 
 
 def final_table(result: dict, arts: dict[str, Path]) -> FitTable:
@@ -117,8 +153,10 @@ def final_table(result: dict, arts: dict[str, Path]) -> FitTable:
             cols.append((f"{label}\n{Path(path).name} · {rt}", by_batch, rep, rt, _is_float(path, rep)))
     env = result["environment"]
     threads = result["settings"]["threads"] or env["torch_threads"]
-    t = FitTable(f"Deployed models — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "")
-                 + f", {threads} threads", [("", "left")] + [(c[0], "right") for c in cols])
+    t = FitTable(
+        f"Deployed models — {env['cpu']}" + (f", {env['gpu']}" if env.get("gpu") else "") + f", {threads} threads",
+        [("", "left")] + [(c[0], "right") for c in cols],
+    )
     if not cols:
         return t
     first = next(iter(cols[0][1].values()))
@@ -133,16 +171,26 @@ def final_table(result: dict, arts: dict[str, Path]) -> FitTable:
             t.add_row(label, *cells, end_section=info["held_out"])
     batches = result["settings"]["batches"]
     for b in batches:
-        t.add_row(f"latency b{b} mean / p99 ms",
-                  *[f"{r['latency_ms']['mean']:.2f} / {r['latency_ms']['p99']:.2f}" if (r := bb.get(b)) else "—"
-                    for _, bb, *_ in cols])
+        t.add_row(
+            f"latency b{b} mean / p99 ms",
+            *[
+                f"{r['latency_ms']['mean']:.2f} / {r['latency_ms']['p99']:.2f}" if (r := bb.get(b)) else "—"
+                for _, bb, *_ in cols
+            ],
+        )
     b = batches[-1]
-    t.add_row(f"throughput b{b} img/s", *[f"{r['throughput_ips']:.0f}" if (r := bb.get(b)) else "—"
-                                          for _, bb, *_ in cols])
+    t.add_row(
+        f"throughput b{b} img/s", *[f"{r['throughput_ips']:.0f}" if (r := bb.get(b)) else "—" for _, bb, *_ in cols]
+    )
     sizes = [next(iter(bb.values()))["size"] for _, bb, *_ in cols]
     t.add_row("file", *[human_bytes(s["file_bytes"]) for s in sizes])
     t.add_row("packed", *[human_bytes(s["packed_bytes"]) if s.get("packed_bytes") else "—" for s in sizes])
     _vs_fp32_rows(t, cols, batches)
-    t.add_row("agreement with torch", *[f"{rep['top1_agreement']:.4f} ({rep.get('graph', 'exact')})"
-                                        if "top1_agreement" in rep else "—" for _, _, rep, *_ in cols])
+    t.add_row(
+        "agreement with torch",
+        *[
+            f"{rep['top1_agreement']:.4f} ({rep.get('graph', 'exact')})" if "top1_agreement" in rep else "—"
+            for _, _, rep, *_ in cols
+        ],
+    )
     return t

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..records import Metrics, RunConfig
 from ..errors import QdgError
 from ..models.ensemble import Ensemble
-from ..runs import check_out_dir, Run, load_run, save_run
+from ..records import Metrics, RunConfig
+from ..runs import Run, check_out_dir, load_run, save_run
 
 # Which config entries must agree between members (what they mean: the same task and the same network).
 SAME_TASK = ("dataset", "domains", "test_env_index", "classes")
@@ -47,16 +47,20 @@ def check_members(runs: list[Run]) -> None:
     for r in runs[1:]:
         for key in SAME_TASK:
             if r.config.get(key) != first.config.get(key):
-                raise QdgError(f"members differ in {NAMES.get(key, key)}: {first.path} has {_show(first, key)}, "
-                               f"{r.path} has {_show(r, key)}")
+                raise QdgError(
+                    f"members differ in {NAMES.get(key, key)}: {first.path} has {_show(first, key)}, "
+                    f"{r.path} has {_show(r, key)}"
+                )
         for key in SAME_HP:
             if r.config["hparams"].get(key) != first.config["hparams"].get(key):
-                raise QdgError(f"members differ in {key}: {first.config['hparams'].get(key)!r} ({first.path}) vs "
-                               f"{r.config['hparams'].get(key)!r} ({r.path})")
+                raise QdgError(
+                    f"members differ in {key}: {first.config['hparams'].get(key)!r} ({first.path}) vs "
+                    f"{r.config['hparams'].get(key)!r} ({r.path})"
+                )
         for key in SAME_MODEL:
             a, b = first.config["model"].get(key), r.config["model"].get(key)
             if a != b:
-                what = ("quantization scheme" if key == "scheme" else key)
+                what = "quantization scheme" if key == "scheme" else key
                 raise QdgError(f"members differ in {what}: {_brief(a)} ({first.path}) vs {_brief(b)} ({r.path})")
     seeds = [r.config["hparams"].get("seed") for r in runs]
     if len(set(seeds)) != len(seeds):
@@ -84,8 +88,8 @@ def ensemble_record(runs: list[Run]) -> dict:
 
 def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bool = False) -> dict:
     """Write the ensemble run directory `out` (atomically: a temporary directory renamed); returns its metrics."""
-    from ..quant import model_size
     from ..accuracy import domain_metrics
+    from ..quant import model_size
 
     out = check_out_dir(out, overwrite)
     runs = [load_run(p) for p in run_dirs]
@@ -98,23 +102,50 @@ def build_ensemble(run_dirs: list[str | Path], out: str | Path, *, overwrite: bo
         scored = domain_metrics(net, runs[0].data())
     quantized = bool(runs[0].config["model"].get("scheme"))
     kind, k = ensemble_kind(quantized, len(runs)), len(runs)
-    members = [{"run": str(r.path), "seed": r.config["hparams"].get("seed"), "method": r.metrics.get("method"),
-                "test_acc": r.metrics["test_acc"], "val_acc": r.metrics.get("val_acc")} for r in runs]
+    members = [
+        {
+            "run": str(r.path),
+            "seed": r.config["hparams"].get("seed"),
+            "method": r.metrics.get("method"),
+            "test_acc": r.metrics["test_acc"],
+            "val_acc": r.metrics.get("val_acc"),
+        }
+        for r in runs
+    ]
     member_mean = sum(m["test_acc"] for m in members) / k
-    metrics = Metrics.of({**scored, "selected_step": None}, bits=runs[0].metrics.get("bits"),
-                         scheme=runs[0].metrics.get("scheme"), method=kind,
-                         members=members, members_mean_test_acc=member_mean,
-                         gain_over_members_mean=scored["test_acc"] - member_mean,
-                         val_note=(f"training domains' out splits of member 0 (seed {members[0]['seed']}); the splits "
-                                   "depend on the seed, so other members trained on part of them: val_acc is optimistic"))
+    metrics = Metrics.of(
+        {**scored, "selected_step": None},
+        bits=runs[0].metrics.get("bits"),
+        scheme=runs[0].metrics.get("scheme"),
+        method=kind,
+        members=members,
+        members_mean_test_acc=member_mean,
+        gain_over_members_mean=scored["test_acc"] - member_mean,
+        val_note=(
+            f"training domains' out splits of member 0 (seed {members[0]['seed']}); the splits "
+            "depend on the seed, so other members trained on part of them: val_acc is optimistic"
+        ),
+    )
     size = model_size(net)
     first = runs[0].config
-    config = RunConfig(hparams=hp, dataset=first["dataset"], domains=first["domains"],
-                       test_env_index=first["test_env_index"], classes=first["classes"], model=ensemble_record(runs),
-                       extra={"size": size, "member_size": first.get("size"),
-                              "ensemble": {"kind": kind, "k": k, "members": [m["run"] for m in members],
-                                           "seeds": [m["seed"] for m in members],
-                                           "combine": "sum of the members' logits, arg-max (as EoA's code); no "
-                                                      "softmax"}})
+    config = RunConfig(
+        hparams=hp,
+        dataset=first["dataset"],
+        domains=first["domains"],
+        test_env_index=first["test_env_index"],
+        classes=first["classes"],
+        model=ensemble_record(runs),
+        extra={
+            "size": size,
+            "member_size": first.get("size"),
+            "ensemble": {
+                "kind": kind,
+                "k": k,
+                "members": [m["run"] for m in members],
+                "seeds": [m["seed"] for m in members],
+                "combine": "sum of the members' logits, arg-max (as EoA's code); no softmax",
+            },
+        },
+    )
     save_run(out, config, net.state_dict(), metrics)
     return metrics.to_json()

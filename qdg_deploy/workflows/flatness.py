@@ -92,12 +92,26 @@ def loss_curve(model: nn.Module, data, radii: list[float], directions: int, seed
             p.copy_(o)
     arr = np.asarray(losses)
     std = arr.std(axis=0, ddof=1) if directions > 1 else np.zeros(len(radii))
-    return {"radii": list(radii), "mean": arr.mean(axis=0).tolist(), "std": std.tolist(), "losses": arr.tolist(),
-            "loss_at_0": base, "n_params_moved": int(sum(p.numel() for p in params))}
+    return {
+        "radii": list(radii),
+        "mean": arr.mean(axis=0).tolist(),
+        "std": std.tolist(),
+        "losses": arr.tolist(),
+        "loss_at_0": base,
+        "n_params_moved": int(sum(p.numel() for p in params)),
+    }
 
 
-def run_flatness(run_dirs: list[str | Path], out: str | Path, *, radius: str = "0..1", points: int = 11,
-                 directions: int = 5, samples: int = 512, seed: int = 0) -> dict:
+def run_flatness(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    *,
+    radius: str = "0..1",
+    points: int = 11,
+    directions: int = 5,
+    samples: int = 512,
+    seed: int = 0,
+) -> dict:
     """The curve of every run, written to OUT/flatness.json and OUT/flatness.png; returns the JSON."""
     from ..runs import load_run
 
@@ -106,10 +120,16 @@ def run_flatness(run_dirs: list[str | Path], out: str | Path, *, radius: str = "
     lo, hi = parse_radius(radius)
     radii = np.linspace(lo, hi, points).tolist()
     runs = [load_run(p) for p in run_dirs]
-    result = {"radii": radii, "directions": directions, "samples_per_domain": samples, "seed": seed,
-              "direction": "Gaussian vector over all non-quantizer parameters, scaled to unit L2 norm (SWAD's "
-                           "local flatness test); radius = L2 norm of the weight change",
-              "loss": "cross-entropy, training domains' in splits, eval mode", "runs": {}}
+    result = {
+        "radii": radii,
+        "directions": directions,
+        "samples_per_domain": samples,
+        "seed": seed,
+        "direction": "Gaussian vector over all non-quantizer parameters, scaled to unit L2 norm (SWAD's "
+        "local flatness test); radius = L2 norm of the weight change",
+        "loss": "cross-entropy, training domains' in splits, eval mode",
+        "runs": {},
+    }
     for run in runs:
         curve = loss_curve(run.model, training_data(run, samples, seed), radii, directions, seed)
         curve["method"] = run.metrics.get("method")
@@ -123,6 +143,7 @@ def run_flatness(run_dirs: list[str | Path], out: str | Path, *, radius: str = "
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -56,8 +56,17 @@ class Launch:
     def base(self) -> list[str]:
         """The program part of a train command: this Python, under torchrun when it is data parallel."""
         if self.launcher == "torchrun" or self.nproc_per_node > 1:
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                    str(self.nproc_per_node), "-m", "qdg_deploy.cli", "train"]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(self.nproc_per_node),
+                "-m",
+                "qdg_deploy.cli",
+                "train",
+            ]
         return [sys.executable, "-m", "qdg_deploy.cli", "train"]
 
 
@@ -93,8 +102,9 @@ def print_commands(jobs, out: Path, echo) -> list[str]:
         if state == "done":
             continue
         cmd = shlex.join([*j.cmd, "--resume"] if resumable(j.out) else j.cmd)
-        lines.append(f"rm -rf {shlex.quote(str(j.out))} && {cmd}" if state == "broken" and not resumable(j.out)
-                     else cmd)
+        lines.append(
+            f"rm -rf {shlex.quote(str(j.out))} && {cmd}" if state == "broken" and not resumable(j.out) else cmd
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "commands.sh").write_text("".join(line + "\n" for line in lines))
     for line in lines:
@@ -117,8 +127,13 @@ def submit(jobs, launch: Launch, out: Path, env: dict) -> dict:
     if not pending:
         return result
     ex = submitit.AutoExecutor(folder=out / ".submitit" / "%j", cluster=launch.cluster)
-    params = {"timeout_min": launch.time_min, "gpus_per_node": launch.gpus, "slurm_partition": launch.partition,
-              "slurm_array_parallelism": launch.array_parallelism, "name": f"qdg-sweep-{out.name}"}
+    params = {
+        "timeout_min": launch.time_min,
+        "gpus_per_node": launch.gpus,
+        "slurm_partition": launch.partition,
+        "slurm_array_parallelism": launch.array_parallelism,
+        "name": f"qdg-sweep-{out.name}",
+    }
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     with ex.batch():
         handles = [ex.submit(run_command, cmd, str(j.out / LOG), env) for j, cmd in pending]

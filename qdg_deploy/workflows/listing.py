@@ -41,18 +41,25 @@ def list_models(filter_text: str | None = None, check: bool = False) -> list[dic
     None for the short names) and, with `check`, exporter support; without it that key is None."""
     rows = []
     for arch, lib in model_names(filter_text):
-        rows.append({"arch": arch, "library": lib, "pretrained": has_pretrained(arch),
-                     "export": export_support(arch) if check else None})
+        rows.append(
+            {
+                "arch": arch,
+                "library": lib,
+                "pretrained": has_pretrained(arch),
+                "export": export_support(arch) if check else None,
+            }
+        )
     return rows
 
 
 def has_pretrained(arch: str) -> bool | None:
     if arch.startswith(zoo.TV):
-        return zoo.tv_weights(arch[len(zoo.TV):]) is not None
+        return zoo.tv_weights(arch[len(zoo.TV) :]) is not None
     if arch.startswith(zoo.TIMM):
         from timm.models import get_pretrained_cfg
+
         try:
-            return bool(get_pretrained_cfg(arch[len(zoo.TIMM):]).hf_hub_id)
+            return bool(get_pretrained_cfg(arch[len(zoo.TIMM) :]).hf_hub_id)
         except Exception:
             return False
     return None

@@ -62,8 +62,10 @@ def collect(root: str | Path) -> dict:
         raise QdgError(f"{root} is not a sweep directory")
     info = read_json(root / SWEEP_FILE) if (root / SWEEP_FILE).is_file() else {}
     labels, order = info.get("labels", {}), info.get("methods", [])
-    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: _rank(p.name, labels, order))
+    dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: _rank(p.name, labels, order),
+    )
     rows: dict[str, _Row] = {}
     domains: list[str] = []
     for d in dirs:
@@ -75,7 +77,7 @@ def collect(root: str | Path) -> dict:
             domains = domains or list(cfg.get("domains", []))
             label = f"{m.get('method')} · {text}" if ens else text
             col = column(m, cfg)
-            for row, key, plain in ([] if ens else unaveraged(text, m)):
+            for row, key, plain in [] if ens else unaveraged(text, m):
                 rows.setdefault(row, _Row(row, key)).add(col, plain["test_acc"], cfg, run)
             rows.setdefault(label, _Row(label, "ensemble" if ens else "runs")).add(col, m["test_acc"], cfg, run)
     if not rows:
@@ -83,10 +85,14 @@ def collect(root: str | Path) -> dict:
     seen = {te for r in rows.values() for te in r.values}
     rank = {d: i for i, d in enumerate(domains)}
     columns = sorted(seen, key=lambda c: (rank.get(c.split(PAIR)[-1], len(rank)), c))  # by (target) domain
-    return {"sweep": str(root), "dataset": info.get("dataset"), "domains": columns,
-            "rows": [_row_json(r, columns) for r in rows.values()],
-            "se": "sample standard deviation (ddof=1) / sqrt(n) over seeds",
-            "size_note": "packed bytes / float32 bytes of one member network"}
+    return {
+        "sweep": str(root),
+        "dataset": info.get("dataset"),
+        "domains": columns,
+        "rows": [_row_json(r, columns) for r in rows.values()],
+        "se": "sample standard deviation (ddof=1) / sqrt(n) over seeds",
+        "size_note": "packed bytes / float32 bytes of one member network",
+    }
 
 
 PAIR = "→"
@@ -123,9 +129,15 @@ def _cell(c: dict | None) -> str:
 def cells(table: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of text cells (for Markdown and the terminal)."""
     header = ["Algorithm", *table["domains"], "Avg", "size ×FP32"]
-    rows = [[r["label"], *[_cell(r["per_domain"].get(d)) for d in table["domains"]],
-             "—" if r["avg"] is None else f"{100 * r['avg']:.1f}",
-             "—" if r["size_x_fp32"] is None else f"{r['size_x_fp32']:.2f}×"] for r in table["rows"]]
+    rows = [
+        [
+            r["label"],
+            *[_cell(r["per_domain"].get(d)) for d in table["domains"]],
+            "—" if r["avg"] is None else f"{100 * r['avg']:.1f}",
+            "—" if r["size_x_fp32"] is None else f"{r['size_x_fp32']:.2f}×",
+        ]
+        for r in table["rows"]
+    ]
     return header, rows
 
 
@@ -134,8 +146,10 @@ def markdown(table: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     what = "Target-domain" if any(PAIR in d for d in table["domains"]) else "Held-out domain"
-    note = (f"{what} accuracy (%), mean ± standard error over seeds ({table['se']}); Avg: mean of the "
-            f"per-domain means; size: {table['size_note']}.")
+    note = (
+        f"{what} accuracy (%), mean ± standard error over seeds ({table['se']}); Avg: mean of the "
+        f"per-domain means; size: {table['size_note']}."
+    )
     return "\n".join([f"# {table.get('dataset') or 'sweep'}: {table['sweep']}", "", *lines, "", note, ""])
 
 

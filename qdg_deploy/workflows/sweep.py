@@ -26,10 +26,10 @@ from pathlib import Path
 
 from ..errors import QdgError
 from ..io import read_json, write_json
-from .launchers import LOG, Launch, prepare, print_commands, submit
-from ..train.validate import applies
 from ..records import RunConfig
 from ..runs import CONFIG, METRICS, run_state
+from ..train.validate import applies
+from .launchers import LOG, Launch, prepare, print_commands, submit
 
 RESERVED = {"method", "dataset", "test_env", "seed", "out", "overwrite"}
 ENSEMBLE_KINDS = ("eoq", "eoa")
@@ -69,7 +69,9 @@ def parse_pairs(items: list[str], where: str) -> dict:
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise QdgError(f"{where}: {item!r} is not key=value")
         if key in RESERVED:
-            raise QdgError(f"{where}: {key} is set by the sweep itself (--methods, --dataset, --test-envs, --seeds, --out)")
+            raise QdgError(
+                f"{where}: {key} is set by the sweep itself (--methods, --dataset, --test-envs, --seeds, --out)"
+            )
         out[key] = value.strip()
     return out
 
@@ -131,8 +133,16 @@ def resolve_test_envs(dataset: str, spec: str, settings: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def plan(dataset: str, entries: list[Entry], test_envs: list[str], seeds: list[int], settings: dict,
-         out: Path, jobs: int = 1, launch: Launch = Launch()) -> list[Job]:
+def plan(
+    dataset: str,
+    entries: list[Entry],
+    test_envs: list[str],
+    seeds: list[int],
+    settings: dict,
+    out: Path,
+    jobs: int = 1,
+    launch: Launch = Launch(),
+) -> list[Job]:
     """One job per (entry, test env, seed), with the command line that trains it."""
     base = [*launch.base(), "--dataset", dataset]
     todo = []
@@ -146,8 +156,18 @@ def plan(dataset: str, entries: list[Entry], test_envs: list[str], seeds: list[i
         for te in test_envs:
             for s in seeds:
                 run = out / e.label / safe_label(te) / f"seed{s}"
-                cmd = [*base, "--method", e.method, "--test-env", te, "--seed", str(s), "--out", str(run),
-                       *to_flags(merged)]
+                cmd = [
+                    *base,
+                    "--method",
+                    e.method,
+                    "--test-env",
+                    te,
+                    "--seed",
+                    str(s),
+                    "--out",
+                    str(run),
+                    *to_flags(merged),
+                ]
                 todo.append(Job(e, te, s, run, cmd))
     return todo
 
@@ -248,8 +268,9 @@ def _start(j: Job, env: dict):
     return j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
-def build_ensembles(out: Path, entries: list[Entry], test_envs: list[str], seeds: list[int],
-                    kinds: list[str]) -> list[dict]:
+def build_ensembles(
+    out: Path, entries: list[Entry], test_envs: list[str], seeds: list[int], kinds: list[str]
+) -> list[dict]:
     """Per (entry, test env): an ensemble of its seeds in OUT/<label>+ens/<test_env> when every seed finished and
     the members are quantized (kind eoq) or float (eoa). One built from the same members since they last trained
     is kept."""
@@ -281,9 +302,21 @@ def _ensemble_current(dest: Path, members: list[Path]) -> bool:
     return same and (dest / METRICS).stat().st_mtime >= max((m / METRICS).stat().st_mtime for m in members)
 
 
-def run_sweep(dataset: str, methods: str, test_envs: str, seeds: str, sets: list[str], out: Path, *,
-              parallel: int = 1, ensembles: str | None = None, dry_run: bool = False, console=None,
-              echo=print, launch: Launch = Launch()) -> dict:
+def run_sweep(
+    dataset: str,
+    methods: str,
+    test_envs: str,
+    seeds: str,
+    sets: list[str],
+    out: Path,
+    *,
+    parallel: int = 1,
+    ensembles: str | None = None,
+    dry_run: bool = False,
+    console=None,
+    echo=print,
+    launch: Launch = Launch(),
+) -> dict:
     """The whole sweep; with dry_run only prints each command (and which runs it would skip). `launch` says how the
     runs are started (launchers.py)."""
     if parallel < 1:
@@ -319,5 +352,15 @@ def _record(out: Path, dataset, entries, envs, seeds, settings, kinds) -> None:
     """OUT/sweep.json: this sweep's request; labels accumulate over reruns with other --methods."""
     old = read_json(out / SWEEP_FILE) if (out / SWEEP_FILE).is_file() else {}
     labels = {**old.get("labels", {}), **{e.label: e.text for e in entries}}
-    write_json(out / SWEEP_FILE, {"dataset": dataset, "methods": [e.text for e in entries], "labels": labels,
-                                  "test_envs": envs, "seeds": seeds, "set": settings, "ensembles": kinds})
+    write_json(
+        out / SWEEP_FILE,
+        {
+            "dataset": dataset,
+            "methods": [e.text for e in entries],
+            "labels": labels,
+            "test_envs": envs,
+            "seeds": seeds,
+            "set": settings,
+            "ensembles": kinds,
+        },
+    )
