@@ -14,6 +14,7 @@ from torchvision.models.resnet import BasicBlock
 
 from qdg_deploy import bench as B
 from qdg_deploy.export import lower_to_onnx
+from qdg_deploy.export.metadata import without_metadata
 from qdg_deploy.models import build_model
 from qdg_deploy.quant import Quantizer, get_scheme, quantize_model, strip_quantizers
 from qdg_deploy.runs import load_run, model_record, save_run
@@ -79,7 +80,9 @@ def test_onnx_fp32_export_of_a_residual_run(resnet_run, tmp_path, cli):
     report = load_report(out)
     assert report["format"] == "onnx-fp32" and report["scheme"] is None and report["top1_agreement"] == 1.0
     proto, _ = lowered(float_twin(resnet_run), SHAPE, fp32=True)  # the float network's own graph
-    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(proto.SerializeToString()).digest()
+    # the file is the float network's own graph plus the export's metadata_props (export/metadata.py)
+    graph = without_metadata(out.read_bytes())
+    assert hashlib.sha256(graph).digest() == hashlib.sha256(proto.SerializeToString()).digest()
 
 
 def test_bench_torch_fp32_runs_a_residual_run(resnet_run):
